@@ -1,0 +1,92 @@
+"""Typed parameters of every step. One JSON document travels to each step (``--config``), so the local
+runner and the SageMaker steps read the same values; unknown keys fail fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EtlConfig(_Strict):
+    test_days: int = Field(28, ge=1)
+    label_days: int = Field(28, ge=1)
+    # Implicit weight per event type; a return cancels the matching purchase weight (DATA_CONTRACT.md).
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "return": -5.0}
+    )
+    purchase_weight_by_quantity: bool = True
+    quantity_cap: int = Field(100, ge=1)  # wholesale orders of thousands must not drown everything else
+    decay_half_life_days: float | None = Field(None, gt=0)
+    strict_catalog: bool = True  # events on items missing from a given catalog are rejected
+    max_rejected_share: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class AlsConfig(_Strict):
+    factors: int = Field(64, ge=2)
+    iterations: int = Field(15, ge=1)
+    regularization: float = Field(0.05, ge=0.0)
+    alpha: float = Field(10.0, gt=0.0)  # confidence = 1 + alpha * weight
+    backend: Literal["auto", "implicit", "mllib"] = "auto"
+    # "auto" picks the single-machine path while the matrix has at most this many non-zeros.
+    single_machine_max_nnz: int = Field(50_000_000, ge=0)
+    seed: int = 42
+
+
+class CandidateConfig(_Strict):
+    als_top_n: int = Field(100, ge=1)
+    history_top_n: int = Field(100, ge=0)
+    cooc_top_n: int = Field(50, ge=0)
+    popular_top_n: int = Field(20, ge=0)
+    max_per_user: int = Field(200, ge=1)
+
+
+class RankerConfig(_Strict):
+    """Hyperparameters under the built-in SageMaker CatBoost algorithm's own names."""
+
+    iterations: int = Field(500, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    eval_metric: str = "AUC"
+    learning_rate: float = Field(0.08, gt=0.0)
+    depth: int = Field(6, ge=1, le=16)
+    l2_leaf_reg: float = Field(3.0, ge=0.0)
+    random_strength: float = Field(1.0, ge=0.0)
+    max_leaves: int = Field(31, ge=2)
+    rsm: float = Field(1.0, gt=0.0, le=1.0)
+    min_data_in_leaf: int = Field(1, ge=1)
+    # Ranker data: negatives per user kept for training, and the share of users held out for validation.
+    negatives_per_user: int = Field(100, ge=1)
+    validation_user_share: float = Field(0.2, gt=0.0, lt=1.0)
+    max_training_users: int = Field(200_000, ge=1)
+    seed: int = 42
+
+
+class GateConfig(_Strict):
+    ndcg_at_10_floor: float = Field(0.05, ge=0.0, le=1.0)
+    must_beat_als: bool = True
+
+
+class PipelineConfig(_Strict):
+    etl: EtlConfig = EtlConfig()
+    als: AlsConfig = AlsConfig()
+    candidates: CandidateConfig = CandidateConfig()
+    ranker: RankerConfig = RankerConfig()
+    gate: GateConfig = GateConfig()
+    model_package_group: str = "ecomrec"
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json_or_path(cls, value: str | None) -> PipelineConfig:
+        """``--config`` takes inline JSON, a path to a JSON file, or nothing (defaults)."""
+        if not value:
+            return cls()
+        text = Path(value).read_text() if not value.lstrip().startswith("{") else value
+        return cls.model_validate(json.loads(text))

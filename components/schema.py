@@ -1,0 +1,141 @@
+"""The one schema module: column names, table paths, file names and fold names.
+
+Every step (ETL, ALS, ranker, evaluation, bundle, serving) imports names from here and nowhere else, so a
+renamed column is one edit. Paths are relative to the step's own output directory (``OUTPUT/<step>/``).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# ---------------------------------------------------------------- raw contract (DATA_CONTRACT.md)
+USER_ID: Final = "user_id"
+ITEM_ID: Final = "item_id"
+EVENT_TYPE: Final = "event_type"
+TIMESTAMP: Final = "timestamp"
+QUANTITY: Final = "quantity"
+PRICE: Final = "price"
+SESSION_ID: Final = "session_id"
+
+EVENTS: Final = "events"
+ITEMS: Final = "items"
+USERS: Final = "users"
+RAW_TABLES: Final = (EVENTS, ITEMS, USERS)
+REQUIRED_EVENT_COLUMNS: Final = (USER_ID, ITEM_ID, EVENT_TYPE, TIMESTAMP)
+OPTIONAL_EVENT_COLUMNS: Final = (QUANTITY, PRICE, SESSION_ID)
+
+VIEW: Final = "view"
+ADD_TO_CART: Final = "add_to_cart"
+PURCHASE: Final = "purchase"
+RETURN: Final = "return"
+EVENT_TYPES: Final = (VIEW, ADD_TO_CART, PURCHASE, RETURN)
+
+# ---------------------------------------------------------------- ids
+USER_IDX: Final = "user_idx"  # dense int32 index, 0..n_users-1, from id_maps/users
+ITEM_IDX: Final = "item_idx"  # dense int32 index, 0..n_items-1, from id_maps/items
+
+# ---------------------------------------------------------------- ETL output (OUTPUT/etl/)
+REASON: Final = "reason"  # rejected/<table>/: every original column as string + reason + source_file
+SOURCE_FILE: Final = "source_file"
+CLEAN_DIR: Final = "clean"  # clean/<table>/ Parquet; events gain user_idx, item_idx
+REJECTED_DIR: Final = "rejected"
+ID_MAPS_DIR: Final = "id_maps"  # id_maps/users/ (user_id, user_idx), id_maps/items/ (item_id, item_idx)
+WINDOWS_FILE: Final = "windows.json"  # {"test_start", "label_start", "end", "test_days", "label_days"} ISO UTC
+VALIDATION_REPORT_FILE: Final = "validation_report.json"  # per table: input, accepted, rejected {reason: n}
+FEATURES_FILE: Final = "features.json"  # {"user": [...], "item": [...], "user_item": [...], "categorical": [...]}
+FOLDS_DIR: Final = "folds"
+
+# A fold is a cutoff: features, interactions and candidates use only events strictly before it; its
+# targets are the distinct purchases in the window that follows it (EVALUATION.md).
+Fold = Literal["train", "test"]
+TRAIN_FOLD: Final = "train"  # cutoff = label_start, targets = purchases in [label_start, test_start)
+TEST_FOLD: Final = "test"  # cutoff = test_start, targets = purchases in [test_start, end]
+FOLDS: Final[tuple[Fold, ...]] = ("train", "test")
+
+# Tables inside folds/<fold>/ (Parquet folders)
+INTERACTIONS: Final = "interactions"  # user_idx, item_idx, weight (float64 > 0), before the cutoff
+USER_FEATURES: Final = "user_features"  # user_idx + features.json["user"]
+ITEM_FEATURES: Final = "item_features"  # item_idx + features.json["item"]
+USER_ITEM_FEATURES: Final = "user_item_features"  # user_idx, item_idx + features.json["user_item"]
+TARGETS: Final = "targets"  # user_idx, item_idx: distinct purchases in the fold's target window
+TARGET_USERS: Final = "target_users"  # user_idx, segment: users with >= 1 target purchase
+WEIGHT: Final = "weight"
+SEGMENT: Final = "segment"
+WARM: Final = "warm"  # has events before the cutoff
+COLD: Final = "cold"  # does not
+
+# Feature names every step relies on (ETL writes them; evaluation baselines and serving read them).
+ITEM_BUYERS_28D: Final = "i_buyers_28d"  # distinct buyers in the 28 days before the cutoff ('popular')
+UI_PURCHASE_DAYS: Final = "ui_purchase_days"  # distinct days the user bought the item ('repurchase')
+UI_DAYS_SINCE_LAST: Final = "ui_days_since_last"  # days from the user's last event on the item to cutoff
+
+# ---------------------------------------------------------------- ALS output (OUTPUT/als/)
+USER_FACTORS: Final = "user_factors"  # folds/<fold>/user_factors/: user_idx, factors array<float>
+ITEM_FACTORS: Final = "item_factors"  # folds/<fold>/item_factors/: item_idx, factors array<float>
+FACTORS: Final = "factors"
+CANDIDATES: Final = "candidates"  # folds/<fold>/candidates/: one row per (user_idx, item_idx)
+ALS_SCORE: Final = "als_score"  # float, NaN when the pair did not come from ALS top-N
+ALS_RANK: Final = "als_rank"  # int 1..N, 0 when not from ALS
+# Source flags (bool) and scores of the other candidate generators
+FROM_ALS: Final = "from_als"
+FROM_HISTORY: Final = "from_history"  # the user's own past items
+FROM_COOC: Final = "from_cooc"  # item-item co-occurrence with the user's items
+FROM_POPULAR: Final = "from_popular"
+COOC_SCORE: Final = "cooc_score"
+CANDIDATE_SCORE_COLUMNS: Final = (ALS_SCORE, ALS_RANK, COOC_SCORE)
+CANDIDATE_SOURCE_COLUMNS: Final = (FROM_ALS, FROM_HISTORY, FROM_COOC, FROM_POPULAR)
+ALS_REPORT_FILE: Final = "als.json"
+
+# ---------------------------------------------------------------- ranker data (OUTPUT/ranker_data/)
+# Built-in SageMaker CatBoost format: channel dirs holding data.csv (no header, target first) and
+# categorical_index.json {"cat_index_list": [...]} (indices into the CSV row, so >= 1).
+TRAINING_CHANNEL: Final = "training"
+VALIDATION_CHANNEL: Final = "validation"
+CHANNELS: Final = (TRAINING_CHANNEL, VALIDATION_CHANNEL)
+CHANNEL_DATA_FILE: Final = "data.csv"
+CATEGORICAL_INDEX_FILE: Final = "categorical_index.json"
+FEATURE_SPEC_FILE: Final = "feature_spec.json"  # {"features": [...ordered], "categorical": [...]}
+SCORING_DIR: Final = "scoring"  # scoring/: user_idx, item_idx + features, the test fold's candidates
+LABEL: Final = "label"
+
+# ---------------------------------------------------------------- training (OUTPUT/train/)
+MODEL_ARCHIVE: Final = "model.tar.gz"
+MODEL_FILE: Final = "model"  # native CatBoost file inside model.tar.gz (the built-in algorithm's artifact)
+TRAINING_REPORT_FILE: Final = "training_report.json"
+
+# ---------------------------------------------------------------- evaluation (OUTPUT/evaluation/)
+EVALUATION_FILE: Final = "evaluation.json"
+GROUND_TRUTH_FILE: Final = "ground_truth.parquet"  # user_id, item_id, segment
+RECOMMENDATIONS_FILE: Final = "recommendations.parquet"  # recommender, user_id, rank, item_id, score
+REPORT_FILE: Final = "report.html"
+RECOMMENDER: Final = "recommender"
+RANK: Final = "rank"
+SCORE: Final = "score"
+POPULAR: Final = "popular"
+REPURCHASE: Final = "repurchase"
+ALS: Final = "als"
+TWO_STAGE: Final = "two_stage"
+RECOMMENDERS: Final = (POPULAR, REPURCHASE, ALS, TWO_STAGE)
+METRICS: Final = ("precision", "recall", "hit_rate", "ndcg", "map", "coverage")
+KS: Final = (10, 20)
+
+
+def metric_key(metric: str, k: int) -> str:
+    """``ndcg_at_10``: the key under ranking_metrics.<recommender> in evaluation.json."""
+    return f"{metric}_at_{k}"
+
+
+def metric_json_path(recommender: str, metric: str, k: int) -> str:
+    """The JsonGet path of a metric in evaluation.json: one source for the writer and the quality gate."""
+    return f"ranking_metrics.{recommender}.{metric_key(metric, k)}.value"
+
+
+# ---------------------------------------------------------------- bundle (OUTPUT/bundle/model.tar.gz)
+BUNDLE_MANIFEST: Final = "manifest.json"
+BUNDLE_ID_MAPS: Final = "id_maps"  # users.parquet, items.parquet
+BUNDLE_USER_FACTORS: Final = "als/user_factors.npy"
+BUNDLE_ITEM_FACTORS: Final = "als/item_factors.npy"
+BUNDLE_CANDIDATES: Final = "candidates.parquet"  # user_idx-sorted scoring rows: user_idx, item_idx, features
+BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fallback, best first
+BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
+BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff

@@ -1,0 +1,36 @@
+"""The argv contract every step's ``main(argv)`` shares, locally and in a SageMaker container:
+
+    --<input> PATH ... --output PATH [--config JSON|PATH]
+
+Inputs are named after the step that wrote them (``raw`` for the raw contract)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import PipelineConfig
+
+
+@dataclass(frozen=True)
+class StepArgs:
+    inputs: dict[str, Path]
+    output: Path
+    config: PipelineConfig
+
+
+def parse_step_args(argv: Sequence[str] | None, step: str, inputs: Sequence[str]) -> StepArgs:
+    parser = argparse.ArgumentParser(prog=f"ecomrec-step-{step}")
+    for name in inputs:
+        parser.add_argument(f"--{name}", required=True, type=Path, help=f"the {name} directory")
+    parser.add_argument("--output", required=True, type=Path, help=f"where {step} writes its files")
+    parser.add_argument("--config", default=None, help="PipelineConfig as inline JSON or a JSON file")
+    ns = parser.parse_args(argv)
+    ns.output.mkdir(parents=True, exist_ok=True)
+    return StepArgs(
+        inputs={name: getattr(ns, name) for name in inputs},
+        output=ns.output,
+        config=PipelineConfig.from_json_or_path(ns.config),
+    )

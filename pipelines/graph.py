@@ -1,0 +1,49 @@
+"""The one step graph. The local runner and ``get_pipeline()`` both read it, so they cannot drift.
+
+Each step's entry point is a module with ``main(argv)`` and an ``INPUTS`` tuple (tests/test_graph.py
+checks both against this list). A step writes all its files to one directory; a step's inputs are the
+directories of earlier steps, named after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+StepKind = Literal["pyspark", "processing", "training", "register"]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    entry_point: str  # module with main(argv)
+    kind: StepKind  # how SageMaker runs it
+    inputs: tuple[str, ...]  # "raw" or names of earlier steps
+    summary: str
+
+
+STEPS: tuple[Step, ...] = (
+    Step("etl", "components.etl.step", "pyspark", ("raw",),
+         "validate, reject with reasons, id maps, windows, features per fold"),
+    Step("als", "components.candidates.step", "pyspark", ("etl",),
+         "implicit ALS factors and top-N candidates per user and fold"),
+    Step("ranker_data", "components.ranker.data_step", "processing", ("etl", "als"),
+         "labelled candidates in the built-in CatBoost CSV format"),
+    Step("train", "components.ranker.train_step", "training", ("ranker_data",),
+         "CatBoost ranker (the built-in SageMaker algorithm's formats)"),
+    Step("evaluate", "components.evaluation.step", "processing", ("etl", "als", "ranker_data", "train"),
+         "EVALUATION.md: popular, repurchase, als, two_stage"),
+    Step("bundle", "components.bundle.step", "processing", ("etl", "als", "ranker_data", "train", "evaluate"),
+         "versioned model.tar.gz with everything serving needs"),
+    Step("register", "components.registry.step", "register", ("bundle", "evaluate"),
+         "quality gate, then the model registry as PendingManualApproval"),
+)
+
+STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
+
+
+def get_step(name: str) -> Step:
+    for step in STEPS:
+        if step.name == name:
+            return step
+    raise KeyError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)}")
