@@ -1,0 +1,15 @@
+"""Prometheus metric names the service exports. The Grafana dashboard, the Prometheus alert rules and
+the CDK alarms read these names; tests check that each one is really exported."""
+
+from typing import Final
+
+REQUESTS_TOTAL: Final = "ecomrec_requests_total"  # counter{route, method, status}
+REQUEST_LATENCY_SECONDS: Final = "ecomrec_request_latency_seconds"  # histogram{route}
+FALLBACK_TOTAL: Final = "ecomrec_fallback_total"  # counter{reason}: unknown_user, no_candidates
+CANDIDATES_SCORED_TOTAL: Final = "ecomrec_candidates_scored_total"  # counter
+MODEL_INFO: Final = "ecomrec_model"  # info{version, group}: exported as ecomrec_model_info
+MODEL_LOAD_SECONDS: Final = "ecomrec_model_load_seconds"  # gauge: duration of the last load
+MODEL_LAST_LOAD_SUCCESS: Final = "ecomrec_model_last_load_success"  # gauge 1 or 0
+MODEL_LOADS_TOTAL: Final = "ecomrec_model_loads_total"  # counter{result}: success, refused
+CATALOG_ITEMS: Final = "ecomrec_catalog_items"  # gauge: items in the loaded bundle
+ITEMS_SERVED_DISTINCT: Final = "ecomrec_items_served_distinct"  # gauge: distinct items answered since load
