@@ -7,7 +7,7 @@ Inputs are named after the step that wrote them (``raw`` for the raw contract)."
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,15 @@ class StepArgs:
     inputs: dict[str, Path]
     output: Path
     config: PipelineConfig
+    options: dict[str, str | None]
 
 
-def parse_step_args(argv: Sequence[str] | None, step: str, inputs: Sequence[str]) -> StepArgs:
+def parse_step_args(argv: Sequence[str] | None, step: str, inputs: Sequence[str],
+                    options: Mapping[str, str] | None = None) -> StepArgs:
+    """``options`` maps extra optional flags of a step (wiring such as a registry location) to their help."""
     parser = argparse.ArgumentParser(prog=f"ecomrec-step-{step}")
+    for name, help_text in (options or {}).items():
+        parser.add_argument(f"--{name}", default=None, help=help_text)
     for name in inputs:
         parser.add_argument(f"--{name}", required=True, type=Path, help=f"the {name} directory")
     parser.add_argument("--output", required=True, type=Path, help=f"where {step} writes its files")
@@ -33,4 +38,5 @@ def parse_step_args(argv: Sequence[str] | None, step: str, inputs: Sequence[str]
         inputs={name: getattr(ns, name) for name in inputs},
         output=ns.output,
         config=PipelineConfig.from_json_or_path(ns.config),
+        options={name: getattr(ns, name.replace("-", "_")) for name in (options or {})},
     )

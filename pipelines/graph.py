@@ -31,11 +31,11 @@ STEPS: tuple[Step, ...] = (
          "labelled candidates in the built-in CatBoost CSV format"),
     Step("train", "components.ranker.train_step", "training", ("ranker_data",),
          "CatBoost ranker (the built-in SageMaker algorithm's formats)"),
-    Step("evaluate", "components.evaluation.step", "processing", ("etl", "als", "ranker_data", "train"),
+    Step("evaluation", "components.evaluation.step", "processing", ("etl", "als", "ranker_data", "train"),
          "EVALUATION.md: popular, repurchase, als, two_stage"),
-    Step("bundle", "components.bundle.step", "processing", ("etl", "als", "ranker_data", "train", "evaluate"),
+    Step("bundle", "components.bundle.step", "processing", ("etl", "als", "ranker_data", "train", "evaluation"),
          "versioned model.tar.gz with everything serving needs"),
-    Step("register", "components.registry.step", "register", ("bundle", "evaluate"),
+    Step("register", "components.registry.step", "register", ("bundle", "evaluation"),
          "quality gate, then the model registry as PendingManualApproval"),
 )
 

@@ -29,11 +29,12 @@ class StepResult:
     skipped: bool
 
 
-def step_argv(step: Step, raw: Path, output: Path, config: PipelineConfig) -> list[str]:
+def step_argv(step: Step, raw: Path, output: Path, config: PipelineConfig,
+              extra: Sequence[str] = ()) -> list[str]:
     argv: list[str] = []
     for name in step.inputs:
         argv += [f"--{name}", str(raw if name == "raw" else output / name)]
-    return [*argv, "--output", str(output / step.name), "--config", config.to_json()]
+    return [*argv, "--output", str(output / step.name), "--config", config.to_json(), *extra]
 
 
 def _fingerprint(step: Step, argv: list[str], output: Path) -> str:
@@ -54,11 +55,13 @@ def run_local(
     *,
     resume: bool = True,
     only: Sequence[str] | None = None,
+    step_options: dict[str, list[str]] | None = None,
     on_step_start: Callable[[Step], None] | None = None,
     on_step_end: Callable[[Step, StepResult], None] | None = None,
 ) -> list[StepResult]:
     """Run every step in graph order (or ``only`` those). With ``resume``, a step whose ``_SUCCESS``
-    fingerprint matches is skipped; the first step that runs clears its own directory first."""
+    fingerprint matches is skipped; the first step that runs clears its own directory first.
+    ``step_options`` adds wiring flags to a step's argv (e.g. the registry location of ``register``)."""
     from components.spark import get_spark
 
     output.mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,7 @@ def run_local(
         for step in STEPS:
             if only and step.name not in only:
                 continue
-            argv = step_argv(step, raw, output, config)
+            argv = step_argv(step, raw, output, config, (step_options or {}).get(step.name, ()))
             fingerprint = _fingerprint(step, argv, output)
             marker = output / step.name / SUCCESS_MARKER
             if on_step_start:

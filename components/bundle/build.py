@@ -1,0 +1,169 @@
+"""Writing a bundle from the outputs of the etl, als, ranker_data, train and evaluate steps."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.bundle.format import FORMAT_VERSION, REQUIRED_FILES, sha256_file
+from components.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundleInputs:
+    """The tables a bundle is made of, already in memory (see ``read_run_outputs``)."""
+
+    users_map: pd.DataFrame  # user_id, user_idx
+    items_map: pd.DataFrame  # item_id, item_idx
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    candidates: pd.DataFrame  # user_idx, item_idx + features
+    popular: pd.DataFrame  # item_idx, score; best first
+    items: pd.DataFrame  # item_idx, item_id + catalog attributes
+    purchased: pd.DataFrame  # user_idx, item_idx
+    feature_spec: dict[str, Any]
+    model_file: Path  # native CatBoost file
+    window: dict[str, Any]
+    evaluation: dict[str, Any]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise BundleError(f"missing input table {path}")
+    return pd.read_parquet(path)
+
+
+def _dense_factors(table: pd.DataFrame, idx_column: str, n_rows: int) -> np.ndarray:
+    """Factor rows by index; rows ALS never saw stay zero (they score 0 against every item)."""
+    if table.empty:
+        return np.zeros((n_rows, 0), dtype=np.float32)
+    vectors = np.stack(table[s.FACTORS].to_numpy()).astype(np.float32)
+    dense = np.zeros((n_rows, vectors.shape[1]), dtype=np.float32)
+    dense[table[idx_column].to_numpy()] = vectors
+    return dense
+
+
+def popular_ranking(item_features: pd.DataFrame) -> pd.DataFrame:
+    """The cold-user fallback: items by distinct buyers in the 28 days before the cutoff, ties by index."""
+    ranked = item_features[[s.ITEM_IDX, s.ITEM_BUYERS_28D]].rename(columns={s.ITEM_BUYERS_28D: s.SCORE})
+    ranked = ranked[ranked[s.SCORE] > 0].sort_values([s.SCORE, s.ITEM_IDX], ascending=[False, True])
+    return ranked.reset_index(drop=True).astype({s.ITEM_IDX: "int64", s.SCORE: "float64"})
+
+
+def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evaluation: Path) -> BundleInputs:
+    """Collect the test-fold artefacts: exactly the models and tables the evaluation scored."""
+    fold = etl / s.FOLDS_DIR / s.TEST_FOLD
+    users_map = _read_table(etl / s.ID_MAPS_DIR / s.USERS)[[s.USER_ID, s.USER_IDX]]
+    items_map = _read_table(etl / s.ID_MAPS_DIR / s.ITEMS)[[s.ITEM_ID, s.ITEM_IDX]]
+    catalog_path = etl / s.CLEAN_DIR / s.ITEMS
+    items = items_map.copy()
+    if catalog_path.exists():
+        catalog = pd.read_parquet(catalog_path).drop(columns=[s.ITEM_IDX], errors="ignore")
+        items = items.merge(catalog, on=s.ITEM_ID, how="left")
+    ui = _read_table(fold / s.USER_ITEM_FEATURES)
+    purchased = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX]]
+    archive = train / s.MODEL_ARCHIVE
+    if not archive.is_file():
+        raise BundleError(f"missing trained model {archive}")
+    model_dir = Path(tempfile.mkdtemp(prefix="ecomrec-model-"))  # never write into another step's folder
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    if not (model_dir / s.MODEL_FILE).is_file():
+        raise BundleError(f"{archive} holds no file named {s.MODEL_FILE!r}")
+    return BundleInputs(
+        users_map=users_map,
+        items_map=items_map,
+        user_factors=_dense_factors(_read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.USER_FACTORS),
+                                    s.USER_IDX, len(users_map)),
+        item_factors=_dense_factors(_read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.ITEM_FACTORS),
+                                    s.ITEM_IDX, len(items_map)),
+        candidates=_read_table(ranker_data / s.SCORING_DIR),
+        popular=popular_ranking(_read_table(fold / s.ITEM_FEATURES)),
+        items=items,
+        purchased=purchased,
+        feature_spec=json.loads((ranker_data / s.FEATURE_SPEC_FILE).read_text()),
+        model_file=model_dir / s.MODEL_FILE,
+        window=json.loads((etl / s.WINDOWS_FILE).read_text()),
+        evaluation=json.loads((evaluation / s.EVALUATION_FILE).read_text()),
+    )
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible archives: same content, same bytes
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") -> Path:
+    """Write ``output/model.tar.gz`` and ``output/manifest.json``; return the archive path.
+
+    The version is derived from the content (window + checksums), so rerunning on the same input gives
+    the same version and a changed input a new one.
+    """
+    staging = output / "_staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / s.BUNDLE_ID_MAPS).mkdir(parents=True)
+    (staging / "als").mkdir()
+    shutil.copyfile(inputs.model_file, staging / s.MODEL_FILE)
+    inputs.users_map.sort_values(s.USER_IDX).to_parquet(staging / s.BUNDLE_ID_MAPS / "users.parquet", index=False)
+    inputs.items_map.sort_values(s.ITEM_IDX).to_parquet(staging / s.BUNDLE_ID_MAPS / "items.parquet", index=False)
+    np.save(staging / s.BUNDLE_USER_FACTORS, inputs.user_factors)
+    np.save(staging / s.BUNDLE_ITEM_FACTORS, inputs.item_factors)
+    feature_columns = [s.USER_IDX, s.ITEM_IDX, *inputs.feature_spec["features"]]
+    missing = [c for c in feature_columns if c not in inputs.candidates.columns]
+    if missing:
+        raise BundleError(f"scoring candidates lack columns {missing}")
+    candidates = inputs.candidates[feature_columns].sort_values([s.USER_IDX, s.ITEM_IDX], kind="stable")
+    candidates.to_parquet(staging / s.BUNDLE_CANDIDATES, index=False)
+    inputs.popular.to_parquet(staging / s.BUNDLE_POPULAR, index=False)
+    inputs.items.sort_values(s.ITEM_IDX).to_parquet(staging / s.BUNDLE_ITEMS, index=False)
+    inputs.purchased.sort_values([s.USER_IDX, s.ITEM_IDX]).to_parquet(staging / s.BUNDLE_PURCHASED, index=False)
+
+    files = {rel: sha256_file(staging / rel) for rel in REQUIRED_FILES[1:]}
+    content_id = hashlib.sha256(json.dumps([inputs.window, files], sort_keys=True).encode()).hexdigest()
+    cut = str(inputs.window.get("test_start", ""))[:10].replace("-", "")
+    manifest = {
+        "format": FORMAT_VERSION,
+        "version": f"{cut}-{content_id[:12]}",
+        "group": group,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "window": inputs.window,
+        "fit_on": "every accepted event before window.test_start (the evaluated test fold)",
+        "metrics": inputs.evaluation.get("ranking_metrics", {}),
+        "feature_spec": inputs.feature_spec,
+        "counts": {
+            "users": len(inputs.users_map),
+            "items": len(inputs.items_map),
+            "candidate_rows": len(candidates),
+            "users_with_candidates": int(candidates[s.USER_IDX].nunique()),
+            "popular": len(inputs.popular),
+        },
+        "files": files,
+    }
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    archive = output / s.MODEL_ARCHIVE
+    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+        _add_bytes(tar, s.BUNDLE_MANIFEST, manifest_bytes)
+        for relative in sorted(files):
+            _add_bytes(tar, relative, (staging / relative).read_bytes())
+    (output / s.BUNDLE_MANIFEST).write_bytes(manifest_bytes)
+    shutil.rmtree(staging)
+    log.info("bundle %s: %s (%.1f MB)", manifest["version"], archive, archive.stat().st_size / 1e6)
+    return archive

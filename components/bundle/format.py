@@ -1,0 +1,188 @@
+"""Reading and checking a bundle. Serving imports this module only (no Spark, no training code)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.errors import BundleError
+
+FORMAT_VERSION = 1
+REQUIRED_FILES: tuple[str, ...] = (
+    s.BUNDLE_MANIFEST,
+    s.MODEL_FILE,
+    f"{s.BUNDLE_ID_MAPS}/users.parquet",
+    f"{s.BUNDLE_ID_MAPS}/items.parquet",
+    s.BUNDLE_USER_FACTORS,
+    s.BUNDLE_ITEM_FACTORS,
+    s.BUNDLE_CANDIDATES,
+    s.BUNDLE_POPULAR,
+    s.BUNDLE_ITEMS,
+    s.BUNDLE_PURCHASED,
+)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _csr(user_idx: np.ndarray, values: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and values of rows grouped by user (input sorted by user): rows of u are
+    values[offsets[u]:offsets[u + 1]]."""
+    counts = np.bincount(user_idx, minlength=n_users)
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets, values
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, checked bundle. Arrays are indexed by the dense ``user_idx`` / ``item_idx``."""
+
+    root: Path
+    manifest: dict[str, Any]
+    user_ids: np.ndarray  # str per user_idx
+    item_ids: np.ndarray  # str per item_idx
+    candidates: pd.DataFrame  # user_idx-sorted rows: user_idx, item_idx + feature_names
+    candidate_offsets: np.ndarray  # rows of user u: candidates.iloc[off[u]:off[u + 1]]
+    popular_items: np.ndarray  # item_idx, best first
+    popular_scores: np.ndarray
+    items: pd.DataFrame  # item_idx-ordered catalog attributes
+    purchased_offsets: np.ndarray  # items user u bought before the cutoff:
+    purchased_items: np.ndarray  # purchased_items[off[u]:off[u + 1]]
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / s.MODEL_FILE
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.manifest["feature_spec"]["features"])
+
+    @property
+    def categorical(self) -> list[str]:
+        return list(self.manifest["feature_spec"]["categorical"])
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {user_id: idx for idx, user_id in enumerate(self.user_ids.tolist())}
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        return {item_id: idx for idx, item_id in enumerate(self.item_ids.tolist())}
+
+    def candidate_rows(self, user_idx: int) -> pd.DataFrame:
+        return self.candidates.iloc[self.candidate_offsets[user_idx]:self.candidate_offsets[user_idx + 1]]
+
+    def purchased(self, user_idx: int) -> np.ndarray:
+        return self.purchased_items[self.purchased_offsets[user_idx]:self.purchased_offsets[user_idx + 1]]
+
+
+def extract_bundle(archive: Path, destination: Path | None = None) -> Path:
+    """Unpack ``model.tar.gz`` safely (no absolute paths, no '..', no links) and return the folder."""
+    target = Path(destination or tempfile.mkdtemp(prefix="ecomrec-bundle-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                name = Path(member.name)
+                if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+                    raise BundleError(f"{archive}: unsafe member {member.name!r} in bundle")
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise BundleError(f"{archive}: not a readable model.tar.gz ({error})") from error
+    return target
+
+
+def verify_bundle(root: Path) -> dict[str, Any]:
+    """Check presence and checksums of every file the manifest lists; return the manifest."""
+    manifest_path = root / s.BUNDLE_MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{root}: no {s.BUNDLE_MANIFEST}; not an ecomrec bundle")
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{manifest_path}: invalid JSON ({error})") from error
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BundleError(f"{manifest_path}: bundle format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    for relative in REQUIRED_FILES[1:]:
+        if relative not in manifest.get("files", {}):
+            raise BundleError(f"{manifest_path}: manifest does not list required file {relative}")
+    for relative, expected in manifest["files"].items():
+        path = root / relative
+        if not path.is_file():
+            raise BundleError(f"{root}: missing bundle file {relative}")
+        if sha256_file(path) != expected:
+            raise BundleError(f"{root}: checksum mismatch for {relative}")
+    return manifest
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load a bundle from a ``model.tar.gz`` or an unpacked folder (e.g. SageMaker's /opt/ml/model)."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    root = path if path.is_dir() else extract_bundle(path)
+    if path.is_dir() and not (root / s.BUNDLE_MANIFEST).exists() and (root / s.MODEL_ARCHIVE).is_file():
+        root = extract_bundle(root / s.MODEL_ARCHIVE)  # SageMaker may hand us the folder of the archive
+    manifest = verify_bundle(root)
+    try:
+        users = pd.read_parquet(root / s.BUNDLE_ID_MAPS / "users.parquet").sort_values(s.USER_IDX)
+        items_map = pd.read_parquet(root / s.BUNDLE_ID_MAPS / "items.parquet").sort_values(s.ITEM_IDX)
+        candidates = pd.read_parquet(root / s.BUNDLE_CANDIDATES)
+        popular = pd.read_parquet(root / s.BUNDLE_POPULAR)
+        items = pd.read_parquet(root / s.BUNDLE_ITEMS).sort_values(s.ITEM_IDX).reset_index(drop=True)
+        purchased = pd.read_parquet(root / s.BUNDLE_PURCHASED)
+        user_factors = np.load(root / s.BUNDLE_USER_FACTORS)
+        item_factors = np.load(root / s.BUNDLE_ITEM_FACTORS)
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{root}: unreadable bundle table ({error})") from error
+    n_users = len(users)
+    if not np.array_equal(users[s.USER_IDX].to_numpy(), np.arange(n_users)):
+        raise BundleError(f"{root}: user id map is not dense 0..{n_users - 1}")
+    missing = [name for name in manifest["feature_spec"]["features"] if name not in candidates.columns]
+    if missing:
+        raise BundleError(f"{root}: candidates lack features {missing}")
+    candidates = candidates.sort_values([s.USER_IDX, s.ITEM_IDX], kind="stable").reset_index(drop=True)
+    candidate_offsets, _ = _csr(candidates[s.USER_IDX].to_numpy(), np.empty(0), n_users)
+    purchased = purchased.sort_values([s.USER_IDX, s.ITEM_IDX], kind="stable")
+    purchased_offsets, purchased_items = _csr(
+        purchased[s.USER_IDX].to_numpy(), purchased[s.ITEM_IDX].to_numpy(np.int64), n_users)
+    return Bundle(
+        root=root,
+        manifest=manifest,
+        user_ids=users[s.USER_ID].astype(str).to_numpy(),
+        item_ids=items_map[s.ITEM_ID].astype(str).to_numpy(),
+        candidates=candidates,
+        candidate_offsets=candidate_offsets,
+        popular_items=popular[s.ITEM_IDX].to_numpy(np.int64),
+        popular_scores=popular[s.SCORE].to_numpy(np.float64),
+        items=items,
+        purchased_offsets=purchased_offsets,
+        purchased_items=purchased_items,
+        user_factors=user_factors,
+        item_factors=item_factors,
+    )

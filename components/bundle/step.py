@@ -1,0 +1,22 @@
+"""Step ``bundle``: package what the evaluation measured into one versioned model.tar.gz."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from components.bundle.build import read_run_outputs, write_bundle
+from components.stepargs import parse_step_args
+
+INPUTS = ("etl", "als", "ranker_data", "train", "evaluation")
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_step_args(argv, "bundle", INPUTS)
+    inputs = read_run_outputs(*(args.inputs[name] for name in INPUTS))
+    write_bundle(inputs, args.output, group=args.config.model_package_group)
+
+
+if __name__ == "__main__":
+    main()

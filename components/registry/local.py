@@ -1,0 +1,144 @@
+"""The embedded model registry: a folder with SageMaker Model Registry semantics.
+
+Layout: ``ROOT/<group>/versions/<n>.json`` (one record per version), ``ROOT/<group>/artifacts/<n>/``
+(a copy of the registered bundle, so later runs cannot change what was approved) and
+``ROOT/<group>/events.jsonl``: one line per status change, shaped like the EventBridge
+"SageMaker Model Package State Change" detail, which the inference service's watcher reads.
+Writes are atomic (temp file + rename) and version numbers are taken under a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from components.errors import RegistryError
+from components.registry.base import APPROVAL_STATUSES, PENDING, ApprovalStatus, ModelVersion
+
+STATE_CHANGE_DETAIL_TYPE = "SageMaker Model Package State Change"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class LocalRegistry:
+    """File-based ``ModelRegistry``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _group_dir(self, group: str) -> Path:
+        if not group or "/" in group or group.startswith("."):
+            raise RegistryError(f"invalid model package group name {group!r}")
+        return self.root / group
+
+    @contextmanager
+    def _locked(self, group: str) -> Iterator[Path]:
+        group_dir = self._group_dir(group)
+        (group_dir / "versions").mkdir(parents=True, exist_ok=True)
+        with (group_dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield group_dir
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def register(self, group: str, model_data_url: str, metrics: dict[str, Any], *,
+                 description: str = "", image_uri: str = "",
+                 status: ApprovalStatus = PENDING) -> ModelVersion:
+        source = Path(model_data_url)
+        if not source.is_file():
+            raise RegistryError(f"cannot register {model_data_url}: no such bundle file")
+        if status not in APPROVAL_STATUSES:
+            raise RegistryError(f"unknown approval status {status!r}; use one of {APPROVAL_STATUSES}")
+        with self._locked(group) as group_dir:
+            numbers = [int(p.stem) for p in (group_dir / "versions").glob("*.json")]
+            number = max(numbers, default=0) + 1
+            artifact = group_dir / "artifacts" / str(number) / source.name
+            artifact.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, artifact)
+            version = ModelVersion(
+                group=group, version=number, status=status, model_data_url=str(artifact.resolve()),
+                created_at=_now(), metrics=metrics, description=description,
+                arn=f"local:{group}/{number}", image_uri=image_uri,
+            )
+            self._save(group_dir, version)
+            self._emit(group_dir, version)
+        return version
+
+    def list_versions(self, group: str) -> list[ModelVersion]:
+        versions_dir = self._group_dir(group) / "versions"
+        if not versions_dir.is_dir():
+            return []
+        return sorted((self._load(p) for p in versions_dir.glob("*.json")), key=lambda v: v.version)
+
+    def describe(self, group: str, version: int) -> ModelVersion:
+        path = self._group_dir(group) / "versions" / f"{version}.json"
+        if not path.is_file():
+            known = [v.version for v in self.list_versions(group)]
+            raise RegistryError(f"model package group {group!r} has no version {version} (versions: {known})")
+        return self._load(path)
+
+    def set_status(self, group: str, version: int, status: ApprovalStatus, reason: str = "") -> ModelVersion:
+        if status not in APPROVAL_STATUSES:
+            raise RegistryError(f"unknown approval status {status!r}; use one of {APPROVAL_STATUSES}")
+        with self._locked(group) as group_dir:
+            current = self.describe(group, version)
+            if current.status == status:
+                return current  # idempotent, like SageMaker: no event for a no-op
+            updated = replace(current, status=status,
+                              description=reason or current.description)
+            self._save(group_dir, updated)
+            self._emit(group_dir, updated)
+        return updated
+
+    def latest_approved(self, group: str) -> ModelVersion | None:
+        approved = [v for v in self.list_versions(group) if v.status == "Approved"]
+        return approved[-1] if approved else None
+
+    def events(self, group: str) -> list[dict[str, Any]]:
+        path = self._group_dir(group) / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    @staticmethod
+    def _save(group_dir: Path, version: ModelVersion) -> None:
+        _write_atomic(group_dir / "versions" / f"{version.version}.json", json.dumps(asdict(version), indent=2))
+
+    @staticmethod
+    def _load(path: Path) -> ModelVersion:
+        try:
+            return ModelVersion(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise RegistryError(f"corrupt registry record {path}: {error}") from error
+
+    @staticmethod
+    def _emit(group_dir: Path, version: ModelVersion) -> None:
+        event = {
+            "detail-type": STATE_CHANGE_DETAIL_TYPE,
+            "source": "ecomrec.local-registry",
+            "time": _now(),
+            "detail": {
+                "ModelPackageGroupName": version.group,
+                "ModelPackageVersion": version.version,
+                "ModelPackageArn": version.arn,
+                "ModelApprovalStatus": version.status,
+                "ModelDataUrl": version.model_data_url,
+            },
+        }
+        with (group_dir / "events.jsonl").open("a") as handle:
+            handle.write(json.dumps(event) + "\n")
