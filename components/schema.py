@@ -139,3 +139,4 @@ BUNDLE_CANDIDATES: Final = "candidates.parquet"  # user_idx-sorted scoring rows:
 BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fallback, best first
 BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
 BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff
+ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present
