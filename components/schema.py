@@ -69,6 +69,48 @@ ITEM_BUYERS_28D: Final = "i_buyers_28d"  # distinct buyers in the 28 days before
 UI_PURCHASE_DAYS: Final = "ui_purchase_days"  # distinct days the user bought the item ('repurchase')
 UI_DAYS_SINCE_LAST: Final = "ui_days_since_last"  # days from the user's last event on the item to cutoff
 
+# All other ETL features (components/etl/features.py defines them; features.json lists what a run wrote).
+# Durations are float days to the fold cutoff; counts use only events strictly before it.
+U_N_EVENTS: Final = "u_n_events"
+U_N_PURCHASE_DAYS: Final = "u_n_purchase_days"
+U_N_INVOICES: Final = "u_n_invoices"  # distinct session_id of purchases (an order)
+U_N_ITEMS: Final = "u_n_items"  # distinct items purchased
+U_SPEND: Final = "u_spend"
+U_AVG_BASKET_VALUE: Final = "u_avg_basket_value"
+U_DAYS_SINCE_LAST: Final = "u_days_since_last"
+U_DAYS_SINCE_FIRST: Final = "u_days_since_first"
+U_PURCHASE_DAYS_28D: Final = "u_purchase_days_28d"
+U_PURCHASE_DAYS_90D: Final = "u_purchase_days_90d"
+U_MEAN_DAYS_BETWEEN_PURCHASES: Final = "u_mean_days_between_purchases"
+U_AVG_ITEM_PRICE: Final = "u_avg_item_price"
+ITEM_BUYERS_7D: Final = "i_buyers_7d"
+ITEM_BUYERS_90D: Final = "i_buyers_90d"
+ITEM_BUYERS_TOTAL: Final = "i_buyers_total"
+ITEM_PURCHASE_DAYS_TOTAL: Final = "i_purchase_days_total"  # distinct (buyer, day) pairs
+ITEM_TREND: Final = "i_trend"  # 7-day vs 28-day buyer rate, smoothed
+ITEM_AVG_PRICE: Final = "i_avg_price"
+ITEM_REPURCHASE_RATE: Final = "i_repurchase_rate"  # share of buyers who bought on >= 2 distinct days
+ITEM_MEAN_REPURCHASE_INTERVAL: Final = "i_mean_repurchase_interval"
+ITEM_DAYS_SINCE_FIRST_SALE: Final = "i_days_since_first_sale"
+ITEM_DAYS_SINCE_LAST_SALE: Final = "i_days_since_last_sale"
+UI_DAYS_SINCE_FIRST: Final = "ui_days_since_first"
+UI_N_EVENTS: Final = "ui_n_events"
+UI_QUANTITY: Final = "ui_quantity"
+UI_SPEND: Final = "ui_spend"
+UI_VIEWS: Final = "ui_views"
+UI_CARTS: Final = "ui_carts"
+UI_RETURNS: Final = "ui_returns"
+UI_WEIGHT: Final = "ui_weight"  # the interaction weight (may be <= 0 here; interactions keep > 0)
+UI_MEAN_INTERVAL_DAYS: Final = "ui_mean_interval_days"
+UI_RECENCY_RATIO: Final = "ui_recency_ratio"  # days since last purchase / mean interval: "is it due?"
+UI_PURCHASE_DAYS_90D: Final = "ui_purchase_days_90d"
+UI_SHARE_OF_USER_DAYS: Final = "ui_share_of_user_days"
+USER_ATTR_PREFIX: Final = "u_attr_"  # users/ attribute column c becomes feature u_attr_<c>
+ITEM_ATTR_PREFIX: Final = "i_attr_"  # items/ attribute column c becomes feature i_attr_<c>
+# folds/<fold>/user_category/ (user_idx, category, uc_share), written when items/ has a string "category"
+USER_CATEGORY: Final = "user_category"
+UC_SHARE: Final = "uc_share"  # share of the user's events before the cutoff on items of that category
+
 # ---------------------------------------------------------------- ALS output (OUTPUT/als/)
 USER_FACTORS: Final = "user_factors"  # folds/<fold>/user_factors/: user_idx, factors array<float>
 ITEM_FACTORS: Final = "item_factors"  # folds/<fold>/item_factors/: item_idx, factors array<float>
