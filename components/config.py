@@ -24,8 +24,16 @@ class EtlConfig(_Strict):
     purchase_weight_by_quantity: bool = True
     quantity_cap: int = Field(100, ge=1)  # wholesale orders of thousands must not drown everything else
     decay_half_life_days: float | None = Field(None, gt=0)
+    # "day": one contribution per (user, item, event type, UTC day), so a repeat buyer counts by purchase
+    # days, not by rows or units (what predicts the next purchase on Online Retail); "event": per row.
+    weight_unit: Literal["event", "day"] = "day"
+    # How units scale purchase/return weights (with purchase_weight_by_quantity): "linear" = min(q, cap),
+    # "log" = log2(1 + min(q, cap)) (1 unit -> 1, 100 units -> 6.7: a mild wholesale bonus).
+    quantity_scale: Literal["linear", "log"] = "log"
     strict_catalog: bool = True  # events on items missing from a given catalog are rejected
     max_rejected_share: float = Field(0.5, ge=0.0, le=1.0)
+    # A string attribute with more distinct values than this share of rows is free text, not a category.
+    max_category_share: float = Field(0.5, gt=0.0, le=1.0)
 
 
 class AlsConfig(_Strict):
