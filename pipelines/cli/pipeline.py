@@ -1,7 +1,117 @@
-"""`ecomrec pipeline ...`"""
+"""`ecomrec pipeline ...`: run the pipeline locally (the embedded default) or on SageMaker."""
 
 from __future__ import annotations
 
-import typer
+import json
+import logging
+from pathlib import Path
 
-app = typer.Typer(help="pipeline commands", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components import schema as s
+from components.config import PipelineConfig
+from components.errors import EcomrecError
+
+app = typer.Typer(help="Run the pipeline locally, or define/upsert/start it on SageMaker.", no_args_is_help=True)
+console = Console()
+
+
+def _raw_input(data: Path | None, dataset: str, source: Path | None, output: Path) -> Path:
+    """The raw contract folder: ``--data`` as given, or a public dataset imported once under OUTPUT/raw."""
+    if data is not None:
+        return data
+    if dataset != "online-retail":
+        raise typer.BadParameter(f"unknown dataset {dataset!r}; known: online-retail", param_hint="--dataset")
+    from components.data.fetch import fetch_online_retail
+    from components.data.online_retail import find_online_retail, import_online_retail
+
+    raw = output / "raw"
+    if (raw / s.EVENTS).is_dir() and (raw / "_SUCCESS").exists():
+        return raw
+    found = find_online_retail(source)
+    if found is None:
+        console.print("[bold]no local copy of Online Retail found: downloading the official file[/bold]")
+        found = fetch_online_retail(Path.home() / ".cache" / "ecomrec" / "online-retail")
+    console.print(f"importing Online Retail from [cyan]{found}[/cyan]")
+    import_online_retail(found, raw)
+    (raw / "_SUCCESS").write_text(str(found))
+    return raw
+
+
+def print_evaluation(evaluation_dir: Path) -> None:
+    evaluation = json.loads((evaluation_dir / s.EVALUATION_FILE).read_text())
+    table = Table(title=f"Evaluation, warm users (test from {evaluation['split']['test_start']})")
+    table.add_column("recommender")
+    columns = [(m, k) for k in s.KS for m in ("ndcg", "map", "recall", "precision", "hit_rate", "coverage")]
+    for metric, k in columns:
+        table.add_column(f"{metric}@{k}", justify="right")
+    for name, metrics in evaluation["ranking_metrics"].items():
+        table.add_row(name, *(f"{metrics[s.metric_key(m, k)]['value']:.4f}" for m, k in columns))
+    console.print(table)
+    two_stage = evaluation["ranking_metrics"][s.TWO_STAGE]
+    if "candidate_recall" in two_stage:
+        console.print(f"candidate recall {two_stage['candidate_recall']['value']:.4f} with "
+                      f"{two_stage['candidates_per_user']['value']:.1f} candidates per user; "
+                      f"users: {evaluation.get('users')}")
+
+
+@app.command("run")
+def run(
+    local: bool = typer.Option(True, "--local/--no-local", help="run on this machine (the embedded default)"),
+    data: Path | None = typer.Option(None, help="raw contract folder (events/, items/, users/)"),
+    dataset: str = typer.Option("online-retail", help="public dataset to use when --data is not given"),
+    source: Path | None = typer.Option(None, help="a local copy of the dataset file (csv, csv.gz, xlsx, zip)"),
+    output: Path = typer.Option(Path("runs/online-retail"), help="each step writes OUTPUT/<step>/"),
+    config: str | None = typer.Option(None, help="PipelineConfig as JSON or a JSON file"),
+    registry: Path | None = typer.Option(None, help="local registry folder [default: $ECOMREC_REGISTRY_DIR "
+                                                    "or .ecomrec/registry]"),
+    resume: bool = typer.Option(True, help="skip steps whose inputs and config did not change"),
+    only: list[str] | None = typer.Option(None, help="run only these steps (repeatable)"),
+) -> None:
+    """Run every step in order with one Spark session, showing progress and time per step."""
+    if not local:
+        raise typer.BadParameter("use `ecomrec pipeline upsert` and `start` to run on SageMaker",
+                                 param_hint="--local")
+    from components.registry.step import REGISTRATION_FILE, default_registry_dir
+    from pipelines.graph import STEPS
+    from pipelines.local import run_local
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    pipeline_config = PipelineConfig.from_json_or_path(config)
+    registry_dir = (registry or default_registry_dir()).resolve()
+    try:
+        raw = _raw_input(data, dataset, source, output)
+        timings = Table(title="Steps")
+        timings.add_column("step")
+        timings.add_column("seconds", justify="right")
+        timings.add_column("what")
+        with console.status("starting Spark") as status:
+            results = run_local(
+                raw, output, pipeline_config, resume=resume, only=only,
+                step_options={"register": ["--registry", str(registry_dir)]},
+                on_step_start=lambda step: status.update(f"[bold]{step.name}[/bold]: {step.summary}"),
+                on_step_end=lambda step, result: console.print(
+                    f"  [green]✓[/green] {step.name:<12} "
+                    + ("skipped (unchanged)" if result.skipped else f"{result.seconds:6.1f} s")),
+            )
+    except EcomrecError as error:
+        console.print(f"[bold red]{type(error).__name__}:[/bold red] {error}")
+        raise typer.Exit(code=1) from error
+    summaries = {step.name: step.summary for step in STEPS}
+    for result in results:
+        timings.add_row(result.step, "skipped" if result.skipped else f"{result.seconds:.1f}",
+                        summaries[result.step])
+    console.print(timings)
+    console.print(f"total {sum(r.seconds for r in results):.1f} s")
+    if (output / "evaluation" / s.EVALUATION_FILE).exists():
+        print_evaluation(output / "evaluation")
+    registration = output / "register" / REGISTRATION_FILE
+    if registration.exists():
+        registered = json.loads(registration.read_text()).get("registered")
+        if registered:
+            console.print(f"registered [bold]{registered['group']}[/bold] version "
+                          f"[bold]{registered['version']}[/bold] as {registered['status']} in {registry_dir}; "
+                          f"approve with: ecomrec models approve {registered['version']} "
+                          f"--registry {registry_dir}")

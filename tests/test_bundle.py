@@ -1,0 +1,96 @@
+"""A bundle round-trips, is reproducible, and refuses to load when incomplete or tampered with."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from catboost import CatBoostClassifier
+
+from components import schema as s
+from components.bundle import load_bundle
+from components.bundle.build import BundleInputs, popular_ranking, write_bundle
+from components.errors import BundleError
+
+
+def _inputs(tmp_path: Path) -> BundleInputs:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 5, 6
+    rows = [(u, i) for u in (0, 1, 3) for i in range(4)]  # users 2 and 4 have no candidates
+    candidates = pd.DataFrame(rows, columns=[s.USER_IDX, s.ITEM_IDX])
+    candidates["f_num"] = rng.random(len(candidates))
+    candidates["f_cat"] = np.where(candidates[s.ITEM_IDX] % 2 == 0, "a", "b")
+    model = CatBoostClassifier(iterations=5, verbose=False, cat_features=["f_cat"], thread_count=1)
+    model.fit(candidates[["f_num", "f_cat"]], (candidates["f_num"] > 0.5).astype(int))
+    model_file = tmp_path / "model"
+    model.save_model(str(model_file))
+    item_features = pd.DataFrame({s.ITEM_IDX: range(n_items), s.ITEM_BUYERS_28D: [3, 0, 5, 3, 1, 0]})
+    return BundleInputs(
+        users_map=pd.DataFrame({s.USER_ID: [f"u{i}" for i in range(n_users)], s.USER_IDX: range(n_users)}),
+        items_map=pd.DataFrame({s.ITEM_ID: [f"i{i}" for i in range(n_items)], s.ITEM_IDX: range(n_items)}),
+        user_factors=rng.random((n_users, 3)).astype(np.float32),
+        item_factors=rng.random((n_items, 3)).astype(np.float32),
+        candidates=candidates.sample(frac=1.0, random_state=1),  # the writer sorts
+        popular=popular_ranking(item_features),
+        items=pd.DataFrame({s.ITEM_IDX: range(n_items), s.ITEM_ID: [f"i{i}" for i in range(n_items)],
+                            "category": list("xxyyzz")}),
+        purchased=pd.DataFrame({s.USER_IDX: [3, 0, 0], s.ITEM_IDX: [5, 2, 1]}),
+        feature_spec={"features": ["f_num", "f_cat"], "categorical": ["f_cat"]},
+        model_file=model_file,
+        window={"test_start": "2011-11-11T00:00:00+00:00"},
+        evaluation={"ranking_metrics": {"two_stage": {"ndcg_at_10": {"value": 0.5}}}},
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path)
+    archive = write_bundle(inputs, tmp_path / "out")
+    bundle = load_bundle(archive)
+    assert bundle.version.startswith("20111111-")
+    assert bundle.feature_names == ["f_num", "f_cat"] and bundle.categorical == ["f_cat"]
+    assert bundle.user_index["u3"] == 3 and bundle.item_ids[5] == "i5"
+    assert bundle.candidate_rows(3)[s.ITEM_IDX].tolist() == [0, 1, 2, 3]
+    assert bundle.candidate_rows(2).empty and bundle.candidate_rows(4).empty
+    assert bundle.purchased(0).tolist() == [1, 2] and bundle.purchased(1).size == 0
+    assert bundle.popular_items.tolist() == [2, 0, 3, 4]  # ties by item index, zero-buyer items left out
+    assert bundle.model_path.is_file()
+    np.testing.assert_array_equal(bundle.user_factors, inputs.user_factors)
+    # a folder (SageMaker's /opt/ml/model layout) loads too
+    assert load_bundle(bundle.root).version == bundle.version
+
+
+def test_same_input_same_version_and_bytes(tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path)
+    first = write_bundle(inputs, tmp_path / "a")
+    second = write_bundle(inputs, tmp_path / "b")
+    assert load_bundle(first).version == load_bundle(second).version
+
+
+def test_tampered_or_incomplete_bundles_are_refused(tmp_path: Path) -> None:
+    archive = write_bundle(_inputs(tmp_path), tmp_path / "out")
+    root = load_bundle(archive).root
+    (root / s.BUNDLE_POPULAR).write_bytes(b"not parquet")
+    with pytest.raises(BundleError, match="checksum mismatch for popular.parquet"):
+        load_bundle(root)
+    (root / s.BUNDLE_POPULAR).unlink()
+    with pytest.raises(BundleError, match="missing bundle file popular.parquet"):
+        load_bundle(root)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope.tar.gz")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(BundleError, match="not a readable model.tar.gz"):
+        load_bundle(broken)
+
+
+def test_archive_with_path_traversal_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="../escape")
+    with pytest.raises(BundleError, match="unsafe member"):
+        load_bundle(evil)

@@ -1,0 +1,39 @@
+"""The step graph is the one description of the pipeline: every entry point exists, declares the
+graph's inputs, and the local runner builds each step's argv from the graph alone."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from components.config import PipelineConfig
+from pipelines.graph import STEP_NAMES, STEPS, get_step
+from pipelines.local import step_argv
+
+
+@pytest.mark.parametrize("step", STEPS, ids=lambda step: step.name)
+def test_entry_point_matches_graph(step) -> None:  # type: ignore[no-untyped-def]
+    module = importlib.import_module(step.entry_point)
+    assert callable(module.main)
+    assert tuple(module.INPUTS) == step.inputs
+
+
+def test_inputs_come_from_earlier_steps() -> None:
+    seen = {"raw"}
+    for step in STEPS:
+        assert set(step.inputs) <= seen, f"{step.name} reads a step that runs after it"
+        seen.add(step.name)
+    assert STEP_NAMES == ("etl", "als", "ranker_data", "train", "evaluation", "bundle", "register")
+
+
+def test_local_argv_follows_graph(tmp_path: Path) -> None:
+    config = PipelineConfig()
+    argv = step_argv(get_step("evaluation"), tmp_path / "raw", tmp_path / "out", config)
+    assert argv[argv.index("--output") + 1] == str(tmp_path / "out" / "evaluation")
+    for name in ("etl", "als", "ranker_data", "train"):
+        assert argv[argv.index(f"--{name}") + 1] == str(tmp_path / "out" / name)
+    assert PipelineConfig.from_json_or_path(argv[argv.index("--config") + 1]) == config
+    with pytest.raises(KeyError, match="unknown step"):
+        get_step("deploy")

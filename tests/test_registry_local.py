@@ -1,0 +1,114 @@
+"""The local registry keeps SageMaker Model Registry semantics: numbered versions, statuses, events."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from components.config import GateConfig
+from components.errors import QualityGateError, RegistryError
+from components.registry.gate import check_gate
+from components.registry.local import STATE_CHANGE_DETAIL_TYPE, LocalRegistry
+from pipelines.cli import app
+
+
+def _evaluation(two_stage: float, als: float) -> dict[str, object]:
+    return {"ranking_metrics": {"two_stage": {"ndcg_at_10": {"value": two_stage}},
+                                "als": {"ndcg_at_10": {"value": als}}}}
+
+
+@pytest.fixture
+def bundle_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bundle" / "model.tar.gz"
+    path.parent.mkdir()
+    path.write_bytes(b"bundle-v1")
+    return path
+
+
+def test_register_numbers_versions_and_copies_the_artifact(tmp_path: Path, bundle_file: Path) -> None:
+    registry = LocalRegistry(tmp_path / "registry")
+    first = registry.register("shop", str(bundle_file), _evaluation(0.3, 0.2))
+    bundle_file.write_bytes(b"bundle-v2")  # a later run overwrites its output ...
+    second = registry.register("shop", str(bundle_file), _evaluation(0.4, 0.2))
+    assert (first.version, second.version) == (1, 2)
+    assert first.status == second.status == "PendingManualApproval"
+    # ... but what was registered stays what was measured
+    assert Path(first.model_data_url).read_bytes() == b"bundle-v1"
+    assert Path(second.model_data_url).read_bytes() == b"bundle-v2"
+    assert [v.version for v in registry.list_versions("shop")] == [1, 2]
+    assert registry.latest_approved("shop") is None
+
+
+def test_approve_reject_flow_and_events(tmp_path: Path, bundle_file: Path) -> None:
+    registry = LocalRegistry(tmp_path / "registry")
+    for _ in range(3):
+        registry.register("shop", str(bundle_file), {})
+    registry.set_status("shop", 1, "Approved")
+    registry.set_status("shop", 2, "Approved")
+    assert registry.latest_approved("shop").version == 2  # type: ignore[union-attr]
+    registry.set_status("shop", 2, "Rejected", reason="bad canary")
+    assert registry.latest_approved("shop").version == 1  # type: ignore[union-attr]
+    assert registry.describe("shop", 2).description == "bad canary"
+    registry.set_status("shop", 1, "Approved")  # no-op: no event
+    events = registry.events("shop")
+    assert [e["detail"]["ModelApprovalStatus"] for e in events] == [
+        "PendingManualApproval", "PendingManualApproval", "PendingManualApproval",
+        "Approved", "Approved", "Rejected"]
+    assert {e["detail-type"] for e in events} == {STATE_CHANGE_DETAIL_TYPE}
+
+
+def test_errors_name_what_is_wrong(tmp_path: Path, bundle_file: Path) -> None:
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.register("shop", str(bundle_file), {})
+    with pytest.raises(RegistryError, match="no version 7"):
+        registry.describe("shop", 7)
+    with pytest.raises(RegistryError, match="unknown approval status"):
+        registry.set_status("shop", 1, "Maybe")  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="no such bundle"):
+        registry.register("shop", str(tmp_path / "missing.tar.gz"), {})
+    with pytest.raises(RegistryError, match="invalid model package group"):
+        registry.list_versions("../escape")
+
+
+def test_concurrent_registrations_get_distinct_versions(tmp_path: Path, bundle_file: Path) -> None:
+    registry = LocalRegistry(tmp_path / "registry")
+    threads = [threading.Thread(target=registry.register, args=("shop", str(bundle_file), {}))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [v.version for v in registry.list_versions("shop")] == list(range(1, 9))
+
+
+def test_gate_passes_and_fails_with_reasons() -> None:
+    gate = GateConfig(ndcg_at_10_floor=0.1, must_beat_als=True)
+    assert check_gate(_evaluation(0.3, 0.2), gate).passed
+    verdict = check_gate(_evaluation(0.05, 0.2), gate)
+    assert not verdict.passed
+    assert any("below the floor" in r for r in verdict.reasons)
+    assert any("does not beat als" in r for r in verdict.reasons)
+    assert check_gate(_evaluation(0.2, 0.3), GateConfig(ndcg_at_10_floor=0.1, must_beat_als=False)).passed
+    with pytest.raises(QualityGateError, match="ranking_metrics.two_stage.ndcg_at_10.value"):
+        check_gate({"ranking_metrics": {}}, gate)
+
+
+def test_models_cli_lists_approves_and_rejects(tmp_path: Path, bundle_file: Path) -> None:
+    root = tmp_path / "registry"
+    LocalRegistry(root).register("ecomrec", str(bundle_file), _evaluation(0.4321, 0.2))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list", "--registry", str(root)])
+    assert listed.exit_code == 0, listed.output
+    assert "PendingManualApproval" in listed.output and "0.4321" in listed.output
+    approved = runner.invoke(app, ["models", "approve", "1", "--registry", str(root)])
+    assert approved.exit_code == 0 and "Approved" in approved.output
+    described = runner.invoke(app, ["models", "describe", "1", "--registry", str(root)])
+    assert json.loads(described.output)["status"] == "Approved"
+    rejected = runner.invoke(app, ["models", "reject", "1", "--reason", "regression", "--registry", str(root)])
+    assert rejected.exit_code == 0 and "Rejected" in rejected.output
+    missing = runner.invoke(app, ["models", "approve", "9", "--registry", str(root)])
+    assert missing.exit_code == 1 and "no version 9" in missing.output
