@@ -1,0 +1,147 @@
+"""Labelled ranker data in the built-in SageMaker CatBoost format (pure functions; data_step wires them).
+
+- label 1 when (user, item) is in the fold's targets;
+- every positive kept; ``negatives_per_user`` negatives sampled per user with a seeded hash of
+  (user_idx, item_idx), so the sample does not depend on row order or partitioning;
+- users without a positive candidate dropped (nothing to learn from them; counted in the report);
+- train/validation split by a seeded hash of user_idx: a user's rows all land in one channel, so early
+  stopping measures generalisation to unseen users, as the test fold needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from components import schema as s
+from components.ranker.model import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A fixed 64-bit mixer (SplitMix64 finaliser): the same uniform-looking bits on every platform."""
+    z = values.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_uniform(seed: int, *keys: np.ndarray) -> np.ndarray:
+    """Deterministic uniforms in [0, 1) from integer keys (each < 2**32) and a seed."""
+    state = np.full(len(keys[0]), np.uint64(seed & 0xFFFFFFFF), dtype=np.uint64)
+    for key in keys:
+        state = _splitmix64(state ^ np.asarray(key).astype(np.uint64))
+    return (state >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def label_candidates(frame: pd.DataFrame, targets: pd.DataFrame) -> pd.Series:
+    """1 where (user_idx, item_idx) is a target purchase, else 0 (aligned to ``frame``)."""
+    keys = pd.MultiIndex.from_frame(targets[[s.USER_IDX, s.ITEM_IDX]].astype(np.int64))
+    pairs = pd.MultiIndex.from_frame(frame[[s.USER_IDX, s.ITEM_IDX]].astype(np.int64))
+    return pd.Series(pairs.isin(keys).astype(np.int8), index=frame.index, name=s.LABEL)
+
+
+@dataclass(frozen=True)
+class SampleReport:
+    candidate_users: int
+    candidate_rows: int
+    positive_rows: int
+    users_with_positive: int
+    users_dropped_without_positive: int
+    users_capped: int
+    target_pairs: int
+    candidate_recall: float  # share of target pairs of the candidate users found among their candidates
+    training_rows: int
+    training_users: int
+    training_positives: int
+    validation_rows: int
+    validation_users: int
+    validation_positives: int
+
+
+def sample_training_rows(labelled: pd.DataFrame, *, negatives_per_user: int, max_users: int,
+                         seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Keep users with >= 1 positive (at most ``max_users`` by seeded hash), all their positives and at
+    most ``negatives_per_user`` seeded-random negatives each."""
+    labels = labelled[s.LABEL]
+    positives_per_user = labels.groupby(labelled[s.USER_IDX]).sum()
+    keep_users = positives_per_user.index[positives_per_user > 0].to_numpy()
+    dropped = int((positives_per_user == 0).sum())
+    capped = 0
+    if len(keep_users) > max_users:
+        order = np.argsort(hash_uniform(seed + 1, keep_users), kind="stable")
+        capped = len(keep_users) - max_users
+        keep_users = np.sort(keep_users[order[:max_users]])
+    rows = labelled.loc[labelled[s.USER_IDX].isin(keep_users)]
+    negatives = rows.loc[rows[s.LABEL] == 0]
+    draw = hash_uniform(seed, negatives[s.USER_IDX].to_numpy(), negatives[s.ITEM_IDX].to_numpy())
+    picked = (pd.Series(draw, index=negatives.index).groupby(negatives[s.USER_IDX]).rank(method="first")
+              <= negatives_per_user)
+    kept = pd.concat([rows.loc[rows[s.LABEL] == 1], negatives.loc[picked]])
+    kept = kept.sort_values([s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
+    return kept, {"users_with_positive": len(keep_users) + capped, "dropped": dropped, "capped": capped}
+
+
+def validation_mask(user_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """True for rows whose user is in the validation group (seeded hash of the user, never of the row)."""
+    return hash_uniform(seed + 2, np.asarray(user_idx)) < share
+
+
+def ensure_both_channels(users: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """With very few users the hash can put all of them on one side; move the first user (in hash order)
+    so both channels exist (CatBoost needs data in each, early stopping needs validation)."""
+    unique = np.unique(users)
+    if len(unique) < 2:
+        raise ValueError(f"need at least 2 users with a positive candidate to split; have {len(unique)}")
+    in_validation = set(np.unique(users[mask]).tolist())
+    if in_validation and len(in_validation) < len(unique):
+        return mask
+    move = int(unique[0])
+    if not in_validation:
+        return mask | (users == move)
+    return mask & (users != move)
+
+
+def write_channel(frame: pd.DataFrame, spec: FeatureSpec, directory: Path) -> None:
+    """data.csv (no header; label, then the spec's features; categorical values as strings; NaN as an
+    empty field) and categorical_index.json (CSV column indices, so >= 1)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = pd.DataFrame({s.LABEL: frame[s.LABEL].astype(np.int64).to_numpy()})
+    for name in spec.features:
+        column = frame[name]
+        out[name] = column.astype(object) if name in spec.categorical else column.astype(np.float64)
+    table = pa.Table.from_pandas(out, preserve_index=False)  # NaN -> null -> empty CSV field
+    pacsv.write_csv(table, directory / s.CHANNEL_DATA_FILE, pacsv.WriteOptions(include_header=False))
+    write_categorical_index(spec, directory)
+
+
+def write_categorical_index(spec: FeatureSpec, directory: Path) -> None:
+    cat_index = [position + 1 for position in spec.categorical_positions]  # column 0 is the label
+    (directory / s.CATEGORICAL_INDEX_FILE).write_text(json.dumps({"cat_index_list": cat_index}))
+
+
+def write_scoring(frame: pd.DataFrame, spec: FeatureSpec, directory: Path) -> None:
+    """scoring/: user_idx, item_idx + features, user_idx-sorted, numeric features as float32 (exactly
+    what the model sees, and half the bundle size)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = frame[[s.USER_IDX, s.ITEM_IDX, *spec.features]].sort_values(
+        [s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
+    out = out.astype({s.USER_IDX: np.int32, s.ITEM_IDX: np.int32,
+                      **{name: np.float32 for name in spec.numeric}})
+    out.to_parquet(directory / "part-00000.parquet", index=False)
+
+
+def report_dict(report: SampleReport) -> dict[str, object]:
+    return asdict(report)
