@@ -63,11 +63,14 @@ class RankerConfig(_Strict):
     eval_metric: str = "AUC"
     learning_rate: float = Field(0.08, gt=0.0)
     depth: int = Field(6, ge=1, le=16)
-    l2_leaf_reg: float = Field(3.0, ge=0.0)
+    l2_leaf_reg: int = Field(3, ge=0)  # an integer in the built-in algorithm
     random_strength: float = Field(1.0, ge=0.0)
     max_leaves: int = Field(31, ge=2)
     rsm: float = Field(1.0, gt=0.0, le=1.0)
     min_data_in_leaf: int = Field(1, ge=1)
+    grow_policy: Literal["SymmetricTree", "Depthwise", "Lossguide"] = "SymmetricTree"
+    # Plain, not Auto: Auto switches to the slower Ordered scheme on small data, so behaviour would vary.
+    boosting_type: Literal["Auto", "Ordered", "Plain"] = "Plain"
     # Ranker data: negatives per user kept for training, and the share of users held out for validation.
     negatives_per_user: int = Field(100, ge=1)
     validation_user_share: float = Field(0.2, gt=0.0, lt=1.0)

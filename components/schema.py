@@ -139,6 +139,7 @@ CATEGORICAL_INDEX_FILE: Final = "categorical_index.json"
 FEATURE_SPEC_FILE: Final = "feature_spec.json"  # {"features": [...ordered], "categorical": [...]}
 SCORING_DIR: Final = "scoring"  # scoring/: user_idx, item_idx + features, the test fold's candidates
 LABEL: Final = "label"
+RANKER_DATA_REPORT_FILE: Final = "ranker_data.json"  # row/user counts, negatives sampled, dropped users
 
 # ---------------------------------------------------------------- training (OUTPUT/train/)
 MODEL_ARCHIVE: Final = "model.tar.gz"
