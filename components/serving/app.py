@@ -1,0 +1,104 @@
+"""Builds the FastAPI app: routers, metrics middleware, error handlers, start-up load and registry watch.
+
+Dependencies are injected (settings, S3 client, registry) so tests and the CLI wire the same app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from components.registry.base import ModelRegistry
+from components.serving.holder import ModelHolder
+from components.serving.metrics import ServiceMetrics
+from components.serving.middleware import MetricsMiddleware
+from components.serving.responses import OrjsonResponse, error_response
+from components.serving.routers import admin, health, metrics, recommendations, sagemaker
+from components.serving.routers._deps import ModelNotReadyError
+from components.serving.settings import ServingSettings
+from components.serving.source import BundleFetcher
+from components.serving.state import ServiceState
+from components.serving.watcher import RegistryWatcher
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+log = logging.getLogger(__name__)
+
+
+def default_s3_client(settings: ServingSettings) -> Callable[[], S3Client]:
+    """A factory, so no client (and no credential lookup) is created unless an s3:// bundle is read."""
+
+    def make() -> S3Client:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+
+    return make
+
+
+def create_app(settings: ServingSettings | None = None, *,
+               s3_client: S3Client | Callable[[], S3Client] | None = None,
+               registry: ModelRegistry | None = None) -> FastAPI:
+    settings = settings or ServingSettings()
+    if registry is None and settings.registry_root is not None:
+        from components.registry.local import LocalRegistry
+
+        registry = LocalRegistry(settings.registry_root)
+    service_metrics = ServiceMetrics()
+    fetcher = BundleFetcher(settings.work_dir, s3_client or default_s3_client(settings))
+    holder = ModelHolder(fetcher, service_metrics, smoke_users=settings.smoke_users,
+                         scoring_threads=settings.scoring_threads)
+    watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
+               if registry is not None else None)
+    state = ServiceState(settings=settings, metrics=service_metrics, holder=holder, registry=registry,
+                         watcher=watcher)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await to_thread.run_sync(state.start)
+        try:
+            yield
+        finally:
+            state.stop()
+
+    app = FastAPI(
+        title="ecomrec inference",
+        version="1",
+        summary="Personalised product recommendations from an ecomrec model bundle.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.ecomrec = state
+    app.include_router(recommendations.build_router(settings))
+    app.include_router(sagemaker.build_router(settings))
+    app.include_router(health.build_router())
+    app.include_router(metrics.build_router())
+    app.include_router(admin.build_router())
+    app.add_middleware(MetricsMiddleware, metrics=service_metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> Response:
+        # 422 naming the parameter, plus FastAPI's usual detail list for clients that parse it.
+        errors = error.errors()
+        first = errors[0] if errors else {"loc": ("request",), "msg": "invalid request"}
+        loc = [str(p) for p in first["loc"]]
+        name = loc[-1] if loc and loc[0] in ("query", "path", "header", "cookie") else ".".join(loc)
+        return OrjsonResponse({"error": f"{name}: {first['msg']}", "parameter": name,
+                               "detail": jsonable_encoder(errors, custom_encoder={Exception: str})},
+                              status_code=422)
+
+    @app.exception_handler(ModelNotReadyError)
+    async def not_ready(_: Request, __: ModelNotReadyError) -> Response:
+        return error_response(503, "no model loaded yet", headers={"Retry-After": "5"})
+
+    return app

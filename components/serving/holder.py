@@ -1,0 +1,107 @@
+"""The model being served and the safe swap.
+
+Requests read ``holder.current`` once and use that object to the end, so a swap (one reference
+assignment, atomic in CPython) never mixes two models inside a request and never makes one fail. A new
+bundle is fetched, verified (manifest, checksums), loaded and smoke-scored entirely off to the side; only
+then is it published. A bundle that fails any of that is refused and logged; the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from components.errors import BundleError
+from components.serving.engine import ServingModel, build_serving_model
+from components.serving.metrics import ServiceMetrics
+from components.serving.source import BundleFetcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    location: str
+    ok: bool
+    version: str | None
+    seconds: float
+    error: str | None = None
+
+
+class ModelHolder:
+    def __init__(self, fetcher: BundleFetcher, metrics: ServiceMetrics, *, smoke_users: int = 16,
+                 scoring_threads: int = 1) -> None:
+        self._fetcher = fetcher
+        self._metrics = metrics
+        self._smoke_users = smoke_users
+        self._scoring_threads = scoring_threads
+        self._current: ServingModel | None = None
+        self._load_lock = threading.Lock()  # one load at a time; requests never take it
+        self._worker: threading.Thread | None = None
+        self.last_result: LoadResult | None = None
+
+    @property
+    def current(self) -> ServingModel | None:
+        return self._current
+
+    @property
+    def loading(self) -> bool:
+        return self._load_lock.locked()
+
+    def load(self, location: str, *, registry_version: int | None = None) -> LoadResult:
+        """Fetch, check and publish the bundle at ``location`` (blocking). Never raises for a bad bundle:
+        the result says whether it was refused."""
+        with self._load_lock:
+            started = time.perf_counter()
+            try:
+                with self._fetcher.open(location) as bundle:
+                    model = build_serving_model(bundle, source=location, registry_version=registry_version,
+                                                scoring_threads=self._scoring_threads,
+                                                smoke_users=self._smoke_users)
+            except BundleError as error:
+                return self._record(LoadResult(location, False, None, time.perf_counter() - started,
+                                               str(error)))
+            except Exception as error:  # e.g. a corrupt Parquet file: refuse it too, with the traceback
+                log.exception("unexpected failure loading bundle %s", location)
+                return self._record(LoadResult(location, False, None, time.perf_counter() - started,
+                                               f"{type(error).__name__}: {error}"))
+            previous = self._current
+            self._current = model  # the swap
+            result = self._record(LoadResult(location, True, model.version, time.perf_counter() - started))
+            log.info("serving bundle %s from %s (was %s), loaded in %.2f s", model.version, location,
+                     previous.version if previous else "nothing", result.seconds)
+            return result
+
+    def load_in_background(self, location: str, *, registry_version: int | None = None) -> bool:
+        """Start a load in a daemon thread; False if a load is already running."""
+        if self._worker is not None and self._worker.is_alive():
+            return False
+        self._worker = threading.Thread(target=self.load, args=(location,),
+                                        kwargs={"registry_version": registry_version},
+                                        name="ecomrec-model-load", daemon=True)
+        self._worker.start()
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a background load (if any) ends."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def _record(self, result: LoadResult) -> LoadResult:
+        m = self._metrics
+        m.load_seconds.set(result.seconds)
+        m.last_load_success.set(1 if result.ok else 0)
+        m.loads.labels(result="success" if result.ok else "refused").inc()
+        if result.ok and self._current is not None:
+            model = self._current
+            m.model_info.info({"version": model.version, "group": model.group, "source": model.source,
+                               "registry_version": str(model.registry_version or "")})
+            m.catalog_items.set(model.n_items)
+            m.items_served.set(0)
+        else:
+            log.error("refused bundle %s, still serving %s: %s", result.location,
+                      self._current.version if self._current else "nothing", result.error)
+        self.last_result = result
+        return result

@@ -1,0 +1,1 @@
+"""One router per resource: recommendations, the SageMaker hosting contract, health, metrics, admin."""

@@ -1,0 +1,28 @@
+"""Liveness and readiness for Kubernetes probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from components.serving.responses import OrjsonResponse, error_response
+from components.serving.routers._deps import service
+from components.serving.routers.models import ErrorBody
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="The process answers (liveness)")
+    async def healthz() -> Response:
+        return OrjsonResponse({"status": "alive"})
+
+    @router.get("/readyz", summary="A model is loaded and smoke-scored (readiness)",
+                responses={503: {"model": ErrorBody}})
+    async def readyz(request: Request) -> Response:
+        model = service(request).holder.current
+        if model is None:
+            return error_response(503, "no model loaded yet")
+        return OrjsonResponse({"status": "ready", "model_version": model.version})
+
+    return router

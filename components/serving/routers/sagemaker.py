@@ -1,0 +1,198 @@
+"""The SageMaker hosting contract: ``GET /ping`` and ``POST /invocations`` on port 8080.
+
+Bodies: JSON (one request object, ``{"instances": [...]}``, or a list of request objects) or CSV (one user a
+line: ``user_id[,top_k]``). Answers in JSON (default) or CSV per ``Accept``. Content types are
+sagemaker-inference's constants. Its CSV codec does not fit ids: ``np.genfromtxt`` turns "00123" into
+123.0 and ``np.savetxt`` does not quote, so CSV goes through the csv module instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from sagemaker_inference import content_types
+
+from components.serving.engine import UnknownCategoryAttributeError
+from components.serving.responses import OrjsonResponse, error_response
+from components.serving.routers._deps import current_model, service
+from components.serving.routers.models import (
+    ErrorBody,
+    InvocationBatch,
+    InvocationRequest,
+    Predictions,
+    Recommendations,
+)
+from components.serving.settings import ServingSettings
+
+MAX_BODY_BYTES = 1 << 20
+SUPPORTED = (content_types.JSON, content_types.CSV)
+CSV_HEADER = ("user_id", "rank", "item_id", "score", "fallback_reason")
+
+
+class BadInvocation(ValueError):  # noqa: N818 - an answer (422), not a crash
+    def __init__(self, message: str, parameter: str = "body") -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def _accept(value: str | None) -> str | None:
+    """The response type: JSON unless the client accepts CSV and not JSON first. None: nothing we speak."""
+    if not value:
+        return content_types.JSON
+    for part in value.split(","):
+        media = _media_type(part)
+        if media in (content_types.JSON, content_types.ANY, "application/*"):
+            return content_types.JSON
+        if media in (content_types.CSV, "text/*"):
+            return content_types.CSV
+    return None
+
+
+def _from_json(body: bytes, max_batch: int) -> tuple[list[InvocationRequest], bool]:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BadInvocation(f"body: invalid JSON ({error})") from error
+    try:
+        if isinstance(data, dict) and "instances" in data:
+            requests, batch = InvocationBatch.model_validate(data).instances, True
+        elif isinstance(data, list):
+            if not data:
+                raise BadInvocation("body: empty list of requests")
+            requests, batch = [InvocationRequest.model_validate(item) for item in data], True
+        else:
+            requests, batch = [InvocationRequest.model_validate(data)], False
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadInvocation(f"{where}: {first['msg']}", parameter=where) from error
+    if len(requests) > max_batch:
+        raise BadInvocation(f"body: at most {max_batch} users per request, got {len(requests)}")
+    return requests, batch
+
+
+def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadInvocation(f"body: CSV is not UTF-8 ({error})") from error
+    requests: list[InvocationRequest] = []
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        raise BadInvocation(f"body: unreadable CSV ({error})") from error
+    for line, row in enumerate(rows, start=1):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) > 2:
+            raise BadInvocation(f"line {line}: expected user_id[,top_k], got {len(row)} fields",
+                                f"line {line}")
+        top_k: int | None = None
+        if len(row) == 2 and row[1].strip():
+            try:
+                top_k = int(row[1])
+            except ValueError as error:
+                raise BadInvocation(f"line {line}: top_k {row[1]!r} is not an integer", "top_k") from error
+        try:
+            requests.append(InvocationRequest(user_id=row[0].strip(), top_k=top_k))
+        except ValidationError as error:
+            first = error.errors()[0]
+            name = ".".join(str(p) for p in first["loc"])
+            raise BadInvocation(f"line {line}: {name}: {first['msg']}", name) from error
+    if not requests:
+        raise BadInvocation("body: no user in the CSV")
+    if len(requests) > max_batch:
+        raise BadInvocation(f"body: at most {max_batch} users per request, got {len(requests)}")
+    return requests
+
+
+def _to_csv(answers: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for answer in answers:
+        for rank, item in enumerate(answer["items"], start=1):
+            score = "" if item["score"] is None else repr(item["score"])
+            reason = answer["fallback_reason"] or ""
+            writer.writerow((answer["user_id"], rank, item["item_id"], score, reason))
+    return out.getvalue().encode()
+
+
+_INVOCATION_BODY = {
+    "required": True,
+    "content": {
+        content_types.JSON: {"schema": {"oneOf": [
+            InvocationRequest.model_json_schema(),
+            {"type": "object", "properties": {"instances": {"type": "array", "items": {"type": "object"}}},
+             "required": ["instances"]},
+        ]}},
+        content_types.CSV: {"schema": {"type": "string"}, "example": "12680\n17850,5\n"},
+    },
+}
+
+
+def build_router(settings: ServingSettings) -> APIRouter:
+    router = APIRouter(tags=["sagemaker"])
+
+    @router.get("/ping", responses={503: {"model": ErrorBody}}, summary="SageMaker health check")
+    async def ping(request: Request) -> Response:
+        if service(request).holder.current is None:
+            return error_response(503, "no model loaded yet")
+        return OrjsonResponse({"status": "ok"})
+
+    @router.post(
+        "/invocations",
+        summary="SageMaker inference: one user or a batch, JSON or CSV",
+        openapi_extra={"requestBody": _INVOCATION_BODY},
+        response_model=Recommendations | Predictions,
+        responses={
+            200: {"content": {content_types.CSV: {"schema": {"type": "string"}}}},
+            406: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+            422: {"model": ErrorBody}, 503: {"model": ErrorBody},
+        },
+    )
+    async def invocations(request: Request) -> Response:
+        content_type = _media_type(request.headers.get("content-type")) or content_types.JSON
+        if content_type not in SUPPORTED:
+            return error_response(
+                415, f"content type {content_type!r} is not supported; use one of {SUPPORTED}",
+                parameter="content-type")
+        accept = _accept(request.headers.get("accept"))
+        if accept is None:
+            return error_response(406, f"cannot answer in {request.headers.get('accept')!r}; use one of "
+                                       f"{SUPPORTED}", parameter="accept")
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return error_response(413, f"body over {MAX_BODY_BYTES} bytes", parameter="body")
+        try:
+            if content_type == content_types.JSON:
+                requests, batch = _from_json(body, settings.max_batch)
+            else:
+                requests, batch = _from_csv(body, settings.max_batch), True
+            for item in requests:
+                if item.top_k is not None and item.top_k > settings.max_top_k:
+                    raise BadInvocation(f"top_k: at most {settings.max_top_k}, got {item.top_k}", "top_k")
+        except BadInvocation as error:
+            return error_response(422, str(error), parameter=error.parameter)
+        model = current_model(request)
+        state = service(request)
+        try:
+            answers = [state.answer(model, r.user_id, r.top_k or settings.default_top_k,
+                                    exclude_purchased=r.exclude_purchased, exclude=r.exclude,
+                                    category=r.category) for r in requests]
+        except UnknownCategoryAttributeError as error:
+            return error_response(422, f"category: {error}", parameter="category")
+        if accept == content_types.CSV:
+            return Response(_to_csv(answers), media_type=content_types.CSV)
+        return OrjsonResponse({"predictions": answers} if batch else answers[0])
+
+    return router

@@ -1,0 +1,58 @@
+"""Typed service settings from ``ECOMREC_*`` environment variables (or keyword arguments in tests).
+
+Everything is checked when the settings are built, so a bad deployment fails at start-up with a message
+naming the variable, not on the first request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from components.storage import is_s3_uri
+
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")  # where SageMaker unpacks ModelDataUrl before `serve`
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ECOMREC_", extra="forbid", frozen=True)
+
+    # The bundle: a model.tar.gz, an unpacked folder, or s3://bucket/key. Unset: the registry's latest
+    # Approved version if a registry is configured, else SageMaker's /opt/ml/model.
+    model: str | None = None
+    registry_root: Path | None = None  # a LocalRegistry folder to watch for newly Approved versions
+    model_group: str = "ecomrec"
+    watch_interval_s: float = Field(default=15.0, ge=0.0)  # 0 = no watch (admin reload works)
+    default_top_k: int = Field(default=10, ge=1)
+    max_top_k: int = Field(default=100, ge=1)
+    max_batch: int = Field(default=1000, ge=1)  # users per /invocations request
+    smoke_users: int = Field(default=16, ge=1)  # users scored as the check of a new bundle before a swap
+    work_dir: Path | None = None  # downloads and unpacked bundles; default: $TMPDIR/ecomrec-serving
+    s3_endpoint_url: str | None = None  # S3-compatible endpoint (tests, MinIO); unset = AWS
+    admin_token: str | None = None  # /admin/* is disabled unless set; then it needs `Bearer <token>`
+    scoring_threads: int = Field(default=1, ge=1)  # CatBoost threads a request: 1 = cores serve requests
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingSettings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(
+                f"ECOMREC_DEFAULT_TOP_K ({self.default_top_k}) exceeds ECOMREC_MAX_TOP_K ({self.max_top_k})")
+        if self.model and not is_s3_uri(self.model) and not Path(self.model).exists():
+            raise ValueError(f"ECOMREC_MODEL: no such file or folder: {self.model}")
+        if self.registry_root is not None and not self.registry_root.is_dir():
+            raise ValueError(f"ECOMREC_REGISTRY_ROOT: not a folder: {self.registry_root}")
+        if self.model is None and self.registry_root is None and not SAGEMAKER_MODEL_DIR.exists():
+            raise ValueError(
+                "no model: set ECOMREC_MODEL (path or s3:// URI) or ECOMREC_REGISTRY_ROOT, "
+                f"or mount a bundle at {SAGEMAKER_MODEL_DIR}")
+        return self
+
+    def initial_model(self) -> str | None:
+        """The bundle to load at start-up; None means: ask the registry."""
+        if self.model:
+            return self.model
+        if self.registry_root is not None:
+            return None
+        return str(SAGEMAKER_MODEL_DIR)

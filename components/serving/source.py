@@ -1,0 +1,80 @@
+"""Where a bundle comes from: a local model.tar.gz, an unpacked folder (SageMaker's /opt/ml/model), or an
+s3:// URI read through an injected boto3 client. Downloads and unpacked copies live in a work folder the
+service owns (``$TMPDIR`` by default, so a read-only root file system is fine) and are deleted once the
+bundle is in memory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components import schema as s
+from components.bundle import Bundle, load_bundle
+from components.bundle.format import extract_bundle
+from components.errors import BundleError, EcomrecError
+from components.storage import is_s3_uri, materialize
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+log = logging.getLogger(__name__)
+
+
+class BundleFetcher:
+    """Turns a bundle location into a loaded :class:`Bundle`, cleaning up what it downloaded."""
+
+    def __init__(self, work_dir: Path | None = None,
+                 s3_client: Callable[[], S3Client] | S3Client | None = None) -> None:
+        self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / "ecomrec-serving")
+        self._s3 = s3_client
+
+    def _s3_client(self, uri: str) -> S3Client:
+        client = self._s3() if callable(self._s3) else self._s3
+        if client is None:
+            raise BundleError(f"cannot read {uri}: no S3 client configured")
+        self._s3 = client  # build a factory's client once, on first use
+        return client
+
+    @contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.work_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @contextmanager
+    def open(self, location: str) -> Iterator[Bundle]:
+        """Load and verify (manifest, checksums) the bundle at ``location``; raise BundleError if it is
+        missing, unreadable or corrupt. Its files exist until the block ends: build what needs them
+        (the CatBoost model) inside it."""
+        with self._scratch() as scratch:
+            if is_s3_uri(location):
+                try:
+                    local = materialize(location, s3_client=self._s3_client(location),
+                                        workdir=scratch / "download")
+                except EcomrecError as error:
+                    raise BundleError(f"cannot download bundle {location}: {error}") from error
+                except Exception as error:  # botocore errors: the bucket, key or credentials are wrong
+                    raise BundleError(
+                        f"cannot download bundle {location}: {type(error).__name__}: {error}") from error
+            else:
+                local = Path(location)
+                if not local.exists():
+                    raise BundleError(f"bundle not found: {location}")
+            if local.is_dir() and not (local / s.BUNDLE_MANIFEST).exists() \
+                    and (local / s.MODEL_ARCHIVE).is_file():
+                local = local / s.MODEL_ARCHIVE  # a folder holding the archive (an S3 prefix, a mount)
+            if local.is_file():
+                local = extract_bundle(local, scratch / "unpacked")
+            bundle = load_bundle(local)
+            log.info("bundle %s read from %s", bundle.version, location)
+            yield bundle
