@@ -485,3 +485,16 @@ def find_online_retail(explicit: Path | None = None) -> Path | None:
         if (cache / name).is_file():
             return cache / name
     return None
+
+
+def ensure_online_retail(explicit: Path | None = None, *, progress: bool = True) -> Path:
+    """A local copy (:func:`find_online_retail`), or else the official zip downloaded into the fetch cache
+    and checked against its published SHA-256 (needs internet)."""
+    from components.data.fetch import fetch_online_retail
+
+    found = find_online_retail(explicit)
+    if found is not None:
+        logger.info("using the local Online Retail copy %s", found)
+        return found
+    logger.info("no local Online Retail copy; downloading the official file to %s", default_cache_dir())
+    return fetch_online_retail(default_cache_dir(), progress=progress)
