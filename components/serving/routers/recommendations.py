@@ -1,6 +1,8 @@
-"""``GET /recommendations``: the shop's call on every page view."""
+"""``GET /recommendations``: the shop's call on every page view.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the query bounds come from settings in a closure, which
+FastAPI can only read from evaluated annotations."""
+
 
 from typing import Annotated
 

@@ -1,0 +1,43 @@
+"""Run an app on a real loopback socket inside this process (tests, benchmarks): the same uvicorn
+server as production, on a port the OS picks, stopped cleanly on exit."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout_s: float = 60.0,
+                    **uvicorn_options: object) -> Iterator[str]:
+    """Yield the base URL (``http://127.0.0.1:PORT``) once the app has started (model loaded)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    options: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    options.update(uvicorn_options)
+    server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError("the server stopped during start-up (see the log for the reason)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise TimeoutError(f"server on port {port} did not start within {startup_timeout_s} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

@@ -1,0 +1,266 @@
+"""The inference service over a real loopback socket: recommendations, fallbacks, 422s, the SageMaker
+contract, health and metrics. The bundle is synthetic (random shop) but real: written by write_bundle,
+scored by a real CatBoost model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import schema as s
+from components.ranker.model import FeatureSpec, PopularFallback, Ranker, rank_top_k
+from components.serving import metric_names as mn
+from components.serving.app import create_app
+from components.serving.settings import ServingSettings
+from components.serving.synthetic import SyntheticShop, make_synthetic_bundle
+from components.serving.testing import serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> SyntheticShop:
+    return make_synthetic_bundle(tmp_path_factory.mktemp("bundle") / "out", n_users=200, n_items=120,
+                                 per_user=40)
+
+
+@pytest.fixture(scope="module")
+def base_url(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path_factory.mktemp("work"),
+                               watch_interval_s=0, max_top_k=50)
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=10) as http:
+        yield http
+
+
+def expected_two_stage(shop: SyntheticShop, user_id: str, k: int) -> list[str]:
+    """The evaluation's way, independently: score the user's DataFrame rows, rank, top up."""
+    from components.bundle import load_bundle
+
+    bundle = load_bundle(shop.archive)
+    ranker = Ranker.load(bundle.model_path, spec=FeatureSpec.from_dict(bundle.manifest["feature_spec"]))
+    popular = PopularFallback(bundle.popular_items, bundle.popular_scores)
+    user_idx = shop.user_ids.index(user_id)
+    rows = shop.candidates[shop.candidates[s.USER_IDX] == user_idx]
+    if rows.empty:
+        items, _ = popular.top(k)
+    else:
+        items, _ = popular.top_up(*rank_top_k(rows[s.ITEM_IDX].to_numpy(), ranker.score(rows), k), k)
+    return [shop.item_ids[i] for i in items]
+
+
+def test_warm_user_gets_ranked_items_equal_to_the_evaluation_path(client: httpx.Client,
+                                                                   shop: SyntheticShop) -> None:
+    warm = [u for u in shop.user_ids if u not in set(shop.cold_user_ids)][:25]
+    for user_id in warm:
+        response = client.get("/recommendations", params={"user_id": user_id, "top_k": 10})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["user_id"] == user_id
+        assert body["fallback"] is False
+        assert body["fallback_reason"] is None
+        assert body["model_version"].startswith("20111109-")
+        assert [item["item_id"] for item in body["items"]] == expected_two_stage(shop, user_id, 10)
+        scores = [item["score"] for item in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(0 <= x <= 1 for x in scores)
+
+
+def test_unknown_and_cold_users_get_the_popular_list_marked_as_fallback(client: httpx.Client,
+                                                                         shop: SyntheticShop) -> None:
+    unknown = client.get("/recommendations", params={"user_id": "never-seen", "top_k": 5}).json()
+    assert unknown["fallback"] is True
+    assert unknown["fallback_reason"] == "unknown_user"
+    cold = client.get("/recommendations", params={"user_id": shop.cold_user_ids[0], "top_k": 5}).json()
+    assert cold["fallback_reason"] == "no_candidates"
+    popular = pd.read_parquet(_unpacked(shop) / s.BUNDLE_POPULAR)
+    top5 = [shop.item_ids[i] for i in popular[s.ITEM_IDX].head(5)]
+    assert [i["item_id"] for i in unknown["items"]] == top5 == [i["item_id"] for i in cold["items"]]
+
+
+def _unpacked(shop: SyntheticShop) -> Path:
+    from components.bundle.format import extract_bundle
+
+    return extract_bundle(shop.archive)
+
+
+@pytest.mark.parametrize(("params", "parameter"), [
+    ({"user_id": "10000", "top_k": 0}, "top_k"),
+    ({"user_id": "10000", "top_k": 51}, "top_k"),
+    ({"user_id": "10000", "top_k": "ten"}, "top_k"),
+    ({"top_k": 5}, "user_id"),
+    ({"user_id": ""}, "user_id"),
+    ({"user_id": "10000", "exclude_purchased": "maybe"}, "exclude_purchased"),
+    ({"user_id": "10000", "exclude": ",".join(f"x{i}" for i in range(1001))}, "exclude"),
+])
+def test_malformed_parameters_get_422_naming_them(client: httpx.Client, params: dict[str, str | int],
+                                                  parameter: str) -> None:
+    response = client.get("/recommendations", params=params)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["parameter"] == parameter
+    assert parameter in body["error"]
+
+
+def test_filters_exclude_items_purchases_and_other_categories(client: httpx.Client,
+                                                              shop: SyntheticShop) -> None:
+    user_id = shop.user_ids[0]
+    route = "/recommendations"
+    plain = [i["item_id"] for i in client.get(route, params={"user_id": user_id}).json()["items"]]
+    excluded = client.get(route, params={"user_id": user_id, "exclude": ",".join(plain[:3])}).json()
+    listed = [i["item_id"] for i in excluded["items"]]
+    assert not set(plain[:3]) & set(listed)
+    assert listed[:7] == plain[3:10]
+
+    rows = shop.candidates
+    bought = rows.loc[(rows[s.USER_IDX] == 0) & (rows[s.UI_PURCHASE_DAYS] > 0), s.ITEM_IDX]
+    assert len(bought) > 0
+    fresh = client.get("/recommendations", params={"user_id": user_id, "exclude_purchased": "true",
+                                                   "top_k": 40}).json()
+    assert not {shop.item_ids[i] for i in bought} & {i["item_id"] for i in fresh["items"]}
+
+    mugs = client.get("/recommendations", params={"user_id": user_id, "category": "mugs", "top_k": 8}).json()
+    categories = pd.read_parquet(_unpacked(shop) / s.BUNDLE_ITEMS).set_index(s.ITEM_ID)[s.ITEM_CATEGORY]
+    assert len(mugs["items"]) == 8
+    assert {categories[i["item_id"]] for i in mugs["items"]} == {"mugs"}
+    nothing = client.get("/recommendations", params={"user_id": user_id, "category": "no-such"}).json()
+    assert nothing["items"] == []
+
+
+def test_sagemaker_ping_and_json_invocations(client: httpx.Client, shop: SyntheticShop) -> None:
+    assert client.get("/ping").status_code == 200
+    single = client.post("/invocations", json={"user_id": shop.user_ids[1], "top_k": 4})
+    assert single.status_code == 200
+    assert single.headers["content-type"].startswith("application/json")
+    assert [i["item_id"] for i in single.json()["items"]] == expected_two_stage(shop, shop.user_ids[1], 4)
+    instances = [{"user_id": u} for u in shop.user_ids[:3]]
+    batch = client.post("/invocations", json={"instances": instances}).json()
+    assert [p["user_id"] for p in batch["predictions"]] == shop.user_ids[:3]
+    assert all(len(p["items"]) == 10 for p in batch["predictions"])
+    warm = next(u for u in shop.user_ids if u not in set(shop.cold_user_ids))
+    numeric_id = client.post("/invocations", json=[{"user_id": int(warm)}]).json()
+    assert numeric_id["predictions"][0]["user_id"] == warm
+    assert numeric_id["predictions"][0]["fallback"] is False
+
+
+def test_sagemaker_csv_in_and_out(client: httpx.Client, shop: SyntheticShop) -> None:
+    body = f"{shop.user_ids[0]},3\n\n{shop.user_ids[1]}\nnobody,2\n"
+    response = client.post("/invocations", content=body,
+                           headers={"content-type": "text/csv", "accept": "text/csv"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert [r[0] for r in rows] == [shop.user_ids[0]] * 3 + [shop.user_ids[1]] * 10 + ["nobody"] * 2
+    assert [r[2] for r in rows[:3]] == expected_two_stage(shop, shop.user_ids[0], 3)
+    assert rows[-1][4] == "unknown_user"
+    assert rows[0][4] == ""
+    as_json = client.post("/invocations", content=body, headers={"content-type": "text/csv"}).json()
+    assert len(as_json["predictions"]) == 3
+
+
+@pytest.mark.parametrize(("content", "headers", "status"), [
+    (b"{not json", {"content-type": "application/json"}, 422),
+    (b'{"user_id": "1", "top_k": 500}', {"content-type": "application/json"}, 422),
+    (b'{"user_id": "1", "surprise": 1}', {"content-type": "application/json"}, 422),
+    (b'{"instances": []}', {"content-type": "application/json"}, 422),
+    (b"[]", {"content-type": "application/json"}, 422),
+    (b"u1,abc\n", {"content-type": "text/csv"}, 422),
+    (b"u1,1,2\n", {"content-type": "text/csv"}, 422),
+    (b"\xff\xfe", {"content-type": "text/csv"}, 422),
+    (b"\n\n", {"content-type": "text/csv"}, 422),
+    (b"x", {"content-type": "application/x-npy"}, 415),
+    (b'{"user_id": "1"}', {"content-type": "application/json", "accept": "image/png"}, 406),
+])
+def test_bad_invocations_are_4xx_never_5xx(client: httpx.Client, content: bytes, headers: dict[str, str],
+                                          status: int) -> None:
+    response = client.post("/invocations", content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_health_readiness_and_docs(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["model_version"]
+    spec = client.get("/openapi.json").json()
+    paths = {"/recommendations", "/invocations", "/ping", "/healthz", "/readyz", "/metrics", "/admin/reload"}
+    assert paths <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+    assert client.get("/admin/model").status_code == 403  # no token configured: admin is off
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move_with_traffic(client: httpx.Client, shop: SyntheticShop) -> None:
+    before = client.get("/metrics").text
+    route = "/recommendations"
+    for user_id in shop.user_ids[:5]:
+        client.get(route, params={"user_id": user_id})
+    client.get(route, params={"user_id": "ghost"})
+    client.get(route, params={"user_id": "10000", "top_k": -1})
+    after = client.get("/metrics").text
+    requests = mn.REQUESTS_TOTAL
+    moved = {
+        "ok": _sample(after, requests, route=route, status="200") - _sample(before, requests, route=route,
+                                                                           status="200"),
+        "422": _sample(after, requests, route=route, status="422") - _sample(before, requests, route=route,
+                                                                            status="422"),
+        "hist": _sample(after, mn.REQUEST_LATENCY_SECONDS + "_count", route=route, status="200")
+        - _sample(before, mn.REQUEST_LATENCY_SECONDS + "_count", route=route, status="200"),
+        "fallback": _sample(after, mn.FALLBACK_TOTAL, reason="unknown_user")
+        - _sample(before, mn.FALLBACK_TOTAL, reason="unknown_user"),
+        "scored": _sample(after, mn.CANDIDATES_SCORED_TOTAL) - _sample(before, mn.CANDIDATES_SCORED_TOTAL),
+    }
+    cold = set(shop.cold_user_ids)
+    assert moved == {"ok": 6, "422": 1, "hist": 6, "fallback": 1,
+                     "scored": 40 * sum(u not in cold for u in shop.user_ids[:5])}
+    assert _sample(after, mn.REQUEST_LATENCY_SECONDS + "_bucket", route=route, status="200", le="+Inf") >= 6
+    assert _sample(after, mn.MODEL_INFO + "_info") == 1
+    assert _sample(after, mn.MODEL_LAST_LOAD_SUCCESS) == 1
+    assert _sample(after, mn.MODEL_LOAD_SECONDS) > 0
+    assert _sample(after, mn.MODEL_LOADS_TOTAL, result="success") == 1
+    assert _sample(after, mn.CATALOG_ITEMS) == len(shop.item_ids)
+    assert 0 < _sample(after, mn.ITEMS_SERVED_DISTINCT) <= len(shop.item_ids)
+    assert 'route="unmatched"' not in after or client.get("/nope").status_code == 404
+
+
+def test_every_metric_name_is_exported(client: httpx.Client) -> None:
+    text = client.get("/metrics").text
+    for name in (v for k, v in vars(mn).items() if k.isupper() and isinstance(v, str)):
+        exported = name if name != mn.MODEL_INFO else name + "_info"
+        assert re.search(rf"^{re.escape(exported)}(_bucket)?[{{ ]", text, re.M), name
+
+
+def test_category_filter_without_category_attribute_is_422(tmp_path: Path, shop: SyntheticShop) -> None:
+    """A bundle whose catalog has no category column answers 422 naming `category`, not 500."""
+    from components.bundle.format import load_bundle
+    from components.serving.engine import ServingModel, UnknownCategoryAttributeError
+
+    bundle = load_bundle(shop.archive)
+    plain = type(bundle)(**{**bundle.__dict__, "items": bundle.items.drop(columns=[s.ITEM_CATEGORY])})
+    ranker = Ranker.load(bundle.model_path, spec=FeatureSpec.from_dict(bundle.manifest["feature_spec"]))
+    model = ServingModel(plain, ranker, source="test")
+    with pytest.raises(UnknownCategoryAttributeError, match="category"):
+        model.recommend(shop.user_ids[0], 5, category="mugs")
+    assert len(model.recommend(shop.user_ids[0], 5).item_idx) == 5
+    assert np.all(np.diff(model.recommend(shop.user_ids[0], 5).scores) <= 0)
