@@ -1,0 +1,190 @@
+"""Lambda entry points.
+
+``handler``: an EventBridge "SageMaker Model Package State Change" for our group. Approved -> patch the
+Deployment (image, model URI, version annotation), wait for the rolling update, record the live version.
+Rejected while live -> the same with the newest earlier approved version. Everything else is logged and
+ignored. Duplicate events find the version already live and patch nothing.
+
+``apply_handler``: the serving stack's custom resource that applies the Kubernetes manifests (server-side
+apply through the same client), keeping the live model on every re-apply.
+
+Clients come in through ``Deps``; ``handler`` only builds the real ones from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecomrec_rollout import constants as c
+from ecomrec_rollout import logic
+from ecomrec_rollout.kube import KubeClient, deployment_path, eks_token_provider, object_path
+
+log = logging.getLogger(__name__)
+log.setLevel(logging.INFO)
+
+
+@dataclass
+class Deps:
+    sagemaker: Any  # boto3 SageMaker client
+    ssm: Any  # boto3 SSM client
+    kube: KubeClient
+    group: str
+    live_parameter: str
+    namespace: str = c.NAMESPACE
+    deployment: str = c.DEPLOYMENT
+    timeout_s: float = 540.0  # under the function's 10-minute timeout, so a stuck rollout fails loudly
+    poll_s: float = 5.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str  # ignored | already_live | deployed | rolled_back | forgotten
+    detail: str
+    version: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "detail": self.detail, "version": self.version}
+
+
+def read_state(deps: Deps) -> logic.LiveState:
+    try:
+        value = deps.ssm.get_parameter(Name=deps.live_parameter)["Parameter"]["Value"]
+    except deps.ssm.exceptions.ParameterNotFound:
+        return logic.LiveState()
+    return logic.LiveState.from_json(value)
+
+
+def write_state(deps: Deps, state: logic.LiveState) -> None:
+    deps.ssm.put_parameter(Name=deps.live_parameter, Value=state.to_json(), Type="String", Overwrite=True)
+
+
+def _describe(deps: Deps, arn: str) -> dict[str, Any]:
+    return dict(deps.sagemaker.describe_model_package(ModelPackageName=arn))
+
+
+def roll_out(deps: Deps, release: logic.Release) -> None:
+    """Patch the Deployment and wait until every replica runs the new pod template and is available."""
+    patch = logic.deployment_patch(release)
+    deps.kube.patch_deployment(deps.namespace, deps.deployment, patch, c.ROLLOUT_FIELD_MANAGER)
+    log.info("patched %s/%s to version %d (%s)", deps.namespace, deps.deployment, release.version,
+             release.model_data_url)
+    deadline = deps.clock() + deps.timeout_s
+    path = deployment_path(deps.namespace, deps.deployment)
+    while True:
+        current = deps.kube.get(path)
+        if current is None:
+            raise logic.RolloutError(f"Deployment {deps.namespace}/{deps.deployment} disappeared mid-rollout")
+        status, why = logic.rollout_status(current)
+        if status == "done":
+            log.info("rollout of version %d complete: %s", release.version, why)
+            return
+        if status == "failed":
+            raise logic.RolloutError(f"rollout of version {release.version} failed: {why}")
+        if deps.clock() >= deadline:
+            raise logic.RolloutError(
+                f"rollout of version {release.version} not complete after {deps.timeout_s:.0f}s: {why}; "
+                "old pods keep serving (maxUnavailable 0)")
+        log.info("waiting for rollout of version %d: %s", release.version, why)
+        deps.sleep(deps.poll_s)
+
+
+def process(event: dict[str, Any], deps: Deps) -> Outcome:
+    parsed = logic.parse_event(event)
+    if parsed is None:
+        log.warning("ignored: not a model package state change: %s", json.dumps(event)[:300])
+        return Outcome("ignored", "not a model package state change")
+    state = read_state(deps)
+    description = None
+    if parsed.group == deps.group and parsed.status == c.APPROVED:
+        description = _describe(deps, parsed.arn)
+    decision = logic.decide(parsed, deps.group, state, description)
+
+    if isinstance(decision, logic.Ignore):
+        log.info("ignored: %s", decision.reason)
+        return Outcome("ignored", decision.reason, parsed.version)
+    if isinstance(decision, logic.AlreadyLive):
+        log.info("version %d is already live: nothing to patch (duplicate event)", decision.release.version)
+        return Outcome("already_live", "duplicate event", decision.release.version)
+    if isinstance(decision, logic.Forget):
+        write_state(deps, decision.new_state)
+        log.info("version %d rejected; removed from the rollback history", decision.version)
+        return Outcome("forgotten", "rejected version is not live", decision.version)
+    if isinstance(decision, logic.Deploy):
+        roll_out(deps, decision.release)
+        write_state(deps, decision.new_state)
+        return Outcome("deployed", decision.reason, decision.release.version)
+
+    # Rollback: the newest earlier version the registry still calls Approved.
+    def still_approved(release: logic.Release) -> bool:
+        return bool(_describe(deps, release.arn).get("ModelApprovalStatus") == c.APPROVED)
+
+    target, new_state = logic.plan_rollback(decision.rejected, decision.new_state.previous, still_approved)
+    log.warning("live version %d rejected: rolling back to version %d", decision.rejected.version,
+                target.version)
+    roll_out(deps, target)
+    write_state(deps, new_state)
+    return Outcome("rolled_back", f"version {decision.rejected.version} rejected", target.version)
+
+
+def _kube_from_env() -> KubeClient:
+    region = os.environ["AWS_REGION"]
+    return KubeClient(os.environ[c.ENV_CLUSTER_ENDPOINT],
+                      eks_token_provider(os.environ[c.ENV_CLUSTER_NAME], region),
+                      ca_data_b64=os.environ.get(c.ENV_CLUSTER_CA))
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    import boto3  # in the Lambda runtime; imported here so importing this module creates no client
+
+    deps = Deps(sagemaker=boto3.client("sagemaker"), ssm=boto3.client("ssm"), kube=_kube_from_env(),
+                group=os.environ[c.ENV_MODEL_PACKAGE_GROUP], live_parameter=os.environ[c.ENV_LIVE_PARAMETER],
+                namespace=os.environ.get(c.ENV_NAMESPACE, c.NAMESPACE),
+                deployment=os.environ.get(c.ENV_DEPLOYMENT, c.DEPLOYMENT),
+                timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")))
+    return process(event, deps).as_dict()
+
+
+# ------------------------------------------------------------------ custom resource: apply manifests
+
+def apply_manifests(manifests: list[dict[str, Any]], kube: KubeClient) -> list[str]:
+    """Server-side apply each object in order; a live Deployment keeps its rolled-out model."""
+    applied = []
+    for obj in manifests:
+        if obj.get("kind") == "Deployment":
+            obj = logic.preserve_rollout_fields(obj, kube.get(object_path(obj)))
+        kube.apply(obj, c.APPLY_FIELD_MANAGER)
+        applied.append(object_path(obj))
+        log.info("applied %s", object_path(obj))
+    return applied
+
+
+def delete_manifests(manifests: list[dict[str, Any]], kube: KubeClient) -> list[str]:
+    """Delete in reverse order (the namespace last); objects already gone are fine."""
+    deleted = []
+    for obj in reversed(manifests):
+        if kube.delete(obj):
+            deleted.append(object_path(obj))
+    return deleted
+
+
+def on_custom_resource(event: dict[str, Any], kube: KubeClient) -> dict[str, Any]:
+    manifests = json.loads(event["ResourceProperties"]["Manifests"])
+    physical_id = event.get("PhysicalResourceId") or f"ecomrec-manifests-{c.NAMESPACE}"
+    if event["RequestType"] == "Delete":
+        delete_manifests(manifests, kube)
+    else:
+        apply_manifests(manifests, kube)
+    return {"PhysicalResourceId": physical_id}
+
+
+def apply_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """onEvent handler for the CDK custom-resource Provider (it reports success or failure to CFN)."""
+    return on_custom_resource(event, _kube_from_env())

@@ -1,0 +1,447 @@
+"""The rollout function end to end, with fakes where AWS and the cluster would be.
+
+Fakes, and only these:
+- SageMaker Model Registry and SSM Parameter Store: moto (in-process AWS fake) behind real boto3 clients.
+- The Kubernetes API: ``FakeKubeApi`` below, a local HTTP server on 127.0.0.1 that stores objects, applies
+  strategic-merge and server-side-apply patches the way the API server does for the fields used here,
+  records every request, and plays the Deployment controller (a patched pod template completes its
+  rollout after a few status reads).
+Real: the rollout package (decisions, the HTTP client, the patches it sends, the waiting loop), boto3.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cdk" / "rollout"))
+
+import contextlib
+
+from ecomrec_rollout import constants as c
+from ecomrec_rollout import handler as h
+from ecomrec_rollout.kube import KubeApiError, KubeClient, deployment_path
+from ecomrec_rollout.logic import RolloutError
+
+REGION = "eu-west-1"
+GROUP = "ecomrec"
+LIVE_PARAM = "/ecomrec/serving/live-model"
+TOKEN = "k8s-aws-v1.test-token"
+DEP_PATH = deployment_path(c.NAMESPACE, c.DEPLOYMENT)
+
+
+# ------------------------------------------------------------------ fake Kubernetes API over real HTTP
+
+def _merge(dst: Any, patch: Any) -> Any:
+    """Strategic merge for what the rollout sends: maps merge, lists of named maps merge by name."""
+    if isinstance(dst, dict) and isinstance(patch, dict):
+        out = dict(dst)
+        for k, v in patch.items():
+            out[k] = _merge(dst.get(k), v) if k in dst else copy.deepcopy(v)
+        return out
+    if isinstance(dst, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x
+                                                                 for x in dst + patch):
+        by_name = {x["name"]: x for x in dst}
+        out_list = [copy.deepcopy(x) for x in dst]
+        for item in patch:
+            if item["name"] in by_name:
+                idx = next(i for i, x in enumerate(out_list) if x["name"] == item["name"])
+                out_list[idx] = _merge(out_list[idx], item)
+            else:
+                out_list.append(copy.deepcopy(item))
+        return out_list
+    return copy.deepcopy(patch)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    content_type: str
+    query: str
+    body: Any
+
+
+@dataclass
+class FakeKubeApi:
+    polls_to_complete: int = 2  # status reads before a new pod template is fully rolled out
+    fail_rollouts: bool = False  # report ProgressDeadlineExceeded instead of completing
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    _pending: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def patches(self, path: str = DEP_PATH, content_type: str = "application/strategic-merge-patch+json"
+                ) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "PATCH" and r.path == path
+                and r.content_type == content_type]
+
+    def _bump(self, path: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        old_template = (old or {}).get("spec", {}).get("template")
+        meta = obj.setdefault("metadata", {})
+        meta["generation"] = (old or {}).get("metadata", {}).get("generation", 0)
+        if old is None or obj.get("spec") != old.get("spec"):
+            meta["generation"] += 1
+        if obj.get("kind") != "Deployment":
+            return
+        replicas = obj.get("spec", {}).get("replicas", 1)
+        if old is None or obj["spec"].get("template") != old_template:
+            self._pending[path] = self.polls_to_complete
+            obj["status"] = {"observedGeneration": meta["generation"], "replicas": replicas + 1,
+                             "updatedReplicas": 1, "availableReplicas": replicas}
+        else:
+            obj["status"] = {**obj.get("status", {}), "observedGeneration": meta["generation"]}
+
+    def _controller_tick(self, path: str, obj: dict[str, Any]) -> None:
+        if path not in self._pending:
+            return
+        replicas = obj["spec"].get("replicas", 1)
+        if self.fail_rollouts:
+            obj["status"]["conditions"] = [{"type": "Progressing", "status": "False",
+                                            "reason": "ProgressDeadlineExceeded",
+                                            "message": "readiness probe failed"}]
+            return
+        self._pending[path] -= 1
+        if self._pending[path] <= 0:
+            del self._pending[path]
+            obj["status"].update(replicas=replicas, updatedReplicas=replicas, availableReplicas=replicas)
+
+    def handle(self, method: str, path: str, query: str, content_type: str, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.requests.append(Recorded(method, path, content_type, query, body))
+            current = self.objects.get(path)
+            if method == "GET":
+                if current is None:
+                    return 404, {"kind": "Status", "reason": "NotFound"}
+                self._controller_tick(path, current)
+                return 200, current
+            if method == "DELETE":
+                if current is None:
+                    return 404, {"kind": "Status", "reason": "NotFound"}
+                del self.objects[path]
+                return 200, {"kind": "Status", "status": "Success"}
+            if method == "PATCH" and content_type == "application/apply-patch+yaml":
+                new = copy.deepcopy(body)
+                if current is not None and "status" in current:
+                    new["status"] = current["status"]
+                self._bump(path, new, current)
+                self.objects[path] = new
+                return 200, new
+            if method == "PATCH" and content_type == "application/strategic-merge-patch+json":
+                if current is None:
+                    return 404, {"kind": "Status", "reason": "NotFound"}
+                new = _merge(current, body)
+                self._bump(path, new, current)
+                self.objects[path] = new
+                return 200, new
+            return 415, {"kind": "Status", "reason": "UnsupportedMediaType"}
+
+
+def _serve(api: FakeKubeApi) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def _do(self) -> None:
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                self._send(401, {"kind": "Status", "reason": "Unauthorized"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            path, _, query = self.path.partition("?")
+            ctype = self.headers.get("Content-Type", "")
+            status, payload = api.handle(self.command, path, query, ctype, body)
+            self._send(status, payload)
+
+        def _send(self, status: int, payload: Any) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PATCH = do_DELETE = _do  # noqa: N815 (http.server's method names)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _deployment() -> dict[str, Any]:
+    """The Deployment as CDK creates it before any approval (placeholder image, no model yet)."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE},
+            "spec": {"replicas": 3, "template": {"metadata": {"labels": {"app": "ecomrec"}}, "spec": {
+                "containers": [{"name": c.CONTAINER, "image": "placeholder:bootstrap",
+                                "env": [{"name": "ECOMREC_MODEL_GROUP", "value": GROUP},
+                                        {"name": c.MODEL_ENV_VAR, "value": "s3://bootstrap/none.tar.gz"}]}]}}}}
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture
+def kube_api() -> Iterator[tuple[FakeKubeApi, KubeClient]]:
+    api = FakeKubeApi()
+    server, url = _serve(api)
+    client = KubeClient(url, lambda: TOKEN, timeout_s=5)
+    client.apply(_deployment(), c.APPLY_FIELD_MANAGER)
+    api.requests.clear()
+    yield api, client
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class World:
+    api: FakeKubeApi
+    deps: h.Deps
+    sm: Any
+    ssm: Any
+
+    def register(self, n: int, group: str = GROUP) -> str:
+        with contextlib.suppress(self.sm.exceptions.ClientError):
+            self.sm.create_model_package_group(ModelPackageGroupName=group)
+        arns = []
+        for _ in range(n):
+            listed = self.sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+            version = len(listed) + 1
+            arns.append(self.sm.create_model_package(
+                ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval",
+                InferenceSpecification={"Containers": [{
+                    "Image": f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-inference:v{version}",
+                    "ModelDataUrl": f"s3://models-bucket/{group}/{version}/model.tar.gz"}],
+                    "SupportedContentTypes": ["application/json"],
+                    "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"])
+        return arns[-1]
+
+    def set_status(self, arn: str, status: str, group: str = GROUP) -> dict[str, Any]:
+        """Change the status in the (fake) registry and return the event SageMaker would emit."""
+        self.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
+        d = self.sm.describe_model_package(ModelPackageName=arn)
+        return {"version": "0", "source": c.EVENT_SOURCE, "detail-type": c.EVENT_DETAIL_TYPE,
+                "detail": {"ModelPackageGroupName": group, "ModelPackageVersion": d["ModelPackageVersion"],
+                           "ModelPackageArn": arn, "ModelApprovalStatus": status}}
+
+    def live(self) -> dict[str, Any]:
+        return json.loads(self.ssm.get_parameter(Name=LIVE_PARAM)["Parameter"]["Value"])
+
+    def served_uri(self) -> str:
+        ct = self.api.objects[DEP_PATH]["spec"]["template"]["spec"]["containers"][0]
+        return next(e["value"] for e in ct["env"] if e["name"] == c.MODEL_ENV_VAR)
+
+
+@pytest.fixture
+def world(kube_api: tuple[FakeKubeApi, KubeClient], monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    api, kube = kube_api
+    with mock_aws():
+        sm, ssm = boto3.client("sagemaker", region_name=REGION), boto3.client("ssm", region_name=REGION)
+        # The events stack seeds the parameter with this placeholder.
+        ssm.put_parameter(Name=LIVE_PARAM, Value="{}", Type="String")
+        sleeps: list[float] = []
+        deps = h.Deps(sagemaker=sm, ssm=ssm, kube=kube, group=GROUP, live_parameter=LIVE_PARAM,
+                      poll_s=0.01, sleep=sleeps.append)
+        yield World(api, deps, sm, ssm)
+
+
+def uri(version: int) -> str:
+    return f"s3://models-bucket/{GROUP}/{version}/model.tar.gz"
+
+
+# ------------------------------------------------------------------ tests
+
+def test_approve_patches_deployment_with_the_new_model_and_records_it(world: World) -> None:
+    arn = world.register(1)
+    out = h.process(world.set_status(arn, "Approved"), world.deps)
+
+    assert out.action == "deployed"
+    assert out.version == 1
+    [patch] = world.api.patches()
+    assert "fieldManager=ecomrec-rollout" in patch.query
+    ct = patch.body["spec"]["template"]["spec"]["containers"][0]
+    assert ct["name"] == c.CONTAINER
+    assert ct["env"] == [{"name": c.MODEL_ENV_VAR, "value": uri(1)}]
+    assert ct["image"].endswith("ecomrec-inference:v1")
+    assert patch.body["spec"]["template"]["metadata"]["annotations"][c.VERSION_ANNOTATION] == "1"
+    # The fake controller needed status reads before the rollout completed: the function waited.
+    gets = [r for r in world.api.requests if r.method == "GET" and r.path == DEP_PATH]
+    assert len(gets) >= world.api.polls_to_complete
+    assert world.served_uri() == uri(1)
+    # Other env vars of the container survive the patch (strategic merge by name).
+    env = world.api.objects[DEP_PATH]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "ECOMREC_MODEL_GROUP", "value": GROUP} in env
+    assert world.live()["live"]["version"] == 1
+    assert world.live()["previous"] == []
+
+
+def test_duplicate_approved_event_does_not_roll_out_again(world: World) -> None:
+    arn = world.register(1)
+    event = world.set_status(arn, "Approved")
+    h.process(event, world.deps)
+    out = h.process(event, world.deps)  # EventBridge delivers at least once
+
+    assert out.action == "already_live"
+    assert len(world.api.patches()) == 1
+
+
+def test_second_approval_keeps_the_first_for_rollback(world: World) -> None:
+    first = world.register(1)
+    h.process(world.set_status(first, "Approved"), world.deps)
+    second = world.register(1)
+    h.process(world.set_status(second, "Approved"), world.deps)
+
+    assert world.served_uri() == uri(2)
+    state = world.live()
+    assert state["live"]["version"] == 2
+    assert [r["version"] for r in state["previous"]] == [1]
+
+
+def test_rejecting_the_live_version_redeploys_the_previous_approved_one(world: World) -> None:
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    v2 = world.register(1)
+    h.process(world.set_status(v2, "Approved"), world.deps)
+
+    out = h.process(world.set_status(v2, "Rejected"), world.deps)
+
+    assert out.action == "rolled_back"
+    assert out.version == 1
+    last = world.api.patches()[-1].body
+    assert last["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == uri(1)
+    assert last["spec"]["template"]["metadata"]["annotations"][c.VERSION_ANNOTATION] == "1"
+    assert world.served_uri() == uri(1)
+    assert world.live() == {"live": world.live()["live"], "previous": []}
+    assert world.live()["live"]["version"] == 1
+    # The same Rejected event again: version 2 is no longer live, nothing is patched.
+    n = len(world.api.patches())
+    assert h.process(world.set_status(v2, "Rejected"), world.deps).action == "ignored"
+    assert len(world.api.patches()) == n
+
+
+def test_rollback_skips_versions_rejected_since(world: World) -> None:
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    v2 = world.register(1)
+    h.process(world.set_status(v2, "Approved"), world.deps)
+    v3 = world.register(1)
+    h.process(world.set_status(v3, "Approved"), world.deps)
+    # v2 is rejected in the registry while v3 is live: it must never come back.
+    assert h.process(world.set_status(v2, "Rejected"), world.deps).action == "forgotten"
+
+    out = h.process(world.set_status(v3, "Rejected"), world.deps)
+
+    assert (out.action, out.version) == ("rolled_back", 1)
+    assert world.served_uri() == uri(1)
+
+
+def test_rejecting_the_only_version_fails_loudly_and_keeps_serving(world: World) -> None:
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    with pytest.raises(RolloutError, match="no earlier approved version"):
+        h.process(world.set_status(v1, "Rejected"), world.deps)
+    assert world.served_uri() == uri(1)
+    assert len(world.api.patches()) == 1
+
+
+def test_foreign_group_and_unapproved_packages_are_ignored_with_a_log_line(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    other = world.register(1, group="someone-else")
+    caplog.set_level("INFO", logger=h.__name__)
+    out = h.process(world.set_status(other, "Approved", group="someone-else"), world.deps)
+    assert out.action == "ignored"
+    assert "someone-else" in caplog.text
+
+    pending = world.register(1)
+    event = world.set_status(pending, "PendingManualApproval")
+    assert h.process(event, world.deps).action == "ignored"
+    assert "PendingManualApproval" in caplog.text
+    # An "Approved" event for a package the registry no longer calls Approved (late delivery).
+    late = world.set_status(pending, "Approved")
+    world.sm.update_model_package(ModelPackageArn=pending, ModelApprovalStatus="Rejected")
+    assert h.process(late, world.deps).action == "ignored"
+
+    assert world.api.patches() == []
+    assert world.live() == {}
+
+
+def test_failed_rollout_raises_and_does_not_record_the_version(world: World) -> None:
+    world.api.fail_rollouts = True
+    arn = world.register(1)
+    with pytest.raises(RolloutError, match="progress deadline exceeded"):
+        h.process(world.set_status(arn, "Approved"), world.deps)
+    assert world.live() == {}
+
+
+def test_rollout_that_never_completes_times_out(world: World) -> None:
+    world.api.polls_to_complete = 10**6
+    clock = iter(range(0, 10**6, 100))
+    world.deps.clock = lambda: float(next(clock))
+    world.deps.timeout_s = 300
+    arn = world.register(1)
+    with pytest.raises(RolloutError, match="not complete after 300s"):
+        h.process(world.set_status(arn, "Approved"), world.deps)
+    assert world.live() == {}
+
+
+def test_wrong_token_is_rejected_by_the_api(kube_api: tuple[FakeKubeApi, KubeClient]) -> None:
+    _, good = kube_api
+    bad = KubeClient(good.server, lambda: "k8s-aws-v1.wrong")
+    with pytest.raises(KubeApiError, match="401"):
+        bad.get(DEP_PATH)
+
+
+# ------------------------------------------------------------------ the manifests custom resource
+
+def _cr_event(request_type: str, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"RequestType": request_type, "ResourceProperties": {"Manifests": json.dumps(manifests)}}
+
+
+def test_reapplying_manifests_keeps_the_rolled_out_model(world: World) -> None:
+    """A `cdk deploy` after an approval must not put the placeholder model back."""
+    arn = world.register(1)
+    h.process(world.set_status(arn, "Approved"), world.deps)
+    desired = _deployment()
+    desired["spec"]["replicas"] = 4  # an infrastructure change that should land
+
+    h.on_custom_resource(_cr_event("Update", [desired]), world.deps.kube)
+
+    applied = world.api.patches(content_type="application/apply-patch+yaml")[-1]
+    assert "fieldManager=ecomrec-cdk" in applied.query
+    assert "force=true" in applied.query
+    live = world.api.objects[DEP_PATH]
+    assert live["spec"]["replicas"] == 4
+    assert world.served_uri() == uri(1)
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v1")
+    assert live["metadata"]["annotations"][c.VERSION_ANNOTATION] == "1"
+
+
+def test_manifests_create_in_order_and_delete_in_reverse(kube_api: tuple[FakeKubeApi, KubeClient]) -> None:
+    api, kube = kube_api
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"ports": [{"port": 80}]}}
+    h.on_custom_resource(_cr_event("Create", [ns, svc]), kube)
+    assert [r.path for r in api.requests if r.method == "PATCH"] == [
+        "/api/v1/namespaces/shop", "/api/v1/namespaces/shop/services/web"]
+
+    api.requests.clear()
+    out = h.on_custom_resource(_cr_event("Delete", [ns, svc]), kube)
+    assert [r.path for r in api.requests if r.method == "DELETE"] == [
+        "/api/v1/namespaces/shop/services/web", "/api/v1/namespaces/shop"]
+    assert out["PhysicalResourceId"].startswith("ecomrec-manifests")
+    # Deleting again (CloudFormation retries) finds nothing and does not fail.
+    h.on_custom_resource(_cr_event("Delete", [ns, svc]), kube)
