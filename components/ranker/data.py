@@ -118,10 +118,11 @@ def write_channel(frame: pd.DataFrame, spec: FeatureSpec, directory: Path) -> No
     """data.csv (no header; label, then the spec's features; categorical values as strings; NaN as an
     empty field) and categorical_index.json (CSV column indices, so >= 1)."""
     directory.mkdir(parents=True, exist_ok=True)
-    out = pd.DataFrame({s.LABEL: frame[s.LABEL].astype(np.int64).to_numpy()})
-    for name in spec.features:
-        column = frame[name]
-        out[name] = column.astype(object) if name in spec.categorical else column.astype(np.float64)
+    columns: dict[str, np.ndarray] = {s.LABEL: frame[s.LABEL].to_numpy(dtype=np.int64)}
+    for name in spec.features:  # plain arrays: the frame's index is a sample, not 0..n-1
+        dtype = object if name in spec.categorical else np.float64
+        columns[name] = frame[name].to_numpy(dtype=dtype)
+    out = pd.DataFrame(columns)
     table = pa.Table.from_pandas(out, preserve_index=False)  # NaN -> null -> empty CSV field
     pacsv.write_csv(table, directory / s.CHANNEL_DATA_FILE, pacsv.WriteOptions(include_header=False))
     write_categorical_index(spec, directory)

@@ -4,14 +4,17 @@ scored test fold (and serving, which reads the scored rows from the bundle) are 
 Inputs are one fold's tables (ETL: user/item/user_item features; ALS: candidates). Every feature is
 relative to the fold's cutoff, which is what lets a model trained on the train fold rank the test fold.
 
-Neutral values (no NaN from joins or ranks; documented here once):
-- a candidate the user never touched (no user_item row): counts 0, ``*days_since*`` features
-  :data:`DAYS_SENTINEL` (far in the past), ``ui_known`` 0, history rank :data:`RANK_SENTINEL`;
-- not from ALS: ``als_score`` :data:`MISSING_SCORE`, ``als_rank`` :data:`RANK_SENTINEL`;
+Neutral values (documented here once; :func:`neutral_value` applies them by name):
+- ETL's computed user, item and user-item features, when missing (a candidate the user never touched
+  has no user_item row) or undefined (an interval with one purchase): ``*days_since*`` ->
+  :data:`DAYS_SENTINEL` (far in the past); intervals, ratios, means, averages -> :data:`UNDEFINED`
+  (-1: every real one is >= 0); everything else (counts, shares, rates) -> 0. ``ui_known`` says which;
+- not from ALS: ``als_score`` :data:`MISSING_SCORE`, ``als_rank`` :data:`RANK_SENTINEL`; not in a
+  user's history: history and recency ranks :data:`RANK_SENTINEL`;
 - categorical values: strings, :data:`components.ranker.model.MISSING_CATEGORY` when unknown;
-- raw numeric user/item attributes stay NaN when unknown (an item without a price): CatBoost treats
-  NaN as below every value (nan_mode Min) in training and scoring alike, and the CSV writes it as an
-  empty field that both the built-in algorithm and the local trainer read back as NaN.
+- the shop's own numeric attributes (``u_attr_*``, ``i_attr_*``, e.g. a catalog price) stay NaN when
+  unknown: CatBoost treats NaN as below every value (nan_mode Min) in training and scoring alike, and
+  the CSV writes it as an empty field that both the built-in algorithm and the local trainer read as NaN.
 
 Numeric features come first, categorical ones last (the spec's FeaturesData layout, see model.py).
 """
@@ -33,17 +36,15 @@ log = logging.getLogger(__name__)
 DAYS_SENTINEL: Final = 9999.0  # "never": far beyond any log's length
 RANK_SENTINEL: Final = 1000.0  # "not in that list": after every real rank (lists hold <= a few hundred)
 MISSING_SCORE: Final = -10.0  # "not scored by ALS": below any implicit-ALS dot product in practice
+UNDEFINED: Final = -1.0  # an interval/ratio/mean that does not exist (all real ones are >= 0)
+_UNDEFINED_TOKENS = ("interval", "ratio", "avg", "mean", "between")
 
 # Derived feature names (only this module and the feature spec use them).
 UI_KNOWN: Final = "ui_known"
 HIST_RANK: Final = "x_hist_rank"  # position in the `repurchase` baseline's order for this user
 UI_PURCHASE_DAYS_REL: Final = "x_ui_purchase_days_rel"  # / the user's top item's purchase days
 UI_PURCHASE_SHARE: Final = "x_ui_purchase_share"  # / the user's total item-purchase-days
-U_HIST_ITEMS: Final = "x_u_hist_items"  # distinct items the user bought before the cutoff
-U_HIST_PURCHASE_DAYS: Final = "x_u_item_purchase_days"  # sum over items of ui_purchase_days
 U_REPEAT_SHARE: Final = "x_u_repeat_share"  # share of the user's items bought on >= 2 days
-I_HIST_BUYERS: Final = "x_i_hist_buyers"  # distinct users who bought the item before the cutoff
-I_REPEAT_RATE: Final = "x_i_repeat_rate"  # share of those who bought it on >= 2 days
 I_MEAN_PURCHASE_DAYS: Final = "x_i_mean_purchase_days"  # mean ui_purchase_days over its buyers
 RECENCY_RANK: Final = "x_recency_rank"  # position by ui_days_since_last within the user's history
 RECENCY_REL: Final = "x_recency_rel"  # ui_days_since_last - the user's most recent days_since_last
@@ -51,12 +52,9 @@ ALS_SCORE_GAP: Final = "x_als_score_gap"  # the user's best als_score - this one
 COOC_RANK: Final = "x_cooc_rank"  # position by cooc_score within the user's candidates
 N_SOURCES: Final = "x_n_sources"  # how many generators proposed the pair
 PRICE_RATIO: Final = "x_price_ratio"  # item price / mean price of the user's bought items
-UI_CYCLE_DUE: Final = "x_ui_cycle_due"  # days since last / the user's own mean gap between buys of it
-I_CYCLE_DUE: Final = "x_i_cycle_due"  # days since last / the item's median repurchase gap
+I_CYCLE_DUE: Final = "x_i_cycle_due"  # days since last / the item's median repurchase gap over buyers
 AFFINITY_PREFIX: Final = "x_aff_"  # x_aff_<attr>: share of the user's items with the item's <attr> value
-
-# A first-purchase recency lets the repurchase-cycle features exist; used when ETL provides it.
-UI_DAYS_SINCE_FIRST: Final = "ui_days_since_first"
+ATTR_PREFIXES = (s.USER_ATTR_PREFIX, s.ITEM_ATTR_PREFIX)
 
 _SOURCE_FLAGS = s.CANDIDATE_SOURCE_COLUMNS
 
@@ -75,8 +73,21 @@ def _rank_within_user(frame: pd.DataFrame, keys: list[str], ascending: list[bool
     return ranks.reindex(frame.index).astype(np.float64)
 
 
+def neutral_value(name: str) -> float:
+    """The documented stand-in for a missing or undefined computed feature (see the module docstring)."""
+    if "days_since" in name:
+        return DAYS_SENTINEL
+    if any(token in name for token in _UNDEFINED_TOKENS):
+        return UNDEFINED
+    return 0.0
+
+
+def _is_attribute(name: str) -> bool:
+    return name.startswith(ATTR_PREFIXES)
+
+
 def _price_column(item_feature_names: Sequence[str], item_features: pd.DataFrame) -> str | None:
-    """The item's price attribute, if the shop has one (a numeric item feature named like *price*)."""
+    """The item's price (a numeric item feature named like *price*; ETL's computed one comes first)."""
     for name in item_feature_names:
         if "price" in name.lower() and pd.api.types.is_numeric_dtype(item_features[name]):
             return name
@@ -84,19 +95,21 @@ def _price_column(item_feature_names: Sequence[str], item_features: pd.DataFrame
 
 
 def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per-pair, per-user and per-item statistics of the fold's purchase history (user_item features).
+    """Per-pair, per-user and per-item statistics of the fold's history (user_item features) that ETL
+    does not provide: the repurchase baseline's own order, relative recency, repeat-buyer traits.
 
-    Returns (pair frame: user_idx, item_idx + pair-level derived, user frame, item frame)."""
+    Returns (pairs: user_idx, item_idx + pair stats, users: user_idx + stats, items: item_idx + stats)."""
     _require(user_item, [s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST],
              "user_item_features")
+    has_first = s.UI_DAYS_SINCE_FIRST in user_item.columns
     ui = user_item[[s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST]
-                   + ([UI_DAYS_SINCE_FIRST] if UI_DAYS_SINCE_FIRST in user_item.columns else [])].copy()
+                   + ([s.UI_DAYS_SINCE_FIRST] if has_first else [])].copy()
     ui[s.UI_PURCHASE_DAYS] = ui[s.UI_PURCHASE_DAYS].fillna(0).astype(np.float64)
     ui[s.UI_DAYS_SINCE_LAST] = ui[s.UI_DAYS_SINCE_LAST].fillna(DAYS_SENTINEL).astype(np.float64)
     bought = ui[s.UI_PURCHASE_DAYS] > 0
 
     pairs = ui[[s.USER_IDX, s.ITEM_IDX]].copy()
-    # The repurchase baseline's own order, as a feature: the ranker starts from the strongest baseline.
+    # The repurchase baseline's order as a feature: the ranker starts from the strongest baseline.
     pairs[HIST_RANK] = _rank_within_user(ui, [s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST], [False, True])
     pairs[RECENCY_RANK] = _rank_within_user(ui, [s.UI_DAYS_SINCE_LAST], [True])
     by_user = ui.groupby(s.USER_IDX)
@@ -105,32 +118,21 @@ def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     pairs[UI_PURCHASE_SHARE] = ui[s.UI_PURCHASE_DAYS] / purchase_days.transform("sum").clip(lower=1)
     pairs[RECENCY_REL] = ui[s.UI_DAYS_SINCE_LAST] - by_user[s.UI_DAYS_SINCE_LAST].transform("min")
 
-    users = pd.DataFrame({
-        U_HIST_ITEMS: bought.groupby(ui[s.USER_IDX]).sum().astype(np.float64),
-        U_HIST_PURCHASE_DAYS: by_user[s.UI_PURCHASE_DAYS].sum(),
-        U_REPEAT_SHARE: (ui[s.UI_PURCHASE_DAYS] >= 2).groupby(ui[s.USER_IDX]).sum()
-        / bought.groupby(ui[s.USER_IDX]).sum().clip(lower=1),
-    }).reset_index()
+    repeat = ui[s.UI_PURCHASE_DAYS] >= 2
+    n_bought = bought.groupby(ui[s.USER_IDX]).sum().clip(lower=1)
+    users = pd.DataFrame({U_REPEAT_SHARE: repeat.groupby(ui[s.USER_IDX]).sum() / n_bought}).reset_index()
 
     buyers = ui.loc[bought]
-    by_item = buyers.groupby(s.ITEM_IDX)
-    items = pd.DataFrame({
-        I_HIST_BUYERS: by_item.size().astype(np.float64),
-        I_REPEAT_RATE: (buyers[s.UI_PURCHASE_DAYS] >= 2).groupby(buyers[s.ITEM_IDX]).mean(),
-        I_MEAN_PURCHASE_DAYS: by_item[s.UI_PURCHASE_DAYS].mean(),
-    })
-
-    if UI_DAYS_SINCE_FIRST in ui.columns:
-        # Repurchase timing: how "due" the item is, against the user's own rhythm and the item's usual one.
-        first = ui[UI_DAYS_SINCE_FIRST].astype(np.float64)
-        repeat = ui[s.UI_PURCHASE_DAYS] >= 2
+    items = pd.DataFrame({I_MEAN_PURCHASE_DAYS: buyers.groupby(s.ITEM_IDX)[s.UI_PURCHASE_DAYS].mean()})
+    if has_first:
+        # The item's usual repurchase gap (median over its repeat buyers): how "due" is it for this user?
+        first = ui[s.UI_DAYS_SINCE_FIRST].astype(np.float64)
         gap = ((first - ui[s.UI_DAYS_SINCE_LAST]) / (ui[s.UI_PURCHASE_DAYS] - 1).clip(lower=1)).where(repeat)
-        gap = gap.where(gap > 0)
-        pairs[UI_CYCLE_DUE] = (ui[s.UI_DAYS_SINCE_LAST] / gap).fillna(-1.0)
-        item_gap = gap.groupby(ui[s.ITEM_IDX]).median()
-        items = items.join(item_gap.rename("_item_gap"), how="left")
-    items = items.reset_index()
-    return pairs, users, items
+        items = items.join(gap.where(gap > 0).groupby(ui[s.ITEM_IDX]).median().rename(_ITEM_GAP), how="outer")
+    return pairs, users, items.reset_index()
+
+
+_ITEM_GAP = "_item_gap"
 
 
 def build_features(
@@ -145,13 +147,14 @@ def build_features(
 ) -> tuple[pd.DataFrame, FeatureSpec]:
     """Candidates + the fold's features -> (frame: user_idx, item_idx + spec features, spec).
 
-    ``feature_lists`` is ETL's features.json. Pass the train fold's ``spec`` when building the test fold:
-    the result then has exactly those columns in that order (a missing one raises)."""
+    ``feature_lists`` is ETL's features.json; ``user_category`` its optional (user_idx, category,
+    uc_share) table. Pass the train fold's ``spec`` when building the test fold: the result then has
+    exactly those columns in that order (a missing one raises)."""
     _require(candidates, [s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS], "candidates")
+    categorical_declared = set(feature_lists.get("categorical", []))
     user_names = [n for n in feature_lists.get("user", []) if n in user_features.columns]
     item_names = [n for n in feature_lists.get("item", []) if n in item_features.columns]
     ui_names = [n for n in feature_lists.get("user_item", []) if n in user_item_features.columns]
-    categorical_declared = set(feature_lists.get("categorical", []))
 
     frame = candidates[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS]].copy()
     frame = frame.drop_duplicates([s.USER_IDX, s.ITEM_IDX]).reset_index(drop=True)
@@ -167,15 +170,10 @@ def build_features(
     cooc_rank = _rank_within_user(frame, [s.COOC_SCORE], [False])
     frame[COOC_RANK] = cooc_rank.where(frame[s.COOC_SCORE] > 0, RANK_SENTINEL)
 
-    # User-item history: neutral values for pairs the user never touched.
     ui = user_item_features[[s.USER_IDX, s.ITEM_IDX, *ui_names]].copy()
     ui[UI_KNOWN] = 1.0
     frame = frame.merge(ui, on=[s.USER_IDX, s.ITEM_IDX], how="left")
-    for name in [*ui_names, UI_KNOWN]:
-        if name in categorical_declared:
-            continue
-        neutral = DAYS_SENTINEL if "days_since" in name else 0.0
-        frame[name] = frame[name].astype(np.float64).fillna(neutral)
+    frame[UI_KNOWN] = frame[UI_KNOWN].fillna(0.0)
 
     pairs, users, items = history_stats(user_item_features)
     frame = frame.merge(pairs, on=[s.USER_IDX, s.ITEM_IDX], how="left")
@@ -183,72 +181,74 @@ def build_features(
     frame = frame.merge(items, on=s.ITEM_IDX, how="left")
     for name in (HIST_RANK, RECENCY_RANK):
         frame[name] = frame[name].fillna(RANK_SENTINEL)
-    for name in (UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, U_HIST_ITEMS, U_HIST_PURCHASE_DAYS, U_REPEAT_SHARE,
-                 I_HIST_BUYERS, I_REPEAT_RATE, I_MEAN_PURCHASE_DAYS):
+    for name in (UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, U_REPEAT_SHARE, I_MEAN_PURCHASE_DAYS):
         frame[name] = frame[name].fillna(0.0)
     frame[RECENCY_REL] = frame[RECENCY_REL].fillna(DAYS_SENTINEL)
-    derived = [HIST_RANK, RECENCY_RANK, UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, RECENCY_REL, U_HIST_ITEMS,
-               U_HIST_PURCHASE_DAYS, U_REPEAT_SHARE, I_HIST_BUYERS, I_REPEAT_RATE, I_MEAN_PURCHASE_DAYS]
-    if UI_CYCLE_DUE in frame.columns:
-        frame[UI_CYCLE_DUE] = frame[UI_CYCLE_DUE].fillna(-1.0)
-        days_since = frame[s.UI_DAYS_SINCE_LAST] if s.UI_DAYS_SINCE_LAST in frame.columns else None
-        if days_since is not None:
-            frame[I_CYCLE_DUE] = (days_since / frame["_item_gap"]).where(frame[UI_KNOWN] > 0).fillna(-1.0)
-            derived.append(I_CYCLE_DUE)
-        derived.insert(derived.index(RECENCY_REL), UI_CYCLE_DUE)
-    frame = frame.drop(columns=[c for c in ("_item_gap",) if c in frame.columns])
+    derived = [HIST_RANK, RECENCY_RANK, UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, RECENCY_REL, U_REPEAT_SHARE,
+               I_MEAN_PURCHASE_DAYS]
+    if _ITEM_GAP in frame.columns:
+        days_since = frame[s.UI_DAYS_SINCE_LAST].astype(np.float64)
+        due = (days_since / frame[_ITEM_GAP]).where(frame[UI_KNOWN] > 0)
+        frame[I_CYCLE_DUE] = due.replace([np.inf, -np.inf], np.nan).fillna(UNDEFINED)
+        frame = frame.drop(columns=[_ITEM_GAP])
+        derived.append(I_CYCLE_DUE)
 
     frame = frame.merge(user_features[[s.USER_IDX, *user_names]], on=s.USER_IDX, how="left")
     frame = frame.merge(item_features[[s.ITEM_IDX, *item_names]], on=s.ITEM_IDX, how="left")
+    # ETL's computed features: documented neutral values for missing rows and undefined values.
+    for name in (*ui_names, *user_names, *item_names):
+        if name not in categorical_declared and not _is_attribute(name):
+            values = pd.to_numeric(frame[name], errors="raise").astype(np.float64)
+            frame[name] = values.fillna(neutral_value(name))
 
     # Price relative to what this user usually buys (wholesalers vs gift shoppers).
-    price = _price_column([n for n in item_names if n not in categorical_declared], item_features)
+    numeric_items = [n for n in item_names if n not in categorical_declared]
+    price = _price_column(numeric_items, item_features)
     if price is not None:
         bought = user_item_features.loc[user_item_features[s.UI_PURCHASE_DAYS].fillna(0) > 0,
                                         [s.USER_IDX, s.ITEM_IDX]]
         priced = bought.merge(item_features[[s.ITEM_IDX, price]], on=s.ITEM_IDX, how="left")
+        priced = priced.loc[priced[price] > 0]
         user_price = priced.groupby(s.USER_IDX)[price].mean().rename("_user_price")
         frame = frame.join(user_price, on=s.USER_IDX)
-        ratio = (frame[price] / frame["_user_price"]).replace([np.inf, -np.inf], np.nan)
-        frame[PRICE_RATIO] = ratio.fillna(-1.0)
+        ratio = (frame[price] / frame["_user_price"]).where(frame[price] > 0)
+        frame[PRICE_RATIO] = ratio.replace([np.inf, -np.inf], np.nan).fillna(UNDEFINED)
         frame = frame.drop(columns=["_user_price"])
         derived.append(PRICE_RATIO)
 
     # Affinity to each categorical item attribute (category, brand...): share of the user's bought items
     # with the candidate's value.
-    for attr in (n for n in item_names if n in categorical_declared):
-        name = f"{AFFINITY_PREFIX}{attr}"
+    if [n for n in item_names if n in categorical_declared]:
         bought = user_item_features.loc[user_item_features[s.UI_PURCHASE_DAYS].fillna(0) > 0,
                                         [s.USER_IDX, s.ITEM_IDX]]
+    for attr in (n for n in item_names if n in categorical_declared):
+        name = f"{AFFINITY_PREFIX}{attr}"
         values = item_features[[s.ITEM_IDX, attr]].astype({attr: "string"}).fillna({attr: MISSING_CATEGORY})
         tagged = bought.merge(values, on=s.ITEM_IDX, how="left")
-        share = tagged.groupby([s.USER_IDX, attr]).size() / tagged.groupby(s.USER_IDX).size()
-        key = frame[attr].astype("string").fillna(MISSING_CATEGORY)
-        lookup = share.rename(name).reset_index()
-        merged = pd.DataFrame({s.USER_IDX: frame[s.USER_IDX], attr: key}).merge(
-            lookup, on=[s.USER_IDX, attr], how="left")
+        share = (tagged.groupby([s.USER_IDX, attr]).size() / tagged.groupby(s.USER_IDX).size()).rename(name)
+        key = pd.DataFrame({s.USER_IDX: frame[s.USER_IDX], attr: frame[attr].astype("string")
+                            .fillna(MISSING_CATEGORY)})
+        merged = key.merge(share.reset_index(), on=[s.USER_IDX, attr], how="left")
         frame[name] = merged[name].fillna(0.0).to_numpy()
         derived.append(name)
 
-    extra: list[str] = []
-    if user_category is not None and len(user_category.columns) > 1:
-        # Optional ETL table keyed by user_idx + item attribute(s): join on the shared keys.
-        keys = [c for c in user_category.columns if c in frame.columns]
-        if s.USER_IDX not in keys or len(keys) < 2:
-            raise KeyError(f"user_category must share user_idx and an item attribute with the frame; has "
-                           f"{list(user_category.columns)}")
-        values = [c for c in user_category.columns if c not in keys]
-        frame = frame.merge(user_category, on=keys, how="left")
-        for name in values:
-            frame[name] = frame[name].astype(np.float64).fillna(0.0)
-        extra = values
+    # ETL's user_category (user_idx, category, uc_share): the user's share of events in the item's category.
+    category_feature = s.ITEM_ATTR_PREFIX + s.ITEM_CATEGORY
+    if user_category is not None and category_feature in frame.columns:
+        _require(user_category, [s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE], s.USER_CATEGORY)
+        shares = user_category[[s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE]].astype({s.ITEM_CATEGORY: "string"})
+        category = frame[category_feature].astype("string").fillna(MISSING_CATEGORY)
+        key = pd.DataFrame({s.USER_IDX: frame[s.USER_IDX], s.ITEM_CATEGORY: category})
+        merged = key.merge(shares, on=[s.USER_IDX, s.ITEM_CATEGORY], how="left")
+        frame[s.UC_SHARE] = merged[s.UC_SHARE].astype(np.float64).fillna(0.0).to_numpy()
+        derived.append(s.UC_SHARE)
 
     numeric = [s.ALS_SCORE, s.ALS_RANK, s.COOC_SCORE, *_SOURCE_FLAGS, N_SOURCES, ALS_SCORE_GAP, COOC_RANK,
-               *[n for n in ui_names if n not in categorical_declared], UI_KNOWN, *derived, *extra,
-               *[n for n in user_names if n not in categorical_declared],
-               *[n for n in item_names if n not in categorical_declared]]
-    categorical = [n for n in (*user_names, *item_names, *ui_names) if n in categorical_declared]
-    numeric = list(dict.fromkeys(numeric))  # the same name from two tables would be one column anyway
+               *[n for n in ui_names if n not in categorical_declared], UI_KNOWN, *derived,
+               *[n for n in user_names if n not in categorical_declared], *numeric_items]
+    numeric = list(dict.fromkeys(numeric))  # the same name from two tables is one column anyway
+    categorical = list(dict.fromkeys(n for n in (*user_names, *item_names, *ui_names)
+                                     if n in categorical_declared))
     for name in numeric:
         frame[name] = pd.to_numeric(frame[name], errors="raise").astype(np.float64)
     for name in categorical:

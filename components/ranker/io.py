@@ -14,7 +14,7 @@ import pandas as pd
 from components import schema as s
 from components.errors import DataContractError
 
-USER_CATEGORY = "user_category"  # optional ETL table folds/<fold>/user_category/, used when present
+USER_CATEGORY = s.USER_CATEGORY  # optional folds/<fold>/user_category/, used when present
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
