@@ -24,13 +24,22 @@ def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout_s:
     options: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
     options.update(uvicorn_options)
     server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
+    exit_codes: list[object] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as stop:  # uvicorn exits on a failed start-up (e.g. a bundle it cannot load)
+            exit_codes.append(stop.code)
+
+    thread = threading.Thread(target=run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout_s
     while not server.started:
         if not thread.is_alive():
             sock.close()
-            raise RuntimeError("the server stopped during start-up (see the log for the reason)")
+            raise RuntimeError(f"the server stopped during start-up with exit code {exit_codes} "
+                               "(the log says why)")
         if time.monotonic() > deadline:
             server.should_exit = True
             raise TimeoutError(f"server on port {port} did not start within {startup_timeout_s} s")

@@ -1,5 +1,8 @@
 """Follow the registry: when its latest Approved version of the group changes, load it in the
-background (the local counterpart of the EventBridge approval event that triggers a rollout on EKS)."""
+background (the local counterpart of the EventBridge approval event that triggers a rollout on EKS).
+
+The watcher reacts to changes, not to drift: a model an operator loaded by hand (/admin/reload) stays
+until the registry's latest Approved version changes again, and a refused version is not retried."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ class RegistryWatcher:
         self.group = group
         self.holder = holder
         self.interval_s = interval_s
-        self._refused: set[str] = set()  # model_data_urls refused once are not retried every poll
+        self._seen: str | None = None  # the latest Approved model_data_url already acted on
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -33,21 +36,26 @@ class RegistryWatcher:
         except EcomrecError as error:
             log.warning("registry poll of group %r failed: %s", self.group, error)
             return False
-        if latest is None or latest.model_data_url in self._refused:
+        if latest is None or latest.model_data_url == self._seen:
             return False
+        self._seen = latest.model_data_url
         current = self.holder.current
         if current is not None and current.source == latest.model_data_url:
             return False
         log.info("registry: group %r version %d is Approved; loading %s", self.group, latest.version,
                  latest.model_data_url)
-        result = self.holder.load(latest.model_data_url, registry_version=latest.version)
-        if not result.ok:
-            self._refused.add(latest.model_data_url)
-        return result.ok
+        return self.holder.load(latest.model_data_url, registry_version=latest.version).ok
 
     def start(self) -> None:
+        """Start polling; what is Approved right now counts as seen (start-up already chose a model)."""
         if self.interval_s <= 0 or self._thread is not None:
             return
+        try:
+            latest = self.latest()
+        except EcomrecError as error:
+            log.warning("registry poll of group %r failed: %s", self.group, error)
+            latest = None
+        self._seen = latest.model_data_url if latest else None
         self._thread = threading.Thread(target=self._run, name="ecomrec-registry-watch", daemon=True)
         self._thread.start()
 
