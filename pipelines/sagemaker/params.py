@@ -1,0 +1,166 @@
+"""Pipeline parameters: what a SageMaker execution can change without a new definition.
+
+Parameters that mirror a PipelineConfig field carry its path: the ``--config`` JSON every step receives
+is assembled at run time with those values (``config_argument``), so the steps read the execution's
+values through the one config document, exactly as locally.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from components.config import PipelineConfig
+from components.registry.base import APPROVAL_STATUSES, PENDING
+
+ParamKind = Literal["string", "integer", "float"]
+
+# Parameter names (the keys of `ecomrec pipeline start --param NAME=VALUE` and of the definition).
+INPUT_DATA_URI = "InputDataUri"
+OUTPUT_URI = "OutputUri"
+SPARK_IMAGE_URI = "SparkImageUri"
+SPARK_INSTANCE_TYPE = "SparkInstanceType"
+SPARK_INSTANCE_COUNT = "SparkInstanceCount"
+PROCESSING_IMAGE_URI = "ProcessingImageUri"
+PROCESSING_INSTANCE_TYPE = "ProcessingInstanceType"
+PROCESSING_INSTANCE_COUNT = "ProcessingInstanceCount"
+PIP_INSTALL = "PipInstall"
+TRAINING_INSTANCE_TYPE = "TrainingInstanceType"
+TRAINING_INSTANCE_COUNT = "TrainingInstanceCount"
+CATBOOST_IMAGE_URI = "CatBoostImageUri"
+CATBOOST_SCRIPT_URI = "CatBoostScriptUri"
+CATBOOST_MODEL_URI = "CatBoostModelUri"
+INFERENCE_IMAGE_URI = "InferenceImageUri"
+MODEL_PACKAGE_GROUP = "ModelPackageGroup"
+MODEL_APPROVAL_STATUS = "ModelApprovalStatus"
+TEST_DAYS = "TestDays"
+LABEL_DAYS = "LabelDays"
+ALS_RANK = "AlsRank"
+ALS_ITERATIONS = "AlsIterations"
+CATBOOST_ITERATIONS = "CatBoostIterations"
+CATBOOST_LEARNING_RATE = "CatBoostLearningRate"
+CATBOOST_DEPTH = "CatBoostDepth"
+CATBOOST_L2_LEAF_REG = "CatBoostL2LeafReg"
+CATBOOST_EARLY_STOPPING_ROUNDS = "CatBoostEarlyStoppingRounds"
+NDCG_AT_10_FLOOR = "NdcgAt10Floor"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    kind: ParamKind
+    default: str | int | float
+    config_path: tuple[str, ...] = ()  # the PipelineConfig field it sets, if any
+    hyperparameter: str = ""  # the built-in CatBoost hyperparameter it sets, if any
+    enum: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values known when the definition is built (bucket, region, pinned URIs...)."""
+
+    input_data_uri: str
+    output_uri: str
+    spark_image_uri: str
+    processing_image_uri: str
+    pip_install: str
+    catboost_image_uri: str
+    catboost_script_uri: str
+    catboost_model_uri: str
+    inference_image_uri: str
+    spark_instance_type: str = "ml.m5.2xlarge"
+    processing_instance_type: str = "ml.m5.2xlarge"
+    training_instance_type: str = "ml.m5.2xlarge"
+
+
+def _config_value(config: PipelineConfig, path: tuple[str, ...]) -> Any:
+    node: Any = config
+    for key in path:
+        node = getattr(node, key)
+    return node
+
+
+def param_specs(config: PipelineConfig, defaults: Defaults) -> list[ParamSpec]:
+    def from_config(name: str, kind: ParamKind, *path: str, hyperparameter: str = "") -> ParamSpec:
+        return ParamSpec(name, kind, _config_value(config, path), path, hyperparameter)
+
+    return [
+        ParamSpec(INPUT_DATA_URI, "string", defaults.input_data_uri),
+        ParamSpec(OUTPUT_URI, "string", defaults.output_uri),
+        ParamSpec(SPARK_IMAGE_URI, "string", defaults.spark_image_uri),
+        ParamSpec(SPARK_INSTANCE_TYPE, "string", defaults.spark_instance_type),
+        ParamSpec(SPARK_INSTANCE_COUNT, "integer", 1),
+        ParamSpec(PROCESSING_IMAGE_URI, "string", defaults.processing_image_uri),
+        ParamSpec(PROCESSING_INSTANCE_TYPE, "string", defaults.processing_instance_type),
+        ParamSpec(PROCESSING_INSTANCE_COUNT, "integer", 1),
+        ParamSpec(PIP_INSTALL, "string", defaults.pip_install),
+        ParamSpec(TRAINING_INSTANCE_TYPE, "string", defaults.training_instance_type),
+        ParamSpec(TRAINING_INSTANCE_COUNT, "integer", 1),
+        ParamSpec(CATBOOST_IMAGE_URI, "string", defaults.catboost_image_uri),
+        ParamSpec(CATBOOST_SCRIPT_URI, "string", defaults.catboost_script_uri),
+        ParamSpec(CATBOOST_MODEL_URI, "string", defaults.catboost_model_uri),
+        ParamSpec(INFERENCE_IMAGE_URI, "string", defaults.inference_image_uri),
+        from_config(MODEL_PACKAGE_GROUP, "string", "model_package_group"),
+        ParamSpec(MODEL_APPROVAL_STATUS, "string", PENDING, enum=APPROVAL_STATUSES),
+        from_config(TEST_DAYS, "integer", "etl", "test_days"),
+        from_config(LABEL_DAYS, "integer", "etl", "label_days"),
+        from_config(ALS_RANK, "integer", "als", "factors"),
+        from_config(ALS_ITERATIONS, "integer", "als", "iterations"),
+        from_config(CATBOOST_ITERATIONS, "integer", "ranker", "iterations", hyperparameter="iterations"),
+        from_config(CATBOOST_LEARNING_RATE, "float", "ranker", "learning_rate",
+                    hyperparameter="learning_rate"),
+        from_config(CATBOOST_DEPTH, "integer", "ranker", "depth", hyperparameter="depth"),
+        from_config(CATBOOST_L2_LEAF_REG, "integer", "ranker", "l2_leaf_reg", hyperparameter="l2_leaf_reg"),
+        from_config(CATBOOST_EARLY_STOPPING_ROUNDS, "integer", "ranker", "early_stopping_rounds",
+                    hyperparameter="early_stopping_rounds"),
+        from_config(NDCG_AT_10_FLOOR, "float", "gate", "ndcg_at_10_floor"),
+    ]
+
+
+def make_parameters(specs: list[ParamSpec]) -> dict[str, Any]:
+    """SDK Parameter objects by name (the SDK is imported here, not at module import)."""
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+
+    made: dict[str, Any] = {}
+    for spec in specs:
+        if spec.kind == "string":
+            made[spec.name] = ParameterString(spec.name, default_value=str(spec.default),
+                                              enum_values=list(spec.enum) or None)
+        elif spec.kind == "integer":
+            made[spec.name] = ParameterInteger(spec.name, default_value=int(spec.default))
+        else:
+            made[spec.name] = ParameterFloat(spec.name, default_value=float(spec.default))
+    return made
+
+
+def _marker(name: str) -> str:
+    return f"@@ecomrec-param:{name}@@"
+
+
+def config_argument(config: PipelineConfig, specs: list[ParamSpec], parameters: dict[str, Any]) -> Any:
+    """The ``--config`` value: the config JSON with each config-backed parameter spliced in at run time
+    (``Std:Join``). Numbers go in bare, strings inside their quotes, so the result is the same JSON the
+    local runner passes when the parameters keep their defaults."""
+    from sagemaker.core.workflow.functions import Join
+
+    document = config.model_dump(mode="json")
+    backed = [spec for spec in specs if spec.config_path]
+    for spec in backed:
+        node = document
+        for key in spec.config_path[:-1]:
+            node = node[key]
+        node[spec.config_path[-1]] = _marker(spec.name)
+    text = json.dumps(document, separators=(",", ":"))
+    pieces: list[Any] = [text]
+    for spec in backed:
+        token = json.dumps(_marker(spec.name)) if spec.kind != "string" else _marker(spec.name)
+        split: list[Any] = []
+        for piece in pieces:
+            if isinstance(piece, str) and token in piece:
+                before, after = piece.split(token)
+                split += [before, parameters[spec.name], after]
+            else:
+                split.append(piece)
+        pieces = split
+    return Join(on="", values=[piece for piece in pieces if not (isinstance(piece, str) and piece == "")])
