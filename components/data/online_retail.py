@@ -165,16 +165,18 @@ def _read_csv(handle: Path | io.BytesIO, name: str) -> pd.DataFrame:
         raise DataContractError(f"{name}: cannot read as CSV: {exc}") from exc
 
 
+def xlsx_engine() -> Literal["calamine", "openpyxl"]:
+    """calamine reads the 23 MB official workbook in seconds, openpyxl in minutes: use it when installed."""
+    try:
+        import python_calamine  # noqa: F401
+    except ImportError:
+        return "openpyxl"
+    return "calamine"
+
+
 def _read_xlsx(handle: Path | io.BytesIO, name: str) -> pd.DataFrame:
     try:
-        # calamine reads the 23 MB official workbook in seconds; openpyxl takes minutes.
-        import python_calamine  # noqa: F401
-
-        engine = "calamine"
-    except ImportError:
-        engine = "openpyxl"
-    try:
-        return pd.read_excel(handle, engine=engine, sheet_name=0)
+        return pd.read_excel(handle, engine=xlsx_engine(), sheet_name=0)
     except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
         raise DataContractError(f"{name}: cannot read as xlsx: {exc}") from exc
 

@@ -58,8 +58,8 @@ def import_online_retail_cmd(
 @fetch_app.command("online-retail")
 def fetch_online_retail_cmd(
     dest: Annotated[Path | None, typer.Argument(
-        help="folder for online+retail.zip [default: ~/.cache/ecomrec/online-retail, where the pipeline "
-             "looks]", show_default=False)] = None,
+        help="folder for online+retail.zip (default: ~/.cache/ecomrec/online-retail, where the pipeline "
+             "looks)", show_default=False)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="download again even if a verified copy is there")] = False,
 ) -> None:
