@@ -30,6 +30,13 @@ PURCHASE: Final = "purchase"
 RETURN: Final = "return"
 EVENT_TYPES: Final = (VIEW, ADD_TO_CART, PURCHASE, RETURN)
 
+# Attribute columns the bundled adapters write (components/data): items/ item_id, description (Online
+# Retail), ITEM_CATEGORY, brand (synthetic), price; users/ user_id, country, customer_segment (synthetic).
+ITEM_DESCRIPTION: Final = "description"
+ITEM_BRAND: Final = "brand"
+USER_COUNTRY: Final = "country"
+USER_SEGMENT: Final = "customer_segment"  # casual/regular/loyal/wholesale; not the warm/cold SEGMENT
+
 # ---------------------------------------------------------------- ids
 USER_IDX: Final = "user_idx"  # dense int32 index, 0..n_users-1, from id_maps/users
 ITEM_IDX: Final = "item_idx"  # dense int32 index, 0..n_items-1, from id_maps/items

@@ -60,8 +60,8 @@ def test_contract_tables_and_types(shop: tuple[SynthReport, Path], events: pd.Da
     users = pd.read_parquet(dest / s.USERS)
     assert items[s.ITEM_ID].is_unique
     assert users[s.USER_ID].is_unique
-    assert set(items.columns) == {s.ITEM_ID, "category", "brand", s.PRICE}
-    assert set(users.columns) == {s.USER_ID, "country", "segment"}
+    assert set(items.columns) == {s.ITEM_ID, s.ITEM_CATEGORY, s.ITEM_BRAND, s.PRICE}
+    assert set(users.columns) == {s.USER_ID, s.USER_COUNTRY, s.USER_SEGMENT}
     assert set(events[s.ITEM_ID]) <= set(items[s.ITEM_ID])
     assert set(events[s.USER_ID]) <= set(users[s.USER_ID])
     n_users, n_items, _ = default_sizes(EVENTS, SynthParams())
@@ -133,11 +133,11 @@ def test_seasonality(events: pd.DataFrame) -> None:
 def test_attributes_drive_behaviour(shop: tuple[SynthReport, Path], events: pd.DataFrame) -> None:
     _, dest = shop
     items = pd.read_parquet(dest / s.ITEMS).set_index(s.ITEM_ID)
-    per_category = items.groupby("category")[s.PRICE].median()
+    per_category = items.groupby(s.ITEM_CATEGORY)[s.PRICE].median()
     assert per_category.max() > 3 * per_category.min()  # prices differ by category
     users = pd.read_parquet(dest / s.USERS).set_index(s.USER_ID)
     purchases = events[events[s.EVENT_TYPE] == s.PURCHASE]
-    quantity = purchases.groupby(purchases[s.USER_ID].map(users["segment"]))[s.QUANTITY].mean()
+    quantity = purchases.groupby(purchases[s.USER_ID].map(users[s.USER_SEGMENT]))[s.QUANTITY].mean()
     assert quantity["wholesale"] > 3 * quantity["casual"]
 
 

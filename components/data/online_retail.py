@@ -60,9 +60,9 @@ SOURCE_COLUMNS = (
 )
 
 # Attribute columns of items/ and users/ (string -> categorical feature, numeric -> numeric feature).
-DESCRIPTION_ATTR = "description"
-CATEGORY_ATTR = "category"
-COUNTRY_ATTR = "country"
+DESCRIPTION_ATTR = s.ITEM_DESCRIPTION
+CATEGORY_ATTR = s.ITEM_CATEGORY
+COUNTRY_ATTR = s.USER_COUNTRY
 
 # The published file (SOURCE.md); a match is reported as ``canonical`` in the ImportReport.
 CANONICAL_ROWS = 541_909

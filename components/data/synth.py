@@ -48,10 +48,10 @@ from components.errors import EcomrecError
 logger = logging.getLogger(__name__)
 
 # Attribute columns of items/ and users/ (strings are categorical features, numbers numeric ones).
-CATEGORY_ATTR = "category"
-BRAND_ATTR = "brand"
-COUNTRY_ATTR = "country"
-SEGMENT_ATTR = "segment"
+CATEGORY_ATTR = s.ITEM_CATEGORY
+BRAND_ATTR = s.ITEM_BRAND
+COUNTRY_ATTR = s.USER_COUNTRY
+SEGMENT_ATTR = s.USER_SEGMENT
 
 REPORT_FILE = "_synth_report.json"
 DAY = 86_400
