@@ -1,13 +1,34 @@
-"""`ecomrec serve`"""
+"""`ecomrec serve`: the inference service (the same app and launcher as the container)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def serve(
-    model: str = typer.Option(..., help="model bundle: a model.tar.gz path, a directory, or s3://..."),
-    port: int = typer.Option(8080, help="port to listen on"),
+    model: Annotated[str | None, typer.Option(
+        help="model bundle: a model.tar.gz path, a folder, or s3://... (default: ECOMREC_MODEL, the "
+             "registry's latest Approved version with --registry, else /opt/ml/model)")] = None,
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 to accept outside connections")]
+    = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="worker processes (each loads the bundle)")] = 1,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); serve HTTPS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    registry: Annotated[Path | None, typer.Option(
+        help="local model registry folder: serve and follow its latest Approved version")] = None,
+    group: Annotated[str | None, typer.Option(help="model package group in the registry")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve recommendations from a model bundle (the same app as the container)."""
-    raise typer.Exit(code=2)
+    from components.serving.server import LaunchError, run
+
+    try:
+        run(model=model, host=host, port=port, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
+            registry=registry, group=group, log_level=log_level)
+    except LaunchError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
