@@ -28,7 +28,8 @@ FEATURES = {
 
 
 def simulate_purchases(n_users: int, n_items: int, seed: int) -> pd.DataFrame:
-    """(user_idx, item_idx, day, quantity) purchase rows; users 0..n_users//10-1 only buy in the test window."""
+    """(user_idx, item_idx, day, quantity) purchases; the first n_users // 10 users only buy in the test
+    window (cold users)."""
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
     popularity /= popularity.sum()
@@ -66,8 +67,8 @@ def fold_tables(purchases: pd.DataFrame, n_users: int, n_items: int, cutoff: int
     ui[s.UI_DAYS_SINCE_LAST] = (cutoff - ui["last"]).astype(float)
     ui["ui_days_since_first"] = (cutoff - ui["first"]).astype(float)
     ui = ui[[s.USER_IDX, s.ITEM_IDX, *FEATURES["user_item"]]]
-    users = before.groupby(s.USER_IDX).agg(u_purchase_days=("day", "nunique"), u_items=(s.ITEM_IDX, "nunique"),
-                                           last=("day", "max"))
+    users = before.groupby(s.USER_IDX).agg(u_purchase_days=("day", "nunique"),
+                                           u_items=(s.ITEM_IDX, "nunique"), last=("day", "max"))
     users = users.reindex(range(n_users))
     user_features = pd.DataFrame({
         s.USER_IDX: np.arange(n_users, dtype=np.int32),
@@ -90,7 +91,8 @@ def fold_tables(purchases: pd.DataFrame, n_users: int, n_items: int, cutoff: int
     history_users = set(before[s.USER_IDX].unique().tolist())
     target_users = pd.DataFrame({s.USER_IDX: np.sort(targets[s.USER_IDX].unique())})
     target_users[s.SEGMENT] = [s.WARM if u in history_users else s.COLD for u in target_users[s.USER_IDX]]
-    interactions = before.groupby([s.USER_IDX, s.ITEM_IDX]).size().rename(s.WEIGHT).astype(float).reset_index()
+    interactions = (before.groupby([s.USER_IDX, s.ITEM_IDX]).size().rename(s.WEIGHT).astype(float)
+                    .reset_index())
 
     candidate_users = (sorted(target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].tolist())
                        if end < DAYS else sorted(history_users))
@@ -122,12 +124,14 @@ def fold_tables(purchases: pd.DataFrame, n_users: int, n_items: int, cutoff: int
             s.CANDIDATES: candidates}
 
 
-def make_fake_outputs(root: Path, *, n_users: int = 120, n_items: int = 50, seed: int = 3) -> tuple[Path, Path]:
+def make_fake_outputs(root: Path, *, n_users: int = 120, n_items: int = 50,
+                      seed: int = 3) -> tuple[Path, Path]:
     """Write fake etl/ and als/ directories under ``root``; returns (etl, als)."""
     purchases = simulate_purchases(n_users, n_items, seed)
     etl, als = root / "etl", root / "als"
     test_start, label_start = DAYS - TEST_DAYS, DAYS - TEST_DAYS - LABEL_DAYS
-    for fold, (cutoff, end) in {s.TRAIN_FOLD: (label_start, test_start), s.TEST_FOLD: (test_start, DAYS)}.items():
+    windows_of = {s.TRAIN_FOLD: (label_start, test_start), s.TEST_FOLD: (test_start, DAYS)}
+    for fold, (cutoff, end) in windows_of.items():
         tables = fold_tables(purchases, n_users, n_items, cutoff, end, seed)
         for name, frame in tables.items():
             base = als if name == s.CANDIDATES else etl

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 PER_USER_METRICS = ("precision", "recall", "hit_rate", "ndcg", "map")
+U = TypeVar("U", bound=Hashable)  # user key (user_idx or user_id)
+T = TypeVar("T", bound=Hashable)  # item key (item_idx or item_id)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ def _discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
 
 
-def user_metrics(recommended: Sequence[Hashable], relevant: Iterable[Hashable], k: int) -> UserMetrics:
+def user_metrics(recommended: Sequence[T], relevant: Iterable[T], k: int) -> UserMetrics:
     """Every per-user metric at ``k`` for one user (``recommended`` best first; only its first k count)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -66,19 +69,19 @@ def user_metrics(recommended: Sequence[Hashable], relevant: Iterable[Hashable], 
     )
 
 
-def coverage(recommendations: Mapping[Hashable, Sequence[Hashable]], k: int, catalog_items: int) -> float:
+def coverage(recommendations: Mapping[U, Sequence[T]], k: int, catalog_items: int) -> float:
     """Distinct items in the users' top-k lists / items in the catalog."""
     if catalog_items < 1:
         raise ValueError(f"catalog_items must be >= 1, got {catalog_items}")
-    distinct: set[Hashable] = set()
+    distinct: set[T] = set()
     for items in recommendations.values():
         distinct.update(items[:k])
     return len(distinct) / catalog_items
 
 
 def mean_metrics(
-    recommendations: Mapping[Hashable, Sequence[Hashable]],
-    ground_truth: Mapping[Hashable, Iterable[Hashable]],
+    recommendations: Mapping[U, Sequence[T]],
+    ground_truth: Mapping[U, Iterable[T]],
     k: int,
     catalog_items: int,
 ) -> dict[str, float]:
@@ -89,7 +92,7 @@ def mean_metrics(
     if not ground_truth:
         raise ValueError("no evaluated users: ground truth is empty")
     totals = dict.fromkeys(PER_USER_METRICS, 0.0)
-    evaluated_lists: dict[Hashable, Sequence[Hashable]] = {}
+    evaluated_lists: dict[U, Sequence[T]] = {}
     for user, relevant in ground_truth.items():
         recommended = recommendations.get(user, ())
         evaluated_lists[user] = recommended
@@ -102,8 +105,7 @@ def mean_metrics(
     return result
 
 
-def mean_recall(candidates: Mapping[Hashable, Iterable[Hashable]],
-                ground_truth: Mapping[Hashable, Iterable[Hashable]]) -> float:
+def mean_recall(candidates: Mapping[U, Iterable[T]], ground_truth: Mapping[U, Iterable[T]]) -> float:
     """Recall of whole (unbounded) lists, averaged over the ground-truth users: candidate recall."""
     if not ground_truth:
         raise ValueError("no evaluated users: ground truth is empty")

@@ -1,0 +1,134 @@
+"""The ranker_data step on fake etl/als outputs (tests/test_ranker_fixtures.py, shaped like the brief's
+contracts): the built-in CatBoost CSV format, negative sampling, the user-grouped split, scoring rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import schema as s
+from components.config import PipelineConfig, RankerConfig
+from components.ranker import data_step
+from components.ranker.data import hash_uniform, validation_mask
+from components.ranker.model import FeatureSpec
+from tests.test_ranker_fixtures import make_fake_outputs
+
+CONFIG = RankerConfig(negatives_per_user=6, validation_user_share=0.25, seed=11)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("ranker_data")
+    etl, als = make_fake_outputs(root)
+    data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(root / "out"),
+                    "--config", PipelineConfig(ranker=CONFIG).to_json()])
+    return etl, als, root / "out"
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_channels_are_the_builtin_catboost_format(fake: tuple[Path, Path, Path]) -> None:
+    _, _, out = fake
+    spec = FeatureSpec.load(out / s.FEATURE_SPEC_FILE)
+    assert spec.categorical, "the fake shop has categorical features"
+    assert spec.numeric_first
+    for channel in s.CHANNELS:
+        rows = _rows(out / channel / s.CHANNEL_DATA_FILE)
+        assert rows, channel
+        assert {row[0] for row in rows} <= {"0", "1"}  # label first, no header line
+        assert {len(row) for row in rows} == {1 + len(spec.features)}
+        cat_index = json.loads((out / channel / s.CATEGORICAL_INDEX_FILE).read_text())["cat_index_list"]
+        assert cat_index == [spec.features.index(name) + 1 for name in spec.categorical]
+        assert min(cat_index) >= 1
+        for i in cat_index:
+            values = {row[i] for row in rows}
+            assert values, i
+            assert all(v and not v.replace(".", "").isdigit() for v in values)  # strings, never empty
+        numeric_columns = [i for i in range(1, len(spec.features) + 1) if i not in cat_index]
+        for row in rows[:50]:
+            for i in numeric_columns:
+                float(row[i])  # parses, and computed features are never empty
+
+
+def test_sampling_and_user_grouped_split(fake: tuple[Path, Path, Path]) -> None:
+    etl, als, _ = fake
+    training, validation, _, report = data_step.build_training_data(etl, als, CONFIG)
+    train_users, valid_users = set(training[s.USER_IDX]), set(validation[s.USER_IDX])
+    assert train_users
+    assert valid_users
+    assert not train_users & valid_users  # grouped by user, never split rows of one user
+    both = pd.concat([training, validation])
+    assert int(both[s.LABEL].sum()) == report.positive_rows  # every positive kept
+    negatives = both.loc[both[s.LABEL] == 0].groupby(s.USER_IDX).size()
+    assert negatives.max() <= CONFIG.negatives_per_user
+    assert (both.groupby(s.USER_IDX)[s.LABEL].max() == 1).all()  # no user without a positive
+    assert report.users_with_positive + report.users_dropped_without_positive == report.candidate_users
+    assert len(training) == len(_rows(fake[2] / s.TRAINING_CHANNEL / s.CHANNEL_DATA_FILE))
+    # Labels are exactly the train-fold targets.
+    targets = pd.read_parquet(etl / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS)
+    target_pairs = set(zip(targets[s.USER_IDX], targets[s.ITEM_IDX], strict=True))
+    labelled = {(u, i): lab for u, i, lab in both[[s.USER_IDX, s.ITEM_IDX, s.LABEL]].itertuples(index=False)}
+    assert all((pair in target_pairs) == bool(label) for pair, label in labelled.items())
+
+
+def test_sampling_is_deterministic(fake: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    etl, als, out = fake
+    data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(tmp_path / "again"),
+                    "--config", PipelineConfig(ranker=CONFIG).to_json()])
+    for channel in s.CHANNELS:
+        first = (out / channel / s.CHANNEL_DATA_FILE).read_bytes()
+        assert first == (tmp_path / "again" / channel / s.CHANNEL_DATA_FILE).read_bytes()
+
+
+def test_users_without_a_positive_candidate_are_dropped(fake: tuple[Path, Path, Path],
+                                                        tmp_path: Path) -> None:
+    etl, als, _ = fake
+    # Drop every target of 5 candidate users: they must vanish from training and be counted.
+    targets_dir = etl / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS
+    targets = pd.read_parquet(targets_dir)
+    candidates = pd.read_parquet(als / s.FOLDS_DIR / s.TRAIN_FOLD / s.CANDIDATES)
+    victims = sorted(set(candidates[s.USER_IDX]))[:5]
+    copy = tmp_path / "etl"
+    shutil.copytree(etl, copy)
+    kept = targets.loc[~targets[s.USER_IDX].isin(victims)]
+    shutil.rmtree(copy / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS)
+    (copy / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS).mkdir()
+    kept.to_parquet(copy / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS / "part-0.parquet", index=False)
+    training, validation, _, report = data_step.build_training_data(copy, als, CONFIG)
+    assert not set(victims) & (set(training[s.USER_IDX]) | set(validation[s.USER_IDX]))
+    baseline = data_step.build_training_data(etl, als, CONFIG)[3]
+    assert report.users_dropped_without_positive == baseline.users_dropped_without_positive + 5
+
+
+def test_scoring_rows_cover_every_test_candidate(fake: tuple[Path, Path, Path]) -> None:
+    _, als, out = fake
+    spec = FeatureSpec.load(out / s.FEATURE_SPEC_FILE)
+    scoring = pd.read_parquet(out / s.SCORING_DIR)
+    candidates = pd.read_parquet(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES)
+    assert len(scoring) == len(candidates)
+    assert set(zip(scoring[s.USER_IDX], scoring[s.ITEM_IDX], strict=True)) == set(
+        zip(candidates[s.USER_IDX], candidates[s.ITEM_IDX], strict=True))
+    assert list(scoring.columns) == [s.USER_IDX, s.ITEM_IDX, *spec.features]
+    assert scoring[s.USER_IDX].is_monotonic_increasing
+    assert all(scoring[name].dtype == np.float32 for name in spec.numeric)
+    assert not scoring[list(spec.numeric)].isna().any().any()
+
+
+def test_hash_split_is_seeded_and_about_the_share() -> None:
+    users = np.arange(20_000)
+    mask = validation_mask(users, 0.2, 42)
+    assert 0.18 < mask.mean() < 0.22
+    assert (mask == validation_mask(users, 0.2, 42)).all()
+    assert (mask != validation_mask(users, 0.2, 43)).any()
+    draws = hash_uniform(1, users, users[::-1])
+    assert draws.min() >= 0.0
+    assert draws.max() < 1.0

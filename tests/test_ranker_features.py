@@ -1,0 +1,111 @@
+"""The feature frame on hand-made fold tables: neutral values, derived features, spec layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import schema as s
+from components.ranker.features import (
+    AFFINITY_PREFIX,
+    DAYS_SENTINEL,
+    HIST_RANK,
+    MISSING_SCORE,
+    RANK_SENTINEL,
+    UI_KNOWN,
+    UNDEFINED,
+    build_features,
+    neutral_value,
+)
+from components.ranker.model import MISSING_CATEGORY, FeatureSpec
+
+CATEGORY = s.ITEM_ATTR_PREFIX + s.ITEM_CATEGORY
+LISTS = {
+    "user": ["u_n_items", "u_mean_days_between_purchases", s.USER_ATTR_PREFIX + "country"],
+    "item": [s.ITEM_BUYERS_28D, "i_avg_price", CATEGORY],
+    "user_item": [s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST, "ui_recency_ratio"],
+    "categorical": [s.USER_ATTR_PREFIX + "country", CATEGORY],
+}
+
+
+def tables() -> dict[str, pd.DataFrame]:
+    candidates = pd.DataFrame({
+        s.USER_IDX: [0, 0, 0, 1], s.ITEM_IDX: [10, 11, 12, 10],
+        s.ALS_SCORE: [0.9, np.nan, 0.4, 0.2], s.ALS_RANK: [1, 0, 2, 1], s.COOC_SCORE: [0.0, 0.5, 0.0, 0.0],
+        s.FROM_ALS: [True, False, True, True], s.FROM_HISTORY: [True, True, False, False],
+        s.FROM_COOC: [False, True, False, False], s.FROM_POPULAR: [False, False, True, False],
+    })
+    users = pd.DataFrame({s.USER_IDX: [0, 1], "u_n_items": [2.0, 0.0],
+                          "u_mean_days_between_purchases": [7.0, None],
+                          s.USER_ATTR_PREFIX + "country": ["UK", None]})
+    items = pd.DataFrame({s.ITEM_IDX: [10, 11, 12], s.ITEM_BUYERS_28D: [5.0, 1.0, 9.0],
+                          "i_avg_price": [2.0, 4.0, 8.0], CATEGORY: ["mugs", "mugs", "cards"]})
+    ui = pd.DataFrame({s.USER_IDX: [0, 0], s.ITEM_IDX: [10, 11], s.UI_PURCHASE_DAYS: [3.0, 3.0],
+                       s.UI_DAYS_SINCE_LAST: [20.0, 5.0], "ui_recency_ratio": [2.0, None]})
+    user_category = pd.DataFrame({s.USER_IDX: [0, 0], s.ITEM_CATEGORY: ["mugs", "cards"],
+                                  s.UC_SHARE: [0.75, 0.25]})
+    return {"candidates": candidates, "users": users, "items": items, "ui": ui,
+            "user_category": user_category}
+
+
+def build(spec: FeatureSpec | None = None) -> tuple[pd.DataFrame, FeatureSpec]:
+    t = tables()
+    frame, spec = build_features(t["candidates"], t["users"], t["items"], t["ui"], LISTS,
+                                 user_category=t["user_category"], spec=spec)
+    return frame.set_index([s.USER_IDX, s.ITEM_IDX]), spec
+
+
+def test_neutral_values_for_pairs_without_history() -> None:
+    frame, _ = build()
+    fresh = frame.loc[(0, 12)]  # candidate user 0 never touched
+    assert fresh[UI_KNOWN] == 0.0
+    assert fresh[s.UI_PURCHASE_DAYS] == 0.0
+    assert fresh[s.UI_DAYS_SINCE_LAST] == DAYS_SENTINEL
+    assert fresh["ui_recency_ratio"] == UNDEFINED
+    assert fresh[HIST_RANK] == RANK_SENTINEL
+    assert frame.loc[(0, 11), s.ALS_SCORE] == MISSING_SCORE
+    assert frame.loc[(0, 11), s.ALS_RANK] == RANK_SENTINEL
+    assert frame.loc[(0, 11), "ui_recency_ratio"] == UNDEFINED  # undefined inside a known pair
+    assert frame.loc[(1, 10), "u_mean_days_between_purchases"] == UNDEFINED
+    assert frame.loc[(1, 10), s.USER_ATTR_PREFIX + "country"] == MISSING_CATEGORY
+    numeric = frame.select_dtypes("number")
+    assert not numeric.isna().any().any()
+
+
+def test_history_rank_is_the_repurchase_order_and_cross_features() -> None:
+    frame, _ = build()
+    # Both items bought on 3 days: the more recent one (11, 5 days) ranks first.
+    assert frame.loc[(0, 11), HIST_RANK] == 1.0
+    assert frame.loc[(0, 10), HIST_RANK] == 2.0
+    # user 0 bought items priced 2 and 4 (mean 3): item 12 at 8 is 8/3 of it
+    assert frame.loc[(0, 12), "x_price_ratio"] == pytest.approx(8 / 3)
+    assert frame.loc[(1, 10), "x_price_ratio"] == UNDEFINED  # user 1 bought nothing
+    # both bought items are mugs: mug affinity 1, cards 0; ETL's category share joins on the raw category
+    assert frame.loc[(0, 10), AFFINITY_PREFIX + CATEGORY] == 1.0
+    assert frame.loc[(0, 12), AFFINITY_PREFIX + CATEGORY] == 0.0
+    assert frame.loc[(0, 12), s.UC_SHARE] == 0.25
+    assert frame.loc[(1, 10), s.UC_SHARE] == 0.0
+
+
+def test_spec_layout_and_reuse_for_the_test_fold() -> None:
+    frame, spec = build()
+    assert spec.categorical == (s.USER_ATTR_PREFIX + "country", CATEGORY)
+    assert spec.numeric_first
+    assert list(frame.columns) == list(spec.features)
+    again, same = build(spec=spec)
+    assert same == spec
+    pd.testing.assert_frame_equal(again, frame)
+    t = tables()
+    with pytest.raises(KeyError, match="i_avg_price"):
+        build_features(t["candidates"], t["users"], t["items"].drop(columns=["i_avg_price"]), t["ui"],
+                       LISTS, user_category=t["user_category"], spec=spec)
+
+
+def test_neutral_value_rule() -> None:
+    assert neutral_value("ui_days_since_first") == DAYS_SENTINEL
+    assert neutral_value("ui_mean_interval_days") == UNDEFINED
+    assert neutral_value("u_avg_basket_value") == UNDEFINED
+    assert neutral_value("ui_recency_ratio") == UNDEFINED
+    assert neutral_value("ui_quantity") == 0.0
+    assert neutral_value("i_repurchase_rate") == 0.0
