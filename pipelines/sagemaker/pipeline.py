@@ -34,6 +34,7 @@ from components import schema as s
 from components.config import PipelineConfig
 from components.errors import EcomrecError
 from components.ranker.hyperparameters import hyperparameters_from_config
+from components.registry.sagemaker import METADATA_METRICS
 from pipelines.graph import STEPS, Step
 from pipelines.sagemaker import params as p
 from pipelines.sagemaker.code import CodeLocation, code_location, code_version, runtime_requirements
@@ -52,9 +53,6 @@ EVALUATION_PROPERTY_FILE = "EvaluationReport"
 INFERENCE_REPOSITORY = "ecomrec-serving"  # the ECR repository the serving image is pushed to
 GATE_FAILED_STEP = "gate-failed"
 REGISTER_MODEL_STEP = "register-model"
-# Metrics copied into the model package's CustomerMetadataProperties (max 50 entries): visible in the
-# Studio registry and to `ecomrec models list --sagemaker` without reading S3.
-METADATA_METRICS = tuple((recommender, metric, 10) for recommender in s.RECOMMENDERS for metric in s.METRICS)
 
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/.+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -359,6 +357,7 @@ class _Builder:
             image_uri=self.params[p.INFERENCE_IMAGE_URI],
             s3_model_data_url=Join(on="/", values=[self.input_uri(bundle), s.MODEL_ARCHIVE]),
             role_arn=self.settings.role, sagemaker_session=self.session,
+            log_level=logging.WARNING,  # its default, DEBUG, is set on a shared SDK logger
         )
         register_args = builder.register(
             model_package_group_name=self.params[p.MODEL_PACKAGE_GROUP],
@@ -366,6 +365,7 @@ class _Builder:
             content_types=["application/json"], response_types=["application/json"],
             model_metrics=ModelMetrics(model_statistics=MetricsSource(
                 content_type="application/json", s3_uri=evaluation_uri)),
+            # the same metadata SageMakerRegistry writes and reads: visible without reading S3
             customer_metadata_properties={
                 **{s.metric_json_path(r, m, k): metric(r, m, k).to_string() for r, m, k in METADATA_METRICS},
                 "code_version": self.code.version,
