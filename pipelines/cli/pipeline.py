@@ -115,3 +115,9 @@ def run(
                           f"[bold]{registered['version']}[/bold] as {registered['status']} in {registry_dir}; "
                           f"approve with: ecomrec models approve {registered['version']} "
                           f"--registry {registry_dir}")
+
+
+# SageMaker commands (definition, upsert, start, status, refresh-jumpstart) live in their own module.
+from pipelines.cli import pipeline_sagemaker  # noqa: E402
+
+pipeline_sagemaker.register(app)
