@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 
 from components import schema as s
+from components.data import online_retail as orx
 from components.data.fetch import (
     OFFICIAL_FILENAME,
     FetchError,
     default_cache_dir,
     fetch_online_retail,
 )
-from components.data.online_retail import import_online_retail
+from components.data.online_retail import ensure_online_retail, find_online_retail, import_online_retail
 
 
 class _Server:
@@ -136,3 +137,19 @@ def test_unreachable_host(tmp_path: Path) -> None:
 def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "ecomrec" / "online-retail"
+
+
+def test_ensure_downloads_once_into_the_cache_then_finds_it(server: _Server, zip_bytes: bytes, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orx, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(orx.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert find_online_retail() is None  # nothing local: ensure must download
+    url = server.url + "/static/public/352/online+retail.zip"
+    digest = hashlib.sha256(zip_bytes).hexdigest()
+    path = ensure_online_retail(url=url, sha256=digest, progress=False)
+    assert path == default_cache_dir() / OFFICIAL_FILENAME
+    assert find_online_retail() == path
+    assert ensure_online_retail(url=url, sha256=digest, progress=False) == path
+    assert len(server.requests) == 1

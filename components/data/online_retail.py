@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components import schema as s
-from components.data.fetch import default_cache_dir
+from components.data.fetch import OFFICIAL_SHA256, OFFICIAL_URL, default_cache_dir, fetch_online_retail
 from components.errors import DataContractError
 
 logger = logging.getLogger(__name__)
@@ -489,14 +489,15 @@ def find_online_retail(explicit: Path | None = None) -> Path | None:
     return None
 
 
-def ensure_online_retail(explicit: Path | None = None, *, progress: bool = True) -> Path:
+def ensure_online_retail(
+    explicit: Path | None = None, *, url: str = OFFICIAL_URL, sha256: str = OFFICIAL_SHA256,
+    progress: bool = True,
+) -> Path:
     """A local copy (:func:`find_online_retail`), or else the official zip downloaded into the fetch cache
-    and checked against its published SHA-256 (needs internet)."""
-    from components.data.fetch import fetch_online_retail
-
+    and checked against its published SHA-256 (needs internet; the next call finds it in the cache)."""
     found = find_online_retail(explicit)
     if found is not None:
         logger.info("using the local Online Retail copy %s", found)
         return found
-    logger.info("no local Online Retail copy; downloading the official file to %s", default_cache_dir())
-    return fetch_online_retail(default_cache_dir(), progress=progress)
+    logger.info("no local Online Retail copy; downloading %s to %s", url, default_cache_dir())
+    return fetch_online_retail(default_cache_dir(), url=url, sha256=sha256, progress=progress)
