@@ -207,6 +207,23 @@ def test_csv_with_uci_display_dates_and_a_bad_date(tmp_path: Path) -> None:
     assert events[s.TIMESTAMP].tolist()[3:] == ["2010-12-01T09:41:00", "2010-12-02T10:00:00", "yesterday"]
 
 
+@pytest.mark.parametrize("member", ["retail.csv", "retail.csv.gz"])
+def test_format_is_sniffed_from_the_bytes(tmp_path: Path, member: str) -> None:
+    """A gzip CSV misnamed .csv, or a zip holding a CSV (plain or gzip), imports like the CSV itself."""
+    gz = tmp_path / "retail.csv"
+    _official_like_rows().to_csv(gz, index=False, compression="gzip")  # gzip bytes, .csv name
+    assert import_online_retail(gz, tmp_path / "a").rows_in == 6
+    archive = tmp_path / "download.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        if member.endswith(".gz"):
+            zf.write(gz, member)
+        else:
+            zf.writestr(member, _official_like_rows().to_csv(index=False))
+    report = import_online_retail(archive, tmp_path / "b")
+    assert report.source_format == "zip"
+    _check_small_import(tmp_path / "b")
+
+
 def test_missing_column_is_named(tmp_path: Path) -> None:
     src = tmp_path / "retail.csv"
     _official_like_rows().drop(columns=["UnitPrice"]).to_csv(src, index=False)

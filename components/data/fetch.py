@@ -1,10 +1,10 @@
 """Download the official UCI Online Retail zip and verify it byte for byte.
 
-The pinned SHA-256 is the one published independently by several public projects that download the same
-URL (it matches the 23,715,478-byte ``online+retail.zip`` holding ``Online Retail.xlsx``, whose own SHA-256
-is ``43465a06...676d``). A mismatch deletes the download and stops with both digests, so a changed or
-corrupted archive never reaches the importer. The importer then checks the content as well (row count
-541,909 and sum(Quantity) 5,176,450, see ``online_retail.CANONICAL_*``).
+The pinned SHA-256 of the 23,715,478-byte ``online+retail.zip`` is the value that several independent
+public projects downloading this URL record and check (their zip holds ``Online Retail.xlsx`` with SHA-256
+``XLSX_SHA256``). A mismatch deletes the download and stops with both digests, so a changed or corrupted
+archive never reaches the importer. The importer also checks the content: ``ImportReport.canonical`` says
+whether the rows (541,909) and sum(Quantity) (5,176,450) are the published file's.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ SHARED_COPY = Path("shared/data/online-retail/online_retail.csv.gz")  # relative
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_NAMES = ("online_retail.csv.gz", "online+retail.zip", "Online Retail.xlsx")
 
+GZIP_MAGIC = b"\x1f\x8b"
 OTHER_CATEGORY = "OTHER"
 PART_FILE = "part-00000.parquet"
 REPORT_FILE = "_import_report.json"  # leading underscore: Spark/Hadoop readers skip it
@@ -160,7 +161,7 @@ def _read_csv(handle: Path | io.BytesIO, name: str) -> pd.DataFrame:
     try:
         # keep_default_na=False: a code or country spelled "NA" must stay a string; only empty is missing.
         return pd.read_csv(handle, dtype=text_cols, keep_default_na=False, na_values=[""],
-                           compression="infer" if isinstance(handle, Path) else None)
+                           compression="gzip" if _is_gzip(handle) else None)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, EOFError, gzip.BadGzipFile) as exc:
         raise DataContractError(f"{name}: cannot read as CSV: {exc}") from exc
 
@@ -172,6 +173,13 @@ def xlsx_engine() -> Literal["calamine", "openpyxl"]:
     except ImportError:
         return "openpyxl"
     return "calamine"
+
+
+def _is_gzip(handle: Path | io.BytesIO) -> bool:
+    if isinstance(handle, io.BytesIO):
+        return handle.getbuffer()[:2].tobytes() == GZIP_MAGIC
+    with handle.open("rb") as raw:
+        return raw.read(2) == GZIP_MAGIC
 
 
 def _read_xlsx(handle: Path | io.BytesIO, name: str) -> pd.DataFrame:
@@ -189,10 +197,7 @@ def _read_zip(src: Path) -> pd.DataFrame:
             if len(found) > 1:
                 raise DataContractError(f"{src}: several candidate members {found}; unzip the one to import")
             if found:
-                data = io.BytesIO(archive.read(found[0]))
-                if found[0].lower().endswith(".gz"):
-                    data = io.BytesIO(gzip.decompress(data.getvalue()))
-                return reader(data, f"{src}!{found[0]}")
+                return reader(io.BytesIO(archive.read(found[0])), f"{src}!{found[0]}")
     raise DataContractError(f"{src}: no .xlsx or .csv member in the zip (members: {members})")
 
 
