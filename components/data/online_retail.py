@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components import schema as s
@@ -80,6 +81,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_NAMES = ("online_retail.csv.gz", "online+retail.zip", "Online Retail.xlsx")
 
 GZIP_MAGIC = b"\x1f\x8b"
+TEXT = "string[pyarrow]"  # Arrow-backed strings: vectorised upper/startswith, ~5x python-backed ones
 OTHER_CATEGORY = "OTHER"
 PART_FILE = "part-00000.parquet"
 REPORT_FILE = "_import_report.json"  # leading underscore: Spark/Hadoop readers skip it
@@ -157,7 +159,7 @@ def read_online_retail(src: Path) -> tuple[pd.DataFrame, SourceFormat]:
 
 
 def _read_csv(handle: Path | io.BytesIO, name: str) -> pd.DataFrame:
-    text_cols = {c: "string" for c in (INVOICE, STOCK_CODE, DESCRIPTION, CUSTOMER, COUNTRY_COL, INVOICE_DATE)}
+    text_cols = {c: TEXT for c in (INVOICE, STOCK_CODE, DESCRIPTION, CUSTOMER, COUNTRY_COL, INVOICE_DATE)}
     try:
         # keep_default_na=False: a code or country spelled "NA" must stay a string; only empty is missing.
         return pd.read_csv(handle, dtype=text_cols, keep_default_na=False, na_values=[""],
@@ -223,7 +225,7 @@ def _cell_to_code(value: object) -> object:
 
 def _as_code(series: pd.Series, *, strip_float_suffix: bool) -> pd.Series:
     is_text = isinstance(series.dtype, pd.StringDtype)
-    out = series if is_text else series.map(_cell_to_code).astype("string")
+    out = series.astype(TEXT) if is_text else series.map(_cell_to_code).astype(TEXT)
     if strip_float_suffix:  # CSV copies write CustomerID as 17850.0
         out = out.str.replace(r"\.0+$", "", regex=True)
     return out.where(out.str.len() > 0)
@@ -249,12 +251,12 @@ def _normalise(frame: pd.DataFrame, src: Path) -> pd.DataFrame:
     out = pd.DataFrame({
         INVOICE: _as_code(frame[INVOICE], strip_float_suffix=False),
         STOCK_CODE: _as_code(frame[STOCK_CODE], strip_float_suffix=False),
-        DESCRIPTION: frame[DESCRIPTION].astype("string"),
+        DESCRIPTION: frame[DESCRIPTION].astype(TEXT),
         QUANTITY_COL: _as_number(frame[QUANTITY_COL], QUANTITY_COL, src, integer=True),
         INVOICE_DATE: frame[INVOICE_DATE],
         UNIT_PRICE: _as_number(frame[UNIT_PRICE], UNIT_PRICE, src, integer=False),
         CUSTOMER: _as_code(frame[CUSTOMER], strip_float_suffix=True),
-        COUNTRY_COL: frame[COUNTRY_COL].astype("string"),
+        COUNTRY_COL: frame[COUNTRY_COL].astype(TEXT),
     })
     return out
 
@@ -262,7 +264,7 @@ def _normalise(frame: pd.DataFrame, src: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- mapping
 def is_non_product(codes: pd.Series) -> pd.Series:
     """True where a StockCode is a fee or adjustment (SOURCE.md), not a product."""
-    upper = codes.astype("string").str.upper().str.strip()
+    upper = codes.astype(TEXT).str.upper().str.strip()
     flag = upper.isin(NON_PRODUCT_CODES)
     for prefix in NON_PRODUCT_PREFIXES:
         flag |= upper.str.startswith(prefix)
@@ -275,7 +277,7 @@ def iso_timestamps(values: pd.Series) -> tuple[pd.Series, int]:
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
-        text = values.astype("string")
+        text = values.astype(TEXT)
         parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
         retry = parsed.isna() & text.notna()
         if retry.any():  # the UCI xlsx display format, as some CSV exports write it: 12/1/2010 8:26
@@ -284,11 +286,13 @@ def iso_timestamps(values: pd.Series) -> tuple[pd.Series, int]:
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     ok = parsed.notna().to_numpy()
-    iso = np.full(len(values), None, dtype=object)
-    iso[ok] = np.datetime_as_string(parsed.to_numpy()[ok].astype("datetime64[s]"), unit="s")
+    seconds = pa.array(parsed.to_numpy().astype("datetime64[s]"), mask=~ok)
+    iso = pc.strftime(seconds, format="%Y-%m-%dT%H:%M:%S")  # Arrow: ~10x numpy's datetime_as_string
     failed = ~ok & values.notna().to_numpy()
-    iso[failed] = values.astype("string").to_numpy()[failed]
-    return pd.Series(iso, index=values.index, dtype="string"), int(failed.sum())
+    if failed.any():
+        as_written = pa.array(values.astype(object).where(values.notna(), None).to_numpy(), pa.string())
+        iso = pc.if_else(pa.array(failed), as_written, iso)
+    return pd.Series(pd.arrays.ArrowStringArray(iso), index=values.index), int(failed.sum())
 
 
 def to_events(source: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -363,9 +367,13 @@ def categories(descriptions: pd.Series, *, min_items: int = 5) -> pd.Series:
     return pd.Series([h if h in keep else OTHER_CATEGORY for h in heads], index=heads.index, dtype="string")
 
 
-def to_items(source: pd.DataFrame, *, min_category_items: int = 5) -> pd.DataFrame:
+def to_items(
+    source: pd.DataFrame, *, min_category_items: int = 5, non_product: pd.Series | None = None
+) -> pd.DataFrame:
     """The product catalog: every StockCode that is not a fee/adjustment, sorted by item_id."""
-    products = source.loc[source[STOCK_CODE].notna() & ~is_non_product(source[STOCK_CODE]),
+    if non_product is None:
+        non_product = is_non_product(source[STOCK_CODE])
+    products = source.loc[source[STOCK_CODE].notna() & ~non_product,
                           [STOCK_CODE, DESCRIPTION, UNIT_PRICE]]
     ids = pd.Index(np.sort(products[STOCK_CODE].unique().astype(object)), name=STOCK_CODE)
     description = _most_frequent(products, STOCK_CODE, DESCRIPTION).reindex(ids)
@@ -433,7 +441,8 @@ def import_online_retail(
     src, dest = Path(src), Path(dest)
     source, fmt = read_online_retail(src)
     events, unparsed = to_events(source)
-    items = to_items(source, min_category_items=min_category_items)
+    non_product = is_non_product(source[STOCK_CODE])
+    items = to_items(source, min_category_items=min_category_items, non_product=non_product)
     users = to_users(source)
 
     prepare_table_dirs(dest, s.RAW_TABLES, overwrite=overwrite)
@@ -442,7 +451,6 @@ def import_online_retail(
     _write(items, ITEMS_SCHEMA, paths[s.ITEMS])
     _write(users, USERS_SCHEMA, paths[s.USERS])
 
-    non_product = is_non_product(source[STOCK_CODE])
     is_return = (events[s.EVENT_TYPE] == s.RETURN).to_numpy()
     report = ImportReport(
         source=str(src),
