@@ -1,0 +1,371 @@
+"""The SageMaker pipeline definition, built offline through `ecomrec pipeline definition`.
+
+The definition is built once per module with every non-loopback socket refused (socket.socket.connect
+and name lookups are patched): any network use by the SDK or by our code fails the build or the
+``test_built_without_network`` check. Nothing here talks to AWS; the definition JSON is inspected and
+its run-time expressions (parameters, Std:Join) are evaluated by a small renderer with the parameter
+defaults, to check the argv each container receives against the local runner's contract.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from components import schema as s
+from components.config import PipelineConfig
+from components.ranker.hyperparameters import PARSERS, hyperparameters_from_config, parse_hyperparameters
+from components.registry.base import APPROVAL_STATUSES, PENDING
+from pipelines.graph import STEPS
+from pipelines.local import step_argv
+from pipelines.sagemaker.code import CODE_ARCHIVE, LAUNCHER
+from pipelines.sagemaker.jumpstart import catboost_uris
+from pipelines.sagemaker.pipeline import (
+    CONTAINER_INPUT,
+    CONTAINER_OUTPUT,
+    GATE_FAILED_STEP,
+    REGISTER_MODEL_STEP,
+)
+
+ROLE = "arn:aws:iam::123456789012:role/EcomrecSageMaker"
+BUCKET = "ecomrec-test-bucket"
+REGION = "eu-west-1"
+EXECUTION_ID = "exec-0001"
+SDK_TYPES = {"pyspark": "Processing", "processing": "Processing", "training": "Training",
+             "register": "Condition"}
+
+
+# ---------------------------------------------------------------------------------------------- offline guard
+def _local(host: object) -> bool:
+    if host in (None, "localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def network_attempts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[object]]:
+    """Refuse (and record) every connection or lookup beyond localhost while the module runs."""
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        host = address[0] if isinstance(address, tuple) else None
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _local(host):
+            attempts.append(address)
+            raise OSError(f"network disabled in this test: connect to {address}")
+        real_connect(sock, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _local(host):
+            attempts.append(host)
+            raise OSError(f"network disabled in this test: lookup of {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    sdk_config = tmp_path_factory.mktemp("sdk") / "config.yaml"
+    sdk_config.write_text("SchemaVersion: '1.0'\n")  # no developer defaults leak into the test
+    patch = pytest.MonkeyPatch()
+    patch.setattr(socket.socket, "connect", connect)
+    patch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+                        "AWS_EC2_METADATA_DISABLED": "true", "SAGEMAKER_USER_CONFIG_OVERRIDE": str(sdk_config)
+                        }.items():
+        patch.setenv(name, value)
+    patch.delenv("AWS_PROFILE", raising=False)
+    try:
+        yield attempts
+    finally:
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def cli_result(network_attempts: list[object]) -> Any:
+    from pipelines.cli import app
+
+    return CliRunner().invoke(app, ["pipeline", "definition", "--role", ROLE, "--bucket", BUCKET,
+                                    "--region", REGION])
+
+
+@pytest.fixture(scope="module")
+def definition(cli_result: Any) -> dict[str, Any]:
+    assert cli_result.exit_code == 0, cli_result.output
+    parsed: dict[str, Any] = json.loads(cli_result.stdout)
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def defaults(definition: dict[str, Any]) -> dict[str, Any]:
+    return {parameter["Name"]: parameter["DefaultValue"] for parameter in definition["Parameters"]}
+
+
+@pytest.fixture(scope="module")
+def steps(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {step["Name"]: step for step in definition["Steps"]}
+
+
+# ---------------------------------------------------------------------------------------------- renderer
+def render(expr: Any, parameters: dict[str, Any],
+           step_ref: Callable[[str], str] = lambda ref: f"<{ref}>") -> Any:
+    """Evaluate a pipeline expression the way the service does at run time (Get, Std:Join); step
+    properties and JsonGet values come from ``step_ref``."""
+    if isinstance(expr, str | int | float):
+        return expr
+    if isinstance(expr, dict) and "Get" in expr:
+        ref = expr["Get"]
+        if ref.startswith("Parameters."):
+            return parameters[ref.removeprefix("Parameters.")]
+        if ref == "Execution.PipelineExecutionId":
+            return EXECUTION_ID
+        return step_ref(ref)
+    if isinstance(expr, dict) and "Std:JsonGet" in expr:
+        return step_ref(expr["Std:JsonGet"]["Path"])
+    if isinstance(expr, dict) and "Std:Join" in expr:
+        join = expr["Std:Join"]
+        return join["On"].join(str(render(value, parameters, step_ref)) for value in join["Values"])
+    raise AssertionError(f"unexpected expression {expr!r}")
+
+
+def _container_argv(step: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
+    """What the step's main(argv) receives. Spark steps go through smspark-submit, which joins the
+    spark-submit command into one string and runs it with a shell: split it as /bin/sh would."""
+    app = step["Arguments"]["AppSpecification"]
+    arguments = [str(render(a, parameters)) for a in app["ContainerArguments"]]
+    if app["ContainerEntrypoint"][0] == "smspark-submit":
+        command = " ".join(["spark-submit", "--master", "yarn", *app["ContainerEntrypoint"][1:],
+                            *(render(a, parameters) for a in app["ContainerArguments"])])
+        words = shlex.split(command)
+        arguments = words[words.index(app["ContainerEntrypoint"][-1]) + 1:]
+    return arguments
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_built_without_network(cli_result: Any, network_attempts: list[object]) -> None:
+    assert cli_result.exit_code == 0, cli_result.output
+    assert network_attempts == [], f"building the definition used the network: {network_attempts}"
+
+
+def test_steps_follow_the_graph(definition: dict[str, Any]) -> None:
+    """Same steps, same order, one SageMaker step type per graph kind."""
+    assert [(step["Name"], step["Type"]) for step in definition["Steps"]] == [
+        (step.name, SDK_TYPES[step.kind]) for step in STEPS]
+
+
+def test_same_entry_points_and_argv_as_the_local_runner(steps: dict[str, dict[str, Any]],
+                                                        defaults: dict[str, Any], tmp_path: Path) -> None:
+    config = PipelineConfig()
+    for graph_step in STEPS:
+        if graph_step.kind not in ("pyspark", "processing"):
+            continue
+        step = steps[graph_step.name]
+        app = step["Arguments"]["AppSpecification"]
+        assert app["ContainerEntrypoint"][-1] == f"{CONTAINER_INPUT}/code/{LAUNCHER}"
+        module, *argv = _container_argv(step, defaults)
+        assert module == graph_step.entry_point
+        local = step_argv(graph_step, tmp_path / "raw", tmp_path / "out", config)
+        # the same flags in the same order; values are container paths instead of local ones
+        assert argv[::2] == local[::2]
+        paths = dict(zip(argv[::2], argv[1::2], strict=True))
+        assert PipelineConfig.from_json_or_path(paths.pop("--config")) == config
+        assert paths.pop("--output") == f"{CONTAINER_OUTPUT}/{graph_step.name}"
+        assert paths == {f"--{name}": f"{CONTAINER_INPUT}/{name}" for name in graph_step.inputs}
+
+
+def test_inputs_are_wired_to_the_producing_steps(steps: dict[str, dict[str, Any]]) -> None:
+    kinds = {step.name: step.kind for step in STEPS}
+    for graph_step in STEPS:
+        step = steps[graph_step.name]
+        if graph_step.kind in ("pyspark", "processing"):
+            inputs = {i["InputName"]: i["S3Input"] for i in step["Arguments"]["ProcessingInputs"]}
+            assert set(inputs) == {*graph_step.inputs, "ecomrec-code", "code"}
+            for name in graph_step.inputs:
+                assert inputs[name]["LocalPath"] == f"{CONTAINER_INPUT}/{name}"
+                expected = ({"Get": "Parameters.InputDataUri"} if name == "raw" else
+                            {"Get": f"Steps.{name}.ModelArtifacts.S3ModelArtifacts"}
+                            if kinds[name] == "training" else
+                            {"Get": f"Steps.{name}.ProcessingOutputConfig.Outputs['{name}'].S3Output.S3Uri"})
+                assert inputs[name]["S3Uri"] == expected
+            (output,) = step["Arguments"]["ProcessingOutputConfig"]["Outputs"]
+            assert output["OutputName"] == graph_step.name
+            assert render(output["S3Output"]["S3Uri"], {"OutputUri": "s3://b/runs"}) == \
+                f"s3://b/runs/{EXECUTION_ID}/{graph_step.name}"
+
+
+def test_code_is_the_versioned_zip_and_launcher(steps: dict[str, dict[str, Any]]) -> None:
+    """Every container gets the same code zip (not copies of modules) under the code version prefix."""
+    archives, launchers = set(), set()
+    for step in steps.values():
+        if step["Type"] != "Processing":
+            continue
+        inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]}
+        archives.add(inputs["ecomrec-code"])
+        launchers.add(inputs["code"])
+        entrypoint = step["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+        if entrypoint[0] == "smspark-submit":  # executors get the zip through --py-files
+            assert entrypoint[1:3] == ["--py-files", inputs["ecomrec-code"]]
+    (archive,), (launcher,) = archives, launchers
+    assert archive.startswith(f"s3://{BUCKET}/ecomrec/code/")
+    assert archive.endswith(f"/{CODE_ARCHIVE}")
+    assert launcher == archive.replace(CODE_ARCHIVE, LAUNCHER)
+
+
+def test_spark_steps_run_spark_3_5(steps: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> None:
+    for graph_step in STEPS:
+        if graph_step.kind == "pyspark":
+            app = steps[graph_step.name]["Arguments"]["AppSpecification"]
+            assert app["ImageUri"] == {"Get": "Parameters.SparkImageUri"}
+    assert "/sagemaker-spark-processing:3.5-cpu-py312" in defaults["SparkImageUri"]
+
+
+def test_parameters(definition: dict[str, Any], defaults: dict[str, Any]) -> None:
+    config = PipelineConfig()
+    types = {parameter["Name"]: parameter["Type"] for parameter in definition["Parameters"]}
+    uris = catboost_uris(REGION)
+    assert defaults["InputDataUri"] == f"s3://{BUCKET}/ecomrec/raw"
+    assert defaults["OutputUri"] == f"s3://{BUCKET}/ecomrec/runs"
+    assert (defaults["CatBoostImageUri"], defaults["CatBoostScriptUri"], defaults["CatBoostModelUri"]) == (
+        uris.image_uri, uris.script_uri, uris.model_uri)
+    assert defaults["TestDays"] == config.etl.test_days
+    assert types["TestDays"] == "Integer"
+    assert defaults["LabelDays"] == config.etl.label_days
+    assert defaults["AlsRank"] == config.als.factors
+    assert defaults["AlsIterations"] == config.als.iterations
+    assert defaults["CatBoostLearningRate"] == config.ranker.learning_rate
+    assert types["CatBoostLearningRate"] == "Float"
+    assert defaults["NdcgAt10Floor"] == config.gate.ndcg_at_10_floor
+    assert defaults["ModelPackageGroup"] == config.model_package_group
+    for name in ("SparkInstanceType", "SparkInstanceCount", "ProcessingInstanceType", "TrainingInstanceType"):
+        assert name in defaults
+    approval = next(x for x in definition["Parameters"] if x["Name"] == "ModelApprovalStatus")
+    assert approval["DefaultValue"] == PENDING
+    assert approval["EnumValues"] == list(APPROVAL_STATUSES)
+
+
+def test_config_parameters_reach_every_step(steps: dict[str, dict[str, Any]],
+                                            defaults: dict[str, Any]) -> None:
+    """Changing a parameter at start changes the --config every step parses (one config document)."""
+    overridden = {**defaults, "TestDays": 14, "AlsRank": 32, "NdcgAt10Floor": 0.125,
+                  "ModelPackageGroup": "shop-a"}
+    for graph_step in STEPS:
+        if graph_step.kind in ("pyspark", "processing"):
+            argv = _container_argv(steps[graph_step.name], overridden)
+            config = PipelineConfig.from_json_or_path(argv[argv.index("--config") + 1])
+            assert (config.etl.test_days, config.als.factors, config.gate.ndcg_at_10_floor,
+                    config.model_package_group) == (14, 32, 0.125, "shop-a")
+
+
+def test_training_uses_the_builtin_catboost(steps: dict[str, dict[str, Any]],
+                                            defaults: dict[str, Any]) -> None:
+    args = steps["train"]["Arguments"]
+    assert args["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.CatBoostImageUri"}
+    channels = {c["ChannelName"]: c for c in args["InputDataConfig"]}
+    assert set(channels) == {s.TRAINING_CHANNEL, s.VALIDATION_CHANNEL, "model"}
+    for name in s.CHANNELS:
+        uri = channels[name]["DataSource"]["S3DataSource"]["S3Uri"]
+        assert render(uri, defaults, lambda ref: "s3://b/run/ranker_data") == f"s3://b/run/ranker_data/{name}"
+        assert "Steps.ranker_data.ProcessingOutputConfig" in json.dumps(uri)
+    assert channels["model"]["DataSource"]["S3DataSource"]["S3Uri"] == {"Get": "Parameters.CatBoostModelUri"}
+    hyper = args["HyperParameters"]
+    assert hyper["sagemaker_program"] == "transfer_learning.py"
+    assert hyper["sagemaker_submit_directory"] == {"Get": "Parameters.CatBoostScriptUri"}
+    algorithm = {name: render(value, defaults) for name, value in hyper.items()
+                 if not name.startswith("sagemaker_")}
+    # every value reaches the container as a string under a name the built-in algorithm knows, and the
+    # ranker's strict parser (the built-in script's types) reads back the configured values
+    assert set(algorithm) <= set(PARSERS)
+    assert all(isinstance(value, str) for value in algorithm.values())
+    expected = hyperparameters_from_config(PipelineConfig().ranker)
+    assert parse_hyperparameters(algorithm) == parse_hyperparameters(expected)
+
+
+def test_quality_gate_reads_what_the_evaluation_writes(steps: dict[str, dict[str, Any]]) -> None:
+    """The JsonGet paths are schema.metric_json_path, and they resolve in an evaluation.json laid out by
+    the evaluation code itself (recompute_metrics, the writer's metric blocks) on a tiny example."""
+    from components.evaluation.recompute import recompute_metrics
+
+    truth = pd.DataFrame({s.USER_ID: ["u1", "u1", "u2"], s.ITEM_ID: ["a", "b", "c"], s.SEGMENT: [s.WARM] * 3})
+    rows = [{s.RECOMMENDER: r, s.USER_ID: u, s.RANK: rank, s.ITEM_ID: item, s.SCORE: 1.0 / rank}
+            for r in s.RECOMMENDERS for u in ("u1", "u2") for rank, item in enumerate("abcd", start=1)]
+    evaluation = recompute_metrics(truth, pd.DataFrame(rows), catalog_items=4)
+
+    register = steps["register"]["Arguments"]
+    gets = [condition["LeftValue"]["Std:JsonGet"] for condition in register["Conditions"]]
+    gets.append(register["Conditions"][1]["RightValue"]["Std:JsonGet"])
+    assert [g["Path"] for g in gets] == [s.metric_json_path(s.TWO_STAGE, "ndcg", 10),
+                                         s.metric_json_path(s.TWO_STAGE, "ndcg", 10),
+                                         s.metric_json_path(s.ALS, "ndcg", 10)]
+    assert {g["PropertyFile"]["Get"] for g in gets} == {"Steps.evaluation.PropertyFiles.EvaluationReport"}
+    assert [c["Type"] for c in register["Conditions"]] == ["GreaterThanOrEqualTo", "GreaterThan"]
+    assert register["Conditions"][0]["RightValue"] == {"Get": "Parameters.NdcgAt10Floor"}
+    for get in gets:
+        node: Any = evaluation
+        for key in get["Path"].split("."):
+            node = node[key]
+        assert isinstance(node, float)
+    (property_file,) = steps["evaluation"]["PropertyFiles"]
+    assert property_file == {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation",
+                             "FilePath": s.EVALUATION_FILE}
+
+
+def test_registration_when_the_gate_passes_else_fail(steps: dict[str, dict[str, Any]],
+                                                     defaults: dict[str, Any]) -> None:
+    register = steps["register"]["Arguments"]
+    (model_step,) = register["IfSteps"]
+    (fail_step,) = register["ElseSteps"]
+    assert (model_step["Name"], model_step["Type"]) == (REGISTER_MODEL_STEP, "RegisterModel")
+    assert (fail_step["Name"], fail_step["Type"]) == (GATE_FAILED_STEP, "Fail")
+    package = model_step["Arguments"]
+    assert package["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert package["ModelPackageGroupName"] == {"Get": "Parameters.ModelPackageGroup"}
+    (container,) = package["InferenceSpecification"]["Containers"]
+    assert container["Image"] == {"Get": "Parameters.InferenceImageUri"}
+    assert defaults["InferenceImageUri"] == (
+        f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-serving:latest")
+    assert render(container["ModelDataUrl"], defaults, lambda ref: "s3://b/run/bundle") == \
+        f"s3://b/run/bundle/{s.MODEL_ARCHIVE}"
+    assert "Steps.bundle.ProcessingOutputConfig" in json.dumps(container["ModelDataUrl"])
+    statistics = package["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert statistics["ContentType"] == "application/json"
+    assert render(statistics["S3Uri"], defaults, lambda ref: "s3://b/run/evaluation") == \
+        f"s3://b/run/evaluation/{s.EVALUATION_FILE}"
+    metadata = package["CustomerMetadataProperties"]
+    assert s.metric_json_path(s.TWO_STAGE, "ndcg", 10) in metadata
+    assert len(metadata) <= 50
+    message = render(fail_step["Arguments"]["ErrorMessage"], defaults, lambda ref: "0.01")
+    assert message.startswith("quality gate failed, nothing registered: two_stage ndcg_at_10")
+    assert str(defaults["NdcgAt10Floor"]) in message
+
+
+def test_cli_errors_name_what_is_missing(network_attempts: list[object]) -> None:
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    cases = [
+        (["--bucket", BUCKET, "--region", REGION], "no execution role"),
+        (["--role", ROLE, "--region", REGION], "no bucket"),
+        (["--role", "EcomrecSageMaker", "--bucket", BUCKET, "--region", REGION], "not an IAM role ARN"),
+        (["--role", ROLE, "--bucket", "s3://x/y", "--region", REGION], "not an S3 bucket name"),
+        (["--role", ROLE, "--bucket", BUCKET, "--region", "ap-east-1"], "refresh-jumpstart"),
+    ]
+    for arguments, message in cases:
+        result = runner.invoke(app, ["pipeline", "definition", *arguments],
+                               env={"ECOMREC_SAGEMAKER_ROLE": None, "ECOMREC_BUCKET": None})
+        assert result.exit_code == 2, (arguments, result.output)
+        assert message in " ".join(result.output.split()), (arguments, result.output)
+    result = runner.invoke(app, ["pipeline", "definition", "--role", ROLE, "--bucket", BUCKET],
+                           env={"AWS_REGION": None, "AWS_DEFAULT_REGION": None, "AWS_PROFILE": None,
+                                "AWS_CONFIG_FILE": "/nonexistent"})
+    assert result.exit_code == 2
+    assert "no AWS region" in result.output
