@@ -47,9 +47,11 @@ SOURCE_FILE: Final = "source_file"
 CLEAN_DIR: Final = "clean"  # clean/<table>/ Parquet; events gain user_idx, item_idx
 REJECTED_DIR: Final = "rejected"
 ID_MAPS_DIR: Final = "id_maps"  # id_maps/users/ (user_id, user_idx), id_maps/items/ (item_id, item_idx)
-WINDOWS_FILE: Final = "windows.json"  # {"test_start", "label_start", "end", "test_days", "label_days"} ISO UTC
+# windows.json: {"test_start", "label_start", "end", "test_days", "label_days"}, ISO-8601 UTC
+WINDOWS_FILE: Final = "windows.json"
 VALIDATION_REPORT_FILE: Final = "validation_report.json"  # per table: input, accepted, rejected {reason: n}
-FEATURES_FILE: Final = "features.json"  # {"user": [...], "item": [...], "user_item": [...], "categorical": [...]}
+# features.json: {"user": [...], "item": [...], "user_item": [...], "categorical": [...]}
+FEATURES_FILE: Final = "features.json"
 FOLDS_DIR: Final = "folds"
 
 # A fold is a cutoff: features, interactions and candidates use only events strictly before it; its

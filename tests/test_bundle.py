@@ -73,16 +73,16 @@ def test_tampered_or_incomplete_bundles_are_refused(tmp_path: Path) -> None:
     archive = write_bundle(_inputs(tmp_path), tmp_path / "out")
     root = load_bundle(archive).root
     (root / s.BUNDLE_POPULAR).write_bytes(b"not parquet")
-    with pytest.raises(BundleError, match="checksum mismatch for popular.parquet"):
+    with pytest.raises(BundleError, match=r"checksum mismatch for popular\.parquet"):
         load_bundle(root)
     (root / s.BUNDLE_POPULAR).unlink()
-    with pytest.raises(BundleError, match="missing bundle file popular.parquet"):
+    with pytest.raises(BundleError, match=r"missing bundle file popular\.parquet"):
         load_bundle(root)
     with pytest.raises(BundleError, match="not found"):
         load_bundle(tmp_path / "nope.tar.gz")
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"\x1f\x8b garbage")
-    with pytest.raises(BundleError, match="not a readable model.tar.gz"):
+    with pytest.raises(BundleError, match=r"not a readable model\.tar\.gz"):
         load_bundle(broken)
 
 

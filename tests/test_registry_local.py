@@ -93,7 +93,7 @@ def test_gate_passes_and_fails_with_reasons() -> None:
     assert any("below the floor" in r for r in verdict.reasons)
     assert any("does not beat als" in r for r in verdict.reasons)
     assert check_gate(_evaluation(0.2, 0.3), GateConfig(ndcg_at_10_floor=0.1, must_beat_als=False)).passed
-    with pytest.raises(QualityGateError, match="ranking_metrics.two_stage.ndcg_at_10.value"):
+    with pytest.raises(QualityGateError, match=r"ranking_metrics\.two_stage\.ndcg_at_10\.value"):
         check_gate({"ranking_metrics": {}}, gate)
 
 

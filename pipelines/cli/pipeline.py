@@ -24,18 +24,14 @@ def _raw_input(data: Path | None, dataset: str, source: Path | None, output: Pat
         return data
     if dataset != "online-retail":
         raise typer.BadParameter(f"unknown dataset {dataset!r}; known: online-retail", param_hint="--dataset")
-    from components.data.fetch import fetch_online_retail
-    from components.data.online_retail import find_online_retail, import_online_retail
+    from components.data.online_retail import ensure_online_retail, import_online_retail
 
     raw = output / "raw"
     if (raw / s.EVENTS).is_dir() and (raw / "_SUCCESS").exists():
         return raw
-    found = find_online_retail(source)
-    if found is None:
-        console.print("[bold]no local copy of Online Retail found: downloading the official file[/bold]")
-        found = fetch_online_retail(Path.home() / ".cache" / "ecomrec" / "online-retail")
+    found = ensure_online_retail(source)  # a local copy when given or found, else the checked download
     console.print(f"importing Online Retail from [cyan]{found}[/cyan]")
-    import_online_retail(found, raw)
+    import_online_retail(found, raw, overwrite=True)
     (raw / "_SUCCESS").write_text(str(found))
     return raw
 
