@@ -31,6 +31,7 @@ ENV_CLUSTER_CA: Final = "CLUSTER_CA"  # base64 PEM, as EKS returns certificateAu
 ENV_NAMESPACE: Final = "K8S_NAMESPACE"
 ENV_DEPLOYMENT: Final = "K8S_DEPLOYMENT"
 ENV_ROLLOUT_TIMEOUT_S: Final = "ROLLOUT_TIMEOUT_S"
+ENV_MODELS_BUCKET: Final = "MODELS_BUCKET"  # approved bundles are copied here before they go live
 
 # SageMaker's EventBridge event for registry changes.
 EVENT_SOURCE: Final = "aws.sagemaker"

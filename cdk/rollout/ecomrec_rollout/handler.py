@@ -1,7 +1,8 @@
 """Lambda entry points.
 
-``handler``: an EventBridge "SageMaker Model Package State Change" for our group. Approved -> patch the
-Deployment (image, model URI, version annotation), wait for the rolling update, record the live version.
+``handler``: an EventBridge "SageMaker Model Package State Change" for our group. Approved -> copy the
+bundle into the models bucket, patch the Deployment (image, model URI, version annotation), wait for the
+rolling update, record the live version.
 Rejected while live -> the same with the newest earlier approved version. Everything else is logged and
 ignored. Duplicate events find the version already live and patch nothing.
 
@@ -18,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ecomrec_rollout import constants as c
@@ -36,6 +37,8 @@ class Deps:
     kube: KubeClient
     group: str
     live_parameter: str
+    s3: Any = None  # boto3 S3 client; with models_bucket set, approved bundles are promoted there
+    models_bucket: str | None = None
     namespace: str = c.NAMESPACE
     deployment: str = c.DEPLOYMENT
     timeout_s: float = 540.0  # under the function's 10-minute timeout, so a stuck rollout fails loudly
@@ -68,6 +71,20 @@ def write_state(deps: Deps, state: logic.LiveState) -> None:
 
 def _describe(deps: Deps, arn: str) -> dict[str, Any]:
     return dict(deps.sagemaker.describe_model_package(ModelPackageName=arn))
+
+
+def promote(deps: Deps, release: logic.Release) -> logic.Release:
+    """Copy the approved bundle into the models bucket (server-side, idempotent: same key per version)."""
+    if not deps.models_bucket:
+        return release
+    target = logic.promotion_target(release, deps.models_bucket, deps.group)
+    if release.model_data_url == target:
+        return release
+    src_bucket, src_key = logic.split_s3_uri(release.model_data_url)
+    dst_bucket, dst_key = logic.split_s3_uri(target)
+    deps.s3.copy({"Bucket": src_bucket, "Key": src_key}, dst_bucket, dst_key)
+    log.info("promoted %s -> %s", release.model_data_url, target)
+    return replace(release, model_data_url=target)
 
 
 def roll_out(deps: Deps, release: logic.Release) -> None:
@@ -118,9 +135,11 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
         log.info("version %d rejected; removed from the rollback history", decision.version)
         return Outcome("forgotten", "rejected version is not live", decision.version)
     if isinstance(decision, logic.Deploy):
-        roll_out(deps, decision.release)
-        write_state(deps, decision.new_state)
-        return Outcome("deployed", decision.reason, decision.release.version)
+        release = promote(deps, decision.release)
+        roll_out(deps, release)
+        state = decision.new_state
+        write_state(deps, logic.LiveState(live=release, previous=state.previous))
+        return Outcome("deployed", decision.reason, release.version)
 
     # Rollback: the newest earlier version the registry still calls Approved.
     def still_approved(release: logic.Release) -> bool:
@@ -146,6 +165,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
     deps = Deps(sagemaker=boto3.client("sagemaker"), ssm=boto3.client("ssm"), kube=_kube_from_env(),
                 group=os.environ[c.ENV_MODEL_PACKAGE_GROUP], live_parameter=os.environ[c.ENV_LIVE_PARAMETER],
+                s3=boto3.client("s3"), models_bucket=os.environ.get(c.ENV_MODELS_BUCKET) or None,
                 namespace=os.environ.get(c.ENV_NAMESPACE, c.NAMESPACE),
                 deployment=os.environ.get(c.ENV_DEPLOYMENT, c.DEPLOYMENT),
                 timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")))

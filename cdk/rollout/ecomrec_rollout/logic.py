@@ -119,6 +119,23 @@ def parse_event(event: dict[str, Any]) -> PackageEvent | None:
         return None
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise RolloutError(f"model data URL {uri!r} is not an s3://bucket/key URI")
+    bucket, key = uri[5:].split("/", 1)
+    return bucket, key
+
+
+def promotion_target(release: Release, models_bucket: str, group: str) -> str:
+    """Where an approved bundle is kept while it may be served: s3://<models>/<group>/<version>/...
+
+    The pipeline writes bundles among its run outputs (which expire); the models bucket keeps exactly
+    the approved ones, so a rollback months later still finds its bundle, and the pods read only there.
+    """
+    name = release.model_data_url.rsplit("/", 1)[-1] or "model.tar.gz"
+    return f"s3://{models_bucket}/{group}/{release.version}/{name}"
+
+
 def release_from_package(description: dict[str, Any]) -> Release:
     """A Release from describe_model_package's answer (first inference container)."""
     arn = description.get("ModelPackageArn", "?")

@@ -1,0 +1,256 @@
+"""Events stack: registry approvals drive the rollout function; a schedule drives retraining.
+
+- EventBridge rule: "SageMaker Model Package State Change" of OUR group, Approved or Rejected -> the
+  rollout function (EventBridge retries + a DLQ; the function's own async retries + the same DLQ).
+- EventBridge Scheduler: starts the SageMaker pipeline with parameters (the templated
+  SageMakerStartPipelineExecution target: aws-cdk-lib has no L2 target for pipelines).
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import Duration
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+from ecomrec_rollout import constants as c
+
+from stacks import nag
+from stacks.config import EcomrecConfig, portable_arn
+from stacks.nag import acknowledge
+from stacks.serving import LAMBDA_RUNTIME, lambda_log_group, rollout_code
+
+
+class EventsStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        cid: str,
+        *,
+        config: EcomrecConfig,
+        cluster: eks.ICluster,
+        cluster_security_group: ec2.ISecurityGroup,
+        vpc: ec2.IVpc,
+        pipeline_arn: str,
+        retrain_parameters: dict[str, str],
+        runs_bucket: s3.IBucket,
+        models_bucket: s3.IBucket,
+        env: cdk.Environment | None = None,
+    ) -> None:
+        super().__init__(
+            scope,
+            cid,
+            env=env,
+            description=f"{config.prefix} events: approval -> rollout, scheduled retraining",
+        )
+        self.config = config
+
+        self.dlq = sqs.Queue(
+            self,
+            "RolloutDlq",
+            retention_period=Duration.days(14),
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+        )
+        acknowledge(
+            self.dlq,
+            {"AwsSolutions-SQS3": "This queue IS the dead-letter queue of the rollout rule, function and schedule."},
+        )
+
+        # The live version and the rollback history; the function owns the value after the seed.
+        self.live_parameter = ssm.StringParameter(
+            self,
+            "LiveModel",
+            parameter_name=config.live_parameter,
+            string_value="{}",
+            description="ecomrec: model package version live on EKS + previous ones (rollback)",
+        )
+
+        self.rollout_fn = self._rollout_function(cluster, cluster_security_group, vpc, models_bucket)
+        # Promotion: copy the approved bundle from the pipeline's run outputs into the models bucket.
+        self.rollout_fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="ReadRunBundles", actions=["s3:GetObject"], resources=[runs_bucket.arn_for_objects("*")]
+            )
+        )
+        self.rollout_fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="PromoteBundles",
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[models_bucket.arn_for_objects("*")],
+            )
+        )
+        group = config.model_package_group
+        acknowledge(
+            self.rollout_fn,
+            {
+                nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam4(nag.LAMBDA_VPC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam5(
+                    f"Resource::{nag.PROCESSED_OBJECTS}"
+                ): "Reads the approved bundle wherever the pipeline run wrote it in OUR processed bucket",
+                nag.iam5(
+                    f"Resource::{nag.MODELS_OBJECTS}"
+                ): "Copies approved bundles to <group>/<version>/ keys of OUR models bucket",
+                nag.iam5(
+                    f"Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:model-package/{group}/*"
+                ): "Describes versions of OUR model package group only",
+            },
+        )
+
+        self.rule = events.Rule(
+            self,
+            "ModelPackageStateChange",
+            description="Approved/Rejected model packages of our group -> rollout function",
+            event_pattern=events.EventPattern(
+                source=[c.EVENT_SOURCE],
+                detail_type=[c.EVENT_DETAIL_TYPE],
+                detail={
+                    "ModelPackageGroupName": [config.model_package_group],
+                    "ModelApprovalStatus": [c.APPROVED, c.REJECTED],
+                },
+            ),
+        )
+        self.rule.add_target(
+            targets.LambdaFunction(
+                self.rollout_fn, retry_attempts=4, max_event_age=Duration.hours(2), dead_letter_queue=self.dlq
+            )
+        )
+
+        self.schedule = self._retraining_schedule(pipeline_arn, retrain_parameters)
+
+        cdk.CfnOutput(self, "RolloutFunctionName", value=self.rollout_fn.function_name)
+        cdk.CfnOutput(self, "RolloutDlqUrl", value=self.dlq.queue_url)
+        cdk.CfnOutput(self, "LiveModelParameter", value=self.live_parameter.parameter_name)
+
+    def _rollout_function(
+        self, cluster: eks.ICluster, cluster_sg: ec2.ISecurityGroup, vpc: ec2.IVpc, models_bucket: s3.IBucket
+    ) -> lambda_.Function:
+        sg = ec2.SecurityGroup(
+            self,
+            "RolloutSg",
+            vpc=vpc,
+            allow_all_outbound=True,
+            description="rollout function: reaches the private EKS API",
+        )
+        # The rule lives here (not on the cluster's SG object) so the serving stack does not depend on us.
+        ec2.CfnSecurityGroupIngress(
+            self,
+            "RolloutToEksApi",
+            group_id=cluster_sg.security_group_id,
+            source_security_group_id=sg.security_group_id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            description="rollout function -> Kubernetes API",
+        )
+        fn = lambda_.Function(
+            self,
+            "RolloutFn",
+            runtime=LAMBDA_RUNTIME,
+            code=rollout_code(),
+            handler="ecomrec_rollout.handler.handler",
+            timeout=Duration.minutes(10),
+            memory_size=256,
+            # One rollout at a time: a second approval waits instead of patching mid-rollout.
+            reserved_concurrent_executions=1,
+            vpc=vpc,
+            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+            security_groups=[sg],
+            log_group=lambda_log_group(self, "RolloutLogs"),
+            retry_attempts=2,
+            max_event_age=Duration.hours(2),
+            on_failure=destinations.SqsDestination(self.dlq),
+            description="Approved model package -> rolling update on EKS; rejected live version -> rollback",
+            environment={
+                c.ENV_MODEL_PACKAGE_GROUP: self.config.model_package_group,
+                c.ENV_LIVE_PARAMETER: self.live_parameter.parameter_name,
+                c.ENV_CLUSTER_NAME: cluster.cluster_name,
+                c.ENV_CLUSTER_ENDPOINT: cluster.cluster_endpoint,
+                c.ENV_CLUSTER_CA: cluster.cluster_certificate_authority_data,
+                c.ENV_NAMESPACE: c.NAMESPACE,
+                c.ENV_DEPLOYMENT: c.DEPLOYMENT,
+                c.ENV_ROLLOUT_TIMEOUT_S: "540",
+                c.ENV_MODELS_BUCKET: models_bucket.bucket_name,
+            },
+        )
+        group = self.config.model_package_group
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="ReadPackages",
+                actions=["sagemaker:DescribeModelPackage"],
+                resources=[
+                    portable_arn(self, service="sagemaker", resource="model-package", resource_name=f"{group}/*")
+                ],
+            )
+        )
+        self.live_parameter.grant_read(fn)
+        self.live_parameter.grant_write(fn)
+        assert fn.role is not None
+        # Kubernetes side: edit rights in our namespace only (patch/get the Deployment).
+        eks.AccessEntry(
+            self,
+            "RolloutAccess",
+            cluster=cluster,
+            principal=fn.role.role_arn,
+            access_policies=[
+                eks.AccessPolicy.from_access_policy_name(
+                    "AmazonEKSEditPolicy",
+                    access_scope_type=eks.AccessScopeType.NAMESPACE,
+                    namespaces=[c.NAMESPACE],
+                )
+            ],
+        )
+        return fn
+
+    def _retraining_schedule(self, pipeline_arn: str, parameters: dict[str, str]) -> scheduler.CfnSchedule:
+        role = iam.Role(
+            self,
+            "RetrainSchedulerRole",
+            assumed_by=iam.ServicePrincipal(
+                "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": self.account}}
+            ),
+            description="EventBridge Scheduler: start the ecomrec pipeline",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="StartPipeline", actions=["sagemaker:StartPipelineExecution"], resources=[pipeline_arn]
+            )
+        )
+        self.dlq.grant_send_messages(role)
+        self.retrain_parameters = dict(parameters)
+        return scheduler.CfnSchedule(
+            self,
+            "Retrain",
+            description="Retrain ecomrec: start the SageMaker pipeline",
+            schedule_expression=self.config.retrain_schedule,
+            schedule_expression_timezone=self.config.retrain_timezone,
+            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(
+                mode="FLEXIBLE", maximum_window_in_minutes=30
+            ),
+            target=scheduler.CfnSchedule.TargetProperty(
+                arn=pipeline_arn,
+                role_arn=role.role_arn,
+                sage_maker_pipeline_parameters=scheduler.CfnSchedule.SageMakerPipelineParametersProperty(
+                    pipeline_parameter_list=[
+                        scheduler.CfnSchedule.SageMakerPipelineParameterProperty(name=k, value=v)
+                        for k, v in sorted(parameters.items())
+                    ]
+                )
+                if parameters
+                else None,
+                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
+                    maximum_retry_attempts=3, maximum_event_age_in_seconds=3600
+                ),
+                dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(arn=self.dlq.queue_arn),
+            ),
+        )

@@ -1,0 +1,264 @@
+"""The inference service's Kubernetes objects, as plain dicts (applied by the serving stack's custom
+resource with server-side apply, and asserted on directly by tests/test_cdk_serving.py).
+
+Why these settings: a model switch is a rolling update. ``maxUnavailable: 0`` + ``maxSurge: 1`` keep full
+capacity while one new pod at a time loads the bundle; the readiness probe (``/ping`` answers 200 only
+with a model loaded) decides when it takes traffic; ``preStop`` sleep lets the ALB deregister a pod before
+it stops; the PodDisruptionBudget keeps node drains from taking more than one pod at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ecomrec_rollout import constants as c
+
+APP_LABEL = {"app.kubernetes.io/name": c.DEPLOYMENT, "app.kubernetes.io/part-of": "ecomrec"}
+NODE_POOL_LABEL = {"ecomrec.io/pool": "inference"}  # the managed node group carries this label
+READY_PATH = "/ping"  # 200 once a bundle is loaded, 503 before (components/serving/routers/sagemaker.py)
+LIVE_PATH = "/ping"
+METRICS_PATH = "/metrics"
+UID = 10001
+
+
+@dataclass(frozen=True)
+class ManifestParams:
+    image: str  # initial image; the rollout function replaces it per approved model package
+    model_uri: str  # initial ECOMREC_MODEL; empty until the first approval
+    model_group: str
+    certificate_arn: str  # ACM certificate for the HTTPS listener (a CloudFormation parameter)
+    load_balancer_name: str
+    replicas: int = 3
+    max_replicas: int = 12
+    cpu_request: str = "500m"
+    cpu_limit: str = "2"
+    memory_request: str = "1536Mi"
+    memory_limit: str = "3Gi"  # the bundle lives in memory; a swap briefly holds two
+    tmp_size: str = "4Gi"  # downloaded + unpacked bundles (ECOMREC_WORK_DIR)
+
+
+def namespace() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": c.NAMESPACE,
+            "labels": {
+                # The restricted Pod Security Standard: the API server refuses root or privileged pods here.
+                "pod-security.kubernetes.io/enforce": "restricted"
+            },
+        },
+    }
+
+
+def service_account() -> dict[str, Any]:
+    # EKS Pod Identity binds the models-bucket reader role to this account (no annotation needed).
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": c.SERVICE_ACCOUNT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
+    }
+
+
+def deployment(p: ManifestParams) -> dict[str, Any]:
+    probe = {"httpGet": {"path": READY_PATH, "port": "http"}, "timeoutSeconds": 2}
+    container = {
+        "name": c.CONTAINER,
+        "image": p.image,
+        "ports": [{"name": "http", "containerPort": c.PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": c.MODEL_ENV_VAR, "value": p.model_uri},
+            {"name": "ECOMREC_MODEL_GROUP", "value": p.model_group},
+            {"name": "ECOMREC_WATCH_INTERVAL_S", "value": "0"},  # the rollout function switches models
+            {"name": "ECOMREC_WORK_DIR", "value": "/tmp/ecomrec"},
+        ],
+        "resources": {
+            "requests": {"cpu": p.cpu_request, "memory": p.memory_request},
+            "limits": {"cpu": p.cpu_limit, "memory": p.memory_limit},
+        },
+        # Startup allows a slow bundle download; liveness only starts after it succeeded once.
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2, "successThreshold": 1},
+        "livenessProbe": {
+            **probe,
+            "httpGet": {"path": LIVE_PATH, "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},  # outlive the ALB's deregistration
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
+        "spec": {
+            "replicas": p.replicas,
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": 480,  # the rollout function waits 540 s: it sees the deadline
+            "minReadySeconds": 10,
+            "selector": {"matchLabels": APP_LABEL},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": APP_LABEL,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(c.PORT),
+                        "prometheus.io/path": METRICS_PATH,
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": c.SERVICE_ACCOUNT,
+                    "nodeSelector": NODE_POOL_LABEL,
+                    "terminationGracePeriodSeconds": 45,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": UID,
+                        "runAsGroup": UID,
+                        "fsGroup": UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": APP_LABEL},
+                        }
+                    ],
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": p.tmp_size}}],
+                },
+            },
+        },
+    }
+
+
+def service() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": APP_LABEL,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def pod_disruption_budget(p: ManifestParams) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
+        "spec": {"minAvailable": max(1, p.replicas - 1), "selector": {"matchLabels": APP_LABEL}},
+    }
+
+
+def autoscaler(p: ManifestParams) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": c.DEPLOYMENT},
+            "minReplicas": p.replicas,
+            "maxReplicas": p.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}},
+                }
+            ],
+            # Scale down slowly: a new pod pays a bundle download before it is ready.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+
+
+INGRESS_CLASS = "ecomrec-alb"
+
+
+def ingress_class() -> list[dict[str, Any]]:
+    """EKS Auto Mode's built-in load balancer controller: no Helm chart, no kubectl layer."""
+    return [
+        {
+            "apiVersion": "eks.amazonaws.com/v1",
+            "kind": "IngressClassParams",
+            "metadata": {"name": INGRESS_CLASS},
+            "spec": {"scheme": "internet-facing"},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressClass",
+            "metadata": {"name": INGRESS_CLASS},
+            "spec": {
+                "controller": "eks.amazonaws.com/alb",
+                "parameters": {
+                    "apiGroup": "eks.amazonaws.com",
+                    "kind": "IngressClassParams",
+                    "name": INGRESS_CLASS,
+                },
+            },
+        },
+    ]
+
+
+def ingress(p: ManifestParams) -> dict[str, Any]:
+    annotations = {
+        "alb.ingress.kubernetes.io/load-balancer-name": p.load_balancer_name,
+        "alb.ingress.kubernetes.io/target-type": "ip",
+        "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
+        "alb.ingress.kubernetes.io/ssl-redirect": "443",
+        "alb.ingress.kubernetes.io/certificate-arn": p.certificate_arn,
+        "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        "alb.ingress.kubernetes.io/healthcheck-path": READY_PATH,
+        "alb.ingress.kubernetes.io/healthcheck-interval-seconds": "10",
+        "alb.ingress.kubernetes.io/target-group-attributes": "deregistration_delay.timeout_seconds=10",
+    }
+    backend = {"service": {"name": c.DEPLOYMENT, "port": {"name": "http"}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": c.DEPLOYMENT,
+            "namespace": c.NAMESPACE,
+            "labels": APP_LABEL,
+            "annotations": annotations,
+        },
+        "spec": {
+            "ingressClassName": INGRESS_CLASS,
+            "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}],
+        },
+    }
+
+
+def inference_manifests(p: ManifestParams) -> list[dict[str, Any]]:
+    """All objects in apply order (namespace first; deletion runs in reverse)."""
+    return [
+        namespace(),
+        service_account(),
+        *ingress_class(),
+        deployment(p),
+        service(),
+        pod_disruption_budget(p),
+        autoscaler(p),
+        ingress(p),
+    ]
+
+
+def find(manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(m for m in manifests if m["kind"] == kind)

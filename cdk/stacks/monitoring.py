@@ -1,0 +1,204 @@
+"""Monitoring stack: CloudWatch alarms on what a user or the team would notice, all to one SNS topic.
+
+- 5xx rate and p99 latency at the load balancer (the ALB the Ingress creates; its CloudWatch dimension
+  ``app/<name>/<id>`` exists only after the first deploy, so it is a parameter the CD workflow fills in).
+  Service-level signals (fallbacks, model loads, coverage) are Prometheus rules and Grafana panels in
+  containers/monitoring/, on the names in components/serving/metric_names.py; the CloudWatch agent
+  drops Prometheus histograms, so p99 here comes from the ALB.
+- Pipeline execution failed: SageMaker's ExecutionFailed metric, plus the execution status event (which
+  says which execution) straight to the topic.
+- Rollout failed: the rollout function's errors and messages in its dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.config import EcomrecConfig
+
+PIPELINE_NAMESPACE = "AWS/Sagemaker/ModelBuildingPipeline"
+PIPELINE_STATUS_DETAIL_TYPE = "SageMaker Model Building Pipeline Execution Status Change"
+
+
+class MonitoringStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        cid: str,
+        *,
+        config: EcomrecConfig,
+        pipeline_arn: str,
+        rollout_function: lambda_.IFunction,
+        rollout_dlq: sqs.IQueue,
+        env: cdk.Environment | None = None,
+    ) -> None:
+        super().__init__(scope, cid, env=env, description=f"{config.prefix} monitoring: alarms -> SNS")
+        self.config = config
+        self.alb_full_name = cdk.CfnParameter(
+            self,
+            "AlbFullName",
+            type="String",
+            default="app/ecomrec-inference/not-yet-created",
+            description="LoadBalancer dimension of the inference ALB (app/<name>/<id>); the CD workflow "
+            "looks it up by name after the Ingress created it",
+        )
+
+        # Customer-managed key: CloudWatch alarms and EventBridge may only publish to topics whose key
+        # policy lets them; the AWS-managed SNS key cannot be granted.
+        key = kms.Key(
+            self,
+            "AlarmTopicKey",
+            enable_key_rotation=True,
+            description="ecomrec alarm topic",
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        for service in ("cloudwatch.amazonaws.com", "events.amazonaws.com"):
+            key.add_to_resource_policy(
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                    principals=[iam.ServicePrincipal(service)],
+                    resources=["*"],
+                    conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+                )
+            )
+        self.topic = sns.Topic(self, "Alarms", display_name="ecomrec alarms", master_key=key, enforce_ssl=True)
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["sns:Publish"],
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        action = cw_actions.SnsAction(self.topic)
+
+        alb = {"LoadBalancer": self.alb_full_name.value_as_string}
+        requests = cw.Metric(
+            namespace="AWS/ApplicationELB",
+            metric_name="RequestCount",
+            dimensions_map=alb,
+            statistic="Sum",
+            period=Duration.minutes(1),
+        )
+        errors = cw.Metric(
+            namespace="AWS/ApplicationELB",
+            metric_name="HTTPCode_Target_5XX_Count",
+            dimensions_map=alb,
+            statistic="Sum",
+            period=Duration.minutes(1),
+        )
+        elb_errors = cw.Metric(
+            namespace="AWS/ApplicationELB",
+            metric_name="HTTPCode_ELB_5XX_Count",
+            dimensions_map=alb,
+            statistic="Sum",
+            period=Duration.minutes(1),
+        )
+        error_rate = cw.MathExpression(
+            expression="IF(req > 0, 100 * (e5 + elb5) / req, 0)",
+            using_metrics={"req": requests, "e5": errors, "elb5": elb_errors},
+            label="5xx rate (%)",
+            period=Duration.minutes(1),
+        )
+        self.alarms: dict[str, cw.Alarm] = {}
+        self._alarm(
+            "Http5xxRate",
+            error_rate,
+            threshold=config.error_rate_percent,
+            periods=5,
+            description=f"More than {config.error_rate_percent}% of requests answered 5xx for 5 minutes",
+        )
+        p99 = cw.Metric(
+            namespace="AWS/ApplicationELB",
+            metric_name="TargetResponseTime",
+            dimensions_map=alb,
+            statistic="p99",
+            period=Duration.minutes(1),
+        )
+        self._alarm(
+            "LatencyP99",
+            p99,
+            threshold=config.p99_budget_seconds,
+            periods=5,
+            datapoints=4,
+            description=f"p99 target response time above {config.p99_budget_seconds}s",
+        )
+
+        failed = cw.Metric(
+            namespace=PIPELINE_NAMESPACE,
+            metric_name="ExecutionFailed",
+            dimensions_map={"PipelineName": config.pipeline_name},
+            statistic="Sum",
+            period=Duration.minutes(5),
+        )
+        self._alarm(
+            "PipelineExecutionFailed",
+            failed,
+            threshold=1,
+            periods=1,
+            description="A SageMaker pipeline execution (retraining) failed",
+        )
+        events.Rule(
+            self,
+            "PipelineFailedEvent",
+            description="Failed ecomrec pipeline executions -> alarm topic",
+            event_pattern=events.EventPattern(
+                source=["aws.sagemaker"],
+                detail_type=[PIPELINE_STATUS_DETAIL_TYPE],
+                detail={"pipelineArn": [pipeline_arn], "currentPipelineExecutionStatus": ["Failed"]},
+            ),
+            targets=[targets.SnsTopic(self.topic)],
+        )
+
+        self._alarm(
+            "RolloutFunctionErrors",
+            rollout_function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
+            threshold=1,
+            periods=1,
+            description="The rollout function failed (it retries; see DLQ)",
+        )
+        self._alarm(
+            "RolloutDeadLetters",
+            rollout_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
+            threshold=1,
+            periods=1,
+            description="An approval/rejection could not be rolled out: events in the rollout DLQ",
+        )
+        for alarm in self.alarms.values():
+            alarm.add_alarm_action(action)
+            alarm.add_ok_action(action)
+        cdk.CfnOutput(self, "AlarmTopicArn", value=self.topic.topic_arn)
+
+    def _alarm(
+        self,
+        cid: str,
+        metric: cw.IMetric,
+        *,
+        threshold: float,
+        periods: int,
+        description: str,
+        datapoints: int | None = None,
+    ) -> None:
+        self.alarms[cid] = cw.Alarm(
+            self,
+            cid,
+            metric=metric,
+            threshold=threshold,
+            evaluation_periods=periods,
+            datapoints_to_alarm=datapoints or periods,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+            alarm_name=f"{self.config.prefix}-{cid}",
+        )

@@ -1,0 +1,292 @@
+"""Serving stack: VPC, EKS cluster (native ``aws_eks_v2``), managed node group, pod identity for the
+inference pods, and the Kubernetes objects applied by a small custom resource.
+
+No kubectl Lambda layer: EKS Auto Mode's built-in load balancing serves the Ingress, EKS Pod Identity
+replaces the IRSA OIDC plumbing, and the manifests go through ``ecomrec_rollout.handler.apply_handler``,
+the same HTTP client the rollout function uses. The cluster endpoint is private; both functions run in
+the VPC.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import aws_cdk as cdk
+from aws_cdk import Duration
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+from ecomrec_rollout import constants as c
+
+from stacks import k8s, nag
+from stacks.config import EcomrecConfig
+from stacks.nag import acknowledge
+
+ROLLOUT_CODE = Path(__file__).resolve().parents[1] / "rollout"
+LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14  # cdk-nag L1: the latest
+
+
+def rollout_code() -> lambda_.Code:
+    """The Lambda asset: cdk/rollout (the ecomrec_rollout package, standard library + boto3 only)."""
+    return lambda_.Code.from_asset(str(ROLLOUT_CODE), exclude=["**/__pycache__", "*.pyc", ".mypy_cache"])
+
+
+def lambda_log_group(scope: Construct, cid: str) -> logs.LogGroup:
+    return logs.LogGroup(
+        scope, cid, retention=logs.RetentionDays.THREE_MONTHS, removal_policy=cdk.RemovalPolicy.DESTROY
+    )
+
+
+class ServingStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        cid: str,
+        *,
+        config: EcomrecConfig,
+        models_bucket: s3.IBucket,
+        inference_repo: ecr.IRepository,
+        env: cdk.Environment | None = None,
+    ) -> None:
+        super().__init__(scope, cid, env=env, description=f"{config.prefix} serving: EKS, inference Deployment")
+        self.config = config
+        self.certificate_arn = cdk.CfnParameter(
+            self,
+            "CertificateArn",
+            type="String",
+            allowed_pattern=r"^arn:aws[a-z-]*:acm:.+",
+            description="ACM certificate ARN for the HTTPS listener of the inference Ingress",
+        )
+        self.image_tag = cdk.CfnParameter(
+            self,
+            "InitialImageTag",
+            type="String",
+            default="bootstrap",
+            description="Inference image tag for a new Deployment; approved packages set it afterwards",
+        )
+
+        self.vpc = self._vpc()
+        self.cluster = eks.Cluster(
+            self,
+            "Cluster",
+            version=eks.KubernetesVersion.of(config.kubernetes_version),
+            vpc=self.vpc,
+            vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
+            endpoint_access=eks.EndpointAccess.PRIVATE,
+            # Auto Mode only for its built-in ALB controller; no node pools: pods run on the node group.
+            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
+            compute=eks.ComputeConfig(node_pools=[]),
+            cluster_logging=[
+                eks.ClusterLoggingTypes.API,
+                eks.ClusterLoggingTypes.AUDIT,
+                eks.ClusterLoggingTypes.AUTHENTICATOR,
+                eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+                eks.ClusterLoggingTypes.SCHEDULER,
+            ],
+        )
+        self.nodegroup = self.cluster.add_nodegroup_capacity(
+            "Inference",
+            instance_types=[ec2.InstanceType(config.node_instance_type)],
+            min_size=config.node_min,
+            max_size=config.node_max,
+            desired_size=config.node_min,
+            labels=dict(k8s.NODE_POOL_LABEL),
+            max_unavailable=1,
+            subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+        )
+        pod_identity_agent = eks.Addon(
+            self, "PodIdentityAgent", cluster=self.icluster, addon_name="eks-pod-identity-agent"
+        )
+
+        self.pod_role = self._pod_role(models_bucket)
+        association = eks.CfnPodIdentityAssociation(
+            self,
+            "InferencePodIdentity",
+            cluster_name=self.cluster.cluster_name,
+            namespace=c.NAMESPACE,
+            service_account=c.SERVICE_ACCOUNT,
+            role_arn=self.pod_role.role_arn,
+        )
+        association.node.add_dependency(pod_identity_agent)
+
+        params = k8s.ManifestParams(
+            image=f"{inference_repo.repository_uri}:{self.image_tag.value_as_string}",
+            model_uri="",
+            model_group=config.model_package_group,
+            certificate_arn=self.certificate_arn.value_as_string,
+            load_balancer_name=config.load_balancer_name,
+            replicas=config.replicas,
+            max_replicas=config.max_replicas,
+        )
+        self.manifests = k8s.inference_manifests(params)
+        self._apply_manifests(association)
+
+        eks_managed = "EKS requires these AWS-managed policies on its cluster and node roles"
+        acknowledge(
+            self.cluster,
+            {
+                nag.iam4(f"Policy::arn:<AWS::Partition>:iam::aws:policy/{name}"): eks_managed
+                for name in (
+                    "AmazonEKSClusterPolicy",
+                    "AmazonEKSComputePolicy",
+                    "AmazonEKSBlockStoragePolicy",
+                    "AmazonEKSLoadBalancingPolicy",
+                    "AmazonEKSNetworkingPolicy",
+                    "AmazonEKSWorkerNodePolicy",
+                    "AmazonEKS_CNI_Policy",
+                    "AmazonEC2ContainerRegistryReadOnly",
+                )
+            },
+        )
+        cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
+        cdk.CfnOutput(self, "PodRoleArn", value=self.pod_role.role_arn)
+
+    @property
+    def icluster(self) -> eks.ICluster:
+        """The cluster as its interface (jsii's Python stubs miss a protocol member on Cluster)."""
+        return cast(eks.ICluster, self.cluster)
+
+    def _vpc(self) -> ec2.Vpc:
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            availability_zones=self.config.azs,
+            max_azs=None if self.config.azs else 2,
+            nat_gateways=self.config.nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20),
+            ],
+        )
+        vpc.add_flow_log(
+            "FlowLogs",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(
+                logs.LogGroup(
+                    self,
+                    "FlowLogGroup",
+                    retention=logs.RetentionDays.ONE_MONTH,
+                    removal_policy=cdk.RemovalPolicy.DESTROY,
+                )
+            ),
+        )
+        # The ALB (internet-facing) finds its public subnets by these tags.
+        for subnet in vpc.public_subnets:
+            cdk.Tags.of(subnet).add("kubernetes.io/role/elb", "1")
+        for subnet in vpc.private_subnets:
+            cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
+        return vpc
+
+    def _pod_role(self, models_bucket: s3.IBucket) -> iam.Role:
+        """The inference pods read bundles from the models bucket: nothing else, no writes."""
+        role = iam.Role(
+            self,
+            "InferencePodRole",
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com"),
+            description="ecomrec inference pods (EKS Pod Identity): read model bundles",
+        )
+        assert role.assume_role_policy is not None
+        # Pod identity also tags the session with the pod's cluster/namespace/service account.
+        role.assume_role_policy.add_statements(
+            iam.PolicyStatement(actions=["sts:TagSession"], principals=[iam.ServicePrincipal("pods.eks.amazonaws.com")])
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadBundles", actions=["s3:GetObject"], resources=[models_bucket.arn_for_objects("*")]
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(sid="ListBundles", actions=["s3:ListBucket"], resources=[models_bucket.bucket_arn])
+        )
+        acknowledge(
+            role,
+            {
+                nag.iam5(
+                    f"Resource::{nag.MODELS_OBJECTS}"
+                ): "Reads any bundle (key = group/version/...) of the models bucket, nothing else"
+            },
+        )
+        return role
+
+    def _apply_manifests(self, after: Construct) -> None:
+        sg = ec2.SecurityGroup(
+            self,
+            "ApplyManifestsSg",
+            vpc=self.vpc,
+            allow_all_outbound=True,
+            description="Kubernetes manifests custom resource: reaches the EKS API",
+        )
+        self.cluster.cluster_security_group.add_ingress_rule(
+            sg, ec2.Port.tcp(443), "manifests custom resource -> Kubernetes API"
+        )
+        fn = lambda_.Function(
+            self,
+            "ApplyManifestsFn",
+            runtime=LAMBDA_RUNTIME,
+            code=rollout_code(),
+            handler="ecomrec_rollout.handler.apply_handler",
+            timeout=Duration.minutes(5),
+            memory_size=256,
+            vpc=self.vpc,
+            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+            security_groups=[sg],
+            log_group=lambda_log_group(self, "ApplyManifestsLogs"),
+            description="Server-side applies the ecomrec Kubernetes manifests (keeps the live model)",
+            environment={
+                c.ENV_CLUSTER_NAME: self.cluster.cluster_name,
+                c.ENV_CLUSTER_ENDPOINT: self.cluster.cluster_endpoint,
+                c.ENV_CLUSTER_CA: self.cluster.cluster_certificate_authority_data,
+            },
+        )
+        assert fn.role is not None
+        # It creates a namespace and cluster-scoped IngressClass objects: cluster admin, like kubectl would.
+        access = eks.AccessEntry(
+            self,
+            "ApplyManifestsAccess",
+            cluster=self.icluster,
+            principal=fn.role.role_arn,
+            access_policies=[
+                eks.AccessPolicy.from_access_policy_name(
+                    "AmazonEKSClusterAdminPolicy", access_scope_type=eks.AccessScopeType.CLUSTER
+                )
+            ],
+        )
+        provider = cr.Provider(
+            self,
+            "ApplyManifestsProvider",
+            on_event_handler=fn,
+            log_group=lambda_log_group(self, "ApplyManifestsProviderLogs"),
+        )
+        resource = cdk.CustomResource(
+            self,
+            "InferenceManifests",
+            service_token=provider.service_token,
+            resource_type="Custom::EcomrecKubernetesManifests",
+            properties={"Manifests": cdk.Stack.of(self).to_json_string(self.manifests)},
+        )
+        for dep in (access, self.nodegroup, after):
+            resource.node.add_dependency(dep)
+        acknowledge(
+            fn,
+            {
+                nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam4(nag.LAMBDA_VPC): nag.LAMBDA_MANAGED_REASON,
+            },
+        )
+        acknowledge(
+            provider,
+            {
+                nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam5(
+                    f"Resource::<{nag.logical_id(fn)}.Arn>:*"
+                ): "The CDK provider framework invokes any version of OUR apply function only",
+            },
+        )
+        self.apply_function = fn
+        self.apply_provider = provider
