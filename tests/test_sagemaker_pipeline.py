@@ -9,13 +9,16 @@ defaults, to check the argv each container receives against the local runner's c
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import shlex
 import socket
+import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -369,3 +372,126 @@ def test_cli_errors_name_what_is_missing(network_attempts: list[object]) -> None
                                 "AWS_CONFIG_FILE": "/nonexistent"})
     assert result.exit_code == 2
     assert "no AWS region" in result.output
+
+
+# ---------------------------------------------------------------------------------------------- runner, moto
+class _RecordedSteps:
+    """moto has no ListPipelineExecutionSteps: this stands in for its paginator with a response recorded
+    in the shape of the SageMaker API reference (a fake, like moto itself)."""
+
+    PAGES: ClassVar[list[dict[str, Any]]] = [{"PipelineExecutionSteps": [
+        {"StepName": "etl", "StepStatus": "Succeeded", "StartTime": datetime(2025, 1, 1, 10, tzinfo=UTC),
+         "EndTime": datetime(2025, 1, 1, 10, 20, tzinfo=UTC),
+         "Metadata": {"ProcessingJob": {"Arn": "arn:aws:sagemaker:eu-west-1:123456789012:processing-job/e"}}},
+        {"StepName": "als", "StepStatus": "Failed", "FailureReason": "AlgorithmError: out of memory",
+         "StartTime": datetime(2025, 1, 1, 10, 21, tzinfo=UTC)},
+    ]}]
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_paginator(self, operation: str) -> Any:
+        if operation != "list_pipeline_execution_steps":
+            return self.client.get_paginator(operation)
+        pages = self.PAGES
+
+        class Paginator:
+            def paginate(self, **kwargs: Any) -> list[dict[str, Any]]:
+                return pages
+
+        return Paginator()
+
+
+@pytest.fixture
+def moto_clients(network_attempts: list[object]) -> Iterator[tuple[Any, Any]]:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield boto3.client("sagemaker", region_name=REGION), s3
+
+
+def _settings_for(definition: dict[str, Any]) -> Any:
+    from pipelines.sagemaker.pipeline import PipelineSettings
+
+    text = json.dumps(definition)
+    version = text.split(f"s3://{BUCKET}/ecomrec/code/")[1].split("/")[0]
+    return PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION, code_version=version)
+
+
+def test_upsert_start_and_status_on_moto(definition: dict[str, Any], moto_clients: tuple[Any, Any]) -> None:
+    """moto stands in for SageMaker and S3 (a fake)."""
+    from pipelines.sagemaker import runner
+
+    sagemaker, s3 = moto_clients
+    settings = _settings_for(definition)
+    text = json.dumps(definition)
+    created = runner.upsert(text, settings, sagemaker_client=sagemaker, s3_client=s3)
+    assert created.created
+    assert created.definition_s3_uri == ""
+    # the code the definition points at is there: the package zip and the launcher
+    archive = s3.get_object(Bucket=BUCKET, Key=f"ecomrec/code/{settings.code.version}/{CODE_ARCHIVE}")["Body"]
+    with zipfile.ZipFile(io.BytesIO(archive.read())) as handle:
+        names = set(handle.namelist())
+    assert {"components/stepargs.py", "pipelines/graph.py", "pipelines/sagemaker/entry.py"} <= names
+    assert {step.entry_point.replace(".", "/") + ".py" for step in STEPS} <= names
+    launcher = s3.get_object(Bucket=BUCKET, Key=f"ecomrec/code/{settings.code.version}/{LAUNCHER}")["Body"]
+    assert launcher.read() == (Path(runner.__file__).parent / LAUNCHER).read_bytes()
+
+    updated = runner.upsert(text, settings, sagemaker_client=sagemaker, s3_client=s3)
+    assert not updated.created
+    assert updated.pipeline_arn == created.pipeline_arn
+    assert json.loads(sagemaker.describe_pipeline(PipelineName="ecomrec")["PipelineDefinition"]) == definition
+    names_declared = runner.parameter_names("ecomrec", sagemaker_client=sagemaker)
+    assert names_declared == [parameter["Name"] for parameter in definition["Parameters"]]
+
+    arn = runner.start("ecomrec", sagemaker_client=sagemaker, parameters={"TestDays": "14"}, display_name="t1")
+    given = sagemaker.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
+    assert given == [{"Name": "TestDays", "Value": "14"}]
+    assert runner.latest_execution("ecomrec", sagemaker_client=sagemaker) == arn
+    execution = runner.status(arn, sagemaker_client=_RecordedSteps(sagemaker))
+    assert execution.arn == arn
+    assert execution.status == sagemaker.describe_pipeline_execution(
+        PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+    assert [(step.name, step.status) for step in execution.steps] == [("etl", "Succeeded"), ("als", "Failed")]
+    assert execution.steps[0].job_arn.endswith("processing-job/e")
+    assert execution.steps[1].failure_reason == "AlgorithmError: out of memory"
+
+
+def test_large_definitions_go_through_s3(definition: dict[str, Any], moto_clients: tuple[Any, Any],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto stands in for SageMaker and S3 (a fake)."""
+    from pipelines.sagemaker import runner
+
+    sagemaker, s3 = moto_clients
+    monkeypatch.setattr(runner, "INLINE_DEFINITION_LIMIT", 1000)
+    result = runner.upsert(json.dumps(definition), _settings_for(definition), sagemaker_client=sagemaker,
+                           s3_client=s3)
+    assert result.definition_s3_uri.startswith(f"s3://{BUCKET}/ecomrec/definitions/ecomrec/")
+    key = result.definition_s3_uri.removeprefix(f"s3://{BUCKET}/")
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()) == definition
+    # moto read it from there (its describe returns the parsed dict's repr, so only presence is checked)
+    assert sagemaker.describe_pipeline(PipelineName="ecomrec")["PipelineDefinition"]
+
+
+def test_start_errors_are_explicit(definition: dict[str, Any], moto_clients: tuple[Any, Any]) -> None:
+    """moto stands in for SageMaker (a fake); the CLI creates its clients inside mock_aws."""
+    from components.errors import EcomrecError
+    from pipelines.cli import app
+    from pipelines.sagemaker import runner
+
+    sagemaker, s3 = moto_clients
+    with pytest.raises(EcomrecError, match="upsert"):
+        runner.start("missing", sagemaker_client=sagemaker)
+    runner.upsert(json.dumps(definition), _settings_for(definition), sagemaker_client=sagemaker, s3_client=s3)
+    result = CliRunner().invoke(app, ["pipeline", "start", "--region", REGION, "--param", "TestDay=14"])
+    assert result.exit_code == 2
+    assert "unknown parameters ['TestDay']" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["pipeline", "start", "--region", REGION, "--param", "TestDays=14"])
+    assert result.exit_code == 0, result.output
+    assert "started arn:aws:sagemaker:" in " ".join(result.output.split())
