@@ -1,0 +1,174 @@
+"""What every candidate generator shares: the fold's tables in single-machine form, the fit/recommend
+contract (RecTools style), and the one top-N helper the generators rank with.
+
+A generator is fitted on one fold's tables (only events strictly before the fold's cutoff reach them) and
+then ``recommend(users, n)`` returns a long frame ``user_idx, item_idx, score, rank`` with rank 1..n per
+user, best first, ties broken by the smaller item_idx so that every run gives the same list.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Self
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from components import schema as s
+from components.errors import DataContractError, NotFittedError
+
+SCORE: Final = "score"
+RANK: Final = "rank"
+RECOMMENDATION_COLUMNS: Final = (s.USER_IDX, s.ITEM_IDX, SCORE, RANK)
+
+
+@dataclass(frozen=True)
+class FoldTables:
+    """One fold's inputs, collected to the driver (the single-machine path).
+
+    interactions: user_idx, item_idx, weight (> 0), events before the cutoff.
+    user_items: user_idx, item_idx, ui_purchase_days, ui_days_since_last (pairs with history).
+    items: item_idx, i_buyers_28d (every catalogue item).
+    """
+
+    interactions: pd.DataFrame
+    user_items: pd.DataFrame
+    items: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        for name, frame, columns in (
+            (s.INTERACTIONS, self.interactions, (s.USER_IDX, s.ITEM_IDX, s.WEIGHT)),
+            (s.USER_ITEM_FEATURES, self.user_items, (s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS,
+                                                     s.UI_DAYS_SINCE_LAST)),
+            (s.ITEM_FEATURES, self.items, (s.ITEM_IDX, s.ITEM_BUYERS_28D)),
+        ):
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise DataContractError(f"fold table {name}/ lacks column {missing[0]!r}")
+
+    @property
+    def nnz(self) -> int:
+        return len(self.interactions)
+
+
+@dataclass(frozen=True)
+class CompactMatrix:
+    """A users x items CSR matrix over only the users and items that occur, with the maps back to the
+    dense global indices (ALS and co-occurrence never waste rows on users without interactions)."""
+
+    matrix: sp.csr_matrix
+    users: np.ndarray  # global user_idx of each row, sorted
+    items: np.ndarray  # global item_idx of each column, sorted
+
+    @classmethod
+    def build(cls, user_idx: np.ndarray, item_idx: np.ndarray, values: np.ndarray) -> CompactMatrix:
+        users, rows = np.unique(user_idx, return_inverse=True)
+        items, cols = np.unique(item_idx, return_inverse=True)
+        matrix = sp.csr_matrix((values.astype(np.float32), (rows, cols)), shape=(len(users), len(items)))
+        matrix.sum_duplicates()
+        return cls(matrix, users.astype(np.int64), items.astype(np.int64))
+
+    def rows_of(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``user_idx`` of known users, their matrix rows)."""
+        if len(self.users) == 0:
+            return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+        pos = np.searchsorted(self.users, user_idx).clip(max=len(self.users) - 1)
+        known = self.users[pos] == user_idx
+        return np.flatnonzero(known), pos[known]
+
+
+class CandidateGenerator(ABC):
+    """fit(tables) -> self; recommend(users, n) -> user_idx, item_idx, score, rank (1..n, best first)."""
+
+    name: str = "generator"
+
+    def __init__(self) -> None:
+        self._fitted = False
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def fit(self, tables: FoldTables) -> Self:
+        self._fit(tables)
+        self._fitted = True
+        return self
+
+    def recommend(self, users: np.ndarray, n: int) -> pd.DataFrame:
+        if not self._fitted:
+            raise NotFittedError(f"{type(self).__name__}.recommend called before fit")
+        users = np.unique(np.asarray(users, dtype=np.int64))
+        if n <= 0 or len(users) == 0:
+            return empty_recommendations()
+        return self._recommend(users, n)
+
+    @abstractmethod
+    def _fit(self, tables: FoldTables) -> None: ...
+
+    @abstractmethod
+    def _recommend(self, users: np.ndarray, n: int) -> pd.DataFrame: ...
+
+
+def empty_recommendations() -> pd.DataFrame:
+    return pd.DataFrame({
+        s.USER_IDX: np.array([], dtype=np.int32), s.ITEM_IDX: np.array([], dtype=np.int32),
+        SCORE: np.array([], dtype=np.float64), RANK: np.array([], dtype=np.int32),
+    })
+
+
+def top_n_long(user_idx: np.ndarray, item_idx: np.ndarray, score: np.ndarray, n: int) -> pd.DataFrame:
+    """Keep the n best (user, item, score) rows per user: score descending, then item_idx ascending.
+
+    One lexsort over all rows, so it stays vectorised for millions of pairs.
+    """
+    if len(user_idx) == 0:
+        return empty_recommendations()
+    order = np.lexsort((item_idx, -score, user_idx))
+    u, i, sc = user_idx[order], item_idx[order], score[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    rank = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)])) + 1
+    keep = rank <= n
+    return pd.DataFrame({
+        s.USER_IDX: u[keep].astype(np.int32), s.ITEM_IDX: i[keep].astype(np.int32),
+        SCORE: sc[keep].astype(np.float64), RANK: rank[keep].astype(np.int32),
+    })
+
+
+# Dense score blocks stay around this many cells (x 8 bytes) whatever the catalogue size.
+_BLOCK_CELLS: Final = 4_000_000
+
+
+def top_n_by_row(block_scores: Callable[[int, int], np.ndarray], n_rows: int, n_cols: int, n: int,
+                 *, positive_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top n columns of every row of a score matrix produced block by block.
+
+    ``block_scores(start, stop)`` returns the dense rows [start, stop). Per block: a partial sort finds
+    each row's n-th best score, every cell at or above it (ties included) is kept, and a small lexsort
+    orders those by score descending then column ascending, so ties go to the smaller column.
+    Returns (row, col, score, rank) arrays, rank 1..n.
+    """
+    out: list[tuple[np.ndarray, ...]] = []
+    if n_rows == 0 or n_cols == 0 or n <= 0:
+        empty_i = np.array([], dtype=np.int64)
+        return empty_i, empty_i, np.array([], dtype=np.float64), empty_i
+    k = min(n, n_cols)
+    step = max(1, _BLOCK_CELLS // n_cols)
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        dense = np.asarray(block_scores(start, stop), dtype=np.float64)
+        kth = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
+        mask = dense >= kth[:, None]
+        if positive_only:
+            mask &= dense > 0
+        rows, cols = np.nonzero(mask)
+        vals = dense[rows, cols]
+        order = np.lexsort((cols, -vals, rows))
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows
+        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)])) + 1
+        keep = rank <= k
+        out.append((rows[keep] + start, cols[keep], vals[keep], rank[keep]))
+    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
