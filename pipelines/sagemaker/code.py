@@ -86,10 +86,15 @@ def build_code_archive(root: Path = REPO_ROOT) -> bytes:
     return buffer.getvalue()
 
 
+def code_objects(location: CodeLocation, root: Path = REPO_ROOT) -> dict[str, bytes]:
+    """{s3 URI: bytes} of what a definition built for ``location`` expects to find (upsert uploads them;
+    a CDK stack can deploy the same objects next to the definition)."""
+    return {location.archive_uri: build_code_archive(root), location.launcher_uri: LAUNCHER_PATH.read_bytes()}
+
+
 def upload_code(location: CodeLocation, s3_client: S3Client, root: Path = REPO_ROOT) -> None:
     """Upload the archive and the launcher to the versioned prefix (idempotent: same version, same bytes)."""
-    for uri, body in ((location.archive_uri, build_code_archive(root)),
-                      (location.launcher_uri, LAUNCHER_PATH.read_bytes())):
+    for uri, body in code_objects(location, root).items():
         bucket, key = split_s3_uri(uri)
         s3_client.put_object(Bucket=bucket, Key=key, Body=body)
 
