@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
@@ -93,8 +92,10 @@ def create_app(settings: ServingSettings | None = None, *,
         first = errors[0] if errors else {"loc": ("request",), "msg": "invalid request"}
         loc = [str(p) for p in first["loc"]]
         name = loc[-1] if loc and loc[0] in ("query", "path", "header", "cookie") else ".".join(loc)
-        return OrjsonResponse({"error": f"{name}: {first['msg']}", "parameter": name,
-                               "detail": jsonable_encoder(errors, custom_encoder={Exception: str})},
+        # The offending input is not echoed back: it can be huge, and reflecting it helps nobody.
+        detail = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg"))}
+                  for e in errors]
+        return OrjsonResponse({"error": f"{name}: {first['msg']}", "parameter": name, "detail": detail},
                               status_code=422)
 
     @app.exception_handler(ModelNotReadyError)

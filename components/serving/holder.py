@@ -101,7 +101,7 @@ class ModelHolder:
             m.catalog_items.set(model.n_items)
             m.items_served.set(0)
         else:
-            log.error("refused bundle %s, still serving %s: %s", result.location,
+            log.error("refused bundle %s, still serving %s: %s", result.location[:300],
                       self._current.version if self._current else "nothing", result.error)
         self.last_result = result
         return result

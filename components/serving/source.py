@@ -68,8 +68,12 @@ class BundleFetcher:
                         f"cannot download bundle {location}: {type(error).__name__}: {error}") from error
             else:
                 local = Path(location)
-                if not local.exists():
-                    raise BundleError(f"bundle not found: {location}")
+                try:
+                    found = local.exists()
+                except OSError as error:  # e.g. a name too long for the file system
+                    raise BundleError(f"unusable bundle path {location[:200]!r}: {error.strerror}") from error
+                if not found:
+                    raise BundleError(f"bundle not found: {location[:200]}")
             if local.is_dir() and not (local / s.BUNDLE_MANIFEST).exists() \
                     and (local / s.MODEL_ARCHIVE).is_file():
                 local = local / s.MODEL_ARCHIVE  # a folder holding the archive (an S3 prefix, a mount)

@@ -62,6 +62,7 @@ def build_router() -> APIRouter:
     @router.post(
         "/reload", response_model=ModelStatus, summary="Load a bundle, check it, then swap",
         responses={**AUTH_ERRORS, 202: {"model": ModelStatus}, 409: {"model": ErrorBody},
+                   400: {"description": "the body is not valid JSON"},
                    422: {"model": ErrorBody, "description": "the bundle was refused (wait=true)"}},
     )
     async def reload(

@@ -19,6 +19,11 @@ class Recommendations(BaseModel):
     fallback_reason: str | None = Field(description="unknown_user or no_candidates")
 
 
+class Status(BaseModel):
+    status: str
+    model_version: str | None = None
+
+
 class Predictions(BaseModel):
     predictions: list[Recommendations]
 

@@ -28,7 +28,9 @@ def build_router(settings: ServingSettings) -> APIRouter:
     @router.get(
         "/recommendations",
         response_model=Recommendations,
-        responses={422: {"model": ErrorBody, "description": "a malformed parameter, named in the body"},
+        responses={400: {"description": "not valid HTTP, e.g. a request line over 64 KB (the HTTP server "
+                                        "answers it)"},
+                   422: {"model": ErrorBody, "description": "a malformed parameter, named in the body"},
                    503: {"model": ErrorBody, "description": "no model loaded yet"}},
         summary="Top-k items for a user",
     )
@@ -37,8 +39,10 @@ def build_router(settings: ServingSettings) -> APIRouter:
         user_id: Annotated[str, Query(min_length=1, max_length=256, description="the shop's customer id")],
         top_k: Annotated[int, Query(ge=1, le=settings.max_top_k)] = settings.default_top_k,
         exclude_purchased: Annotated[bool, Query(description="leave out items the user bought")] = False,
-        exclude: Annotated[str | None, Query(max_length=20_000, description="item ids to leave out, "
-                                                                               "comma-separated")] = None,
+        # 4,000 characters stay under the HTTP server's 64 KB request line even fully %-encoded; longer
+        # lists go in a POST /invocations body.
+        exclude: Annotated[str | None, Query(max_length=4000, description="item ids to leave out, "
+                                                                             "comma-separated")] = None,
         category: Annotated[str | None, Query(min_length=1, max_length=256,
                                               description="only items of this catalog category")] = None,
     ) -> Response:

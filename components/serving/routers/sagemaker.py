@@ -27,6 +27,7 @@ from components.serving.routers.models import (
     InvocationRequest,
     Predictions,
     Recommendations,
+    Status,
 )
 from components.serving.settings import ServingSettings
 
@@ -143,7 +144,8 @@ _INVOCATION_BODY = {
 def build_router(settings: ServingSettings) -> APIRouter:
     router = APIRouter(tags=["sagemaker"])
 
-    @router.get("/ping", responses={503: {"model": ErrorBody}}, summary="SageMaker health check")
+    @router.get("/ping", response_model=Status, responses={503: {"model": ErrorBody}},
+                summary="SageMaker health check")
     async def ping(request: Request) -> Response:
         if service(request).holder.current is None:
             return error_response(503, "no model loaded yet")
