@@ -146,3 +146,29 @@ def test_describe_reads_evaluation_from_model_metrics(aws: tuple[Any, Any]) -> N
     # without S3 access the same package still describes, with what the package itself holds
     assert SageMakerRegistry(client).describe(GROUP, 1).metrics == {
         "evaluation_uri": "s3://runs/exec/evaluation/evaluation.json"}
+
+
+def test_models_cli_on_the_sagemaker_registry(aws: tuple[Any, Any]) -> None:
+    """`ecomrec models ... --sagemaker` (the CLI creates its boto3 client inside moto's mock)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    client, _ = aws
+    registry = SageMakerRegistry(client)
+    registry.register(GROUP, "s3://bucket/runs/1/bundle/model.tar.gz", _evaluation(0.2, 0.1), image_uri=IMAGE)
+    runner = CliRunner()
+    common = ["--sagemaker", "--region", REGION, "--group", GROUP]
+    listed = runner.invoke(app, ["models", "list", *common])
+    assert listed.exit_code == 0, listed.output
+    assert PENDING in listed.output
+    assert "0.2000" in listed.output  # two_stage ndcg@10 read back from the package metadata
+    approved = runner.invoke(app, ["models", "approve", "1", *common, "--reason", "looks good"])
+    assert approved.exit_code == 0, approved.output
+    assert registry.describe(GROUP, 1).status == APPROVED
+    described = runner.invoke(app, ["models", "describe", "1", *common])
+    assert described.exit_code == 0, described.output
+    assert json.loads(described.stdout)["status"] == APPROVED
+    missing = runner.invoke(app, ["models", "reject", "9", *common])
+    assert missing.exit_code == 1
+    assert "no version 9" in missing.output
