@@ -103,8 +103,8 @@ def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str
 
     settings = _settings(role, bucket, region, prefix, name, config, inference_image)
     assert isinstance(settings, PipelineSettings)
-    _quiet_sdk(settings.region)
     try:
+        _quiet_sdk(settings.region)
         text = json.dumps(json.loads(definition_json(settings)), indent=2)
     except EcomrecError as error:
         raise _fail(str(error)) from error
@@ -126,8 +126,8 @@ def upsert(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | N
 
     settings = _settings(role, bucket, region, prefix, name, config, inference_image)
     assert isinstance(settings, PipelineSettings)
-    _quiet_sdk(settings.region)
     try:
+        _quiet_sdk(settings.region)
         with console.status("building the definition"):
             text = definition_json(settings)
         result = runner.upsert(text, settings,
@@ -220,8 +220,8 @@ def refresh_jumpstart(region: list[str] = PIN_REGIONS,
     from pipelines.sagemaker.jumpstart import PINS_FILE, load_pins, refresh_pins
 
     version = model_version or str(load_pins()["model_version"])
-    _quiet_sdk(region[0])
     try:
+        _quiet_sdk(region[0])
         pins = refresh_pins(region, version)
     except EcomrecError as error:
         raise _fail(str(error)) from error

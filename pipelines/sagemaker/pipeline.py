@@ -103,7 +103,11 @@ def _import_sdk(region: str) -> None:
     without a default region: give it ours when the environment has none."""
     if not (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")):
         os.environ["AWS_DEFAULT_REGION"] = region
-    import sagemaker.mlops.workflow.pipeline  # noqa: F401
+    try:
+        import sagemaker.mlops.workflow.pipeline  # noqa: F401
+    except ImportError as error:
+        hint = 'pip install -e ".[sagemaker]"'
+        raise EcomrecError(f"the SageMaker SDK is not installed ({error}): {hint}") from error
 
 
 @contextmanager
