@@ -495,3 +495,15 @@ def test_start_errors_are_explicit(definition: dict[str, Any], moto_clients: tup
     result = CliRunner().invoke(app, ["pipeline", "start", "--region", REGION, "--param", "TestDays=14"])
     assert result.exit_code == 0, result.output
     assert "started arn:aws:sagemaker:" in " ".join(result.output.split())
+
+
+def test_config_that_the_spark_shell_line_cannot_carry_is_refused(network_attempts: list[object]) -> None:
+    from components.config import RankerConfig
+    from components.errors import EcomrecError
+    from pipelines.sagemaker.pipeline import PipelineSettings, get_pipeline
+
+    settings = PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION,
+                                config=PipelineConfig(ranker=RankerConfig(eval_metric="AUC'")))
+    with pytest.raises(EcomrecError, match="single quote"):
+        get_pipeline(settings)
+    assert network_attempts == []

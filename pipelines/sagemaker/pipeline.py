@@ -262,8 +262,12 @@ class _Builder:
             base_job_name=f"ecomrec-{step.name}", sagemaker_session=self.session, env=self.environment(),
         )
         inputs, outputs, argv = self.processing_io(step)
-        # smspark-submit joins its arguments into one shell command line: quote the JSON for /bin/sh
-        # (the config JSON holds no single quote: checked in config_argument's test).
+        # smspark-submit joins its arguments into one shell command line: quote the JSON for /bin/sh.
+        # Single quotes hold anything but a single quote; the parameters spliced in (numbers, a model
+        # package group name) cannot contain one, the fixed parts are checked here.
+        if any("'" in piece for piece in self.config_json.values if isinstance(piece, str)):
+            raise EcomrecError("the pipeline config holds a single quote, which the Spark steps' shell "
+                               "command line cannot carry; remove it from the config")
         config = Join(on="", values=["'", self.config_json, "'"])
         step_args = processor.run(
             submit_app=self.code.launcher_uri, submit_py_files=[self.code.archive_uri],
