@@ -107,8 +107,11 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         inference_repo=ml.inference_repo,
         env=env,
     )
+    # Parameter names of pipelines/sagemaker/params.py: the scheduled run reads the raw bucket and registers
+    # into the group the rollout rule listens to, whatever defaults the definition was built with.
     retrain = {
         "InputDataUri": data.raw_bucket.s3_url_for_object(config.raw_prefix),
+        "ModelPackageGroup": config.model_package_group,
         **config.retrain_parameters,
     }
     events = EventsStack(

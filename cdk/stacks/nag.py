@@ -15,6 +15,8 @@ def enable(app: cdk.App) -> None:
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
 
 
+PACK = "AwsSolutions"
+
 # cdk-nag names a cross-stack reference by its CloudFormation export. These come from the data stack's
 # bucket ARNs (their names derive from construct paths: a rename shows up as a failing synth that prints
 # the new id).
@@ -48,7 +50,11 @@ def logical_id(construct: IConstruct) -> str:
 
 
 def acknowledge(construct: IConstruct, findings: dict[str, str]) -> None:
-    """Acknowledge findings on a construct (and its children): {finding id: why it is acceptable}."""
+    """Acknowledge findings on a construct (and its children): {finding id: why it is acceptable}.
+
+    Ids are written as cdk-nag prints them (``AwsSolutions-IAM5[...]``) and recorded with the plugin
+    prefix (``AwsSolutions::``) that CDK's Validations API files them under.
+    """
     cdk.Validations.of(construct).acknowledge(
-        *(cdk.Acknowledgment(id=finding, reason=reason) for finding, reason in findings.items())
+        *(cdk.Acknowledgment(id=f"{PACK}::{finding}", reason=reason) for finding, reason in findings.items())
     )

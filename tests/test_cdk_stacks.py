@@ -1,0 +1,466 @@
+"""The CDK app: security and wiring invariants of every stack, cdk-nag and cfn-lint.
+
+The app is synthesized ONCE for this module (jsii makes each synth take tens of seconds), with a dummy
+account and region from context, offline, the way CI runs it. No fakes: real aws-cdk-lib, real cdk-nag,
+real cfn-lint; nothing is deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# jsii runs on the machine's Node; its end-of-life banner (per major version) is noise in test output.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20")
+pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
+
+import aws_cdk as cdk
+from aws_cdk.assertions import Match, Template
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "cdk"), str(REPO / "cdk" / "rollout")]
+
+from ecomrec_rollout import constants as c  # noqa: E402
+from stacks import EcomrecApp, build, cdk_json_context, k8s, nag  # noqa: E402
+
+from pipelines.graph import STEP_NAMES  # noqa: E402
+
+ACCOUNT, REGION = "123456789012", "eu-west-1"
+
+
+@dataclass
+class Synth:
+    app: cdk.App
+    built: EcomrecApp
+    outdir: Path
+
+    def template(self, stack: cdk.Stack) -> Template:
+        return Template.from_json(self.raw(stack))
+
+    def raw(self, stack: cdk.Stack) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.outdir / f"{stack.stack_name}.template.json").read_text())
+        return data
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    app = cdk.App(outdir=str(outdir), context=cdk_json_context(account=ACCOUNT, region=REGION))
+    built = build(app)  # with cdk-nag AwsSolutions: an unacknowledged finding makes synth() raise
+    app.synth()
+    return Synth(app, built, outdir)
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def statements(template: dict[str, Any], policy_prefix: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for logical_id, res in resources(template, "AWS::IAM::Policy").items():
+        if logical_id.startswith(policy_prefix):
+            out += res["Properties"]["PolicyDocument"]["Statement"]
+    return out
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_buckets_are_versioned_encrypted_private_and_logged(synth: Synth) -> None:
+    raw = synth.raw(synth.built.data)
+    buckets = resources(raw, "AWS::S3::Bucket")
+    assert len(buckets) == 4
+    log_bucket = next(k for k in buckets if k.startswith("AccessLogs"))
+    for logical_id, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}, logical_id
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+        assert sse["SSEAlgorithm"] in ("AES256", "aws:kms"), logical_id
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }, logical_id
+        assert props["LifecycleConfiguration"]["Rules"], logical_id
+        assert bucket["DeletionPolicy"] == "Retain", logical_id
+        if logical_id != log_bucket:
+            assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": log_bucket}, logical_id
+    # Named deployment: the names the pipeline definition and the CD workflow use.
+    names = {b["Properties"]["BucketName"] for b in buckets.values()}
+    assert f"ecomrec-models-{ACCOUNT}-{REGION}" in names
+
+
+def test_every_bucket_policy_denies_plain_http(synth: Synth) -> None:
+    raw = synth.raw(synth.built.data)
+    policies = resources(raw, "AWS::S3::BucketPolicy")
+    covered = set()
+    for policy in policies.values():
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if st["Effect"] == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}:
+                assert st["Action"] == "s3:*"
+                covered.add(policy["Properties"]["Bucket"]["Ref"])
+    assert covered == set(resources(raw, "AWS::S3::Bucket"))
+
+
+# ------------------------------------------------------------------ ml
+
+
+def test_ecr_repositories_scan_on_push_with_immutable_tags(synth: Synth) -> None:
+    t = synth.template(synth.built.ml)
+    t.resource_count_is("AWS::ECR::Repository", 2)
+    for name in ("ecomrec-inference", "ecomrec-steps"):
+        t.has_resource_properties(
+            "AWS::ECR::Repository",
+            {
+                "RepositoryName": name,
+                "ImageScanningConfiguration": {"ScanOnPush": True},
+                "ImageTagMutability": "IMMUTABLE",
+            },
+        )
+
+
+def test_model_package_group_and_pipeline_from_the_step_graph(synth: Synth) -> None:
+    raw = synth.raw(synth.built.ml)
+    [group] = resources(raw, "AWS::SageMaker::ModelPackageGroup").values()
+    assert group["Properties"]["ModelPackageGroupName"] == "ecomrec"
+    [pipeline] = resources(raw, "AWS::SageMaker::Pipeline").values()
+    props = pipeline["Properties"]
+    assert props["PipelineName"] == "ecomrec"
+    role_id = next(iter(resources(raw, "AWS::IAM::Role")))
+    assert props["RoleArn"] == {"Fn::GetAtt": [role_id, "Arn"]}
+    definition = json.loads(props["PipelineDefinition"]["PipelineDefinitionBody"])
+    assert [step["Name"] for step in definition["Steps"]] == list(STEP_NAMES)
+    defaults = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    assert defaults["ModelPackageGroup"] == "ecomrec"
+    # The definition was built for this deployment's role and bucket (concrete names, no tokens).
+    body = props["PipelineDefinition"]["PipelineDefinitionBody"]
+    assert f"arn:aws:iam::{ACCOUNT}:role/ecomrec-sagemaker-{REGION}" in body
+    assert f"s3://ecomrec-processed-{ACCOUNT}-{REGION}/" in body
+
+
+def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: Synth) -> None:
+    raw = synth.raw(synth.built.ml)
+    [role] = resources(raw, "AWS::IAM::Role").values()
+    assert role["Properties"]["RoleName"] == f"ecomrec-sagemaker-{REGION}"
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "sagemaker.amazonaws.com"
+    }
+    sts = statements(raw, "SageMakerExecutionRole")
+    assert not any(a.endswith("*") and ":" not in a for st in sts for a in as_list(st["Action"]))
+    for st in sts:
+        actions = as_list(st["Action"])
+        if any(a.startswith("s3:") for a in actions):
+            text = json.dumps(st["Resource"])
+            assert '*"' not in text.replace("/*", ""), st  # objects of a bucket, never any bucket
+            assert "EcomrecData" in text, st  # only buckets of our data stack
+        if st["Resource"] == "*":
+            assert set(actions) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}, st
+        if "iam:PassRole" in actions:
+            assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    pull = next(st for st in sts if "ecr:BatchGetImage" in as_list(st["Action"]))
+    repos = {r["Fn::GetAtt"][0] for r in pull["Resource"]}
+    assert repos == set(resources(raw, "AWS::ECR::Repository"))
+
+
+# ------------------------------------------------------------------ serving
+
+
+def test_cluster_is_private_logged_and_needs_no_kubectl_layer(synth: Synth) -> None:
+    raw = synth.raw(synth.built.serving)
+    [cluster] = resources(raw, "AWS::EKS::Cluster").values()
+    vpc_config = cluster["Properties"]["ResourcesVpcConfig"]
+    assert vpc_config["EndpointPublicAccess"] is False
+    assert vpc_config["EndpointPrivateAccess"] is True
+    enabled = cluster["Properties"]["Logging"]["ClusterLogging"]["EnabledTypes"]
+    assert {t["Type"] for t in enabled} == {"api", "audit", "authenticator", "controllerManager", "scheduler"}
+    assert not resources(raw, "AWS::Lambda::LayerVersion")
+    assert not [r for r in raw["Resources"].values() if "KubernetesResource" in r["Type"]]
+    [nodegroup] = resources(raw, "AWS::EKS::Nodegroup").values()
+    assert nodegroup["Properties"]["ScalingConfig"] == {"MinSize": 3, "MaxSize": 6, "DesiredSize": 3}
+    assert nodegroup["Properties"]["Labels"] == k8s.NODE_POOL_LABEL
+
+
+def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
+    raw = synth.raw(synth.built.serving)
+    role = next(r for k, r in resources(raw, "AWS::IAM::Role").items() if k.startswith("InferencePodRole"))
+    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert {a for st in trust for a in as_list(st["Action"])} == {"sts:AssumeRole", "sts:TagSession"}
+    assert all(st["Principal"] == {"Service": "pods.eks.amazonaws.com"} for st in trust)
+    sts = statements(raw, "InferencePodRole")
+    assert sorted(a for st in sts for a in as_list(st["Action"])) == ["s3:GetObject", "s3:ListBucket"]
+    for st in sts:
+        text = json.dumps(st["Resource"])
+        assert "GetAttModels" in text, st
+        assert "Raw" not in text and "Processed" not in text, st
+    t = synth.template(synth.built.serving)
+    t.has_resource_properties(
+        "AWS::EKS::PodIdentityAssociation",
+        {
+            "Namespace": c.NAMESPACE,
+            "ServiceAccount": c.SERVICE_ACCOUNT,
+            "RoleArn": {"Fn::GetAtt": [Match.string_like_regexp("InferencePodRole"), "Arn"]},
+        },
+    )
+    t.has_resource_properties("AWS::EKS::Addon", {"AddonName": "eks-pod-identity-agent"})
+
+
+def _manifests(synth: Synth) -> list[dict[str, Any]]:
+    return synth.built.serving.manifests
+
+
+def test_deployment_rolls_out_without_losing_capacity(synth: Synth) -> None:
+    dep = k8s.find(_manifests(synth), "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["name"] == c.CONTAINER
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
+    assert container["livenessProbe"]["httpGet"]["path"] in ("/ping", "/healthz")
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert all(set(container["resources"][k]) == {"cpu", "memory"} for k in ("requests", "limits"))
+    assert [e["name"] for e in container["env"]].count(c.MODEL_ENV_VAR) == 1
+    # The rollout function patches exactly this container and this variable.
+    assert c.MODEL_ENV_VAR == "ECOMREC_MODEL"
+    assert pod["serviceAccountName"] == c.SERVICE_ACCOUNT
+    assert pod["nodeSelector"] == k8s.NODE_POOL_LABEL
+    # The service is built for a non-root, read-only container that writes to /tmp only.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"][0]["name"] == "tmp"
+    assert "emptyDir" in pod["volumes"][0]
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_pdb_hpa_service_and_https_ingress(synth: Synth) -> None:
+    manifests = _manifests(synth)
+    labels = k8s.find(manifests, "Deployment")["spec"]["selector"]["matchLabels"]
+    pdb = k8s.find(manifests, "PodDisruptionBudget")["spec"]
+    assert pdb["selector"]["matchLabels"] == labels
+    assert pdb["minAvailable"] == 2
+    hpa = k8s.find(manifests, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == c.DEPLOYMENT
+    assert hpa["minReplicas"] == 3
+    assert hpa["maxReplicas"] > hpa["minReplicas"]
+    svc = k8s.find(manifests, "Service")["spec"]
+    assert svc["selector"] == labels
+    ingress = k8s.find(manifests, "Ingress")
+    ann = ingress["metadata"]["annotations"]
+    assert json.loads(ann["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
+    assert ann["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    assert ann["alb.ingress.kubernetes.io/healthcheck-path"] == "/ping"
+    assert k8s.find(manifests, "IngressClass")["spec"]["controller"] == "eks.amazonaws.com/alb"
+    # The certificate is the stack parameter, resolved by CloudFormation inside the applied manifests.
+    raw = synth.raw(synth.built.serving)
+    assert raw["Parameters"]["CertificateArn"]["Type"] == "String"
+    [custom] = [r for r in raw["Resources"].values() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    manifests_prop = json.dumps(custom["Properties"]["Manifests"])
+    assert '{"Ref": "CertificateArn"}' in manifests_prop
+    assert "alb.ingress.kubernetes.io/certificate-arn" in manifests_prop
+
+
+def test_manifests_custom_resource_runs_the_rollout_package_in_the_vpc(synth: Synth) -> None:
+    raw = synth.raw(synth.built.serving)
+    fn = next(f for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("ApplyManifestsFn"))
+    assert fn["Properties"]["Handler"] == "ecomrec_rollout.handler.apply_handler"
+    assert fn["Properties"]["VpcConfig"]["SubnetIds"]
+    entries = resources(raw, "AWS::EKS::AccessEntry")
+    assert len(entries) == 1
+
+
+# ------------------------------------------------------------------ events
+
+
+def test_approval_rule_matches_our_group_and_both_decisions(synth: Synth) -> None:
+    raw = synth.raw(synth.built.events)
+    [rule] = resources(raw, "AWS::Events::Rule").values()
+    assert rule["Properties"]["EventPattern"] == {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Model Package State Change"],
+        "detail": {"ModelPackageGroupName": ["ecomrec"], "ModelApprovalStatus": ["Approved", "Rejected"]},
+    }
+    [target] = rule["Properties"]["Targets"]
+    fn_id = next(k for k in resources(raw, "AWS::Lambda::Function") if k.startswith("RolloutFn"))
+    dlq_id = next(iter(resources(raw, "AWS::SQS::Queue")))
+    assert target["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 4
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [dlq_id, "Arn"]}}
+    t = synth.template(synth.built.events)
+    t.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {
+            "MaximumRetryAttempts": 2,
+            "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [dlq_id, "Arn"]}}},
+        },
+    )
+
+
+def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> None:
+    raw = synth.raw(synth.built.events)
+    fn_id, fn = next((k, f) for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
+    props = fn["Properties"]
+    assert props["Handler"] == "ecomrec_rollout.handler.handler"
+    assert props["ReservedConcurrentExecutions"] == 1  # one rollout at a time
+    env = props["Environment"]["Variables"]
+    assert env[c.ENV_MODEL_PACKAGE_GROUP] == "ecomrec"
+    assert env[c.ENV_NAMESPACE] == c.NAMESPACE
+    assert env[c.ENV_DEPLOYMENT] == c.DEPLOYMENT
+    assert "RefModels" in json.dumps(env[c.ENV_MODELS_BUCKET])  # the models bucket name
+    sts = statements(raw, "RolloutFnServiceRole")
+    actions = {a for st in sts for a in as_list(st["Action"])}
+    assert actions == {
+        "sagemaker:DescribeModelPackage",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "ssm:GetParameter",
+        "ssm:GetParameters",
+        "ssm:GetParameterHistory",
+        "ssm:DescribeParameters",
+        "ssm:PutParameter",
+        # on-failure destination: the DLQ
+        "sqs:SendMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+    }
+    put = next(st for st in sts if "s3:PutObject" in as_list(st["Action"]))
+    assert "GetAttModels" in json.dumps(put["Resource"])
+    [entry] = resources(raw, "AWS::EKS::AccessEntry").values()
+    [policy] = entry["Properties"]["AccessPolicies"]
+    assert policy["AccessScope"] == {"Type": "namespace", "Namespaces": [c.NAMESPACE]}
+    assert json.dumps(policy["PolicyArn"]).endswith(':eks::aws:cluster-access-policy/AmazonEKSEditPolicy"]]}')
+    assert fn_id
+
+
+def test_retraining_schedule_starts_the_pipeline_with_parameters(synth: Synth) -> None:
+    raw = synth.raw(synth.built.events)
+    [schedule] = resources(raw, "AWS::Scheduler::Schedule").values()
+    props = schedule["Properties"]
+    assert props["ScheduleExpression"] == "cron(0 3 ? * MON *)"
+    target = props["Target"]
+    assert ":sagemaker:" in json.dumps(target["Arn"])
+    assert json.dumps(target["Arn"]).endswith(':pipeline/ecomrec"]]}')
+    params = {p["Name"]: p["Value"] for p in target["SageMakerPipelineParameters"]["PipelineParameterList"]}
+    assert params["ModelPackageGroup"] == "ecomrec"
+    assert "RefRaw" in json.dumps(params["InputDataUri"])  # the raw bucket of the data stack
+    # Every scheduled parameter exists in the pipeline definition.
+    definition = json.loads(
+        next(iter(resources(synth.raw(synth.built.ml), "AWS::SageMaker::Pipeline").values()))["Properties"][
+            "PipelineDefinition"
+        ]["PipelineDefinitionBody"]
+    )
+    assert set(params) <= {p["Name"] for p in definition["Parameters"]}
+    assert target["RoleArn"]["Fn::GetAtt"][0].startswith("RetrainSchedulerRole")
+    sts = statements(raw, "RetrainSchedulerRole")
+    start = next(st for st in sts if st["Action"] == "sagemaker:StartPipelineExecution")
+    assert "pipeline/ecomrec" in json.dumps(start["Resource"])
+    assert "DeadLetterConfig" in target
+
+
+# ------------------------------------------------------------------ monitoring
+
+
+def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(synth: Synth) -> None:
+    raw = synth.raw(synth.built.monitoring)
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) == {
+        f"ecomrec-{n}"
+        for n in ("Http5xxRate", "LatencyP99", "PipelineExecutionFailed", "RolloutFunctionErrors", "RolloutDeadLetters")
+    }
+    [topic_id] = resources(raw, "AWS::SNS::Topic")
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [{"Ref": topic_id}]
+    rate = alarms["ecomrec-Http5xxRate"]
+    assert rate["Threshold"] == 5
+    assert {m["MetricStat"]["Metric"]["MetricName"] for m in rate["Metrics"] if "MetricStat" in m} == {
+        "RequestCount",
+        "HTTPCode_Target_5XX_Count",
+        "HTTPCode_ELB_5XX_Count",
+    }
+    p99 = alarms["ecomrec-LatencyP99"]
+    assert (p99["ExtendedStatistic"], p99["MetricName"]) == ("p99", "TargetResponseTime")
+    failed = alarms["ecomrec-PipelineExecutionFailed"]
+    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Sagemaker/ModelBuildingPipeline", "ExecutionFailed")
+    assert failed["Dimensions"] == [{"Name": "PipelineName", "Value": "ecomrec"}]
+    assert alarms["ecomrec-RolloutFunctionErrors"]["MetricName"] == "Errors"
+    assert alarms["ecomrec-RolloutDeadLetters"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    topic = raw["Resources"][topic_id]["Properties"]
+    assert "KmsMasterKeyId" in topic
+    [rule] = resources(raw, "AWS::Events::Rule").values()
+    assert rule["Properties"]["EventPattern"]["detail"]["currentPipelineExecutionStatus"] == ["Failed"]
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": topic_id}
+
+
+# ------------------------------------------------------------------ cdk-nag and cfn-lint
+
+
+def test_cdk_nag_runs_and_every_acknowledgment_has_a_reason(synth: Synth) -> None:
+    # synth() above passed with the AwsSolutions pack on: zero unacknowledged errors. Each
+    # acknowledgment must say why.
+    key = cdk.Validations.ACKNOWLEDGED_RULES_METADATA_KEY
+    acks: dict[str, str] = {}
+    for node in synth.app.node.find_all():
+        for entry in node.node.metadata:
+            if entry.type == key:
+                acks.update(
+                    {
+                        f"{node.node.path}: {rule}": reason
+                        for rule, reason in entry.data.items()
+                        if rule.startswith("AwsSolutions")
+                    }
+                )
+    assert len(acks) >= 20
+    for rule, reason in acks.items():
+        assert ": AwsSolutions::AwsSolutions-" in rule, rule
+        assert len(reason) >= 20, rule
+
+
+def test_cdk_nag_fails_synth_on_an_unacknowledged_finding(tmp_path: Path) -> None:
+    """The same `nag.enable` the app uses turns a non-compliant bucket into a failed synth."""
+    from aws_cdk import aws_s3 as s3
+
+    app = cdk.App(outdir=str(tmp_path))
+    stack = cdk.Stack(app, "Insecure")
+    s3.Bucket(stack, "Plain")
+    nag.enable(app)
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    rules = {v["ruleName"] for r in report["pluginReports"] for v in r["violations"]}
+    assert {"AwsSolutions-S1", "AwsSolutions-S10"} <= rules
+
+
+def test_cfn_lint_finds_no_errors_in_the_templates(synth: Synth) -> None:
+    templates = sorted(synth.outdir.glob("*.template.json"))
+    assert len(templates) == 5
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    proc = subprocess.run(
+        [str(cfn_lint), "--format", "json", *map(str, templates)], capture_output=True, text=True, timeout=300
+    )
+    findings = json.loads(proc.stdout or "[]")
+    errors = [f for f in findings if f["Level"] == "Error"]
+    assert errors == [], json.dumps(errors, indent=1)[:3000]
+    assert proc.returncode in (0, 4, 8, 12), proc.stderr[-2000:]  # warnings/informational only
