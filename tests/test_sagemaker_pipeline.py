@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import re
 import shlex
 import socket
 import zipfile
@@ -164,6 +165,14 @@ def test_steps_follow_the_graph(definition: dict[str, Any]) -> None:
     """Same steps, same order, one SageMaker step type per graph kind."""
     assert [(step["Name"], step["Type"]) for step in definition["Steps"]] == [
         (step.name, SDK_TYPES[step.kind]) for step in STEPS]
+
+
+def test_dependencies_are_the_graph_inputs(steps: dict[str, dict[str, Any]]) -> None:
+    """SageMaker orders steps by the properties they read: each step reads exactly its graph inputs."""
+    for graph_step in STEPS:
+        referenced = set(re.findall(r"Steps\.(\w+)\.", json.dumps(steps[graph_step.name])))
+        assert referenced == set(graph_step.inputs) - {"raw"}, graph_step.name
+        assert "DependsOn" not in steps[graph_step.name]
 
 
 def test_same_entry_points_and_argv_as_the_local_runner(steps: dict[str, dict[str, Any]],
