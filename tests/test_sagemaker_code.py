@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from components import schema as s
+from components.errors import EcomrecError
 from pipelines.sagemaker import entry
 from pipelines.sagemaker.code import (
     CODE_ARCHIVE,
@@ -22,6 +23,7 @@ from pipelines.sagemaker.code import (
     build_code_archive,
     code_files,
     code_location,
+    code_objects,
     code_version,
     runtime_requirements,
 )
@@ -76,6 +78,10 @@ def test_version_follows_the_code(tmp_path: Path) -> None:
     assert location.archive_uri == f"s3://bucket/ecomrec/code/{before}/{CODE_ARCHIVE}"
     assert location.launcher_uri == f"s3://bucket/ecomrec/code/{before}/entry.py"
     assert code_location("bucket", "", "v1").prefix == "s3://bucket/code/v1"
+    current = code_location("bucket", "ecomrec", code_version(root))
+    assert set(code_objects(current, root)) == {current.archive_uri, current.launcher_uri}
+    with pytest.raises(EcomrecError, match="code changed since the definition was built"):
+        code_objects(location, root)  # built for `before`; the code moved on
 
 
 def test_launcher_runs_main_from_the_extracted_zip(tmp_path: Path) -> None:
@@ -136,8 +142,6 @@ def test_runtime_requirements_come_from_pyproject() -> None:
 
 @pytest.mark.parametrize("missing", ["components", "pipelines"])
 def test_missing_package_is_an_error(tmp_path: Path, missing: str) -> None:
-    from components.errors import EcomrecError
-
     root = _fake_repo(tmp_path / "repo")
     (root / missing / "__init__.py").unlink()
     with pytest.raises(EcomrecError, match=f"package '{missing}' not found"):

@@ -425,12 +425,16 @@ def moto_clients(network_attempts: list[object]) -> Iterator[tuple[Any, Any]]:
         yield boto3.client("sagemaker", region_name=REGION), s3
 
 
-def _settings_for(definition: dict[str, Any]) -> Any:
+def _for_current_code(definition: dict[str, Any]) -> tuple[Any, str]:
+    """Settings and definition text for the code as it is now (other work may have changed files since
+    the module's definition was built; the version is the only difference that makes)."""
     from pipelines.sagemaker.pipeline import PipelineSettings
 
+    settings = PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION)
     text = json.dumps(definition)
-    version = text.split(f"s3://{BUCKET}/ecomrec/code/")[1].split("/")[0]
-    return PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION, code_version=version)
+    built_for = text.split(f"s3://{BUCKET}/ecomrec/code/")[1].split("/")[0]
+    assert settings.code_version is not None
+    return settings, text.replace(built_for, settings.code_version)
 
 
 def test_upsert_start_and_status_on_moto(definition: dict[str, Any], moto_clients: tuple[Any, Any]) -> None:
@@ -438,8 +442,7 @@ def test_upsert_start_and_status_on_moto(definition: dict[str, Any], moto_client
     from pipelines.sagemaker import runner
 
     sagemaker, s3 = moto_clients
-    settings = _settings_for(definition)
-    text = json.dumps(definition)
+    settings, text = _for_current_code(definition)
     created = runner.upsert(text, settings, sagemaker_client=sagemaker, s3_client=s3)
     assert created.created
     assert created.definition_s3_uri == ""
@@ -455,7 +458,7 @@ def test_upsert_start_and_status_on_moto(definition: dict[str, Any], moto_client
     updated = runner.upsert(text, settings, sagemaker_client=sagemaker, s3_client=s3)
     assert not updated.created
     assert updated.pipeline_arn == created.pipeline_arn
-    assert json.loads(sagemaker.describe_pipeline(PipelineName="ecomrec")["PipelineDefinition"]) == definition
+    assert sagemaker.describe_pipeline(PipelineName="ecomrec")["PipelineDefinition"] == text
     names_declared = runner.parameter_names("ecomrec", sagemaker_client=sagemaker)
     assert names_declared == [parameter["Name"] for parameter in definition["Parameters"]]
 
@@ -479,11 +482,11 @@ def test_large_definitions_go_through_s3(definition: dict[str, Any], moto_client
 
     sagemaker, s3 = moto_clients
     monkeypatch.setattr(runner, "INLINE_DEFINITION_LIMIT", 1000)
-    result = runner.upsert(json.dumps(definition), _settings_for(definition), sagemaker_client=sagemaker,
-                           s3_client=s3)
+    settings, text = _for_current_code(definition)
+    result = runner.upsert(text, settings, sagemaker_client=sagemaker, s3_client=s3)
     assert result.definition_s3_uri.startswith(f"s3://{BUCKET}/ecomrec/definitions/ecomrec/")
     key = result.definition_s3_uri.removeprefix(f"s3://{BUCKET}/")
-    assert json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()) == definition
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode() == text
     # moto read it from there (its describe returns the parsed dict's repr, so only presence is checked)
     assert sagemaker.describe_pipeline(PipelineName="ecomrec")["PipelineDefinition"]
 
@@ -497,7 +500,8 @@ def test_start_errors_are_explicit(definition: dict[str, Any], moto_clients: tup
     sagemaker, s3 = moto_clients
     with pytest.raises(EcomrecError, match="upsert"):
         runner.start("missing", sagemaker_client=sagemaker)
-    runner.upsert(json.dumps(definition), _settings_for(definition), sagemaker_client=sagemaker, s3_client=s3)
+    settings, text = _for_current_code(definition)
+    runner.upsert(text, settings, sagemaker_client=sagemaker, s3_client=s3)
     result = CliRunner().invoke(app, ["pipeline", "start", "--region", REGION, "--param", "TestDay=14"])
     assert result.exit_code == 2
     assert "unknown parameters ['TestDay']" in " ".join(result.output.split())

@@ -89,7 +89,11 @@ def build_code_archive(root: Path = REPO_ROOT) -> bytes:
 def code_objects(location: CodeLocation, root: Path = REPO_ROOT) -> dict[str, bytes]:
     """{s3 URI: bytes} of what a definition built for ``location`` expects to find (upsert uploads them;
     a CDK stack can deploy the same objects next to the definition)."""
-    return {location.archive_uri: build_code_archive(root), location.launcher_uri: LAUNCHER_PATH.read_bytes()}
+    archive = build_code_archive(root)
+    if code_version(root) != location.version:
+        raise EcomrecError(f"the code changed since the definition was built for version {location.version} "
+                           f"(now {code_version(root)}); build the definition again")
+    return {location.archive_uri: archive, location.launcher_uri: LAUNCHER_PATH.read_bytes()}
 
 
 def upload_code(location: CodeLocation, s3_client: S3Client, root: Path = REPO_ROOT) -> None:

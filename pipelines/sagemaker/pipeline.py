@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +83,8 @@ class PipelineSettings:
             raise EcomrecError(f"--bucket {self.bucket!r} is not an S3 bucket name (no s3://, no path)")
         if not self.region:
             raise EcomrecError("an AWS region is required (--region or AWS_REGION / AWS_DEFAULT_REGION)")
+        if self.code_version is None:  # fixed once, so the definition and the upload agree
+            object.__setattr__(self, "code_version", code_version())
 
     @property
     def account(self) -> str:
@@ -95,7 +97,8 @@ class PipelineSettings:
 
     @property
     def code(self) -> CodeLocation:
-        return code_location(self.bucket, self.prefix, self.code_version or code_version())
+        assert self.code_version is not None  # set in __post_init__
+        return code_location(self.bucket, self.prefix, self.code_version)
 
 
 def _import_sdk(region: str) -> None:
@@ -446,12 +449,3 @@ def definition_json(settings: PipelineSettings) -> str:
 def definition_dict(settings: PipelineSettings) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(definition_json(settings))
     return parsed
-
-
-def parameter_overrides(pairs: Mapping[str, str], settings: PipelineSettings) -> list[dict[str, str]]:
-    """``NAME=VALUE`` overrides for StartPipelineExecution, checked against the parameter names."""
-    known = {spec.name for spec in p.param_specs(settings.config, parameter_defaults(settings))}
-    unknown = sorted(set(pairs) - known)
-    if unknown:
-        raise EcomrecError(f"unknown pipeline parameters {unknown}; known: {', '.join(sorted(known))}")
-    return [{"Name": name, "Value": str(value)} for name, value in pairs.items()]
