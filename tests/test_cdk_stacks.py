@@ -228,8 +228,10 @@ def test_deployment_rolls_out_without_losing_capacity(synth: Synth) -> None:
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
     assert container["name"] == c.CONTAINER
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
-    assert container["livenessProbe"]["httpGet"]["path"] in ("/ping", "/healthz")
+    # Ready = a bundle is loaded and smoke-scored; alive = the process answers (routers/health.py).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert set(container["resources"]) == {"requests", "limits"}
     assert all(set(container["resources"][k]) == {"cpu", "memory"} for k in ("requests", "limits"))
@@ -271,7 +273,7 @@ def test_pdb_hpa_service_and_https_ingress(synth: Synth) -> None:
     ann = ingress["metadata"]["annotations"]
     assert json.loads(ann["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
     assert ann["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
-    assert ann["alb.ingress.kubernetes.io/healthcheck-path"] == "/ping"
+    assert ann["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
     assert k8s.find(manifests, "IngressClass")["spec"]["controller"] == "eks.amazonaws.com/alb"
     # The certificate is the stack parameter, resolved by CloudFormation inside the applied manifests.
     raw = synth.raw(synth.built.serving)

@@ -1,8 +1,8 @@
 """The inference service's Kubernetes objects, as plain dicts (applied by the serving stack's custom
-resource with server-side apply, and asserted on directly by tests/test_cdk_serving.py).
+resource with server-side apply, and asserted on directly by tests/test_cdk_stacks.py).
 
 Why these settings: a model switch is a rolling update. ``maxUnavailable: 0`` + ``maxSurge: 1`` keep full
-capacity while one new pod at a time loads the bundle; the readiness probe (``/ping`` answers 200 only
+capacity while one new pod at a time loads the bundle; the readiness probe (``/readyz`` answers 200 only
 with a model loaded) decides when it takes traffic; ``preStop`` sleep lets the ALB deregister a pod before
 it stops; the PodDisruptionBudget keeps node drains from taking more than one pod at a time.
 """
@@ -17,8 +17,8 @@ from ecomrec_rollout import constants as c
 
 APP_LABEL = {"app.kubernetes.io/name": c.DEPLOYMENT, "app.kubernetes.io/part-of": "ecomrec"}
 NODE_POOL_LABEL = {"ecomrec.io/pool": "inference"}  # the managed node group carries this label
-READY_PATH = "/ping"  # 200 once a bundle is loaded, 503 before (components/serving/routers/sagemaker.py)
-LIVE_PATH = "/ping"
+READY_PATH = "/readyz"  # 200 once a bundle is loaded and smoke-scored, 503 before (routers/health.py)
+LIVE_PATH = "/healthz"  # 200 while the process answers
 METRICS_PATH = "/metrics"
 UID = 10001
 
