@@ -103,6 +103,23 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     )
 
 
+# CatBoost stamps every model with a random GUID and the finish time; they change no prediction but would
+# change the bundle's checksums, and with them its content-derived version.
+VOLATILE_MODEL_METADATA = ("model_guid", "train_finish_time")
+
+
+def copy_model_without_volatile_metadata(source: Path, destination: Path) -> None:
+    from catboost import CatBoost
+
+    model = CatBoost()
+    model.load_model(str(source))
+    metadata = model.get_metadata()
+    for key in VOLATILE_MODEL_METADATA:
+        if key in metadata:
+            del metadata[key]
+    model.save_model(str(destination))
+
+
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -121,7 +138,7 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
     shutil.rmtree(staging, ignore_errors=True)
     (staging / s.BUNDLE_ID_MAPS).mkdir(parents=True)
     (staging / "als").mkdir()
-    shutil.copyfile(inputs.model_file, staging / s.MODEL_FILE)
+    copy_model_without_volatile_metadata(inputs.model_file, staging / s.MODEL_FILE)
     inputs.users_map.sort_values(s.USER_IDX).to_parquet(staging / s.BUNDLE_ID_MAPS / "users.parquet", index=False)
     inputs.items_map.sort_values(s.ITEM_IDX).to_parquet(staging / s.BUNDLE_ID_MAPS / "items.parquet", index=False)
     np.save(staging / s.BUNDLE_USER_FACTORS, inputs.user_factors)
