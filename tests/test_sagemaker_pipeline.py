@@ -344,7 +344,7 @@ def test_registration_when_the_gate_passes_else_fail(steps: dict[str, dict[str, 
     (container,) = package["InferenceSpecification"]["Containers"]
     assert container["Image"] == {"Get": "Parameters.InferenceImageUri"}
     assert defaults["InferenceImageUri"] == (
-        f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-serving:latest")
+        f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-inference:latest")
     assert render(container["ModelDataUrl"], defaults, lambda ref: "s3://b/run/bundle") == \
         f"s3://b/run/bundle/{s.MODEL_ARCHIVE}"
     assert "Steps.bundle.ProcessingOutputConfig" in json.dumps(container["ModelDataUrl"])

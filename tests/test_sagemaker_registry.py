@@ -23,7 +23,7 @@ from components.registry.sagemaker import SageMakerRegistry, metadata_to_metrics
 
 REGION = "eu-west-1"
 GROUP = "ecomrec-test"
-IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecomrec-serving:1"
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecomrec-inference:1"
 
 
 def _evaluation(two_stage: float, als: float) -> dict[str, Any]:

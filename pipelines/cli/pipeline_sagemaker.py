@@ -32,7 +32,7 @@ NAME = typer.Option("ecomrec", "--name", help="pipeline name")
 CONFIG = typer.Option(None, "--config", help="PipelineConfig as JSON or a JSON file (parameter defaults)")
 INFERENCE_IMAGE = typer.Option(None, "--inference-image", help="inference image of registered models "
                                                                "[default: <account>.dkr.ecr.<region>."
-                                                               "amazonaws.com/ecomrec-serving:latest]")
+                                                               "amazonaws.com/<prefix>-inference:latest]")
 OUTPUT = typer.Option(None, "--output", "-o", help="write to a file instead of stdout")
 PARAM = typer.Option(None, "--param", help="override a parameter: NAME=VALUE (repeatable)")
 PIN_REGIONS = typer.Option(..., "--region", help="region to pin (repeatable)")

@@ -50,7 +50,8 @@ CONTAINER_INPUT = "/opt/ml/processing/input"
 CONTAINER_OUTPUT = "/opt/ml/processing/output"
 CODE_INPUT_NAME = "ecomrec-code"
 EVALUATION_PROPERTY_FILE = "EvaluationReport"
-INFERENCE_REPOSITORY = "ecomrec-serving"  # the ECR repository the serving image is pushed to
+# The ECR repository the inference image is pushed to, <prefix>-inference as the CDK ml stack names it.
+INFERENCE_REPOSITORY_SUFFIX = "-inference"
 GATE_FAILED_STEP = "gate-failed"
 REGISTER_MODEL_STEP = "register-model"
 
@@ -172,7 +173,8 @@ def parameter_defaults(settings: PipelineSettings) -> p.Defaults:
     uris = catboost_uris(settings.region)
     spark_image = default_spark_image(settings.region)
     inference_image = settings.inference_image_uri or (
-        f"{settings.account}.dkr.ecr.{settings.region}.amazonaws.com/{INFERENCE_REPOSITORY}:latest")
+        f"{settings.account}.dkr.ecr.{settings.region}.amazonaws.com/"
+        f"{settings.prefix.strip('/').replace('/', '-')}{INFERENCE_REPOSITORY_SUFFIX}:latest")
     return p.Defaults(
         input_data_uri=settings.s3("raw"),
         output_uri=settings.s3("runs"),
