@@ -1,0 +1,307 @@
+"""ETL step: raw contract -> OUTPUT/etl/ (clean/, rejected/, id_maps/, windows.json, validation_report.json,
+features.json, folds/<fold>/...). See the brief's file contract and DATA_CONTRACT.md / EVALUATION.md.
+
+    python -m components.etl.step --raw RAW_DIR_OR_S3_URI --output OUT/etl [--config JSON|PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from components import schema as s
+from components.config import EtlConfig
+from components.errors import DataContractError
+from components.etl import features as feat
+from components.etl.ids import build_id_map
+from components.etl.read import NANOS_AS_LONG, RawTable, read_table, resolve_raw_root
+from components.etl.validate import (
+    P_ID,
+    P_ITEM,
+    P_PRICE,
+    P_QTY,
+    P_SESSION,
+    P_TS,
+    P_TYPE,
+    P_USER,
+    Checked,
+    TableReport,
+    check_entities,
+    check_events,
+    count_outcomes,
+    raise_on_bad_encoding,
+    raise_on_rejected_share,
+    rejected_rows,
+)
+from components.etl.weights import DAY, TS_US, check_event_weights
+from components.etl.windows import (
+    DAY_MICROS,
+    Windows,
+    compute_windows,
+    datetime_to_micros,
+    micros_to_datetime,
+)
+from components.spark import get_spark
+from components.stepargs import parse_step_args
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+INPUTS = ("raw",)
+log = logging.getLogger(__name__)
+
+# Below this many accepted events every output table is written as one file (readers open fewer files;
+# Spark's default would leave one small file per shuffle partition).
+ONE_FILE_MAX_EVENTS = 5_000_000
+
+
+@dataclass(frozen=True)
+class EtlResult:
+    windows: Windows
+    reports: dict[str, TableReport]
+    features: dict[str, list[str]]
+    seconds: dict[str, float]
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    """Set confs for the step and restore the caller's afterwards (the local runner shares the session).
+    NANOS_AS_LONG is restored too: read.py turns it on when a Parquet file holds nanosecond times."""
+    keys = [*values, NANOS_AS_LONG]
+    before: dict[str, str | None] = {key: spark.conf.get(key, None) for key in keys}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, previous in before.items():
+            if previous is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, previous)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.last = self.started
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 3)
+        self.last = now
+        log.info("etl: %s done in %.1f s", name, self.seconds[name])
+
+
+def _write(frame: DataFrame, path: Path, one_file: bool) -> None:
+    (frame.coalesce(1) if one_file else frame).write.mode("overwrite").parquet(str(path))
+
+
+def _read_optional(spark: SparkSession, root: Path, table: str, id_column: str) -> RawTable | None:
+    if not (root / table).exists():
+        log.info("etl: no %s/ table (optional)", table)
+        return None
+    return read_table(spark, root, table, (id_column,))
+
+
+def _validate(checked: Checked) -> TableReport:
+    input_rows = checked.table.frame.count()
+    report = count_outcomes(checked, input_rows)
+    raise_on_bad_encoding(checked, report)
+    log.info("etl: %s: %d rows, %d accepted, rejected %s", checked.table.name, report.input, report.accepted,
+             report.rejected or "none")
+    return report
+
+
+def _accepted_entities(checked: Checked, id_column: str) -> tuple[DataFrame, list[str]]:
+    """Accepted items/users: the cleaned id and the raw attribute columns (strings)."""
+    from pyspark.sql import functions as sf
+
+    attributes = [c for c in checked.table.columns if c != id_column]
+    frame = checked.frame.filter(sf.col(s.REASON).isNull()).select(
+        sf.col(P_ID).alias(id_column), *[sf.col(f"`{c}`") for c in attributes])
+    return frame, attributes
+
+
+def run_etl(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig) -> EtlResult:
+    from pyspark import StorageLevel
+
+    check_event_weights(config)
+    timer = _Timer()
+    cached: list[DataFrame] = []
+
+    def cache(frame: DataFrame) -> DataFrame:
+        cached.append(frame.persist(StorageLevel.MEMORY_AND_DISK))
+        return frame
+
+    with _session_conf(spark, {"spark.sql.session.timeZone": "UTC"}):
+        try:
+            return _run(spark, raw_root, output, config, timer, cache)
+        finally:
+            for frame in cached:
+                frame.unpersist()
+
+
+def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, timer: _Timer,
+         cache: Callable[[DataFrame], DataFrame]) -> EtlResult:
+    from pyspark.sql import functions as sf
+
+    if not (raw_root / s.EVENTS).is_dir():
+        raise DataContractError(f"raw input {raw_root}: the required events/ folder is missing")
+    items_raw = _read_optional(spark, raw_root, s.ITEMS, s.ITEM_ID)
+    users_raw = _read_optional(spark, raw_root, s.USERS, s.USER_ID)
+    events_raw = read_table(spark, raw_root, s.EVENTS, s.REQUIRED_EVENT_COLUMNS)
+
+    # ------------------------------------------------------------------ validate: items, users, events
+    checked: dict[str, Checked] = {}
+    reports: dict[str, TableReport] = {}
+    catalog_ids = None
+    for table, raw, id_column in ((s.ITEMS, items_raw, s.ITEM_ID), (s.USERS, users_raw, s.USER_ID)):
+        if raw is None:
+            continue
+        entity = check_entities(raw, id_column)
+        entity = Checked(entity.table, cache(entity.frame), entity.checks)
+        checked[table] = entity
+        reports[table] = _validate(entity)
+    if items_raw is not None and config.strict_catalog:
+        catalog_ids = checked[s.ITEMS].frame.filter(sf.col(s.REASON).isNull()).select(P_ID)
+    events = check_events(events_raw, catalog_ids)
+    events = Checked(events.table, cache(events.frame), events.checks)
+    checked[s.EVENTS] = events
+    reports[s.EVENTS] = _validate(events)
+    timer.lap("validate")
+
+    # Rejected rows and the report are written before any share check, so a stopped run can be inspected.
+    for table, one in checked.items():
+        _write(rejected_rows(one), output / s.REJECTED_DIR / table, one_file=True)
+    report_json = {table: reports[table].as_json() for table in s.RAW_TABLES if table in reports}
+    (output / s.VALIDATION_REPORT_FILE).write_text(json.dumps(report_json, indent=2))
+    for table, one in checked.items():
+        raise_on_rejected_share(one, reports[table], config.max_rejected_share)
+    if reports[s.EVENTS].accepted == 0:
+        raise DataContractError(f"table {s.EVENTS}: no accepted rows in {', '.join(events_raw.files)}")
+    one_file = reports[s.EVENTS].accepted <= ONE_FILE_MAX_EVENTS
+    timer.lap("rejected")
+
+    # ------------------------------------------------------------------ id maps
+    accepted = events.frame.filter(sf.col(s.REASON).isNull()).select(
+        sf.col(P_USER).alias(s.USER_ID), sf.col(P_ITEM).alias(s.ITEM_ID), sf.col(P_TYPE).alias(s.EVENT_TYPE),
+        sf.col(P_TS).alias(s.TIMESTAMP), sf.col(P_QTY).alias(s.QUANTITY), sf.col(P_PRICE).alias(s.PRICE),
+        sf.col(P_SESSION).alias(s.SESSION_ID))
+    items_frame, item_attrs = (_accepted_entities(checked[s.ITEMS], s.ITEM_ID) if s.ITEMS in checked
+                               else (None, []))
+    users_frame, user_attrs = (_accepted_entities(checked[s.USERS], s.USER_ID) if s.USERS in checked
+                               else (None, []))
+    user_map = cache(build_id_map(
+        [accepted.select(s.USER_ID), *([users_frame.select(s.USER_ID)] if users_frame is not None else [])],
+        s.USER_ID, s.USER_IDX))
+    item_map = cache(build_id_map(
+        [accepted.select(s.ITEM_ID), *([items_frame.select(s.ITEM_ID)] if items_frame is not None else [])],
+        s.ITEM_ID, s.ITEM_IDX))
+    _write(user_map, output / s.ID_MAPS_DIR / s.USERS, one_file=True)
+    _write(item_map, output / s.ID_MAPS_DIR / s.ITEMS, one_file=True)
+    timer.lap("id_maps")
+
+    # ------------------------------------------------------------------ clean tables
+    clean_events = accepted.join(user_map, s.USER_ID).join(item_map, s.ITEM_ID).select(
+        s.USER_ID, s.ITEM_ID, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY, s.PRICE, s.SESSION_ID, s.USER_IDX,
+        s.ITEM_IDX)
+    ts_us = sf.unix_micros(sf.col(s.TIMESTAMP))
+    events_idx = cache(clean_events.select(
+        s.USER_IDX, s.ITEM_IDX, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY, s.PRICE, s.SESSION_ID,
+        ts_us.alias(TS_US), sf.floor(ts_us / DAY_MICROS).cast("int").alias(DAY)))
+    _write(clean_events, output / s.CLEAN_DIR / s.EVENTS, one_file=one_file)
+    end_us = events_idx.agg(sf.max(TS_US)).collect()[0][0]
+    windows = compute_windows(micros_to_datetime(int(end_us)), config.test_days, config.label_days)
+    (output / s.WINDOWS_FILE).write_text(windows.to_json())
+    log.info("etl: windows %s", windows.as_json())
+
+    feature_lists: dict[str, list[str]] = {"user": list(feat.USER_FEATURES), "item": list(feat.ITEM_FEATURES),
+                                           "user_item": list(feat.USER_ITEM_FEATURES), "categorical": []}
+    user_attr_frame = item_attr_frame = item_categories = None
+    user_attr_names: list[str] = []
+    item_attr_names: list[str] = []
+    if users_frame is not None:
+        plan = feat.plan_attributes(users_frame, user_attrs, config.max_category_share, s.USERS)
+        typed = feat.typed_attributes(users_frame.join(user_map, s.USER_ID), (s.USER_ID, s.USER_IDX), plan,
+                                      user_attrs)
+        _write(typed, output / s.CLEAN_DIR / s.USERS, one_file=True)
+        user_attr_frame = cache(feat.attribute_features(typed, s.USER_IDX, plan, s.USER_ATTR_PREFIX))
+        user_attr_names = plan.features(s.USER_ATTR_PREFIX)
+        feature_lists["user"] += user_attr_names
+        feature_lists["categorical"] += plan.categorical_features(s.USER_ATTR_PREFIX)
+    if items_frame is not None:
+        plan = feat.plan_attributes(items_frame, item_attrs, config.max_category_share, s.ITEMS)
+        typed = feat.typed_attributes(items_frame.join(item_map, s.ITEM_ID), (s.ITEM_ID, s.ITEM_IDX), plan,
+                                      item_attrs)
+        typed = cache(typed)
+        _write(typed, output / s.CLEAN_DIR / s.ITEMS, one_file=True)
+        item_attr_frame = cache(feat.attribute_features(typed, s.ITEM_IDX, plan, s.ITEM_ATTR_PREFIX))
+        item_attr_names = plan.features(s.ITEM_ATTR_PREFIX)
+        feature_lists["item"] += item_attr_names
+        feature_lists["categorical"] += plan.categorical_features(s.ITEM_ATTR_PREFIX)
+        if s.ITEM_CATEGORY in item_attrs and s.ITEM_CATEGORY not in plan.numeric:
+            item_categories = typed.select(s.ITEM_IDX, s.ITEM_CATEGORY)
+            feature_lists[s.USER_CATEGORY] = [s.UC_SHARE]
+    (output / s.FEATURES_FILE).write_text(json.dumps(feature_lists, indent=2))
+    timer.lap("clean")
+
+    # ------------------------------------------------------------------ folds
+    for fold in s.FOLDS:
+        cutoff_us = datetime_to_micros(windows.cutoff(fold))
+        fold_dir = output / s.FOLDS_DIR / fold
+        before = events_idx.filter(sf.col(TS_US) < cutoff_us)  # the one place a fold's history is cut
+        daily = cache(feat.daily_table(before, cutoff_us, config))
+        pairs = cache(feat.pair_table(daily, cutoff_us, config))
+        day_stats = cache(feat.user_day_stats(daily, cutoff_us))
+        _write(feat.interactions(pairs), fold_dir / s.INTERACTIONS, one_file)
+        _write(feat.user_item_features(pairs, day_stats), fold_dir / s.USER_ITEM_FEATURES, one_file)
+        _write(feat.user_features(pairs, day_stats, feat.user_invoices(before), cutoff_us, user_attr_frame,
+                                  user_attr_names), fold_dir / s.USER_FEATURES, one_file=True)
+        _write(feat.item_features(pairs, cutoff_us, item_attr_frame, item_attr_names),
+               fold_dir / s.ITEM_FEATURES, one_file=True)
+        if item_categories is not None:
+            _write(feat.user_category_share(daily, item_categories), fold_dir / s.USER_CATEGORY, one_file)
+        start, stop = windows.target_window(fold)
+        in_window = sf.col(TS_US) >= datetime_to_micros(start)
+        if stop is not None:
+            in_window = in_window & (sf.col(TS_US) < datetime_to_micros(stop))
+        targets = cache(events_idx.filter((sf.col(s.EVENT_TYPE) == s.PURCHASE) & in_window)
+                        .select(s.USER_IDX, s.ITEM_IDX).distinct())
+        _write(targets, fold_dir / s.TARGETS, one_file=True)
+        warm = pairs.select(s.USER_IDX).distinct().withColumn("_warm", sf.lit(True))
+        target_users = targets.select(s.USER_IDX).distinct().join(warm, s.USER_IDX, "left").select(
+            s.USER_IDX, sf.when(sf.col("_warm"), sf.lit(s.WARM)).otherwise(sf.lit(s.COLD)).alias(s.SEGMENT))
+        _write(target_users, fold_dir / s.TARGET_USERS, one_file=True)
+        for frame in (daily, pairs, day_stats, targets):
+            frame.unpersist()
+        timer.lap(f"fold_{fold}")
+
+    timer.seconds["total"] = round(time.perf_counter() - timer.started, 3)
+    log.info("etl: finished in %.1f s", timer.seconds["total"])
+    return EtlResult(windows=windows, reports=reports, features=feature_lists, seconds=timer.seconds)
+
+
+def _s3_client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_step_args(argv, "etl", INPUTS)
+    raw = str(args.inputs["raw"])
+    root = resolve_raw_root(raw, s3_client=_s3_client() if raw.startswith("s3:") else None)
+    run_etl(get_spark("ecomrec-etl"), root, args.output, args.config.etl)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main()

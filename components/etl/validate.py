@@ -1,0 +1,256 @@
+"""Row-level checks: every input row gets exactly one outcome, accepted (reason NULL) or rejected with the
+FIRST failing check, in the fixed orders EVENT_CHECKS and ENTITY_CHECKS below.
+
+Everything is Spark SQL expressions over string columns (no Python UDFs). Parsed values live in private
+``_p_*`` columns next to the originals, so a rejected row keeps exactly what the file said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from components import schema as s
+from components.errors import DataContractError
+from components.etl.read import MALFORMED, ROW_ID, RawTable
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+# Reasons, in check order. Documented here because the order decides which reason a row with several
+# problems gets: structure first, then ids, time, type, amounts, catalog, and duplicates last (so only a
+# row that is otherwise valid can be "a duplicate of an earlier row").
+MALFORMED_ROW: Final = "malformed_row"  # CSV line with the wrong number of fields
+INVALID_ENCODING: Final = "invalid_encoding"  # bytes that are not UTF-8 (stops the run, see step.py)
+MISSING_USER_ID: Final = "missing_user_id"
+MISSING_ITEM_ID: Final = "missing_item_id"
+MISSING_TIMESTAMP: Final = "missing_timestamp"
+UNPARSABLE_TIMESTAMP: Final = "unparsable_timestamp"
+UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
+UNPARSABLE_QUANTITY: Final = "unparsable_quantity"  # not a whole number
+NON_POSITIVE_QUANTITY: Final = "non_positive_quantity"
+UNPARSABLE_PRICE: Final = "unparsable_price"
+NEGATIVE_PRICE: Final = "negative_price"
+UNKNOWN_ITEM: Final = "unknown_item"  # strict catalog only
+DUPLICATE: Final = "duplicate"  # same values as an earlier accepted-so-far row; the first is kept
+MISSING_ID: Final = "missing_id"  # items/users
+DUPLICATE_ID: Final = "duplicate_id"  # items/users: the first row of an id is kept
+
+EVENT_CHECKS: Final = (MALFORMED_ROW, INVALID_ENCODING, MISSING_USER_ID, MISSING_ITEM_ID, MISSING_TIMESTAMP,
+                       UNPARSABLE_TIMESTAMP, UNKNOWN_EVENT_TYPE, UNPARSABLE_QUANTITY, NON_POSITIVE_QUANTITY,
+                       UNPARSABLE_PRICE, NEGATIVE_PRICE, UNKNOWN_ITEM, DUPLICATE)
+ENTITY_CHECKS: Final = (MALFORMED_ROW, INVALID_ENCODING, MISSING_ID, DUPLICATE_ID)
+
+# ISO-8601 date or date-time (T or space), optional fraction and offset; Spark's cast does the parsing
+# and rejects impossible dates, the pattern keeps it from accepting bare years like "2024".
+TIMESTAMP_PATTERN: Final = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+                            r"\s*(Z|[+-]\d{2}(:?\d{2})?)?$")
+MAX_QUANTITY: Final = 2**31 - 1
+REPLACEMENT_CHAR: Final = "\ufffd"  # what Spark's UTF-8 decoder leaves for bytes that are not UTF-8
+
+# Parsed columns (private; step.py renames them to the contract names for clean/).
+P_USER: Final = "_p_user_id"
+P_ITEM: Final = "_p_item_id"
+P_TYPE: Final = "_p_event_type"
+P_TS: Final = "_p_timestamp"
+P_QTY: Final = "_p_quantity"
+P_PRICE: Final = "_p_price"
+P_SESSION: Final = "_p_session_id"
+P_ID: Final = "_p_id"
+PRE_REASON: Final = "_pre_reason"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A table after the checks: ``frame`` = originals + source_file + private parsed columns + reason."""
+
+    table: RawTable
+    frame: DataFrame
+    checks: tuple[str, ...]
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _clean_string(col: Column) -> Column:
+    from pyspark.sql import functions as sf
+
+    trimmed = sf.trim(col)
+    return sf.when(trimmed != "", trimmed)
+
+
+def _first_failing(checks: Sequence[tuple[str, Column]]) -> Column:
+    """CASE WHEN c1 THEN r1 WHEN c2 THEN r2 ... END: the first failing check names the row's reason."""
+    from pyspark.sql import functions as sf
+
+    expr = None
+    for reason, failed in checks:
+        expr = sf.when(failed, sf.lit(reason)) if expr is None else expr.when(failed, sf.lit(reason))
+    assert expr is not None
+    return expr
+
+
+def _bad_encoding(columns: Sequence[str]) -> Column:
+    from pyspark.sql import functions as sf
+
+    flags = [sf.coalesce(sf.col(f"`{c}`").contains(REPLACEMENT_CHAR), sf.lit(False)) for c in columns]
+    out = flags[0]
+    for flag in flags[1:]:
+        out = out | flag
+    return out
+
+
+def _original(table: RawTable, name: str) -> Column:
+    from pyspark.sql import functions as sf
+
+    return sf.col(f"`{name}`") if name in table.columns else sf.lit(None).cast("string")
+
+
+def check_events(table: RawTable, catalog_ids: DataFrame | None) -> Checked:
+    """Parse and check every event row. ``catalog_ids`` (one column ``_p_id``, unique) turns on the strict
+    catalog check: an event whose item is not in it is rejected as unknown_item."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as sf
+
+    frame = table.frame
+    qty_text = _clean_string(_original(table, s.QUANTITY))
+    qty_num = qty_text.cast("double")
+    price_text = _clean_string(_original(table, s.PRICE))
+    price_num = price_text.cast("double")
+    ts_text = _clean_string(_original(table, s.TIMESTAMP))
+    frame = frame.select(
+        "*",
+        _clean_string(_original(table, s.USER_ID)).alias(P_USER),
+        _clean_string(_original(table, s.ITEM_ID)).alias(P_ITEM),
+        sf.lower(_clean_string(_original(table, s.EVENT_TYPE))).alias(P_TYPE),
+        sf.when(ts_text.rlike(TIMESTAMP_PATTERN), ts_text.cast("timestamp")).alias(P_TS),
+        ts_text.isNull().alias("_ts_missing"),
+        # missing quantity = 1 unit (contract default); NaN, inf, fractions and overflow are unparsable
+        sf.when(qty_text.isNull(), sf.lit(1.0)).otherwise(qty_num).alias("_qty_num"),
+        price_text.isNotNull().alias("_price_given"),
+        price_num.alias("_price_num"),
+        _clean_string(_original(table, s.SESSION_ID)).alias(P_SESSION),
+    )
+    qty = sf.col("_qty_num")
+    price = sf.col("_price_num")
+    qty_bad = qty.isNull() | sf.isnan(qty) | (sf.abs(qty) > MAX_QUANTITY) | (qty != sf.floor(qty))
+    price_bad = sf.col("_price_given") & (price.isNull() | sf.isnan(price) | (sf.abs(price) == float("inf")))
+    checks: list[tuple[str, Column]] = [
+        (MALFORMED_ROW, sf.col(MALFORMED).isNotNull()),
+        (INVALID_ENCODING, _bad_encoding(table.columns)),
+        (MISSING_USER_ID, sf.col(P_USER).isNull()),
+        (MISSING_ITEM_ID, sf.col(P_ITEM).isNull()),
+        (MISSING_TIMESTAMP, sf.col("_ts_missing")),
+        (UNPARSABLE_TIMESTAMP, sf.col(P_TS).isNull()),
+        (UNKNOWN_EVENT_TYPE, sf.coalesce(~sf.col(P_TYPE).isin(*s.EVENT_TYPES), sf.lit(True))),
+        (UNPARSABLE_QUANTITY, qty_bad),
+        (NON_POSITIVE_QUANTITY, qty <= 0),
+        (UNPARSABLE_PRICE, price_bad),
+        (NEGATIVE_PRICE, sf.col("_price_given") & (price < 0)),
+    ]
+    if catalog_ids is not None:
+        known = catalog_ids.select(sf.col(P_ID).alias(P_ITEM), sf.lit(True).alias("_known"))
+        frame = frame.join(sf.broadcast(known), on=P_ITEM, how="left")
+        checks.append((UNKNOWN_ITEM, sf.col("_known").isNull()))
+    frame = frame.withColumn(PRE_REASON, _first_failing(checks))
+    frame = frame.withColumn(P_QTY, sf.col("_qty_num").cast("int")).withColumn(
+        P_PRICE, sf.when(sf.col("_price_given"), price))
+    # Exact duplicate = same parsed contract values and same extra columns; only rows that passed every
+    # other check compete (PRE_REASON is part of the partition), and the first in read order is kept.
+    extra = [sf.col(f"`{c}`") for c in table.columns
+             if c not in (*s.REQUIRED_EVENT_COLUMNS, *s.OPTIONAL_EVENT_COLUMNS)]
+    keys = [sf.col(PRE_REASON), sf.col(P_USER), sf.col(P_ITEM), sf.col(P_TYPE), sf.col(P_TS), sf.col(P_QTY),
+            sf.col(P_PRICE), sf.col(P_SESSION), *extra]
+    order = Window.partitionBy(*keys).orderBy(sf.col(s.SOURCE_FILE), sf.col(ROW_ID))
+    reason = sf.coalesce(sf.col(PRE_REASON), sf.when(sf.row_number().over(order) > 1, sf.lit(DUPLICATE)))
+    frame = frame.withColumn(s.REASON, reason)
+    keep = [*[f"`{c}`" for c in table.columns], s.SOURCE_FILE, ROW_ID, P_USER, P_ITEM, P_TYPE, P_TS, P_QTY,
+            P_PRICE, P_SESSION, s.REASON]
+    checks_done = (*[r for r, _ in checks], DUPLICATE)
+    return Checked(table=table, frame=frame.select(*keep), checks=checks_done)
+
+
+def check_entities(table: RawTable, id_column: str) -> Checked:
+    """items/ and users/: an id is required and unique (the first row of an id in read order is kept)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as sf
+
+    frame = table.frame.withColumn(P_ID, _clean_string(sf.col(id_column)))
+    checks: list[tuple[str, Column]] = [
+        (MALFORMED_ROW, sf.col(MALFORMED).isNotNull()),
+        (INVALID_ENCODING, _bad_encoding(table.columns)),
+        (MISSING_ID, sf.col(P_ID).isNull()),
+    ]
+    frame = frame.withColumn(PRE_REASON, _first_failing(checks))
+    order = Window.partitionBy(sf.col(PRE_REASON), sf.col(P_ID)).orderBy(
+        sf.col(s.SOURCE_FILE), sf.col(ROW_ID))
+    reason = sf.coalesce(sf.col(PRE_REASON), sf.when(sf.row_number().over(order) > 1, sf.lit(DUPLICATE_ID)))
+    frame = frame.withColumn(s.REASON, reason).drop(PRE_REASON, MALFORMED)
+    return Checked(table=table, frame=frame, checks=(*[r for r, _ in checks], DUPLICATE_ID))
+
+
+def rejected_rows(checked: Checked) -> DataFrame:
+    """rejected/<table>/: every original column as a string, the reason and the source file."""
+    from pyspark.sql import functions as sf
+
+    cols = [sf.col(f"`{c}`") for c in checked.table.columns]
+    return checked.frame.filter(sf.col(s.REASON).isNotNull()).select(*cols, s.REASON, s.SOURCE_FILE)
+
+
+@dataclass(frozen=True)
+class TableReport:
+    input: int
+    accepted: int
+    rejected: dict[str, int]
+    files: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {"input": self.input, "accepted": self.accepted, "rejected": dict(self.rejected),
+                "rejected_total": sum(self.rejected.values()), "files": list(self.files)}
+
+
+def count_outcomes(checked: Checked, input_rows: int) -> TableReport:
+    """Accepted and rejected-per-reason counts (one Spark job), checked against the input row count."""
+    from pyspark.sql import functions as sf
+
+    rows = checked.frame.groupBy(s.REASON).agg(sf.count(sf.lit(1)).alias("n")).collect()
+    by_reason = {r[s.REASON]: int(r["n"]) for r in rows}
+    accepted = by_reason.pop(None, 0)
+    rejected = {reason: by_reason[reason] for reason in checked.checks if reason in by_reason}
+    # Every input row ends in exactly one place; a join or window that dropped or doubled rows is a bug.
+    if accepted + sum(rejected.values()) != input_rows:
+        raise AssertionError(
+            f"table {checked.table.name}: accepted {accepted} + rejected {sum(rejected.values())} != input "
+            f"{input_rows}")
+    return TableReport(input=input_rows, accepted=accepted, rejected=rejected, files=checked.table.files)
+
+
+def raise_on_bad_encoding(checked: Checked, report: TableReport) -> None:
+    """A file with bytes that are not UTF-8 cannot be read faithfully: stop, naming file and column."""
+    from pyspark.sql import functions as sf
+
+    n_bad = report.rejected.get(INVALID_ENCODING, 0)
+    if not n_bad:
+        return
+    example = checked.frame.filter(sf.col(s.REASON) == INVALID_ENCODING).orderBy(
+        s.SOURCE_FILE, ROW_ID).limit(1).collect()[0]
+    column = next(c for c in checked.table.columns if REPLACEMENT_CHAR in (example[c] or ""))
+    raise DataContractError(
+        f"{checked.table.name}/: file {example[s.SOURCE_FILE]} is not valid UTF-8 in column {column!r} "
+        f"({n_bad} row(s), e.g. {example[column]!r}); re-export it as UTF-8")
+
+
+def raise_on_rejected_share(checked: Checked, report: TableReport, max_share: float) -> None:
+    """Stop when a table lost more than ``max_share`` of its rows, naming the main reason and a row."""
+    from pyspark.sql import functions as sf
+
+    total_rejected = sum(report.rejected.values())
+    if report.input == 0 or total_rejected / report.input <= max_share:
+        return
+    reason, n = max(report.rejected.items(), key=lambda kv: kv[1])
+    example = (checked.frame.filter(sf.col(s.REASON) == reason).orderBy(s.SOURCE_FILE, ROW_ID)
+               .limit(1).collect())
+    shown = {c: example[0][c] for c in (*checked.table.columns, s.SOURCE_FILE)} if example else {}
+    raise DataContractError(
+        f"table {checked.table.name}: {total_rejected} of {report.input} rows rejected "
+        f"({total_rejected / report.input:.1%} > max_rejected_share {max_share:.1%}); main reason {reason!r} "
+        f"({n} rows), e.g. {shown}")
