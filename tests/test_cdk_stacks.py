@@ -53,8 +53,13 @@ class Synth:
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     outdir = tmp_path_factory.mktemp("cdk.out")
     app = cdk.App(outdir=str(outdir), context=cdk_json_context(account=ACCOUNT, region=REGION))
-    built = build(app)  # with cdk-nag AwsSolutions: an unacknowledged finding makes synth() raise
-    app.synth()
+    saved = dict(os.environ)  # building the pipeline definition may set AWS_DEFAULT_REGION for the SDK
+    try:
+        built = build(app)  # with cdk-nag AwsSolutions: an unacknowledged finding makes synth() raise
+        app.synth()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return Synth(app, built, outdir)
 
 
