@@ -85,13 +85,18 @@ def blas_thread_warnings() -> list[str]:
     for pool in threadpoolctl.threadpool_info():
         if pool.get("user_api") == "blas" and int(pool.get("num_threads", 1)) > 1:
             found.append(f"{pool.get('internal_api')} BLAS pool with {pool['num_threads']} threads")
-    return found
+    return list(dict.fromkeys(found))  # numpy and scipy may load the same library twice
+
+
+_warned_blas = False
 
 
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
+    global _warned_blas
     problems = blas_thread_warnings()
-    if problems:
+    if problems and not _warned_blas:  # once per process, like implicit's own check
+        _warned_blas = True
         log.warning("BLAS threading: %s; limiting BLAS to 1 thread during the ALS fit (implicit runs its "
                     "own threads; set OPENBLAS_NUM_THREADS=1 / MKL_NUM_THREADS=1 to silence this)",
                     ", ".join(problems))

@@ -64,10 +64,11 @@ class CompactMatrix:
     items: np.ndarray  # global item_idx of each column, sorted
 
     @classmethod
-    def build(cls, user_idx: np.ndarray, item_idx: np.ndarray, values: np.ndarray) -> CompactMatrix:
+    def build(cls, user_idx: np.ndarray, item_idx: np.ndarray, values: np.ndarray,
+              dtype: type[np.floating] = np.float32) -> CompactMatrix:
         users, rows = np.unique(user_idx, return_inverse=True)
         items, cols = np.unique(item_idx, return_inverse=True)
-        matrix = sp.csr_matrix((values.astype(np.float32), (rows, cols)), shape=(len(users), len(items)))
+        matrix = sp.csr_matrix((values.astype(dtype), (rows, cols)), shape=(len(users), len(items)))
         matrix.sum_duplicates()
         return cls(matrix, users.astype(np.int64), items.astype(np.int64))
 

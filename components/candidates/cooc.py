@@ -64,7 +64,7 @@ class CoocGenerator(CandidateGenerator):
         item = pairs[s.ITEM_IDX].to_numpy(np.int64)
         days = pairs[s.UI_DAYS_SINCE_LAST].to_numpy(np.float64, na_value=np.nan)
         # Profile: every item of the user, weighted by recency; its columns define the item space.
-        self._profile = CompactMatrix.build(user, item, recency_weight(days, self.half_life_days))
+        self._profile = CompactMatrix.build(user, item, recency_weight(days, self.half_life_days), np.float64)
         items = self._profile.items
         # Co-occurrence over each user's most recent items only (same order as cooc_spark).
         order = np.lexsort((item, np.nan_to_num(days, nan=-np.inf), user))
@@ -78,11 +78,11 @@ class CoocGenerator(CandidateGenerator):
         b.sum_duplicates()
         b.data[:] = 1.0  # binary: n_ab counts users, whatever the weights
         co = (b.T @ b).tocsr().astype(np.float64)
-        n_item = co.diagonal()
-        inv_sqrt = np.divide(1.0, np.sqrt(n_item), out=np.zeros_like(n_item), where=n_item > 0)
+        n_item = np.maximum(co.diagonal(), 1.0)  # an item's column in b has n_item users; 0 only if unused
 
         def similarity_rows(start: int, stop: int) -> np.ndarray:
-            block = co[start:stop].toarray() * inv_sqrt[start:stop, None] * inv_sqrt[None, :]
+            # n_ab / sqrt(n_a * n_b): the very operations cooc_spark does, so ties break the same way.
+            block = co[start:stop].toarray() / np.sqrt(n_item[start:stop, None] * n_item[None, :])
             block[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
             return block
 
@@ -94,7 +94,7 @@ class CoocGenerator(CandidateGenerator):
         positions, rows = self._profile.rows_of(users)
         if len(rows) == 0:
             return empty_recommendations()
-        profile = self._profile.matrix[rows].astype(np.float64)
+        profile = self._profile.matrix[rows]
         similar = self._similar
 
         def score_rows(start: int, stop: int) -> np.ndarray:

@@ -78,7 +78,7 @@ def union_candidates(lists: Mapping[str, pd.DataFrame], fusion: Fusion) -> pd.Da
     rank = np.concatenate([f[RANK].to_numpy(np.int64) for _, f in parts])
     score = np.concatenate([f[SCORE].to_numpy(np.float64) for _, f in parts])
     source = np.concatenate([np.full(len(f), code, dtype=np.int64) for code, f in parts])
-    weight = np.array([fusion.weights[name] for name in SOURCES])[source]
+    weight = np.array([fusion.weights.get(name, 0.0) for name in SOURCES])[source]
 
     key = user * (int(item.max()) + 1) + item
     pair_keys, pair = np.unique(key, return_inverse=True)  # sorted by (user, item)
