@@ -39,13 +39,13 @@ class EtlConfig(_Strict):
 class AlsConfig(_Strict):
     # Defaults tuned on the Online Retail TRAIN fold (benchmarks/als_tune.py; never on the test fold).
     factors: int = Field(64, ge=2)
-    iterations: int = Field(15, ge=1)
-    regularization: float = Field(0.05, ge=0.0)
-    alpha: float = Field(10.0, gt=0.0)  # confidence = 1 + alpha * f(weight) * recency
+    iterations: int = Field(10, ge=1)
+    regularization: float = Field(10.0, ge=0.0)
+    alpha: float = Field(1.0, gt=0.0)  # confidence = 1 + alpha * f(weight) * recency
     # f: "log" = log1p(weight) (bulk buyers must not flatten everyone else), "linear" = weight.
     confidence: Literal["log", "linear"] = "log"
     # recency = 0.5 ** (ui_days_since_last / this); None = no recency factor.
-    recency_half_life_days: float | None = Field(None, gt=0)
+    recency_half_life_days: float | None = Field(60.0, gt=0)
     backend: Literal["auto", "implicit", "mllib"] = "auto"
     # "auto" picks the single-machine path while the matrix has at most this many non-zeros.
     single_machine_max_nnz: int = Field(50_000_000, ge=0)
@@ -56,18 +56,18 @@ class AlsConfig(_Strict):
 class CandidateConfig(_Strict):
     # Each generator's list length; the union keeps at most max_per_user per user, by priority
     # sum_g weight_g / (rrf_k + rank_g) (weighted reciprocal-rank fusion), ties by item_idx.
-    als_top_n: int = Field(100, ge=1)
-    history_top_n: int = Field(100, ge=0)
+    als_top_n: int = Field(300, ge=1)
+    history_top_n: int = Field(200, ge=0)
     cooc_top_n: int = Field(50, ge=0)
-    popular_top_n: int = Field(20, ge=0)
+    popular_top_n: int = Field(200, ge=0)
     max_per_user: int = Field(200, ge=1, le=200)
     als_weight: float = Field(1.0, ge=0.0)
-    history_weight: float = Field(1.0, ge=0.0)
-    cooc_weight: float = Field(1.0, ge=0.0)
+    history_weight: float = Field(1.5, ge=0.0)
+    cooc_weight: float = Field(0.25, ge=0.0)
     popular_weight: float = Field(1.0, ge=0.0)
     rrf_k: float = Field(60.0, gt=0.0)
-    cooc_neighbours: int = Field(50, ge=1)  # similar items kept per item
-    cooc_half_life_days: float | None = Field(60.0, gt=0)  # recency weight of the user's items
+    cooc_neighbours: int = Field(200, ge=1)  # similar items kept per item
+    cooc_half_life_days: float | None = Field(None, gt=0)  # recency weight of the user's items
     cooc_max_items_per_user: int = Field(500, ge=2)  # bounds the quadratic pair count
 
 
