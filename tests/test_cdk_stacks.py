@@ -166,7 +166,9 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     assert not any(a.endswith("*") and ":" not in a for st in sts for a in as_list(st["Action"]))
     for st in sts:
         actions = as_list(st["Action"])
-        if any(a.startswith("s3:") for a in actions):
+        if st.get("Sid") == "ReadBuiltInArtifacts":
+            assert "*" not in json.dumps(st["Resource"]), st  # exact objects named by the definition
+        elif any(a.startswith("s3:") for a in actions):
             text = json.dumps(st["Resource"])
             assert '*"' not in text.replace("/*", ""), st  # objects of a bucket, never any bucket
             assert "EcomrecData" in text, st  # only buckets of our data stack
@@ -174,9 +176,18 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
             assert set(actions) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}, st
         if "iam:PassRole" in actions:
             assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
-    pull = next(st for st in sts if "ecr:BatchGetImage" in as_list(st["Action"]))
+    pull = next(st for st in sts if st.get("Sid") == "PullOurImages")
     repos = {r["Fn::GetAtt"][0] for r in pull["Resource"]}
     assert repos == set(resources(raw, "AWS::ECR::Repository"))
+    # The built-in images and JumpStart artifacts the definition names: exactly those, read-only.
+    builtin = json.dumps(next(st for st in sts if st.get("Sid") == "PullBuiltInImages")["Resource"])
+    assert "repository/sagemaker-spark-processing" in builtin
+    assert "repository/pytorch-training" in builtin
+    artifacts = next(st for st in sts if st.get("Sid") == "ReadBuiltInArtifacts")
+    assert artifacts["Action"] == "s3:GetObject"
+    text = json.dumps(artifacts["Resource"])
+    assert f"jumpstart-cache-prod-{REGION}/catboost-training/" in text
+    assert f"ecomrec-processed-{ACCOUNT}" not in text
 
 
 # ------------------------------------------------------------------ serving

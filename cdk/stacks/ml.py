@@ -7,6 +7,10 @@ upserts the pipeline with the SageMaker SDK under the same name.
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import aws_cdk as cdk
 from aws_cdk import Duration
 from aws_cdk import aws_ecr as ecr
@@ -18,6 +22,35 @@ from constructs import Construct
 from stacks import nag
 from stacks.config import EcomrecConfig, portable_arn
 from stacks.nag import acknowledge
+
+_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)")
+_S3 = re.compile(r"^s3://([^/]+)/(.+)$")
+
+
+def external_artifacts(definition: str, own_account: str | None, own_buckets: set[str]) -> tuple[set[str], set[str]]:
+    """AWS-owned images and S3 objects the definition's defaults point at (the built-in Spark and CatBoost
+    images, the JumpStart CatBoost script and model): ({(account, region, repository)}, {bucket/key}).
+
+    The execution role gets read access to exactly these, not to every repository or bucket.
+    """
+    images: set[str] = set()
+    objects: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+        elif isinstance(node, str):
+            if (m := _IMAGE.match(node)) and m.group(1) != own_account:
+                images.add("/".join(m.groups()))
+            elif (m := _S3.match(node)) and m.group(1) not in own_buckets:
+                objects.add(f"{m.group(1)}/{m.group(2)}")
+
+    visit(json.loads(definition))
+    return images, objects
 
 
 def _repository(scope: Construct, cid: str, name: str) -> ecr.Repository:
@@ -79,6 +112,8 @@ class MlStack(cdk.Stack):
             description="Runs the ecomrec pipeline's processing and training jobs",
         )
         self._grant(raw_bucket, processed_bucket, models_bucket)
+        if pipeline_definition is not None:
+            self._grant_external(pipeline_definition, config)
 
         self.pipeline_arn = portable_arn(
             self, service="sagemaker", resource="pipeline", resource_name=config.pipeline_name
@@ -100,6 +135,29 @@ class MlStack(cdk.Stack):
         cdk.CfnOutput(self, "StepsRepositoryUri", value=self.steps_repo.repository_uri)
         cdk.CfnOutput(self, "ModelPackageGroupName", value=config.model_package_group)
         cdk.CfnOutput(self, "PipelineName", value=config.pipeline_name)
+
+    def _grant_external(self, definition: str, config: EcomrecConfig) -> None:
+        own = {name for kind in ("raw", "processed", "models") if (name := config.bucket_name(kind))}
+        images, objects = external_artifacts(definition, config.account, own)
+        if images:
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="PullBuiltInImages",
+                    actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                    resources=[
+                        f"arn:{cdk.Aws.PARTITION}:ecr:{region}:{account}:repository/{repo}"
+                        for account, region, repo in (image.split("/", 2) for image in sorted(images))
+                    ],
+                )
+            )
+        if objects:
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="ReadBuiltInArtifacts",
+                    actions=["s3:GetObject"],
+                    resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{obj}" for obj in sorted(objects)],
+                )
+            )
 
     def _grant(self, raw: s3.IBucket, processed: s3.IBucket, models: s3.IBucket) -> None:
         """Least privilege: our buckets, our repositories, jobs and packages in this account only."""
