@@ -52,6 +52,7 @@ def get_spark(app_name: str = "ecomrec", *, master: str | None = None, driver_me
     if master or not in_sagemaker:
         builder = builder.master(master or os.environ.get("ECOMREC_SPARK_MASTER", f"local[{cores}]"))
         # one machine: bind to loopback instead of whatever the hostname resolves to
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
         builder = builder.config("spark.driver.memory", driver_memory or os.environ.get(
             "ECOMREC_SPARK_DRIVER_MEMORY", "8g"))
