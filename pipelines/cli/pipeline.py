@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import typer
@@ -15,7 +16,8 @@ from components.config import PipelineConfig
 from components.errors import EcomrecError
 
 app = typer.Typer(help="Run the pipeline locally, or define/upsert/start it on SageMaker.", no_args_is_help=True)
-console = Console()
+# logs and CI are not terminals; rich would squeeze the evaluation table into 80 columns there
+console = Console(width=None if sys.stdout.isatty() else 130)
 
 
 def _raw_input(data: Path | None, dataset: str, source: Path | None, output: Path) -> Path:
@@ -40,7 +42,8 @@ def print_evaluation(evaluation_dir: Path) -> None:
     evaluation = json.loads((evaluation_dir / s.EVALUATION_FILE).read_text())
     table = Table(title=f"Evaluation, warm users (test from {evaluation['split']['test_start']})")
     table.add_column("recommender")
-    columns = [(m, k) for k in s.KS for m in ("ndcg", "map", "recall", "precision", "hit_rate", "coverage")]
+    columns = [(m, 10) for m in ("ndcg", "map", "recall", "precision", "hit_rate", "coverage")]
+    columns += [(m, 20) for m in ("ndcg", "recall")]
     for metric, k in columns:
         table.add_column(f"{metric}@{k}", justify="right")
     for name, metrics in evaluation["ranking_metrics"].items():
@@ -49,8 +52,10 @@ def print_evaluation(evaluation_dir: Path) -> None:
     two_stage = evaluation["ranking_metrics"][s.TWO_STAGE]
     if "candidate_recall" in two_stage:
         console.print(f"candidate recall {two_stage['candidate_recall']['value']:.4f} with "
-                      f"{two_stage['candidates_per_user']['value']:.1f} candidates per user; "
-                      f"users: {evaluation.get('users')}")
+                      f"{two_stage['candidates_per_user']['value']:.1f} candidates per user")
+    users = evaluation.get("users", {})
+    console.print("evaluated users: " + ", ".join(f"{k} {v}" for k, v in users.items()))
+    console.print(f"report: {evaluation_dir / s.REPORT_FILE}")
 
 
 @app.command("run")
