@@ -28,7 +28,7 @@ from components.ranker.data import (
     write_scoring,
 )
 from components.ranker.features import build_features
-from components.ranker.io import feature_lists, load_fold
+from components.ranker.io import feature_lists, horizon_days, load_fold
 from components.ranker.model import FeatureSpec
 from components.stepargs import parse_step_args
 
@@ -42,7 +42,8 @@ def build_training_data(etl: Path, als: Path, config: RankerConfig
     lists = feature_lists(etl)
     fold = load_fold(etl, als, s.TRAIN_FOLD)
     frame, spec = build_features(fold.candidates, fold.user_features, fold.item_features,
-                                 fold.user_item_features, lists, user_category=fold.user_category)
+                                 fold.user_item_features, lists, user_category=fold.user_category,
+                                 horizon_days=horizon_days(etl, s.TRAIN_FOLD))
     frame[s.LABEL] = label_candidates(frame, fold.targets)
     candidate_users = frame[s.USER_IDX].unique()
     targets_of_candidate_users = fold.targets.loc[fold.targets[s.USER_IDX].isin(candidate_users)]
@@ -76,7 +77,7 @@ def build_scoring_rows(etl: Path, als: Path, spec: FeatureSpec) -> pd.DataFrame:
     fold = load_fold(etl, als, s.TEST_FOLD)
     frame, _ = build_features(fold.candidates, fold.user_features, fold.item_features,
                               fold.user_item_features, feature_lists(etl), user_category=fold.user_category,
-                              spec=spec)
+                              spec=spec, horizon_days=horizon_days(etl, s.TEST_FOLD))
     return frame
 
 

@@ -48,11 +48,18 @@ U_REPEAT_SHARE: Final = "x_u_repeat_share"  # share of the user's items bought o
 I_MEAN_PURCHASE_DAYS: Final = "x_i_mean_purchase_days"  # mean ui_purchase_days over its buyers
 RECENCY_RANK: Final = "x_recency_rank"  # position by ui_days_since_last within the user's history
 RECENCY_REL: Final = "x_recency_rel"  # ui_days_since_last - the user's most recent days_since_last
+ORDERS_AGO: Final = "x_orders_ago"  # how many of the user's distinct last-touch times are more recent
+U_DUE: Final = "x_u_due"  # user's days since last event / their mean days between purchases
 ALS_SCORE_GAP: Final = "x_als_score_gap"  # the user's best als_score - this one
 COOC_RANK: Final = "x_cooc_rank"  # position by cooc_score within the user's candidates
 N_SOURCES: Final = "x_n_sources"  # how many generators proposed the pair
 PRICE_RATIO: Final = "x_price_ratio"  # item price / mean price of the user's bought items
 I_CYCLE_DUE: Final = "x_i_cycle_due"  # days since last / the item's median repurchase gap over buyers
+EXPECTED_REBUY: Final = "x_expected_rebuy"  # P(rebuy in the horizon) if orders keep their pace and mix
+EXPECTED_REBUY_RECENT: Final = "x_expected_rebuy_90d"  # the same from the last 90 days only
+POP_RANK_IN_USER: Final = "x_pop_rank_in_user"  # rank of i_buyers_28d among the user's candidates
+TREND_RANK_IN_USER: Final = "x_trend_rank_in_user"  # rank of i_buyers_7d among the user's candidates
+BUYERS_28D_SHARE: Final = "x_buyers_28d_share"  # i_buyers_28d / all buyers-28d: free of seasonal volume
 AFFINITY_PREFIX: Final = "x_aff_"  # x_aff_<attr>: share of the user's items with the item's <attr> value
 ATTR_PREFIXES = (s.USER_ATTR_PREFIX, s.ITEM_ATTR_PREFIX)
 
@@ -117,6 +124,8 @@ def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     pairs[UI_PURCHASE_DAYS_REL] = ui[s.UI_PURCHASE_DAYS] / purchase_days.transform("max").clip(lower=1)
     pairs[UI_PURCHASE_SHARE] = ui[s.UI_PURCHASE_DAYS] / purchase_days.transform("sum").clip(lower=1)
     pairs[RECENCY_REL] = ui[s.UI_DAYS_SINCE_LAST] - by_user[s.UI_DAYS_SINCE_LAST].transform("min")
+    # Items touched at the same moment share a basket: 0 = in the user's latest basket, 1 = the one before.
+    pairs[ORDERS_AGO] = by_user[s.UI_DAYS_SINCE_LAST].rank(method="dense") - 1.0
 
     repeat = ui[s.UI_PURCHASE_DAYS] >= 2
     n_bought = bought.groupby(ui[s.USER_IDX]).sum().clip(lower=1)
@@ -135,6 +144,44 @@ def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
 _ITEM_GAP = "_item_gap"
 
 
+def _expected_rebuy(frame: pd.DataFrame, item_days: str, user_days: str, span_days: float | pd.Series,
+                    horizon_days: float) -> pd.Series:
+    """1 - (1 - p)^n: p = share of the user's purchase days that included the item, n = purchase days
+    expected in the horizon at the user's pace. A pointwise model ranks better with the product given."""
+    days = frame[user_days].clip(lower=0)
+    share = (frame[item_days] / days.clip(lower=1)).clip(0, 1)
+    orders = days * horizon_days / np.maximum(span_days, horizon_days)
+    return 1.0 - (1.0 - share) ** orders
+
+
+def _pace_features(frame: pd.DataFrame, horizon_days: float, buyers_28d_total: float) -> list[str]:
+    """Cross features of ETL's user, item and pair features (added to ``frame`` when their inputs exist)."""
+    added: list[str] = []
+    columns = set(frame.columns)
+    if {s.UI_PURCHASE_DAYS, s.U_N_PURCHASE_DAYS, s.U_DAYS_SINCE_FIRST} <= columns:
+        span = frame[s.U_DAYS_SINCE_FIRST].where(frame[s.U_DAYS_SINCE_FIRST] < DAYS_SENTINEL, 0.0)
+        frame[EXPECTED_REBUY] = _expected_rebuy(frame, s.UI_PURCHASE_DAYS, s.U_N_PURCHASE_DAYS, span, horizon_days)
+        added.append(EXPECTED_REBUY)
+    if {s.UI_PURCHASE_DAYS_90D, s.U_PURCHASE_DAYS_90D} <= columns:
+        frame[EXPECTED_REBUY_RECENT] = _expected_rebuy(frame, s.UI_PURCHASE_DAYS_90D, s.U_PURCHASE_DAYS_90D, 90.0,
+                                                       horizon_days)
+        added.append(EXPECTED_REBUY_RECENT)
+    # Popularity relative to the user's other candidates and to the season's volume: absolute counts
+    # drift between the train and the test fold (Christmas), ranks and shares much less.
+    if s.ITEM_BUYERS_28D in columns:
+        frame[POP_RANK_IN_USER] = _rank_within_user(frame, [s.ITEM_BUYERS_28D], [False])
+        frame[BUYERS_28D_SHARE] = frame[s.ITEM_BUYERS_28D] / max(buyers_28d_total, 1.0)
+        added += [POP_RANK_IN_USER, BUYERS_28D_SHARE]
+    if {s.U_DAYS_SINCE_LAST, s.U_MEAN_DAYS_BETWEEN_PURCHASES} <= columns:
+        gap = frame[s.U_MEAN_DAYS_BETWEEN_PURCHASES]
+        frame[U_DUE] = (frame[s.U_DAYS_SINCE_LAST] / gap.where(gap > 0)).fillna(UNDEFINED)
+        added.append(U_DUE)
+    if s.ITEM_BUYERS_7D in columns:
+        frame[TREND_RANK_IN_USER] = _rank_within_user(frame, [s.ITEM_BUYERS_7D], [False])
+        added.append(TREND_RANK_IN_USER)
+    return added
+
+
 def build_features(
     candidates: pd.DataFrame,
     user_features: pd.DataFrame,
@@ -144,12 +191,14 @@ def build_features(
     *,
     user_category: pd.DataFrame | None = None,
     spec: FeatureSpec | None = None,
+    horizon_days: float = 28.0,
 ) -> tuple[pd.DataFrame, FeatureSpec]:
     """Candidates + the fold's features -> (frame: user_idx, item_idx + spec features, spec).
 
     ``feature_lists`` is ETL's features.json; ``user_category`` its optional (user_idx, category,
-    uc_share) table. Pass the train fold's ``spec`` when building the test fold: the result then has
-    exactly those columns in that order (a missing one raises)."""
+    uc_share) table. ``horizon_days`` is the length of the window the ranker predicts (the fold's
+    label or test window). Pass the train fold's ``spec`` when building the test fold: the result then
+    has exactly those columns in that order (a missing one raises)."""
     _require(candidates, [s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS], "candidates")
     categorical_declared = set(feature_lists.get("categorical", []))
     user_names = [n for n in feature_lists.get("user", []) if n in user_features.columns]
@@ -184,8 +233,9 @@ def build_features(
     for name in (UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, U_REPEAT_SHARE, I_MEAN_PURCHASE_DAYS):
         frame[name] = frame[name].fillna(0.0)
     frame[RECENCY_REL] = frame[RECENCY_REL].fillna(DAYS_SENTINEL)
-    derived = [HIST_RANK, RECENCY_RANK, UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, RECENCY_REL, U_REPEAT_SHARE,
-               I_MEAN_PURCHASE_DAYS]
+    frame[ORDERS_AGO] = frame[ORDERS_AGO].fillna(RANK_SENTINEL)
+    derived = [HIST_RANK, RECENCY_RANK, UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, RECENCY_REL, ORDERS_AGO,
+               U_REPEAT_SHARE, I_MEAN_PURCHASE_DAYS]
     if _ITEM_GAP in frame.columns:
         days_since = frame[s.UI_DAYS_SINCE_LAST].astype(np.float64)
         due = (days_since / frame[_ITEM_GAP]).where(frame[UI_KNOWN] > 0)
@@ -215,6 +265,9 @@ def build_features(
         frame[PRICE_RATIO] = ratio.replace([np.inf, -np.inf], np.nan).fillna(UNDEFINED)
         frame = frame.drop(columns=["_user_price"])
         derived.append(PRICE_RATIO)
+
+    buyers_total = float(item_features[s.ITEM_BUYERS_28D].sum()) if s.ITEM_BUYERS_28D in item_features else 0.0
+    derived += _pace_features(frame, horizon_days, buyers_total)
 
     # Affinity to each categorical item attribute (category, brand...): share of the user's bought items
     # with the candidate's value.

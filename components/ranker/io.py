@@ -66,3 +66,12 @@ def feature_lists(etl: Path) -> dict[str, list[str]]:
     if missing:
         raise DataContractError(f"{etl / s.FEATURES_FILE} lacks keys {missing}")
     return {key: list(data.get(key, [])) for key in ("user", "item", "user_item", "categorical")}
+
+
+def horizon_days(etl: Path, fold: s.Fold) -> float:
+    """Length in days of the window a fold's ranker predicts: label_days (train) or test_days (test)."""
+    windows = read_json(etl / s.WINDOWS_FILE)
+    key = "label_days" if fold == s.TRAIN_FOLD else "test_days"
+    if key not in windows:
+        raise DataContractError(f"{etl / s.WINDOWS_FILE} lacks {key!r}")
+    return float(windows[key])
