@@ -1,7 +1,8 @@
 """The rollout function end to end, with fakes where AWS and the cluster would be.
 
 Fakes, and only these:
-- SageMaker Model Registry and SSM Parameter Store: moto (in-process AWS fake) behind real boto3 clients.
+- SageMaker Model Registry, SSM Parameter Store and S3: moto (in-process AWS fake) behind real boto3
+  clients.
 - The Kubernetes API: ``FakeKubeApi`` below, a local HTTP server on 127.0.0.1 that stores objects, applies
   strategic-merge and server-side-apply patches the way the API server does for the fields used here,
   records every request, and plays the Deployment controller (a patched pod template completes its
@@ -37,6 +38,8 @@ from ecomrec_rollout.logic import RolloutError
 REGION = "eu-west-1"
 GROUP = "ecomrec"
 LIVE_PARAM = "/ecomrec/serving/live-model"
+RUNS_BUCKET = "processed-bucket"  # where the pipeline writes bundles
+MODELS_BUCKET = "models-bucket"  # where approved bundles are promoted and served from
 TOKEN = "k8s-aws-v1.test-token"
 DEP_PATH = deployment_path(c.NAMESPACE, c.DEPLOYMENT)
 
@@ -209,6 +212,7 @@ class World:
     deps: h.Deps
     sm: Any
     ssm: Any
+    s3: Any
 
     def register(self, n: int, group: str = GROUP) -> str:
         with contextlib.suppress(self.sm.exceptions.ClientError):
@@ -217,11 +221,13 @@ class World:
         for _ in range(n):
             listed = self.sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
             version = len(listed) + 1
+            bundle_key = f"runs/exec-{group}-{version}/bundle/model.tar.gz"
+            self.s3.put_object(Bucket=RUNS_BUCKET, Key=bundle_key, Body=f"bundle {version}".encode())
             arns.append(self.sm.create_model_package(
                 ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval",
                 InferenceSpecification={"Containers": [{
                     "Image": f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-inference:v{version}",
-                    "ModelDataUrl": f"s3://models-bucket/{group}/{version}/model.tar.gz"}],
+                    "ModelDataUrl": f"s3://{RUNS_BUCKET}/{bundle_key}"}],
                     "SupportedContentTypes": ["application/json"],
                     "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"])
         return arns[-1]
@@ -250,16 +256,20 @@ def world(kube_api: tuple[FakeKubeApi, KubeClient], monkeypatch: pytest.MonkeyPa
     api, kube = kube_api
     with mock_aws():
         sm, ssm = boto3.client("sagemaker", region_name=REGION), boto3.client("ssm", region_name=REGION)
+        s3 = boto3.client("s3", region_name=REGION)
+        for bucket in (RUNS_BUCKET, MODELS_BUCKET):
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
         # The events stack seeds the parameter with this placeholder.
         ssm.put_parameter(Name=LIVE_PARAM, Value="{}", Type="String")
         sleeps: list[float] = []
         deps = h.Deps(sagemaker=sm, ssm=ssm, kube=kube, group=GROUP, live_parameter=LIVE_PARAM,
-                      poll_s=0.01, sleep=sleeps.append)
-        yield World(api, deps, sm, ssm)
+                      s3=s3, models_bucket=MODELS_BUCKET, poll_s=0.01, sleep=sleeps.append)
+        yield World(api, deps, sm, ssm, s3)
 
 
 def uri(version: int) -> str:
-    return f"s3://models-bucket/{GROUP}/{version}/model.tar.gz"
+    """The promoted copy the pods load (models bucket), not the run output the package points at."""
+    return f"s3://{MODELS_BUCKET}/{GROUP}/{version}/model.tar.gz"
 
 
 # ------------------------------------------------------------------ tests
@@ -281,6 +291,8 @@ def test_approve_patches_deployment_with_the_new_model_and_records_it(world: Wor
     gets = [r for r in world.api.requests if r.method == "GET" and r.path == DEP_PATH]
     assert len(gets) >= world.api.polls_to_complete
     assert world.served_uri() == uri(1)
+    promoted = world.s3.get_object(Bucket=MODELS_BUCKET, Key=f"{GROUP}/1/model.tar.gz")["Body"].read()
+    assert promoted == b"bundle 1"
     # Other env vars of the container survive the patch (strategic merge by name).
     env = world.api.objects[DEP_PATH]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "ECOMREC_MODEL_GROUP", "value": GROUP} in env
