@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from components.registry.base import ModelRegistry
+from components.serving.fastpath import RecommendationsFastPath
 from components.serving.holder import ModelHolder
 from components.serving.metrics import ServiceMetrics
 from components.serving.middleware import MetricsMiddleware
@@ -83,7 +84,9 @@ def create_app(settings: ServingSettings | None = None, *,
     app.include_router(health.build_router())
     app.include_router(metrics.build_router())
     app.include_router(admin.build_router())
-    app.add_middleware(MetricsMiddleware, metrics=service_metrics)
+    if settings.fast_path:
+        app.add_middleware(RecommendationsFastPath, state=state)
+    app.add_middleware(MetricsMiddleware, metrics=service_metrics)  # added last: outermost, sees every answer
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> Response:

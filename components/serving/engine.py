@@ -20,7 +20,8 @@ import numpy as np
 from components import schema as s
 from components.bundle import Bundle
 from components.errors import BundleError
-from components.ranker.model import FeatureSpec, PopularFallback, Ranker, rank_top_k
+from components.ranker.model import FeatureSpec, PopularFallback, PreparedFeatures, Ranker, rank_top_k
+from components.serving.scoring import PooledScorer
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ class ServingModel:
         self.n_items = len(self.item_ids)
         self.offsets = np.asarray(bundle.candidate_offsets, dtype=np.int64)
         self.candidate_items = bundle.candidates[s.ITEM_IDX].to_numpy(dtype=np.int64)
-        # The slow part of scoring a DataFrame (column picking, dtype conversion) is done once, here.
-        self.prepared = ranker.prepare(bundle.candidates)
+        # The slow parts of scoring (column picking, dtype conversion, CatBoost Pools) are done once, here.
+        self.prepared: PreparedFeatures | None = ranker.prepare(bundle.candidates)
+        self.scorer = PooledScorer(ranker, self.prepared, self.offsets, thread_count=scoring_threads)
         self.popular = PopularFallback(item_idx=np.asarray(bundle.popular_items, dtype=np.int64),
                                        scores=np.asarray(bundle.popular_scores, dtype=np.float64))
         self.purchased_offsets = np.asarray(bundle.purchased_offsets, dtype=np.int64)
@@ -89,7 +91,7 @@ class ServingModel:
             return self._done(Recommendation(user_id, items, scores, reason, 0))
         rows = slice(int(self.offsets[user_idx]), int(self.offsets[user_idx + 1]))
         candidates = self.candidate_items[rows]
-        scores = self.ranker.score_prepared(self.prepared, rows, thread_count=self.scoring_threads)
+        scores = self.scorer.score(user_idx)
         if blocked is not None:
             keep = ~np.isin(candidates, blocked)
             ranked = rank_top_k(candidates[keep], scores[keep], k)
@@ -137,8 +139,9 @@ class ServingModel:
         }
 
     def smoke_check(self, n_users: int) -> None:
-        """Score a spread of users and the fallback path; raise BundleError if anything is off. Also warms
-        CatBoost's first-call paths before the model takes traffic."""
+        """Score a spread of users and the fallback path; raise BundleError if anything is off (including
+        pooled scores that differ from the ranker's own path). Also warms CatBoost's first-call paths before
+        the model takes traffic. Frees the prepared rows afterwards: the Pools hold what scoring needs."""
         if len(self.popular.item_idx) == 0:
             raise BundleError(f"bundle {self.version}: empty popular list, cold users would get nothing")
         top_index = max(self.popular.item_idx.max(initial=-1), self.candidate_items.max(initial=-1))
@@ -148,14 +151,17 @@ class ServingModel:
         if len(with_rows) == 0:
             raise BundleError(f"bundle {self.version}: no user has candidate rows")
         user_ids = list(self.user_index)
-        picks = np.linspace(0, len(with_rows) - 1, min(n_users, len(with_rows))).astype(int)
-        for user_idx in with_rows[picks]:
+        picks = with_rows[np.linspace(0, len(with_rows) - 1, min(n_users, len(with_rows))).astype(int)]
+        for user_idx in picks:
             rows = slice(int(self.offsets[user_idx]), int(self.offsets[user_idx + 1]))
-            scores = self.ranker.score_prepared(self.prepared, rows, thread_count=self.scoring_threads)
+            scores = self.scorer.score(int(user_idx))
             if scores.shape != (rows.stop - rows.start,) or not np.all((scores >= 0) & (scores <= 1)):
                 raise BundleError(f"bundle {self.version}: smoke scoring of user "
                                   f"{user_ids[user_idx]!r} gave invalid scores")
             rank_top_k(self.candidate_items[rows], scores, 10)
+        if self.prepared is not None:
+            self.scorer.check_against(self.ranker, self.prepared, self.offsets, picks)
+            self.prepared = None
         self.popular.top(10)
         log.info("bundle %s: smoke scoring of %d users passed", self.version, min(n_users, len(with_rows)))
 

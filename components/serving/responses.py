@@ -11,17 +11,21 @@ from fastapi.responses import JSONResponse
 JSON = "application/json"
 
 
+def render_json(content: Any) -> bytes:
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        # Text echoed from a request can hold what orjson refuses (lone surrogates from JSON \u escapes,
+        # integers over 64 bits); the stdlib encoder escapes them. Rare: errors only.
+        return json.dumps(content, ensure_ascii=True, default=str).encode()
+
+
 class OrjsonResponse(JSONResponse):
     """JSON via orjson: several times faster than the stdlib encoder; NaN becomes null. A JSONResponse
     subclass, so FastAPI documents the response models in the OpenAPI schema."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-        except TypeError:
-            # Text echoed from a request can hold what orjson refuses (lone surrogates from JSON \u
-            # escapes, integers over 64 bits); the stdlib encoder escapes them. Rare: errors only.
-            return json.dumps(content, ensure_ascii=True, default=str).encode()
+        return render_json(content)
 
 
 def error_response(status: int, message: str, *, parameter: str | None = None,

@@ -32,6 +32,7 @@ class ServingSettings(BaseSettings):
     work_dir: Path | None = None  # downloads and unpacked bundles; default: $TMPDIR/ecomrec-serving
     s3_endpoint_url: str | None = None  # S3-compatible endpoint (tests, MinIO); unset = AWS
     admin_token: str | None = None  # /admin/* is disabled unless set; then it needs `Bearer <token>`
+    fast_path: bool = True  # answer valid GET /recommendations without FastAPI's machinery (fastpath.py)
     scoring_threads: int = Field(default=1, ge=1)  # CatBoost threads a request: 1 = cores serve requests
 
     @model_validator(mode="after")

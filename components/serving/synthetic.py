@@ -32,7 +32,7 @@ class SyntheticShop:
 
 
 def make_synthetic_bundle(output: Path, *, n_users: int = 300, n_items: int = 200, per_user: int = 50,
-                          cold_share: float = 0.1, iterations: int = 30, seed: int = 0,
+                          cold_share: float = 0.1, iterations: int = 30, depth: int = 4, seed: int = 0,
                           group: str = "ecomrec", tag: str = "") -> SyntheticShop:
     """Write ``output/model.tar.gz``. ``tag`` changes the content (and so the version) without changing
     the shape, for swap tests."""
@@ -70,9 +70,10 @@ def make_synthetic_bundle(output: Path, *, n_users: int = 300, n_items: int = 20
              + 0.1 * candidates[s.ITEM_BUYERS_28D] + (candidates["i_category"] == "mugs") - 2.0)
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     features = [*NUMERIC, *CATEGORICAL]
-    model = CatBoostClassifier(iterations=iterations, depth=4, verbose=0, random_seed=seed, thread_count=2,
+    model = CatBoostClassifier(iterations=iterations, depth=depth, verbose=0, random_seed=seed, thread_count=2,
                                cat_features=list(CATEGORICAL), allow_writing_files=False)
-    model.fit(candidates[features], label)
+    train = rng.choice(n, size=min(n, 50_000), replace=False)  # the model's size, not its fit, matters here
+    model.fit(candidates[features].iloc[train], label[train])
 
     work = Path(tempfile.mkdtemp(prefix="synthetic-", dir=output.parent if output.parent.exists() else None))
     model_file = work / s.MODEL_FILE

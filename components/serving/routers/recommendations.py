@@ -15,7 +15,11 @@ from components.serving.routers._deps import current_model, service
 from components.serving.routers.models import ErrorBody, Recommendations
 from components.serving.settings import ServingSettings
 
-MAX_EXCLUDE = 1000
+MAX_EXCLUDE = 1000  # item ids in `exclude`
+# 4,000 characters stay under the HTTP server's 64 KB request line even fully %-encoded; longer lists go in
+# a POST /invocations body.
+EXCLUDE_MAX_CHARS = 4000
+ID_MAX_CHARS = 256  # user_id and category
 
 
 def parse_exclude(value: str | None) -> list[str]:
@@ -36,14 +40,12 @@ def build_router(settings: ServingSettings) -> APIRouter:
     )
     async def recommendations(
         request: Request,
-        user_id: Annotated[str, Query(min_length=1, max_length=256, description="the shop's customer id")],
+        user_id: Annotated[str, Query(min_length=1, max_length=ID_MAX_CHARS, description="the shop's customer id")],
         top_k: Annotated[int, Query(ge=1, le=settings.max_top_k)] = settings.default_top_k,
         exclude_purchased: Annotated[bool, Query(description="leave out items the user bought")] = False,
-        # 4,000 characters stay under the HTTP server's 64 KB request line even fully %-encoded; longer
-        # lists go in a POST /invocations body.
-        exclude: Annotated[str | None, Query(max_length=4000, description="item ids to leave out, "
-                                                                             "comma-separated")] = None,
-        category: Annotated[str | None, Query(min_length=1, max_length=256,
+        exclude: Annotated[str | None, Query(max_length=EXCLUDE_MAX_CHARS,
+                                             description="item ids to leave out, comma-separated")] = None,
+        category: Annotated[str | None, Query(min_length=1, max_length=ID_MAX_CHARS,
                                               description="only items of this catalog category")] = None,
     ) -> Response:
         # async + inline CPU work: scoring takes ~0.2 ms, less than a hop to the thread pool would cost.
