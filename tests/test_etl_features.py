@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ USERS = pd.DataFrame({s.USER_ID: ["a", "b", "c"], "country": ["UK", "France", "U
 COLUMNS = [s.USER_ID, s.ITEM_ID, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY, s.PRICE, s.SESSION_ID]
 
 
-def write_raw(root: Path, events: list[tuple[str, ...]]) -> Path:
+def write_raw(root: Path, events: Sequence[tuple[str, ...]]) -> Path:
     for name, frame in ((s.EVENTS, pd.DataFrame(events, columns=COLUMNS)), (s.ITEMS, ITEMS), (s.USERS, USERS)):
         (root / name).mkdir(parents=True, exist_ok=True)
         frame.to_csv(root / name / "part-0.csv", index=False)

@@ -154,8 +154,9 @@ def _days_before(cutoff_us: int, ts_us: Column) -> Column:
     return (sf.lit(cutoff_us) - ts_us) / sf.lit(float(DAY_MICROS))
 
 
-def daily_table(events: DataFrame, cutoff_us: int, config: EtlConfig) -> DataFrame:
-    """One row per (user_idx, item_idx, event_type, UTC day) of events before the cutoff."""
+def daily_table(events: DataFrame, reference_us: int, config: EtlConfig) -> DataFrame:
+    """One row per (user_idx, item_idx, event_type, UTC day) over ALL events, built once for both folds.
+    Cutoffs are midnights, so a fold keeps exactly its history with ``day < cutoff day`` (fold_history)."""
     from pyspark.sql import functions as sf
 
     units = sf.col(s.QUANTITY)
@@ -168,12 +169,46 @@ def daily_table(events: DataFrame, cutoff_us: int, config: EtlConfig) -> DataFra
         sf.count(price).alias(_PRICE_N),
         sf.min(TS_US).alias(_FIRST_TS),
         sf.max(TS_US).alias(_LAST_TS),
-        sf.sum(event_contribution(sf.col(s.EVENT_TYPE), units, sf.col(TS_US), cutoff_us, config))
+        sf.sum(event_contribution(sf.col(s.EVENT_TYPE), units, sf.col(TS_US), reference_us, config))
         .alias(_W_EVENTS),
     )
 
 
-def pair_table(daily: DataFrame, cutoff_us: int, config: EtlConfig) -> DataFrame:
+def cutoff_day(cutoff_us: int) -> int:
+    if cutoff_us % DAY_MICROS:
+        raise ValueError(f"a fold cutoff must be a UTC midnight, got {cutoff_us} us")
+    return cutoff_us // DAY_MICROS
+
+
+def fold_history(table: DataFrame, cutoff_us: int) -> DataFrame:
+    """Rows of a day-keyed table (daily_table, orders_table) strictly before the cutoff: the one place a
+    fold's history is cut."""
+    from pyspark.sql import functions as sf
+
+    return table.filter(sf.col(DAY) < cutoff_day(cutoff_us))
+
+
+def orders_table(events: DataFrame) -> DataFrame:
+    """Distinct (user, order, day) of purchases: the order is the session_id, or the purchase time when
+    there is none."""
+    from pyspark.sql import functions as sf
+
+    order = sf.coalesce(sf.col(s.SESSION_ID), sf.col(TS_US).cast("string"))
+    return (events.filter(sf.col(s.EVENT_TYPE) == s.PURCHASE)
+            .select(s.USER_IDX, order.alias("_order"), DAY).distinct())
+
+
+def targets(daily: DataFrame, start_us: int, stop_us: int | None) -> DataFrame:
+    """Distinct (user_idx, item_idx) purchases in [start, stop) (stop None = to the end)."""
+    from pyspark.sql import functions as sf
+
+    keep = (sf.col(s.EVENT_TYPE) == s.PURCHASE) & (sf.col(DAY) >= cutoff_day(start_us))
+    if stop_us is not None:
+        keep = keep & (sf.col(DAY) < cutoff_day(stop_us))
+    return daily.filter(keep).select(s.USER_IDX, s.ITEM_IDX).distinct()
+
+
+def pair_table(daily: DataFrame, cutoff_us: int, reference_us: int, config: EtlConfig) -> DataFrame:
     """Pair features plus private helper columns that user and item features aggregate further.
     ui_share_of_user_days is added later (it needs the user's purchase days)."""
     from pyspark.sql import functions as sf
@@ -181,7 +216,7 @@ def pair_table(daily: DataFrame, cutoff_us: int, config: EtlConfig) -> DataFrame
     is_purchase = sf.col(s.EVENT_TYPE) == s.PURCHASE
     cut_day = cutoff_us // DAY_MICROS
     contribution = daily_contribution(sf.col(s.EVENT_TYPE), sf.col(_UNITS), sf.col(_LAST_TS),
-                                      sf.col(_W_EVENTS), cutoff_us, config)
+                                      sf.col(_W_EVENTS), cutoff_us, reference_us, config)
 
     def count_type(name: str) -> Column:
         return sf.sum(sf.when(sf.col(s.EVENT_TYPE) == name, sf.col(_N)).otherwise(0))
@@ -238,13 +273,12 @@ def user_day_stats(daily: DataFrame, cutoff_us: int) -> DataFrame:
                         mean_gap.cast("double").alias(s.U_MEAN_DAYS_BETWEEN_PURCHASES))
 
 
-def user_invoices(events: DataFrame) -> DataFrame:
-    """Distinct orders per user: purchases' session_id, or the purchase time when there is none."""
+def user_invoices(orders: DataFrame) -> DataFrame:
+    """Distinct orders per user (orders: a fold's rows of orders_table)."""
     from pyspark.sql import functions as sf
 
-    order = sf.coalesce(sf.col(s.SESSION_ID), sf.col(TS_US).cast("string"))
-    return (events.filter(sf.col(s.EVENT_TYPE) == s.PURCHASE).select(s.USER_IDX, order.alias("_order"))
-            .distinct().groupBy(s.USER_IDX).agg(sf.count(sf.lit(1)).alias(s.U_N_INVOICES)))
+    return (orders.select(s.USER_IDX, "_order").distinct().groupBy(s.USER_IDX)
+            .agg(sf.count(sf.lit(1)).alias(s.U_N_INVOICES)))
 
 
 def user_features(pairs: DataFrame, day_stats: DataFrame, invoices: DataFrame, cutoff_us: int,

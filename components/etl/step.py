@@ -254,33 +254,33 @@ def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, t
     timer.lap("clean")
 
     # ------------------------------------------------------------------ folds
+    # Day-level tables over all events, built once; each fold keeps the days before its cutoff.
+    daily_all = cache(feat.daily_table(events_idx, end_us, config))
+    orders_all = cache(feat.orders_table(events_idx))
     for fold in s.FOLDS:
         cutoff_us = datetime_to_micros(windows.cutoff(fold))
         fold_dir = output / s.FOLDS_DIR / fold
-        before = events_idx.filter(sf.col(TS_US) < cutoff_us)  # the one place a fold's history is cut
-        daily = cache(feat.daily_table(before, cutoff_us, config))
-        pairs = cache(feat.pair_table(daily, cutoff_us, config))
+        daily = feat.fold_history(daily_all, cutoff_us)
+        pairs = cache(feat.pair_table(daily, cutoff_us, end_us, config))
         day_stats = cache(feat.user_day_stats(daily, cutoff_us))
         _write(feat.interactions(pairs), fold_dir / s.INTERACTIONS, one_file)
         _write(feat.user_item_features(pairs, day_stats), fold_dir / s.USER_ITEM_FEATURES, one_file)
-        _write(feat.user_features(pairs, day_stats, feat.user_invoices(before), cutoff_us, user_attr_frame,
-                                  user_attr_names), fold_dir / s.USER_FEATURES, one_file=True)
+        invoices = feat.user_invoices(feat.fold_history(orders_all, cutoff_us))
+        _write(feat.user_features(pairs, day_stats, invoices, cutoff_us, user_attr_frame, user_attr_names),
+               fold_dir / s.USER_FEATURES, one_file=True)
         _write(feat.item_features(pairs, cutoff_us, item_attr_frame, item_attr_names),
                fold_dir / s.ITEM_FEATURES, one_file=True)
         if item_categories is not None:
             _write(feat.user_category_share(daily, item_categories), fold_dir / s.USER_CATEGORY, one_file)
         start, stop = windows.target_window(fold)
-        in_window = sf.col(TS_US) >= datetime_to_micros(start)
-        if stop is not None:
-            in_window = in_window & (sf.col(TS_US) < datetime_to_micros(stop))
-        targets = cache(events_idx.filter((sf.col(s.EVENT_TYPE) == s.PURCHASE) & in_window)
-                        .select(s.USER_IDX, s.ITEM_IDX).distinct())
+        targets = cache(feat.targets(daily_all, datetime_to_micros(start),
+                                     None if stop is None else datetime_to_micros(stop)))
         _write(targets, fold_dir / s.TARGETS, one_file=True)
         warm = pairs.select(s.USER_IDX).distinct().withColumn("_warm", sf.lit(True))
         target_users = targets.select(s.USER_IDX).distinct().join(warm, s.USER_IDX, "left").select(
             s.USER_IDX, sf.when(sf.col("_warm"), sf.lit(s.WARM)).otherwise(sf.lit(s.COLD)).alias(s.SEGMENT))
         _write(target_users, fold_dir / s.TARGET_USERS, one_file=True)
-        for frame in (daily, pairs, day_stats, targets):
+        for frame in (pairs, day_stats, targets):
             frame.unpersist()
         timer.lap(f"fold_{fold}")
 

@@ -160,7 +160,8 @@ def check_events(table: RawTable, catalog_ids: DataFrame | None) -> Checked:
              if c not in (*s.REQUIRED_EVENT_COLUMNS, *s.OPTIONAL_EVENT_COLUMNS)]
     keys = [sf.col(PRE_REASON), sf.col(P_USER), sf.col(P_ITEM), sf.col(P_TYPE), sf.col(P_TS), sf.col(P_QTY),
             sf.col(P_PRICE), sf.col(P_SESSION), *extra]
-    order = Window.partitionBy(*keys).orderBy(sf.col(s.SOURCE_FILE), sf.col(ROW_ID))
+    # The 64-bit hash leads the partition spec so the window's sort compares longs, not strings.
+    order = Window.partitionBy(sf.xxhash64(*keys), *keys).orderBy(sf.col(s.SOURCE_FILE), sf.col(ROW_ID))
     reason = sf.coalesce(sf.col(PRE_REASON), sf.when(sf.row_number().over(order) > 1, sf.lit(DUPLICATE)))
     frame = frame.withColumn(s.REASON, reason)
     keep = [*[f"`{c}`" for c in table.columns], s.SOURCE_FILE, ROW_ID, P_USER, P_ITEM, P_TYPE, P_TS, P_QTY,

@@ -71,9 +71,18 @@ def event_contribution(event_type: Column, units: Column, ts_us: Column, cutoff_
 
 
 def daily_contribution(event_type: Column, day_units: Column, day_last_ts_us: Column, day_event_sum: Column,
-                       cutoff_us: int, config: EtlConfig) -> Column:
-    """The weight one (user, item, type, day) row adds: the summed per-event weights ("event"), or one
-    contribution for the day with its units summed and its last event's age ("day")."""
-    if config.weight_unit == "event":
+                       cutoff_us: int, reference_us: int, config: EtlConfig) -> Column:
+    """The weight one (user, item, type, day) row adds at ``cutoff_us``: one contribution for the day with
+    its units summed and its last event's age ("day"), or the day's summed per-event weights ("event").
+
+    The per-event sums are computed once for all folds with ages relative to ``reference_us`` (the end of
+    the log); 0.5 ** ((cutoff - t) / h) = 0.5 ** ((reference - t) / h) * 2 ** ((reference - cutoff) / h)
+    moves them to the fold's cutoff exactly."""
+    from pyspark.sql import functions as sf
+
+    if config.weight_unit == "day":
+        return event_contribution(event_type, day_units, day_last_ts_us, cutoff_us, config)
+    if config.decay_half_life_days is None:
         return day_event_sum
-    return event_contribution(event_type, day_units, day_last_ts_us, cutoff_us, config)
+    shift = 2.0 ** ((reference_us - cutoff_us) / DAY_MICROS / config.decay_half_life_days)
+    return day_event_sum * sf.lit(shift)
