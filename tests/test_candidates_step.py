@@ -28,7 +28,7 @@ LATE_ITEMS = {27, 28, 29}  # first sold after the train cutoff (see shop_events)
 
 def config(backend: str) -> PipelineConfig:
     return PipelineConfig.model_validate({
-        "als": {"factors": 8, "iterations": 8, "backend": backend},
+        "als": {"factors": 8, "iterations": 5, "backend": backend},
         "candidates": {"als_top_n": 15, "history_top_n": 10, "cooc_top_n": 10, "popular_top_n": 10,
                        "max_per_user": 20}})
 

@@ -144,8 +144,9 @@ class ImplicitAls(CandidateGenerator):
         n = min(n, len(self._matrix.items))
         if len(rows) == 0 or n == 0:
             return empty_recommendations()
-        ids, scores = self._model.recommend(  # type: ignore[attr-defined]
-            rows, self._matrix.matrix[rows], N=n, filter_already_liked_items=False)
+        with single_threaded_blas():  # implicit's top-k runs its own threads too (3x faster on 2 cores)
+            ids, scores = self._model.recommend(  # type: ignore[attr-defined]
+                rows, self._matrix.matrix[rows], N=n, filter_already_liked_items=False)
         return pd.DataFrame({
             s.USER_IDX: np.repeat(users[positions], n).astype(np.int32),
             s.ITEM_IDX: self._matrix.items[np.asarray(ids).ravel()].astype(np.int32),

@@ -139,37 +139,53 @@ def top_n_long(user_idx: np.ndarray, item_idx: np.ndarray, score: np.ndarray, n:
 
 
 # Dense score blocks stay around this many cells (x 8 bytes) whatever the catalogue size.
-_BLOCK_CELLS: Final = 4_000_000
+BLOCK_CELLS: Final = 4_000_000
+
+
+def block_rows(n_cols: int) -> int:
+    """Rows per dense block for a matrix with ``n_cols`` columns."""
+    return max(1, BLOCK_CELLS // max(n_cols, 1))
+
+
+def rank_within_rows(rows: np.ndarray) -> np.ndarray:
+    """1-based position of each element within its run of equal (sorted) row ids."""
+    if len(rows) == 0:
+        return np.array([], dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)])) + 1
+
+
+def select_top(dense: np.ndarray, n: int, *, positive_only: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top n cells of every row of a dense block: score descending, ties to the smaller column.
+
+    A partial sort finds each row's n-th best score, every cell at or above it (ties included) is kept,
+    and a small lexsort orders just those. Cells at -inf (and <= 0 with ``positive_only``) never count.
+    Returns (row, col, score, rank), rank 1..n.
+    """
+    k = min(n, dense.shape[1])
+    kth = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
+    mask = (dense >= kth[:, None]) & (dense > (0.0 if positive_only else -np.inf))
+    rows, cols = np.nonzero(mask)
+    vals = dense[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    rank = rank_within_rows(rows)
+    keep = rank <= k
+    return rows[keep], cols[keep], vals[keep], rank[keep]
 
 
 def top_n_by_row(block_scores: Callable[[int, int], np.ndarray], n_rows: int, n_cols: int, n: int,
                  *, positive_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top n columns of every row of a score matrix produced block by block.
-
-    ``block_scores(start, stop)`` returns the dense rows [start, stop). Per block: a partial sort finds
-    each row's n-th best score, every cell at or above it (ties included) is kept, and a small lexsort
-    orders those by score descending then column ascending, so ties go to the smaller column.
-    Returns (row, col, score, rank) arrays, rank 1..n.
-    """
-    out: list[tuple[np.ndarray, ...]] = []
+    """``select_top`` over a score matrix produced block by block: ``block_scores(start, stop)`` returns
+    the dense rows [start, stop), so memory stays bounded whatever the size. Returns (row, col, score, rank)."""
     if n_rows == 0 or n_cols == 0 or n <= 0:
         empty_i = np.array([], dtype=np.int64)
         return empty_i, empty_i, np.array([], dtype=np.float64), empty_i
-    k = min(n, n_cols)
-    step = max(1, _BLOCK_CELLS // n_cols)
+    out: list[tuple[np.ndarray, ...]] = []
+    step = block_rows(n_cols)
     for start in range(0, n_rows, step):
-        stop = min(n_rows, start + step)
-        dense = np.asarray(block_scores(start, stop), dtype=np.float64)
-        kth = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
-        mask = dense >= kth[:, None]
-        if positive_only:
-            mask &= dense > 0
-        rows, cols = np.nonzero(mask)
-        vals = dense[rows, cols]
-        order = np.lexsort((cols, -vals, rows))
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else rows
-        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)])) + 1
-        keep = rank <= k
-        out.append((rows[keep] + start, cols[keep], vals[keep], rank[keep]))
+        dense = np.asarray(block_scores(start, min(n_rows, start + step)), dtype=np.float64)
+        rows, cols, vals, rank = select_top(dense, n, positive_only=positive_only)
+        out.append((rows + start, cols, vals, rank))
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]

@@ -98,17 +98,18 @@ def _run_spark(spark: SparkSession, etl: Path, output: Path, fold: s.Fold,
     _write_spark(result.item_factors, fold_path(output, fold, s.ITEM_FACTORS))
     _write_spark(result.candidates, fold_path(output, fold, s.CANDIDATES))
     seconds = {**result.seconds, "recommend_union_write": round(time.perf_counter() - started, 4)}
+    # One job for the report: per-user counts and source totals of what was written.
     written = spark.read.parquet(str(fold_path(output, fold, s.CANDIDATES)))
-    per_user = written.groupBy(s.USER_IDX).count()
-    row = per_user.agg(sf.count("*").alias("n"), sf.sum("count").alias("rows"), sf.max("count").alias("mx")).first()
-    flags = written.agg(*[sf.sum(sf.col(f).cast("long")).alias(f) for f in SOURCES.values()]).first()
-    n_users = users.distinct().count()
-    assert row is not None and flags is not None
+    per_user = written.groupBy(s.USER_IDX).agg(
+        sf.count("*").alias("_n"), *[sf.sum(sf.col(f).cast("long")).alias(f) for f in SOURCES.values()])
+    row = per_user.agg(sf.count("*").alias("users"), sf.sum("_n").alias("rows"), sf.max("_n").alias("mx"),
+                       *[sf.sum(f).alias(f) for f in SOURCES.values()]).first()
+    assert row is not None
     return {
-        "nnz": tables.interactions.count(), "seconds": seconds, "users": n_users,
-        "users_with_candidates": int(row["n"] or 0), "rows": int(row["rows"] or 0),
-        "per_user_mean": round(float(row["rows"] or 0) / max(int(row["n"] or 0), 1), 2),
-        "per_user_max": int(row["mx"] or 0), "from": {f: int(flags[f] or 0) for f in SOURCES.values()},
+        "nnz": tables.interactions.count(), "seconds": seconds, "users": users.distinct().count(),
+        "users_with_candidates": int(row["users"] or 0), "rows": int(row["rows"] or 0),
+        "per_user_mean": round(float(row["rows"] or 0) / max(int(row["users"] or 0), 1), 2),
+        "per_user_max": int(row["mx"] or 0), "from": {f: int(row[f] or 0) for f in SOURCES.values()},
     }
 
 

@@ -10,7 +10,7 @@ from_history, from_cooc, from_popular.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
-from components.candidates.base import RANK, SCORE
+from components.candidates.base import RANK, SCORE, rank_within_rows
 from components.config import CandidateConfig
 
 if TYPE_CHECKING:
@@ -59,54 +59,73 @@ def empty_candidates() -> pd.DataFrame:
     return frame
 
 
-def union_candidates(lists: Mapping[str, pd.DataFrame], fusion: Fusion) -> pd.DataFrame:
-    """Fuse the generators' recommendation frames (user_idx, item_idx, score, rank) into candidates."""
-    unknown = sorted(set(lists) - set(SOURCES))
+def _check_sources(names: Iterable[str]) -> None:
+    unknown = sorted(set(names) - set(SOURCES))
     if unknown:
         raise ValueError(f"unknown candidate generator {unknown[0]!r}; known: {', '.join(SOURCES)}")
-    parts = []
-    for code, name in enumerate(SOURCES):
-        frame = lists.get(name)
-        if frame is None or frame.empty:
-            continue
-        frame = frame[frame[RANK].to_numpy() <= fusion.top_n[name]]
-        parts.append((code, frame))
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Every proposal of every generator, one entry per (generator, user, item)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    rank: np.ndarray
+    score: np.ndarray
+    source: np.ndarray  # index into SOURCES
+    contribution: np.ndarray  # weight / (rrf_k + rank)
+
+
+def union_candidates(lists: Mapping[str, pd.DataFrame], fusion: Fusion) -> pd.DataFrame:
+    """Fuse the generators' recommendation frames (user_idx, item_idx, score, rank; unique pairs within
+    each frame) into candidates: one sort of the (user, item) keys, then one of the fused pairs."""
+    _check_sources(lists)
+    parts = [(code, frame[frame[RANK].to_numpy() <= fusion.top_n[name]])
+             for code, name in enumerate(SOURCES) if (frame := lists.get(name)) is not None]
+    parts = [(code, frame) for code, frame in parts if not frame.empty]
     if not parts:
         return empty_candidates()
-    user = np.concatenate([f[s.USER_IDX].to_numpy(np.int64) for _, f in parts])
-    item = np.concatenate([f[s.ITEM_IDX].to_numpy(np.int64) for _, f in parts])
+    weights = np.array([fusion.weights.get(name, 0.0) for name in SOURCES])
+    source = np.concatenate([np.full(len(f), code, dtype=np.int8) for code, f in parts])
     rank = np.concatenate([f[RANK].to_numpy(np.int64) for _, f in parts])
-    score = np.concatenate([f[SCORE].to_numpy(np.float64) for _, f in parts])
-    source = np.concatenate([np.full(len(f), code, dtype=np.int64) for code, f in parts])
-    weight = np.array([fusion.weights.get(name, 0.0) for name in SOURCES])[source]
+    rows = _Rows(user=np.concatenate([f[s.USER_IDX].to_numpy(np.int64) for _, f in parts]),
+                 item=np.concatenate([f[s.ITEM_IDX].to_numpy(np.int64) for _, f in parts]),
+                 rank=rank, score=np.concatenate([f[SCORE].to_numpy(np.float64) for _, f in parts]),
+                 source=source, contribution=weights[source] / (fusion.rrf_k + rank))
+    return _fuse(rows, int(rows.item.max()) + 1, fusion.max_per_user)
 
-    key = user * (int(item.max()) + 1) + item
-    pair_keys, pair = np.unique(key, return_inverse=True)  # sorted by (user, item)
-    n_pairs = len(pair_keys)
-    priority = np.bincount(pair, weights=weight / (fusion.rrf_k + rank), minlength=n_pairs)
-    pair_user = np.zeros(n_pairs, np.int64)
-    pair_item = np.zeros(n_pairs, np.int64)
-    pair_user[pair], pair_item[pair] = user, item
-    flags = {flag: np.bincount(pair[source == code], minlength=n_pairs) > 0
-             for code, flag in enumerate(SOURCES.values())}
-    als_score = np.full(n_pairs, np.nan)
-    als_rank = np.zeros(n_pairs, np.int32)
-    cooc_score = np.zeros(n_pairs)
-    is_als, is_cooc = source == list(SOURCES).index("als"), source == list(SOURCES).index("cooc")
-    als_score[pair[is_als]], als_rank[pair[is_als]] = score[is_als], rank[is_als]
-    cooc_score[pair[is_cooc]] = score[is_cooc]
 
-    order = np.lexsort((pair_item, -priority, pair_user))
-    sorted_user = pair_user[order]
-    starts = np.flatnonzero(np.r_[True, sorted_user[1:] != sorted_user[:-1]])
-    position = np.arange(n_pairs) - np.repeat(starts, np.diff(np.r_[starts, n_pairs]))
-    keep = order[position < fusion.max_per_user]
+_ALS, _COOC = list(SOURCES).index("als"), list(SOURCES).index("cooc")
+
+
+def _frame(user: np.ndarray, item: np.ndarray, als_score: np.ndarray, als_rank: np.ndarray,
+           cooc_score: np.ndarray, flags: np.ndarray) -> pd.DataFrame:
     out = pd.DataFrame({
-        s.USER_IDX: pair_user[keep].astype(np.int32), s.ITEM_IDX: pair_item[keep].astype(np.int32),
-        s.ALS_SCORE: als_score[keep], s.ALS_RANK: als_rank[keep], s.COOC_SCORE: cooc_score[keep]})
-    for flag, values in flags.items():
-        out[flag] = values[keep]
+        s.USER_IDX: user.astype(np.int32), s.ITEM_IDX: item.astype(np.int32),
+        s.ALS_SCORE: als_score.astype(np.float64), s.ALS_RANK: als_rank.astype(np.int32),
+        s.COOC_SCORE: cooc_score.astype(np.float64)})
+    for code, flag in enumerate(SOURCES.values()):
+        out[flag] = (flags & (1 << code)) > 0
     return out
+
+
+def _fuse(rows: _Rows, n_items: int, cap: int) -> pd.DataFrame:
+    pair_keys, pair = np.unique(rows.user * n_items + rows.item, return_inverse=True)  # sorted (user, item)
+    n_pairs = len(pair_keys)
+    priority = np.bincount(pair, weights=rows.contribution, minlength=n_pairs)
+    flags = np.zeros(n_pairs, dtype=np.uint8)
+    for code in range(len(SOURCES)):
+        flags[pair[rows.source == code]] |= np.uint8(1 << code)  # a pair occurs once per generator
+    als_score, als_rank, cooc_score = np.full(n_pairs, np.nan), np.zeros(n_pairs, np.int64), np.zeros(n_pairs)
+    is_als, is_cooc = rows.source == _ALS, rows.source == _COOC
+    als_score[pair[is_als]], als_rank[pair[is_als]] = rows.score[is_als], rows.rank[is_als]
+    cooc_score[pair[is_cooc]] = rows.score[is_cooc]
+    pair_user, pair_item = pair_keys // n_items, pair_keys % n_items
+    order = np.lexsort((pair_item, -priority, pair_user))
+    keep = order[rank_within_rows(pair_user[order]) <= cap]
+    return _frame(pair_user[keep], pair_item[keep], als_score[keep], als_rank[keep], cooc_score[keep],
+                  flags[keep])
 
 
 def union_candidates_spark(lists: Mapping[str, DataFrame], fusion: Fusion) -> DataFrame:
@@ -114,9 +133,7 @@ def union_candidates_spark(lists: Mapping[str, DataFrame], fusion: Fusion) -> Da
     from pyspark.sql import Window
     from pyspark.sql import functions as sf
 
-    unknown = sorted(set(lists) - set(SOURCES))
-    if unknown:
-        raise ValueError(f"unknown candidate generator {unknown[0]!r}; known: {', '.join(SOURCES)}")
+    _check_sources(lists)
     parts = [
         lists[name].where(sf.col(RANK) <= fusion.top_n[name]).select(
             s.USER_IDX, s.ITEM_IDX, sf.lit(name).alias("_source"), sf.col(SCORE).cast("double").alias(SCORE),
