@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import pyarrow
 from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +51,9 @@ def create_app(settings: ServingSettings | None = None, *,
                s3_client: S3Client | Callable[[], S3Client] | None = None,
                registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or ServingSettings()
+    # Bundle tables are read through Arrow; its default pool (mimalloc) keeps freed memory, which doubled
+    # a worker's resident size. The system allocator returns it (see holder._release_memory).
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     if registry is None and settings.registry_root is not None:
         from components.registry.local import LocalRegistry
 

@@ -8,6 +8,9 @@ then is it published. A bundle that fails any of that is refused and logged; the
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import threading
 import time
@@ -28,6 +31,12 @@ class LoadResult:
     version: str | None
     seconds: float
     error: str | None = None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap otherwise; RSS would only grow
 
 
 class ModelHolder:
@@ -67,11 +76,13 @@ class ModelHolder:
                 log.exception("unexpected failure loading bundle %s", location)
                 return self._record(LoadResult(location, False, None, time.perf_counter() - started,
                                                f"{type(error).__name__}: {error}"))
-            previous = self._current
-            self._current = model  # the swap
+            previous = self._current.version if self._current else "nothing"
+            self._current = model  # the swap; requests still running keep their own reference to the old one
+            del bundle
+            _release_memory()  # the bundle's tables (and, after a swap, the old model) go back to the OS
             result = self._record(LoadResult(location, True, model.version, time.perf_counter() - started))
-            log.info("serving bundle %s from %s (was %s), loaded in %.2f s", model.version, location,
-                     previous.version if previous else "nothing", result.seconds)
+            log.info("serving bundle %s from %s (was %s), loaded in %.2f s", model.version, location, previous,
+                     result.seconds)
             return result
 
     def load_in_background(self, location: str, *, registry_version: int | None = None) -> bool:

@@ -51,7 +51,7 @@ def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, 
     uvicorn.run(
         "components.serving.main:app_factory", factory=True, host=host, port=port, workers=workers,
         ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
-        loop="uvloop", http="httptools", access_log=False, log_level=log_level,
+        loop="uvloop", http="httptools", access_log=False, log_level=log_level, server_header=False,
         # Longer than the 60 s idle timeout of AWS load balancers, so they never reuse a closed connection.
         timeout_keep_alive=75,
     )
