@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +14,18 @@ from components.candidates.als import ImplicitAls, blas_thread_warnings, choose_
 from components.candidates.base import RANK, SCORE, CandidateGenerator, FoldTables, top_n_by_row
 from components.candidates.cooc import CoocGenerator
 from components.candidates.history import HistoryGenerator
+from components.candidates.io import read_fold_tables
 from components.candidates.popular import PopularGenerator
 from components.config import AlsConfig
 from components.errors import DataContractError, NotFittedError
-from tests.test_candidates_fixtures import block_events, block_tables, fold_tables, shop_events, windows
+from tests.test_candidates_fixtures import (
+    block_events,
+    block_tables,
+    fold_tables,
+    shop_events,
+    windows,
+    write_etl,
+)
 
 SMALL_ALS = AlsConfig(factors=8, iterations=15, regularization=0.1, alpha=10.0, seed=7)
 
@@ -180,3 +191,16 @@ def test_top_n_by_row_is_exact_with_ties_to_the_smaller_column() -> None:
     assert list(zip(row, col, rank, strict=True)) == [(0, 1, 1), (0, 0, 2), (0, 2, 3),
                                                       (2, 4, 1), (2, 3, 2), (2, 2, 3)]
     np.testing.assert_allclose(val, [0.9, 0.5, 0.5, 0.5, 0.4, 0.3])
+
+
+def test_reading_names_the_missing_table_and_column(tmp_path: Path) -> None:
+    etl = write_etl(tmp_path / "etl", shop_events(), 30)
+    tables = read_fold_tables(etl, s.TRAIN_FOLD)
+    assert len(tables.interactions) > 0 and list(tables.items.columns) == [s.ITEM_IDX, s.ITEM_BUYERS_28D]
+    items = etl / s.FOLDS_DIR / s.TEST_FOLD / s.ITEM_FEATURES
+    pd.read_parquet(items).drop(columns=[s.ITEM_BUYERS_28D]).to_parquet(items / "part-00000.parquet")
+    with pytest.raises(DataContractError, match=f"{s.ITEM_FEATURES}.*{s.ITEM_BUYERS_28D}"):
+        read_fold_tables(etl, s.TEST_FOLD)
+    shutil.rmtree(etl / s.FOLDS_DIR / s.TEST_FOLD / s.INTERACTIONS)
+    with pytest.raises(DataContractError, match=f"{s.TEST_FOLD}/{s.INTERACTIONS}"):
+        read_fold_tables(etl, s.TEST_FOLD)

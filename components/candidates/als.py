@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,6 +201,12 @@ class MllibAls:
         from pyspark.sql import functions as sf
 
         cfg = self.config
+        context = interactions.sparkSession.sparkContext
+        if context.getCheckpointDir() is None and (context.master or "").startswith("local"):
+            # MLlib truncates the ALS lineage every checkpointInterval (10) iterations only when it can
+            # checkpoint (long runs otherwise risk a StackOverflowError). A cluster needs a shared
+            # directory (HDFS/S3), which the platform sets; locally a temp dir does.
+            context.setCheckpointDir(tempfile.mkdtemp(prefix="ecomrec-als-checkpoints-"))
         ratings = (interactions.select(s.USER_IDX, s.ITEM_IDX, s.WEIGHT)
                    .join(user_items.select(s.USER_IDX, s.ITEM_IDX, s.UI_DAYS_SINCE_LAST),
                          [s.USER_IDX, s.ITEM_IDX], "left")
