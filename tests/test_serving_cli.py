@@ -118,3 +118,45 @@ def test_serve_with_tls_answers_https(shop: SyntheticShop, tmp_path: Path) -> No
     finally:
         process.terminate()
         process.communicate(timeout=20)
+
+
+def test_serve_without_model_follows_the_default_registry(shop: SyntheticShop, tmp_path: Path) -> None:
+    """The README's flow: `ecomrec models approve N`, then `ecomrec serve` serves the latest Approved
+    version and switches to versions approved later."""
+    from components.registry.base import APPROVED
+    from components.registry.local import LocalRegistry
+
+    other = make_synthetic_bundle(tmp_path / "other", n_users=50, n_items=40, per_user=10, seed=3, tag="x")
+    registry = LocalRegistry(tmp_path / "registry")
+    first = registry.register("ecomrec", str(shop.archive), {})
+    registry.set_status("ecomrec", first.version, APPROVED)
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "ECOMREC_REGISTRY_DIR": str(tmp_path / "registry"),
+           "ECOMREC_WATCH_INTERVAL_S": "0.3"}
+    env.pop("ECOMREC_MODEL", None)
+    process = subprocess.Popen([str(ECOMREC), "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            def version() -> str | None:
+                try:
+                    ready = client.get("/readyz")
+                except httpx.TransportError:
+                    return None
+                return str(ready.json()["model_version"]) if ready.status_code == 200 else None
+
+            deadline = time.monotonic() + 60
+            while (first_version := version()) is None:
+                assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+                assert time.monotonic() < deadline, "not ready within 60 s"
+                time.sleep(0.2)
+            second = registry.register("ecomrec", str(other.archive), {})
+            registry.set_status("ecomrec", second.version, APPROVED)
+            while version() == first_version:
+                assert time.monotonic() < deadline + 60, "the approved version was not picked up"
+                time.sleep(0.2)
+            item = client.get("/recommendations", params={"user_id": other.user_ids[0]}).json()["items"][0]
+            assert item["item_id"].endswith("x")
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
