@@ -4,7 +4,7 @@ the CDK alarms read these names; tests check that each one is really exported.""
 from typing import Final
 
 REQUESTS_TOTAL: Final = "ecomrec_requests_total"  # counter{route, method, status}
-REQUEST_LATENCY_SECONDS: Final = "ecomrec_request_latency_seconds"  # histogram{route}
+REQUEST_LATENCY_SECONDS: Final = "ecomrec_request_latency_seconds"  # histogram{route, status}
 FALLBACK_TOTAL: Final = "ecomrec_fallback_total"  # counter{reason}: unknown_user, no_candidates
 CANDIDATES_SCORED_TOTAL: Final = "ecomrec_candidates_scored_total"  # counter
 MODEL_INFO: Final = "ecomrec_model"  # info{version, group}: exported as ecomrec_model_info
