@@ -4,6 +4,7 @@ Dependencies are injected (settings, S3 client, registry) so tests and the CLI w
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -75,12 +76,18 @@ def create_app(settings: ServingSettings | None = None, *,
         finally:
             state.stop()
 
+    options: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI's built-in OpenTelemetry checks its providers on every request (~20 us); the service
+        # exports its own Prometheus metrics instead.
+        options["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(
         title="ecomrec inference",
         version="1",
         summary="Personalised product recommendations from an ecomrec model bundle.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        **options,
     )
     app.state.ecomrec = state
     app.include_router(recommendations.build_router(settings))

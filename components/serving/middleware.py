@@ -4,6 +4,7 @@ BaseHTTPMiddleware costs an extra task per request, too much at thousands of req
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +17,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Labelled children by (route, method, status): .labels() takes a lock and builds a key per call.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,7 +37,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")  # set by the router on a match (the template, not the raw path)
-            path = getattr(route, "path", UNMATCHED)
-            code = str(status)
-            self.metrics.requests.labels(route=path, method=scope["method"], status=code).inc()
-            self.metrics.latency.labels(route=path, status=code).observe(time.perf_counter() - started)
+            key = (getattr(route, "path", UNMATCHED), scope["method"], str(status))
+            children = self._children.get(key)
+            if children is None:
+                children = (self.metrics.requests.labels(route=key[0], method=key[1], status=key[2]),
+                            self.metrics.latency.labels(route=key[0], status=key[2]))
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
