@@ -31,7 +31,7 @@ from components.serving.routers.models import (
 )
 from components.serving.settings import ServingSettings
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = 6 << 20  # SageMaker real-time endpoints take payloads up to 6 MB
 SUPPORTED = (content_types.JSON, content_types.CSV)
 CSV_HEADER = ("user_id", "rank", "item_id", "score", "fallback_reason")
 
