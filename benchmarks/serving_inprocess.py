@@ -4,7 +4,8 @@ process per core, random users that have candidates (every request really scores
 
     .venv/bin/python benchmarks/serving_inprocess.py [--bundle OUT/bundle/model.tar.gz] [--seconds 10]
 
-Writes benchmarks/results/serving_inprocess.{json,md}. Also used by serving_http.py for the 50 % goal.
+Writes benchmarks/results/serving_inprocess.{json,md} (serving_inprocess_smoke.* with --smoke). Also used by
+serving_http.py for the 50 % goal.
 """
 
 from __future__ import annotations
@@ -109,10 +110,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="model.tar.gz of a pipeline run (default: synthetic)")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--smoke", action="store_true", help="write serving_inprocess_smoke.* instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as workdir:
         result = run(args.bundle, args.seconds, Path(workdir))
-    write_results("serving_inprocess", result, markdown(result))
+    result["smoke"] = args.smoke
+    text = markdown(result)
+    if args.smoke:
+        note = "**Smoke run** (busy shared machine): checks the harness, not the figures."
+        text = text.replace("\n\n", f"\n\n{note}\n\n", 1)
+    write_results("serving_inprocess_smoke" if args.smoke else "serving_inprocess", result, text)
 
 
 if __name__ == "__main__":
