@@ -265,3 +265,22 @@ def test_category_filter_without_category_attribute_is_422(tmp_path: Path, shop:
         model.recommend(shop.user_ids[0], 5, category="mugs")
     assert len(model.recommend(shop.user_ids[0], 5).item_idx) == 5
     assert np.all(np.diff(model.recommend(shop.user_ids[0], 5).scores) <= 0)
+
+
+def test_serves_an_unpacked_folder_as_sagemaker_mounts_it(shop: SyntheticShop, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """SageMaker unpacks ModelDataUrl into /opt/ml/model; with no ECOMREC_MODEL that folder is served
+    (pointed at a temporary folder here) and never deleted."""
+    from components.bundle.format import extract_bundle
+    from components.serving import settings as settings_module
+
+    folder = extract_bundle(shop.archive, tmp_path / "opt-ml-model")
+    monkeypatch.setattr(settings_module, "SAGEMAKER_MODEL_DIR", folder)
+    monkeypatch.delenv("ECOMREC_MODEL", raising=False)
+    settings = ServingSettings(watch_interval_s=0, work_dir=tmp_path / "work")
+    assert settings.initial_model() == str(folder)
+    with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/ping").status_code == 200
+        body = client.post("/invocations", json={"user_id": shop.user_ids[0], "top_k": 2}).json()
+        assert len(body["items"]) == 2
+    assert (folder / s.BUNDLE_MANIFEST).is_file()  # the mount is left as it was
