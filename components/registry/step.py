@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def default_registry_dir() -> Path:
-    return Path(os.environ.get("ECOMREC_REGISTRY_DIR", ".ecomrec/registry"))
+    return Path(os.environ.get("ECOMREC_REGISTRY_ROOT", ".ecomrec/registry"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,7 +18,7 @@ app = typer.Typer(help="List, inspect, approve and reject registered model versi
 console = Console()
 
 GROUP = typer.Option("ecomrec", "--group", help="model package group")
-REGISTRY = typer.Option(None, "--registry", help="local registry folder [default: $ECOMREC_REGISTRY_DIR "
+REGISTRY = typer.Option(None, "--registry", help="local registry folder [default: $ECOMREC_REGISTRY_ROOT "
                                                  "or .ecomrec/registry]")
 SAGEMAKER = typer.Option(False, "--sagemaker", help="use the SageMaker Model Registry (AWS credentials)")
 REGION = typer.Option(None, "--region", help="AWS region for --sagemaker")

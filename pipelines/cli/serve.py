@@ -19,7 +19,7 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); serve HTTPS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
     registry: Annotated[Path | None, typer.Option(
-        help="local model registry folder to follow [default: $ECOMREC_REGISTRY_DIR or .ecomrec/registry]")]
+        help="local model registry folder to follow [default: $ECOMREC_REGISTRY_ROOT or .ecomrec/registry]")]
     = None,
     group: Annotated[str | None, typer.Option(help="model package group in the registry")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
@@ -27,7 +27,7 @@ def serve(
     """Serve recommendations from a model bundle (the same app as the container).
 
     Without --model: the latest Approved version in the local registry (--registry, else
-    $ECOMREC_REGISTRY_DIR or .ecomrec/registry, where `ecomrec pipeline run` registers), and every version
+    $ECOMREC_REGISTRY_ROOT or .ecomrec/registry, where `ecomrec pipeline run` registers), and every version
     approved later is loaded, checked and switched in while serving."""
     import os
 
