@@ -131,7 +131,7 @@ def test_serve_without_model_follows_the_default_registry(shop: SyntheticShop, t
     first = registry.register("ecomrec", str(shop.archive), {})
     registry.set_status("ecomrec", first.version, APPROVED)
     port = free_port()
-    env = {**os.environ, "TMPDIR": str(tmp_path), "ECOMREC_REGISTRY_DIR": str(tmp_path / "registry"),
+    env = {**os.environ, "TMPDIR": str(tmp_path), "ECOMREC_REGISTRY_ROOT": str(tmp_path / "registry"),
            "ECOMREC_WATCH_INTERVAL_S": "0.3"}
     env.pop("ECOMREC_MODEL", None)
     process = subprocess.Popen([str(ECOMREC), "serve", "--port", str(port)], cwd=tmp_path, env=env,
