@@ -80,3 +80,38 @@ def make_tiny_raw(root: Path, *, n_users: int = 60, n_items: int = 40, days: int
 @pytest.fixture
 def tiny_raw(tmp_path: Path) -> Path:
     return make_tiny_raw(tmp_path / "raw")
+
+
+TINY_RUN_CONFIG_GATE = {"ndcg_at_10_floor": 0.0, "must_beat_als": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(spark: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole local pipeline, run once per session on the tiny shop; tests read its outputs
+    (and must not modify them: copy first)."""
+    from components.config import GateConfig, PipelineConfig
+    from pipelines.local import run_local
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    raw = make_tiny_raw(root / "raw")
+    config = PipelineConfig(gate=GateConfig(**TINY_RUN_CONFIG_GATE))
+    run_local(raw, root / "run", config, step_options={"register": ["--registry", str(root / "registry")]})
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def online_retail_run(spark: object, online_retail_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's first command in process, once per session: import the real log, run every step,
+    register (the registry is OUTPUT/../registry). ECOMREC_RUN_DIR reuses an existing run's folder."""
+    existing = os.environ.get("ECOMREC_RUN_DIR")
+    if existing:
+        return Path(existing)
+    from components.config import PipelineConfig
+    from components.data.online_retail import import_online_retail
+    from pipelines.local import run_local
+
+    root = tmp_path_factory.mktemp("online-retail-run")
+    import_online_retail(online_retail_csv, root / "raw")
+    run_local(root / "raw", root / "run", PipelineConfig(),
+              step_options={"register": ["--registry", str(root / "registry")]})
+    return root / "run"
