@@ -1,6 +1,6 @@
-"""Graph step ``evaluate``: EVALUATION.md on the test fold.
+"""Graph step ``evaluation``: EVALUATION.md on the test fold.
 
-Writes (OUTPUT/evaluate/): evaluation.json, ground_truth.parquet, recommendations.parquet, report.html
+Writes (OUTPUT/evaluation/): evaluation.json, ground_truth.parquet, recommendations.parquet, report.html
 (+ PNGs beside it)."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _ratio(value: float | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_step_args(argv, "evaluate", INPUTS)
+    args = parse_step_args(argv, "evaluation", INPUTS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(args.inputs["etl"], args.inputs["als"], args.inputs["ranker_data"], args.inputs["train"], args.output)
 

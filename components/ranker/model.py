@@ -273,14 +273,16 @@ class PopularFallback:
             raise ValueError("popular list has duplicate items")
 
     @classmethod
-    def from_item_features(cls, item_features: pd.DataFrame, *, limit: int = 1000) -> PopularFallback:
+    def from_item_features(cls, item_features: pd.DataFrame, *, limit: int | None = None) -> PopularFallback:
         """Items by ``i_buyers_28d`` (distinct buyers in the 28 days before the cut) desc, item_idx asc;
-        items nobody bought in that window are left out."""
+        items nobody bought in that window are left out. All of them unless ``limit``: the bundle's
+        popular.parquet holds them all, so evaluation and serving top up from the same list."""
         for column in (s.ITEM_IDX, s.ITEM_BUYERS_28D):
             if column not in item_features.columns:
                 raise KeyError(f"item features lack column {column!r}")
         bought = item_features.loc[item_features[s.ITEM_BUYERS_28D].fillna(0) > 0]
-        items, scores = rank_top_k(bought[s.ITEM_IDX].to_numpy(), bought[s.ITEM_BUYERS_28D].to_numpy(), limit)
+        items, scores = rank_top_k(bought[s.ITEM_IDX].to_numpy(), bought[s.ITEM_BUYERS_28D].to_numpy(),
+                                   len(bought) if limit is None else limit)
         return cls(item_idx=items, scores=scores)
 
     @classmethod
