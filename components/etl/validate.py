@@ -7,8 +7,8 @@ Everything is Spark SQL expressions over string columns (no Python UDFs). Parsed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from components import schema as s
@@ -59,6 +59,9 @@ P_PRICE: Final = "_p_price"
 P_SESSION: Final = "_p_session_id"
 P_ID: Final = "_p_id"
 PRE_REASON: Final = "_pre_reason"
+_H64: Final = "_h64"
+_H32: Final = "_h32"
+_FIRST: Final = "_first"
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Checked:
     table: RawTable
     frame: DataFrame
     checks: tuple[str, ...]
-    notes: dict[str, str] = field(default_factory=dict)
+    persisted: tuple[DataFrame, ...] = ()  # what check_events cached; the caller releases it
 
 
 def _clean_string(col: Column) -> Column:
@@ -105,10 +108,11 @@ def _original(table: RawTable, name: str) -> Column:
     return sf.col(f"`{name}`") if name in table.columns else sf.lit(None).cast("string")
 
 
-def check_events(table: RawTable, catalog_ids: DataFrame | None) -> Checked:
+def check_events(table: RawTable, catalog_ids: DataFrame | None,
+                 cache: Callable[[DataFrame], DataFrame] = lambda frame: frame) -> Checked:
     """Parse and check every event row. ``catalog_ids`` (one column ``_p_id``, unique) turns on the strict
-    catalog check: an event whose item is not in it is rejected as unknown_item."""
-    from pyspark.sql import Window
+    catalog check: an event whose item is not in it is rejected as unknown_item. ``cache`` persists the
+    parsed rows, which every later use of the result (counts, rejected/, clean/) reads."""
     from pyspark.sql import functions as sf
 
     frame = table.frame
@@ -154,20 +158,31 @@ def check_events(table: RawTable, catalog_ids: DataFrame | None) -> Checked:
     frame = frame.withColumn(PRE_REASON, _first_failing(checks))
     frame = frame.withColumn(P_QTY, sf.col("_qty_num").cast("int")).withColumn(
         P_PRICE, sf.when(sf.col("_price_given"), price))
-    # Exact duplicate = same parsed contract values and same extra columns; only rows that passed every
-    # other check compete (PRE_REASON is part of the partition), and the first in read order is kept.
+    # Exact duplicate = same parsed contract values and same extra columns, among rows that passed every
+    # other check; the first in read order is kept. Rather than shuffle every (wide) row through a window,
+    # rows are keyed by two independent hashes of those values (96 bits: a false match among 10^8 rows has
+    # odds ~1e-13), a narrow aggregation finds the keys seen more than once and the first row of each, and
+    # a broadcast join marks the later ones.
     extra = [sf.col(f"`{c}`") for c in table.columns
              if c not in (*s.REQUIRED_EVENT_COLUMNS, *s.OPTIONAL_EVENT_COLUMNS)]
-    keys = [sf.col(PRE_REASON), sf.col(P_USER), sf.col(P_ITEM), sf.col(P_TYPE), sf.col(P_TS), sf.col(P_QTY),
-            sf.col(P_PRICE), sf.col(P_SESSION), *extra]
-    # The 64-bit hash leads the partition spec so the window's sort compares longs, not strings.
-    order = Window.partitionBy(sf.xxhash64(*keys), *keys).orderBy(sf.col(s.SOURCE_FILE), sf.col(ROW_ID))
-    reason = sf.coalesce(sf.col(PRE_REASON), sf.when(sf.row_number().over(order) > 1, sf.lit(DUPLICATE)))
-    frame = frame.withColumn(s.REASON, reason)
+    keys = [sf.col(P_USER), sf.col(P_ITEM), sf.col(P_TYPE), sf.col(P_TS), sf.col(P_QTY), sf.col(P_PRICE),
+            sf.col(P_SESSION), *extra]
+    valid = sf.col(PRE_REASON).isNull()
     keep = [*[f"`{c}`" for c in table.columns], s.SOURCE_FILE, ROW_ID, P_USER, P_ITEM, P_TYPE, P_TS, P_QTY,
-            P_PRICE, P_SESSION, s.REASON]
+            P_PRICE, P_SESSION, PRE_REASON]
+    parsed = cache(frame.select(*keep, sf.when(valid, sf.xxhash64(*keys)).alias(_H64),
+                                sf.when(valid, sf.hash(*keys)).alias(_H32)))
+    position = sf.struct(sf.col(s.SOURCE_FILE), sf.col(ROW_ID))
+    repeated = cache(parsed.filter(sf.col(_H64).isNotNull()).groupBy(_H64, _H32)
+                     .agg(sf.count(sf.lit(1)).alias("_copies"), sf.min(position).alias(_FIRST))
+                     .filter(sf.col("_copies") > 1).select(_H64, _H32, _FIRST))
+    joined = parsed.join(sf.broadcast(repeated), [_H64, _H32], "left")
+    duplicate = sf.col(_FIRST).isNotNull() & (position != sf.col(_FIRST))
+    reason = sf.coalesce(sf.col(PRE_REASON), sf.when(duplicate, sf.lit(DUPLICATE)))
+    out = [c for c in keep if c != PRE_REASON]
     checks_done = (*[r for r, _ in checks], DUPLICATE)
-    return Checked(table=table, frame=frame.select(*keep), checks=checks_done)
+    return Checked(table=table, frame=joined.select(*out, reason.alias(s.REASON)), checks=checks_done,
+                   persisted=(parsed, repeated))
 
 
 def check_entities(table: RawTable, id_column: str) -> Checked:
@@ -203,6 +218,7 @@ class TableReport:
     accepted: int
     rejected: dict[str, int]
     files: tuple[str, ...]
+    last_event_us: int | None = None  # events: the latest accepted timestamp (end of the log)
 
     def as_json(self) -> dict[str, object]:
         return {"input": self.input, "accepted": self.accepted, "rejected": dict(self.rejected),
@@ -213,8 +229,12 @@ def count_outcomes(checked: Checked, input_rows: int) -> TableReport:
     """Accepted and rejected-per-reason counts (one Spark job), checked against the input row count."""
     from pyspark.sql import functions as sf
 
-    rows = checked.frame.groupBy(s.REASON).agg(sf.count(sf.lit(1)).alias("n")).collect()
+    aggs = [sf.count(sf.lit(1)).alias("n")]
+    if P_TS in checked.frame.columns:  # events: the end of the log comes with the same job
+        aggs.append(sf.max(sf.unix_micros(P_TS)).alias("last"))
+    rows = checked.frame.groupBy(s.REASON).agg(*aggs).collect()
     by_reason = {r[s.REASON]: int(r["n"]) for r in rows}
+    last = next((r["last"] for r in rows if r[s.REASON] is None and "last" in r), None)
     accepted = by_reason.pop(None, 0)
     rejected = {reason: by_reason[reason] for reason in checked.checks if reason in by_reason}
     # Every input row ends in exactly one place; a join or window that dropped or doubled rows is a bug.
@@ -222,7 +242,8 @@ def count_outcomes(checked: Checked, input_rows: int) -> TableReport:
         raise AssertionError(
             f"table {checked.table.name}: accepted {accepted} + rejected {sum(rejected.values())} != input "
             f"{input_rows}")
-    return TableReport(input=input_rows, accepted=accepted, rejected=rejected, files=checked.table.files)
+    return TableReport(input=input_rows, accepted=accepted, rejected=rejected, files=checked.table.files,
+                       last_event_us=None if last is None else int(last))
 
 
 def raise_on_bad_encoding(checked: Checked, report: TableReport) -> None:
