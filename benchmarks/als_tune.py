@@ -40,7 +40,7 @@ from components.config import AlsConfig, CandidateConfig
 
 log = logging.getLogger("als_tune")
 RESULTS = Path(__file__).resolve().parent / "results"
-LIST_LENGTH = 300  # generators are asked for this many; the fusion takes each one's top_n of them
+LIST_LENGTH = 500  # generators are asked for this many; the fusion takes each one's top_n of them
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,8 @@ def single_source_recalls(tuner: Tuner) -> dict[str, dict[int, float]]:
 
 def lean_baseline(fold: TrainFold) -> float:
     """The earlier lean setup: 100 ALS (64 factors, alpha 10, linear confidence) + 50 own past items."""
-    als = AlsConfig(factors=64, regularization=0.05, alpha=10.0, confidence="linear", iterations=15)
+    als = AlsConfig(factors=64, regularization=0.05, alpha=10.0, confidence="linear", iterations=15,
+                    recency_half_life_days=None)
     cand = CandidateConfig(als_top_n=100, history_top_n=50, cooc_top_n=0, popular_top_n=0)
     result = generate_local(fold.tables, fold.users, als, cand)
     return candidate_recall(result.candidates, fold.targets, fold.users)
@@ -173,8 +174,8 @@ def grid(quick: bool) -> list[tuple[str, list[dict[str, Any]]]]:
         ("cooc", [{"cooc_neighbours": k, "cooc_half_life_days": h} for k in (20, 50, 100, 200, 400)
                   for h in (None, 30.0, 60.0, 120.0)]),
         ("top_n", [{"als_top_n": a, "history_top_n": h, "cooc_top_n": c, "popular_top_n": p}
-                   for a in (100, 200, 300) for h in (50, 100, 200, 300) for c in (0, 50, 100, 200)
-                   for p in (50, 100, 200, 300)]),
+                   for a in (100, 200, 300, 500) for h in (50, 100, 200, 300) for c in (0, 50, 100, 200)
+                   for p in (50, 100, 200, 300, 500)]),
         ("weights", [{"als_weight": 1.0, "history_weight": h, "cooc_weight": c, "popular_weight": p}
                      for h in (0.5, 1.0, 1.5, 2.0, 3.0) for c in (0.0, 0.25, 0.5, 1.0)
                      for p in (0.5, 1.0, 1.5, 2.0)]),
@@ -210,13 +211,19 @@ def main() -> None:
         tuner.stage(name, options)
     final = generate_local(fold.tables, fold.users, tuner.als, tuner.cand)  # the step's own code path
     final_recall = candidate_recall(final.candidates, fold.targets, fold.users)
+    # Differences within the ALS seed spread are noise: compare the ascent's pick with the shipped defaults
+    # over the same seeds before changing config.py (prefer the cheaper one when they tie).
+    seeds = (42, 1, 2, 3)
+    best_seeds = seed_spread(fold, tuner.als, tuner.cand, seeds)
+    default_seeds = seed_spread(fold, AlsConfig(), CandidateConfig(), seeds)
     report = {
         "data": str(args.etl or args.csv), "fold": s.TRAIN_FOLD, "users": len(fold.users),
         "interactions": fold.tables.nnz, "defaults_recall": round(start, 4),
+        "defaults_recall_by_seed": default_seeds, "defaults_recall_mean": round(float(np.mean(default_seeds)), 4),
         "lean_baseline_recall": round(lean_baseline(fold), 4),
         "best_recall": round(final_recall, 4), "best_seconds": final.seconds,
         "best": {"als": tuner.als.model_dump(), "candidates": tuner.cand.model_dump()},
-        "seed_spread": seed_spread(fold, tuner.als, tuner.cand, (1, 2, 3)),
+        "seed_spread": best_seeds, "best_recall_mean": round(float(np.mean(best_seeds)), 4),
         "single_source_recall": single_source_recalls(tuner), "trials": tuner.rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -224,13 +231,15 @@ def main() -> None:
     lines = [f"# Candidate tuning on the train fold ({report['data']})", "",
              f"- warm target users: {report['users']}, interactions: {report['interactions']}",
              f"- lean baseline (100 ALS + 50 history): {report['lean_baseline_recall']}",
-             f"- config.py defaults at start: {report['defaults_recall']}",
-             f"- best: {report['best_recall']} (other ALS seeds: {report['seed_spread']})", "",
+             f"- config.py defaults: {report['defaults_recall']}; over ALS seeds {seeds}: "
+             f"{report['defaults_recall_by_seed']} (mean {report['defaults_recall_mean']})",
+             f"- coordinate-ascent best: {report['best_recall']}; over ALS seeds: {report['seed_spread']} "
+             f"(mean {report['best_recall_mean']})", "",
              "| stage | setting | recall | per user |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['setting']} | {r['recall']} | {r['candidates_per_user']} |" for r in tuner.rows]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(json.dumps({k: report[k] for k in ("lean_baseline_recall", "defaults_recall", "best_recall", "best")},
-                     indent=2))
+    print(json.dumps({k: report[k] for k in ("lean_baseline_recall", "defaults_recall_mean", "best_recall_mean",
+                                             "best")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class CandidateConfig(_Strict):
     rrf_k: float = Field(120.0, gt=0.0)
     cooc_neighbours: int = Field(20, ge=1)  # similar items kept per item
     cooc_half_life_days: float | None = Field(60.0, gt=0)  # recency weight of the user's items
-    cooc_max_items_per_user: int = Field(500, ge=2)  # bounds the quadratic pair count
+    cooc_max_items_per_user: int = Field(200, ge=2)  # bounds the quadratic pair count (recall flat 100-500)
 
 
 class RankerConfig(_Strict):

@@ -36,7 +36,7 @@ from components.candidates.base import (
     FoldTables,
     empty_recommendations,
 )
-from components.candidates.cooc import interaction_recency, recency_weight
+from components.candidates.cooc import recency_weight
 from components.config import AlsConfig
 from components.errors import NotFittedError
 
@@ -121,7 +121,7 @@ class ImplicitAls(CandidateGenerator):
     def _fit(self, tables: FoldTables) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
 
-        pairs = interaction_recency(tables)
+        pairs = tables.recency
         values = confidence_values(pairs[s.WEIGHT].to_numpy(np.float64),
                                    pairs[s.UI_DAYS_SINCE_LAST].to_numpy(np.float64, na_value=np.nan),
                                    self.config)

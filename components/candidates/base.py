@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Final, Self
 
 import numpy as np
@@ -52,6 +53,14 @@ class FoldTables:
     @property
     def nnz(self) -> int:
         return len(self.interactions)
+
+    @cached_property
+    def recency(self) -> pd.DataFrame:
+        """interactions + ui_days_since_last (NaN when a pair has no feature row), computed once for
+        every generator that weights by recency."""
+        return self.interactions[[s.USER_IDX, s.ITEM_IDX, s.WEIGHT]].merge(
+            self.user_items[[s.USER_IDX, s.ITEM_IDX, s.UI_DAYS_SINCE_LAST]], on=[s.USER_IDX, s.ITEM_IDX],
+            how="left", validate="one_to_one")
 
 
 @dataclass(frozen=True)
@@ -166,9 +175,13 @@ def select_top(dense: np.ndarray, n: int, *, positive_only: bool
     k = min(n, dense.shape[1])
     kth = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
     mask = (dense >= kth[:, None]) & (dense > (0.0 if positive_only else -np.inf))
-    rows, cols = np.nonzero(mask)
+    rows, cols = np.nonzero(mask)  # row-major: columns ascending within a row
     vals = dense[rows, cols]
-    order = np.lexsort((cols, -vals, rows))
+    # = lexsort((cols, -vals, rows)) at a third of the cost: stable sorts keep the column order among
+    # equal scores, and the row pass is a radix sort on small integers.
+    by_score = np.argsort(-vals, kind="stable")
+    row_type = np.int16 if dense.shape[0] < 2**15 else np.int32
+    order = by_score[np.argsort(rows[by_score].astype(row_type), kind="stable")]
     rows, cols, vals = rows[order], cols[order], vals[order]
     rank = rank_within_rows(rows)
     keep = rank <= k

@@ -32,13 +32,6 @@ if TYPE_CHECKING:
 _RECENCY = "_recency"
 
 
-def interaction_recency(tables: FoldTables) -> pd.DataFrame:
-    """interactions + ui_days_since_last (NaN when the pair has no feature row: treated as recent)."""
-    return tables.interactions[[s.USER_IDX, s.ITEM_IDX, s.WEIGHT]].merge(
-        tables.user_items[[s.USER_IDX, s.ITEM_IDX, s.UI_DAYS_SINCE_LAST]], on=[s.USER_IDX, s.ITEM_IDX],
-        how="left", validate="one_to_one")
-
-
 def recency_weight(days_since_last: np.ndarray, half_life_days: float | None) -> np.ndarray:
     if half_life_days is None:
         return np.ones(len(days_since_last))
@@ -50,7 +43,7 @@ class CoocGenerator(CandidateGenerator):
     name = "cooc"
 
     def __init__(self, *, neighbours: int = 50, half_life_days: float | None = 60.0,
-                 max_items_per_user: int = 500) -> None:
+                 max_items_per_user: int = 200) -> None:
         super().__init__()
         self.neighbours = neighbours
         self.half_life_days = half_life_days
@@ -59,7 +52,7 @@ class CoocGenerator(CandidateGenerator):
         self._profile: CompactMatrix | None = None
 
     def _fit(self, tables: FoldTables) -> None:
-        pairs = interaction_recency(tables)
+        pairs = tables.recency
         user = pairs[s.USER_IDX].to_numpy(np.int64)
         item = pairs[s.ITEM_IDX].to_numpy(np.int64)
         days = pairs[s.UI_DAYS_SINCE_LAST].to_numpy(np.float64, na_value=np.nan)
@@ -77,7 +70,7 @@ class CoocGenerator(CandidateGenerator):
                           shape=(int(rows_kept.max(initial=-1)) + 1, len(items)))
         b.sum_duplicates()
         b.data[:] = 1.0  # binary: n_ab counts users, whatever the weights
-        co = (b.T @ b).tocsr().astype(np.float64)
+        co = (b.T.tocsr() @ b).astype(np.float64)  # CSR x CSR: no costly CSC round trip
         n_item = np.maximum(co.diagonal(), 1.0)  # an item's column in b has n_item users; 0 only if unused
 
         def similarity_rows(start: int, stop: int) -> np.ndarray:

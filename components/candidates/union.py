@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
-from components.candidates.base import RANK, SCORE, rank_within_rows
+from components.candidates.base import RANK, SCORE, top_n_by_row
 from components.config import CandidateConfig
 
 if TYPE_CHECKING:
@@ -122,8 +122,22 @@ def _fuse(rows: _Rows, n_items: int, cap: int) -> pd.DataFrame:
     als_score[pair[is_als]], als_rank[pair[is_als]] = rows.score[is_als], rows.rank[is_als]
     cooc_score[pair[is_cooc]] = rows.score[is_cooc]
     pair_user, pair_item = pair_keys // n_items, pair_keys % n_items
-    order = np.lexsort((pair_item, -priority, pair_user))
-    keep = order[rank_within_rows(pair_user[order]) <= cap]
+    # Pairs are sorted by (user, item), so each user is a contiguous run. Lay the runs out as rows of a
+    # dense (users x longest run) block, item order preserved, and take each row's top ``cap`` with a
+    # partial sort: ties then go to the smaller item, and no full sort of every pair is needed.
+    starts = np.flatnonzero(np.r_[True, pair_user[1:] != pair_user[:-1]])
+    bounds = np.r_[starts, n_pairs]
+    position = np.arange(n_pairs) - np.repeat(starts, np.diff(bounds))
+    width = int(position.max()) + 1
+
+    def block(first: int, stop: int) -> np.ndarray:
+        lo, hi = bounds[first], bounds[stop]
+        dense = np.full((stop - first, width), -np.inf)
+        dense[np.repeat(np.arange(stop - first), np.diff(bounds[first:stop + 1])), position[lo:hi]] = priority[lo:hi]
+        return dense
+
+    run, column, _, _ = top_n_by_row(block, len(starts), width, cap, positive_only=False)
+    keep = starts[run] + column
     return _frame(pair_user[keep], pair_item[keep], als_score[keep], als_rank[keep], cooc_score[keep],
                   flags[keep])
 

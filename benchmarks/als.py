@@ -1,0 +1,221 @@
+"""ALS backends on the same matrix: Spark MLlib vs the ``implicit`` library vs our candidate step.
+
+    .venv/bin/python benchmarks/als.py --etl OUTPUT/etl                 # Online Retail (real ETL output)
+    .venv/bin/python benchmarks/als.py --csv online_retail.csv.gz       # Online Retail (pandas stand-in)
+    .venv/bin/python benchmarks/als.py --synthetic-nnz 1000000          # planted-cluster matrix
+    .venv/bin/python benchmarks/als.py --csv ... --synthetic-nnz 50000 --smoke   # quick check
+
+For each dataset (train fold; recall = candidate recall of the list against the fold's targets, averaged
+over the target users) it times, with the same factors / iterations / regularization / alpha / confidence:
+  implicit:      AlternatingLeastSquares fit + top-N for the target users (the library alone);
+  mllib:         pyspark.ml ALS(implicitPrefs=True) fit + recommendForUserSubset top-N (Spark local mode);
+  step_local:    generate_local, i.e. what the als step runs on one machine (ALS + history + co-occurrence
+                 + popular + union, capped at max_per_user);
+  step_spark:    generate_spark + collect, the step's distributed path (only with --spark-path).
+Writes benchmarks/results/als.{json,md} with the machine it ran on. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.candidates.als import ImplicitAls, MllibAls
+from components.candidates.base import FoldTables
+from components.candidates.generate import SparkFoldTables, generate_local, generate_spark
+from components.candidates.metrics import candidate_recall
+from components.config import AlsConfig, CandidateConfig
+
+log = logging.getLogger("als_bench")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    tables: FoldTables
+    users: np.ndarray
+    targets: pd.DataFrame
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    mem_gb = None
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        total_kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        mem_gb = round(total_kb / 1024 ** 2, 1)
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr.splitlines()[0]
+    except OSError:
+        java = "not found"
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "platform": platform.platform(),
+        "python": platform.python_version(), "java": java,
+        "versions": {p: version(p) for p in ("implicit", "pyspark", "numpy", "scipy", "pandas", "threadpoolctl")},
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def synthetic(nnz: int, *, seed: int = 0) -> Dataset:
+    """Users in 50 taste clusters buy Zipf-popular items of their cluster (80%) or of the whole catalogue;
+    targets are 5 further draws per user from the same tastes."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, clusters = max(200, nnz // 20), max(100, nnz // 100), 50
+    user_cluster = rng.integers(0, clusters, n_users)
+    item_cluster = rng.integers(0, clusters, n_items)
+    zipf = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    members = [np.flatnonzero(item_cluster == c) for c in range(clusters)]
+
+    def draw(per_user: np.ndarray) -> pd.DataFrame:
+        users = np.repeat(np.arange(n_users), per_user)
+        own = rng.random(len(users)) < 0.8
+        items = rng.choice(n_items, size=len(users), p=zipf / zipf.sum())
+        for c in range(clusters):
+            pick = own & (user_cluster[users] == c)
+            weights = zipf[members[c]] / zipf[members[c]].sum()
+            items[pick] = rng.choice(members[c], size=int(pick.sum()), p=weights)
+        return pd.DataFrame({s.USER_IDX: users, s.ITEM_IDX: items})
+
+    history = draw(np.maximum(1, rng.poisson(nnz / n_users, n_users)))
+    pairs = history.groupby([s.USER_IDX, s.ITEM_IDX], as_index=False).size()
+    pairs[s.WEIGHT] = 5.0 * pairs["size"] * rng.uniform(1, 5, len(pairs))
+    pairs[s.UI_PURCHASE_DAYS] = pairs["size"]
+    pairs[s.UI_DAYS_SINCE_LAST] = rng.uniform(0, 365, len(pairs))
+    items = pd.DataFrame({s.ITEM_IDX: np.arange(n_items)})
+    recent = pairs[pairs[s.UI_DAYS_SINCE_LAST] < 28]
+    items[s.ITEM_BUYERS_28D] = items[s.ITEM_IDX].map(recent.groupby(s.ITEM_IDX).size()).fillna(0)
+    target_users = rng.choice(n_users, size=min(n_users, 5000), replace=False)
+    targets = draw(np.where(np.isin(np.arange(n_users), target_users), 5, 0)).drop_duplicates()
+    tables = FoldTables(pairs[[s.USER_IDX, s.ITEM_IDX, s.WEIGHT]],
+                        pairs[[s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST]], items)
+    return Dataset(f"synthetic {len(pairs):,} interactions", tables, np.sort(target_users), targets)
+
+
+def timed(fn: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
+    started = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - started, 3)
+
+
+def run_dataset(data: Dataset, als: AlsConfig, cand: CandidateConfig, top_n: int, spark: Any,
+                spark_path: bool) -> dict[str, Any]:
+    log.info("%s: %d interactions, %d target users", data.name, data.tables.nnz, len(data.users))
+    out: dict[str, Any] = {"interactions": data.tables.nnz, "target_users": len(data.users), "top_n": top_n}
+
+    model = ImplicitAls(als)
+    _, fit_s = timed(lambda: (model.fit(data.tables), pd.DataFrame())[1])
+    recs, rec_s = timed(lambda: model.recommend(data.users, top_n))
+    out["implicit"] = {"fit_s": fit_s, "recommend_s": rec_s, "total_s": round(fit_s + rec_s, 3),
+                       "recall": round(candidate_recall(recs, data.targets, data.users), 4)}
+    log.info("implicit: %s", out["implicit"])
+
+    result, local_s = timed(lambda: generate_local(data.tables, data.users, als, cand).candidates)
+    out["step_local"] = {"total_s": local_s, "recall": round(candidate_recall(result, data.targets, data.users), 4),
+                         "per_user": round(len(result) / max(len(data.users), 1), 1)}
+    out["step_local"]["vs_implicit"] = round(local_s / max(out["implicit"]["total_s"], 1e-9), 2)
+    log.info("step_local: %s", out["step_local"])
+
+    if spark is None:
+        return out
+    interactions = spark.createDataFrame(data.tables.interactions).cache()
+    user_items = spark.createDataFrame(data.tables.user_items).cache()
+    items = spark.createDataFrame(data.tables.items).cache()
+    users = spark.createDataFrame(pd.DataFrame({s.USER_IDX: data.users.astype(np.int32)})).cache()
+    for frame in (interactions, user_items, items, users):
+        frame.count()  # materialise outside the timings
+    mllib = MllibAls(als)
+    _, fit_s = timed(lambda: (mllib.fit(interactions, user_items), pd.DataFrame())[1])
+    recs, rec_s = timed(lambda: mllib.recommend(users, top_n).toPandas())
+    out["mllib"] = {"fit_s": fit_s, "recommend_s": rec_s, "total_s": round(fit_s + rec_s, 3),
+                    "recall": round(candidate_recall(recs, data.targets, data.users), 4)}
+    log.info("mllib: %s", out["mllib"])
+    if spark_path:
+        tables = SparkFoldTables(interactions, user_items, items)
+        result, spark_s = timed(lambda: generate_spark(tables, users, als, cand).candidates.toPandas())
+        out["step_spark"] = {"total_s": spark_s,
+                             "recall": round(candidate_recall(result, data.targets, data.users), 4)}
+        log.info("step_spark: %s", out["step_spark"])
+    for frame in (interactions, user_items, items, users):
+        frame.unpersist()
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = ["# ALS backends on the same matrix (train fold)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, {m['java']}; "
+             f"load average at start {m['load_average']}.", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+             "| dataset | run | seconds | recall | notes |", "|---|---|---|---|---|"]
+    for name, res in report["datasets"].items():
+        for run in ("implicit", "mllib", "step_local", "step_spark"):
+            if run in res:
+                r = res[run]
+                note = (f"fit {r['fit_s']} s + top-{res['top_n']} {r['recommend_s']} s" if "fit_s" in r
+                        else f"{r.get('per_user', '')} per user; {r.get('vs_implicit', '')}x implicit"
+                        if run == "step_local" else "")
+                lines.append(f"| {name} | {run} | {r['total_s']} | {r['recall']} | {note} |")
+    lines += ["", f"ALS: {json.dumps(report['als'])}", "", f"Candidates: {json.dumps(report['candidates'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--etl", type=Path, help="ETL output with the Online Retail folds")
+    parser.add_argument("--csv", type=Path, help="online_retail.csv.gz (pandas stand-in of the train fold)")
+    parser.add_argument("--synthetic-nnz", type=int, default=0, help="also a synthetic matrix of ~this size")
+    parser.add_argument("--top-n", type=int, default=200)
+    parser.add_argument("--no-mllib", action="store_true", help="skip Spark entirely")
+    parser.add_argument("--spark-path", action="store_true", help="also time the step's distributed path")
+    parser.add_argument("--smoke", action="store_true", help="few iterations: check the script, not the numbers")
+    parser.add_argument("--out", type=Path, default=RESULTS / "als")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    als, cand = AlsConfig(), CandidateConfig()
+    if args.smoke:
+        als = als.model_copy(update={"iterations": 2})
+    datasets: list[Dataset] = []
+    if args.etl or args.csv:
+        from als_tune import load_csv, load_etl  # sibling script (benchmarks/ is not a package)
+
+        fold = load_etl(args.etl) if args.etl else load_csv(args.csv)
+        datasets.append(Dataset("online retail", fold.tables, fold.users, fold.targets))
+    if args.synthetic_nnz:
+        datasets.append(synthetic(args.synthetic_nnz))
+    if not datasets:
+        parser.error("give --etl, --csv and/or --synthetic-nnz")
+    spark = None
+    if not args.no_mllib:
+        from components.spark import get_spark
+
+        spark = get_spark("ecomrec-als-bench")
+    report = {"machine": machine(), "als": als.model_dump(), "candidates": cand.model_dump(), "smoke": args.smoke,
+              "datasets": {d.name: run_dataset(d, als, cand, args.top_n, spark, args.spark_path) for d in datasets}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
