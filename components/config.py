@@ -50,6 +50,9 @@ class AlsConfig(_Strict):
     # "auto" picks the single-machine path while the matrix has at most this many non-zeros.
     single_machine_max_nnz: int = Field(50_000_000, ge=0)
     num_threads: int = Field(0, ge=0)  # implicit's fit threads; 0 = all cores
+    # MLlib multiplies regParam by each user's/item's number of ratings (ALS-WR), implicit does not. None =
+    # regularization / mean ratings per user and item, which matches implicit's recall (benchmarks/als.py).
+    mllib_regularization: float | None = Field(None, ge=0.0)
     seed: int = 42
 
 

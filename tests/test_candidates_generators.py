@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from components import schema as s
-from components.candidates.als import ImplicitAls, blas_thread_warnings, choose_backend, confidence_values
+from components.candidates.als import (
+    ImplicitAls,
+    blas_thread_warnings,
+    choose_backend,
+    confidence_values,
+    mllib_reg_param,
+)
 from components.candidates.base import RANK, SCORE, CandidateGenerator, FoldTables, top_n_by_row
 from components.candidates.cooc import CoocGenerator
 from components.candidates.history import HistoryGenerator
@@ -92,6 +98,12 @@ def test_backend_choice_follows_the_size_limit() -> None:
     assert choose_backend(config, 1000) == "implicit"
     assert choose_backend(config, 1001) == "mllib"
     assert choose_backend(config.model_copy(update={"backend": "mllib"}), 10) == "mllib"
+
+
+def test_mllib_penalty_is_scaled_to_match_implicit() -> None:
+    # 1000 ratings over 10 users (100 each) and 50 items (20 each): mean 60 ratings per row.
+    assert mllib_reg_param(AlsConfig(regularization=6.0), 1000, 10, 50) == pytest.approx(0.1)
+    assert mllib_reg_param(AlsConfig(regularization=6.0, mllib_regularization=0.5), 1000, 10, 50) == 0.5
 
 
 def test_blas_threads_from_the_environment_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:

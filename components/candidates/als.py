@@ -8,8 +8,9 @@ Both see the same confidence, c_ui = 1 + alpha * f(weight) * recency, with f = l
 span three orders of magnitude; a wholesaler's bulk orders must not flatten everyone else) and recency =
 0.5 ** (ui_days_since_last / recency_half_life_days) (tastes drift; last season's items weigh less).
 Already-bought items are never filtered from recommendations: repeat buying is most of e-commerce.
-Note: MLlib scales regParam by each user's/item's number of ratings (ALS-WR), implicit does not, so the
-same ``regularization`` is stronger in MLlib; with implicit feedback both are weak next to the confidences.
+MLlib scales regParam by each user's/item's number of ratings (ALS-WR), implicit does not: MLlib gets
+``regularization`` divided by the mean ratings per user and item (``mllib_reg_param``), which brings both
+to the same recall (on Online Retail: 0.505 implicit vs 0.516 MLlib at 200; the raw value gave 0.13).
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def confidence_column(weight: Column, days_since_last: Column, config: AlsConfig
         return scaled
     age = sf.greatest(sf.coalesce(days_since_last.cast("double"), sf.lit(0.0)), sf.lit(0.0))
     return scaled * sf.pow(sf.lit(0.5), age / sf.lit(float(config.recency_half_life_days)))
+
+
+def mllib_reg_param(config: AlsConfig, nnz: int, n_users: int, n_items: int) -> float:
+    """MLlib's regParam for the same effective penalty as implicit's ``regularization``."""
+    if config.mllib_regularization is not None:
+        return config.mllib_regularization
+    mean_ratings = (nnz / max(n_users, 1) + nnz / max(n_items, 1)) / 2
+    return config.regularization / max(mean_ratings, 1.0)
 
 
 def blas_thread_warnings() -> list[str]:
@@ -185,6 +194,7 @@ class MllibAls:
 
     def __init__(self, config: AlsConfig) -> None:
         self.config = config
+        self.reg_param = config.regularization
         self._model: object | None = None
 
     @property
@@ -213,7 +223,13 @@ class MllibAls:
                    .select(s.USER_IDX, s.ITEM_IDX,
                            confidence_column(sf.col(s.WEIGHT), sf.col(s.UI_DAYS_SINCE_LAST), cfg)
                            .cast("float").alias(_RATING)))
-        als = ALS(rank=cfg.factors, maxIter=cfg.iterations, regParam=cfg.regularization, alpha=cfg.alpha,
+        sizes = ratings.agg(sf.count("*").alias("n"), sf.countDistinct(s.USER_IDX).alias("u"),
+                            sf.countDistinct(s.ITEM_IDX).alias("i")).first()
+        assert sizes is not None
+        self.reg_param = mllib_reg_param(cfg, int(sizes["n"]), int(sizes["u"]), int(sizes["i"]))
+        log.info("MLlib ALS: %d ratings, %d users, %d items, regParam %.4g", sizes["n"], sizes["u"], sizes["i"],
+                 self.reg_param)
+        als = ALS(rank=cfg.factors, maxIter=cfg.iterations, regParam=self.reg_param, alpha=cfg.alpha,
                   implicitPrefs=True, seed=cfg.seed, userCol=s.USER_IDX, itemCol=s.ITEM_IDX,
                   ratingCol=_RATING, coldStartStrategy="drop", nonnegative=False)
         self._model = als.fit(ratings)
