@@ -79,7 +79,7 @@ class _Rows:
 
 def union_candidates(lists: Mapping[str, pd.DataFrame], fusion: Fusion) -> pd.DataFrame:
     """Fuse the generators' recommendation frames (user_idx, item_idx, score, rank; unique pairs within
-    each frame) into candidates: one sort of the (user, item) keys, then one of the fused pairs."""
+    each frame) into candidates: one sort of the (user, item) keys, then a partial sort per user."""
     _check_sources(lists)
     parts = [(code, frame[frame[RANK].to_numpy() <= fusion.top_n[name]])
              for code, name in enumerate(SOURCES) if (frame := lists.get(name)) is not None]
