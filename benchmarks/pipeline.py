@@ -1,0 +1,129 @@
+"""End-to-end speed and memory of the local pipeline (`ecomrec pipeline run --local`), one subprocess per
+dataset, exactly as a user runs it: Online Retail, and synthetic shops of given sizes.
+
+    .venv/bin/python benchmarks/pipeline.py --online-retail --synthetic 1000000 10000000
+
+Peak memory is the largest resident set of the whole process tree (Python driver + Spark JVM), sampled
+every 0.2 s. Results: benchmarks/results/pipeline.{json,md}, with the machine they ran on."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import REPO, machine, machine_line
+
+RESULTS = REPO / "benchmarks" / "results"
+ECOMREC = [sys.executable, "-m", "pipelines.cli"]
+
+
+def run_measured(command: list[str], log: Path) -> tuple[float, float, int]:
+    """Wall seconds, peak tree RSS in GB, exit code."""
+    started = time.perf_counter()
+    peak = 0
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        parent = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [parent, *parent.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    return time.perf_counter() - started, peak / 1e9, process.returncode
+
+
+def step_seconds(output: Path) -> dict[str, float]:
+    timings = {}
+    for marker in sorted(output.glob("*/_SUCCESS")):
+        try:
+            timings[marker.parent.name] = round(json.loads(marker.read_text())["seconds"], 2)
+        except (ValueError, KeyError):
+            continue
+    return timings
+
+
+def headline(output: Path) -> dict[str, Any]:
+    path = output / "evaluation" / "evaluation.json"
+    if not path.exists():
+        return {}
+    metrics = json.loads(path.read_text())["ranking_metrics"]
+    result = {f"{name}_ndcg_at_10": round(m["ndcg_at_10"]["value"], 4) for name, m in metrics.items()}
+    result["candidate_recall"] = round(metrics["two_stage"].get("candidate_recall", {}).get("value", float("nan")), 4)
+    return result
+
+
+def bench(name: str, raw: Path, work: Path, extra: list[str]) -> dict[str, Any]:
+    output = work / name
+    command = [*ECOMREC, "pipeline", "run", "--local", "--data", str(raw), "--output", str(output),
+               "--registry", str(work / "registry"), "--no-resume", *extra]
+    print(f"[{name}] {' '.join(command[2:])}", flush=True)
+    seconds, peak_gb, code = run_measured(command, work / f"{name}.log")
+    result = {"dataset": name, "seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "exit_code": code,
+              "steps": step_seconds(output), "quality": headline(output)}
+    print(f"[{name}] {result}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--online-retail", action="store_true", help="the real log (found locally)")
+    parser.add_argument("--synthetic", type=int, nargs="*", default=[], help="synthetic shop sizes (events)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--tag", default="pipeline", help="results file name")
+    parser.add_argument("--config", default=None, help="PipelineConfig JSON for the synthetic runs")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ecomrec-bench-"))
+    info = machine()
+    results = []
+    if args.online_retail:
+        from components.data.online_retail import ensure_online_retail, import_online_retail
+
+        raw = work / "online-retail-raw"
+        import_online_retail(ensure_online_retail(None), raw, overwrite=True)
+        results.append(bench("online-retail", raw, work, []))
+    for events in args.synthetic:
+        from components.data.synth import generate_synthetic
+
+        raw = work / f"synth-{events}"
+        started = time.perf_counter()
+        generate_synthetic(raw, events=events, seed=args.seed, overwrite=True)
+        print(f"[synth-{events}] generated in {time.perf_counter() - started:.1f} s", flush=True)
+        results.append(bench(f"synthetic-{events}", raw, work, ["--config", args.config] if args.config else []))
+    by_size = {r["dataset"]: r for r in results}
+    ratios = {}
+    sizes = sorted(args.synthetic)
+    for small, large in itertools.pairwise(sizes):
+        a, b = by_size[f"synthetic-{small}"], by_size[f"synthetic-{large}"]
+        ratios[f"time({large:,})/time({small:,})"] = round(b["seconds"] / a["seconds"], 2)
+    report = {"machine": info, "results": results, "ratios": ratios}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Local pipeline end to end ({args.tag})", "", f"Machine: {machine_line(info)}", "",
+             "| dataset | wall s | peak RSS GB | steps (s) | two_stage / repurchase / als NDCG@10 | cand. recall |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        q = r["quality"]
+        steps = ", ".join(f"{k} {v}" for k, v in r["steps"].items())
+        lines.append(f"| {r['dataset']} | {r['seconds']} | {r['peak_rss_gb']} | {steps} | "
+                     f"{q.get('two_stage_ndcg_at_10')} / {q.get('repurchase_ndcg_at_10')} / "
+                     f"{q.get('als_ndcg_at_10')} | {q.get('candidate_recall')} |")
+    lines += ["", *(f"- {k}: {v}" for k, v in ratios.items())]
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
