@@ -212,3 +212,32 @@ def test_leakage_events_after_a_cutoff_do_not_change_that_fold(spark: Any, shop:
         pd.testing.assert_frame_equal(before, after, check_dtype=False, obj=table)
     # ...while the test fold, whose history includes those events, does see them
     assert not by_id(other, s.TEST_FOLD, s.INTERACTIONS).equals(by_id(shop, s.TEST_FOLD, s.INTERACTIONS))
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    # two purchases on day 0 (2 and 30 units), one on day 1 (1 unit), a view on day 1; cutoff = day 3
+    (EtlConfig(weight_unit="event", quantity_scale="linear", quantity_cap=10), 5 * (2 + 10 + 1) + 1),
+    (EtlConfig(weight_unit="day", quantity_scale="linear", quantity_cap=10), 5 * (10 + 1) + 1),
+    (EtlConfig(weight_unit="day", quantity_scale="log"), 5 * (math.log2(33) + 1) + 1),
+    (EtlConfig(weight_unit="day", purchase_weight_by_quantity=False), 5 * 2 + 1),
+    # half-life 1 day: day-0 purchases (noon) are 2.5 days old at the cutoff, day-1 events 1.5 days
+    (EtlConfig(weight_unit="event", quantity_scale="linear", decay_half_life_days=1.0),
+     5 * 32 * 0.5**2.5 + (5 * 1 + 1) * 0.5**1.5),
+    (EtlConfig(weight_unit="day", quantity_scale="linear", decay_half_life_days=1.0),
+     5 * 32 * 0.5**2.5 + (5 * 1 + 1) * 0.5**1.5),
+])
+def test_weight_variants(spark: Any, config: EtlConfig, expected: float) -> None:
+    from components.etl import features as feat
+    from components.etl.weights import DAY, TS_US
+    from components.etl.windows import DAY_MICROS
+
+    noon = DAY_MICROS // 2
+    rows = [(0, 0, s.PURCHASE, 2, 1.0, "a", noon, 0), (0, 0, s.PURCHASE, 30, 1.0, "a", noon, 0),
+            (0, 0, s.PURCHASE, 1, 1.0, "b", DAY_MICROS + noon, 1), (0, 0, s.VIEW, 1, 1.0, None, DAY_MICROS + noon, 1)]
+    events = spark.createDataFrame(rows, f"{s.USER_IDX} int, {s.ITEM_IDX} int, {s.EVENT_TYPE} string, "
+                                         f"{s.QUANTITY} int, {s.PRICE} double, {s.SESSION_ID} string, "
+                                         f"{TS_US} long, {DAY} int")
+    cutoff, end = 3 * DAY_MICROS, 10 * DAY_MICROS  # the per-event sums are made relative to the end
+    daily = feat.fold_history(feat.daily_table(events, end, config), cutoff)
+    (got,) = feat.pair_table(daily, cutoff, end, config).select(s.UI_WEIGHT).collect()
+    assert got[0] == pytest.approx(expected)
