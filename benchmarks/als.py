@@ -79,7 +79,7 @@ def synthetic(nnz: int, *, seed: int = 0) -> Dataset:
     """Users in 50 taste clusters buy Zipf-popular items of their cluster (80%) or of the whole catalogue;
     targets are 5 further draws per user from the same tastes."""
     rng = np.random.default_rng(seed)
-    n_users, n_items, clusters = max(200, nnz // 20), max(100, nnz // 100), 50
+    n_users, n_items, clusters = max(200, nnz // 20), max(100, nnz // 25), 50
     user_cluster = rng.integers(0, clusters, n_users)
     item_cluster = rng.integers(0, clusters, n_items)
     zipf = 1.0 / np.arange(1, n_items + 1) ** 0.8
@@ -95,7 +95,7 @@ def synthetic(nnz: int, *, seed: int = 0) -> Dataset:
             items[pick] = rng.choice(members[c], size=int(pick.sum()), p=weights)
         return pd.DataFrame({s.USER_IDX: users, s.ITEM_IDX: items})
 
-    history = draw(np.maximum(1, rng.poisson(nnz / n_users, n_users)))
+    history = draw(np.maximum(1, rng.poisson(1.25 * nnz / n_users, n_users)))  # ~20% repeats collapse
     pairs = history.groupby([s.USER_IDX, s.ITEM_IDX], as_index=False).size()
     pairs[s.WEIGHT] = 5.0 * pairs["size"] * rng.uniform(1, 5, len(pairs))
     pairs[s.UI_PURCHASE_DAYS] = pairs["size"]

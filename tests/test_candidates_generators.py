@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from components import schema as s
 from components.candidates.als import (
@@ -17,7 +18,7 @@ from components.candidates.als import (
     confidence_values,
     mllib_reg_param,
 )
-from components.candidates.base import RANK, SCORE, CandidateGenerator, FoldTables, top_n_by_row
+from components.candidates.base import RANK, SCORE, CandidateGenerator, FoldTables, top_n_by_row, top_n_sparse
 from components.candidates.cooc import CoocGenerator
 from components.candidates.history import HistoryGenerator
 from components.candidates.io import read_fold_tables
@@ -216,3 +217,14 @@ def test_reading_names_the_missing_table_and_column(tmp_path: Path) -> None:
     shutil.rmtree(etl / s.FOLDS_DIR / s.TEST_FOLD / s.INTERACTIONS)
     with pytest.raises(DataContractError, match=f"{s.TEST_FOLD}/{s.INTERACTIONS}"):
         read_fold_tables(etl, s.TEST_FOLD)
+
+
+def test_sparse_top_n_matches_the_dense_selection() -> None:
+    rng = np.random.default_rng(5)
+    dense = np.where(rng.random((60, 40)) < 0.4, rng.integers(1, 6, (60, 40)) / 5.0, 0.0)  # many ties
+    dense[3] = 0.0  # an empty row
+    for n in (1, 3, 10, 50):
+        sparse_out = top_n_sparse(sp.csr_matrix(dense), n)
+        dense_out = top_n_by_row(lambda a, b: dense[a:b], 60, 40, n)
+        for got, want in zip(sparse_out, dense_out, strict=True):
+            np.testing.assert_array_equal(got, want)

@@ -24,6 +24,8 @@ from components.candidates.base import (
     FoldTables,
     empty_recommendations,
     top_n_by_row,
+    top_n_csr,
+    top_n_sparse,
 )
 
 if TYPE_CHECKING:
@@ -72,32 +74,39 @@ class CoocGenerator(CandidateGenerator):
         b.data[:] = 1.0  # binary: n_ab counts users, whatever the weights
         co = (b.T.tocsr() @ b).astype(np.float64)  # CSR x CSR: no costly CSC round trip
         n_item = np.maximum(co.diagonal(), 1.0)  # an item's column in b has n_item users; 0 only if unused
+        n = co.shape[0]
+        # n_ab / sqrt(n_a * n_b): the very operations cooc_spark does, so ties break the same way.
+        if n * n <= 4 * co.nnz:  # dense-ish (a small catalogue): contiguous blocks are fastest
 
-        def similarity_rows(start: int, stop: int) -> np.ndarray:
-            # n_ab / sqrt(n_a * n_b): the very operations cooc_spark does, so ties break the same way.
-            block = co[start:stop].toarray() / np.sqrt(n_item[start:stop, None] * n_item[None, :])
-            block[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
-            return block
+            def similarity_rows(start: int, stop: int) -> np.ndarray:
+                block = co[start:stop].toarray() / np.sqrt(n_item[start:stop, None] * n_item[None, :])
+                block[np.arange(stop - start), np.arange(start, stop)] = 0.0  # not its own neighbour
+                return block
 
-        a_idx, b_idx, sim, _ = top_n_by_row(similarity_rows, len(items), len(items), self.neighbours)
-        self._similar = sp.csr_matrix((sim, (a_idx, b_idx)), shape=(len(items), len(items)))
+            top_a, top_b, top_sim, _ = top_n_by_row(similarity_rows, n, n, self.neighbours)
+        else:
+            a_idx = np.repeat(np.arange(n), np.diff(co.indptr))
+            sim = co.data / np.sqrt(n_item[a_idx] * n_item[co.indices])
+            sim[a_idx == co.indices] = 0.0
+            top_a, top_b, top_sim, _ = top_n_sparse(sp.csr_matrix((sim, co.indices, co.indptr), shape=co.shape),
+                                                    self.neighbours)
+        self._similar = sp.csr_matrix((top_sim, (top_a, top_b)), shape=co.shape)
 
     def _recommend(self, users: np.ndarray, n: int) -> pd.DataFrame:
         assert self._profile is not None and self._similar is not None
         positions, rows = self._profile.rows_of(users)
         if len(rows) == 0:
             return empty_recommendations()
-        profile = self._profile.matrix[rows]
-        similar = self._similar
-
-        def score_rows(start: int, stop: int) -> np.ndarray:
-            return (profile[start:stop] @ similar).toarray()
-
-        row, col, score, rank = top_n_by_row(score_rows, len(rows), len(self._profile.items), n)
-        return pd.DataFrame({
-            s.USER_IDX: users[positions][row].astype(np.int32),
-            s.ITEM_IDX: self._profile.items[col].astype(np.int32),
-            SCORE: score, RANK: rank.astype(np.int32)})
+        out = []
+        step = 50_000  # users per sparse product: bounds memory at scale
+        for first in range(0, len(rows), step):
+            scores = self._profile.matrix[rows[first:first + step]] @ self._similar
+            row, col, score, rank = top_n_csr(scores, n)
+            out.append(pd.DataFrame({
+                s.USER_IDX: users[positions[first:first + step]][row].astype(np.int32),
+                s.ITEM_IDX: self._profile.items[col].astype(np.int32),
+                SCORE: score, RANK: rank.astype(np.int32)}))
+        return pd.concat(out, ignore_index=True)
 
 
 def _recency_column(days: Column, half_life_days: float | None) -> Column:
