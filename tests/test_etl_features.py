@@ -241,3 +241,24 @@ def test_weight_variants(spark: Any, config: EtlConfig, expected: float) -> None
     daily = feat.fold_history(feat.daily_table(events, end, config), cutoff)
     (got,) = feat.pair_table(daily, cutoff, end, config).select(s.UI_WEIGHT).collect()
     assert got[0] == pytest.approx(expected)
+
+
+def test_users_without_a_users_row_get_the_missing_category(spark: Any) -> None:
+    from components.etl import features as feat
+    from components.etl.weights import DAY, TS_US
+    from components.etl.windows import DAY_MICROS
+
+    events = spark.createDataFrame(
+        [(0, 0, s.PURCHASE, 1, 1.0, "a", 0, 0), (1, 0, s.PURCHASE, 1, 1.0, "b", 0, 0)],
+        f"{s.USER_IDX} int, {s.ITEM_IDX} int, {s.EVENT_TYPE} string, {s.QUANTITY} int, {s.PRICE} double, "
+        f"{s.SESSION_ID} string, {TS_US} long, {DAY} int")
+    attrs = spark.createDataFrame([(0, "UK", 30.0)], f"{s.USER_IDX} int, u_attr_country string, u_attr_age double")
+    daily = feat.daily_table(events, DAY_MICROS, CONFIG)
+    pairs = feat.pair_table(daily, DAY_MICROS, DAY_MICROS, CONFIG)
+    frame = feat.user_features(pairs, feat.user_day_stats(daily, DAY_MICROS),
+                               feat.user_invoices(feat.orders_table(events)), DAY_MICROS, attrs,
+                               ["u_attr_country", "u_attr_age"]).toPandas().set_index(s.USER_IDX)
+    assert frame.loc[0, "u_attr_country"] == "UK"
+    assert frame.loc[1, "u_attr_country"] == feat.MISSING_CATEGORY
+    assert math.isnan(frame.loc[1, "u_attr_age"])
+    assert frame.loc[1, s.U_N_INVOICES] == 1

@@ -298,6 +298,8 @@ def user_features(pairs: DataFrame, day_stats: DataFrame, invoices: DataFrame, c
     if attributes is not None:
         frame = frame.join(attributes, s.USER_IDX, "full")
     frame = frame.fillna(0, subset=list(USER_COUNTS))
+    if attribute_names:  # users with events but no users/ row: the string-only fill leaves numbers NULL
+        frame = frame.fillna(MISSING_CATEGORY, subset=list(attribute_names))
     invoices_col = sf.col(s.U_N_INVOICES)
     return frame.select(
         s.USER_IDX,
@@ -335,6 +337,8 @@ def item_features(pairs: DataFrame, cutoff_us: int, attributes: DataFrame | None
     )
     frame = base if attributes is None else base.join(attributes, s.ITEM_IDX, "full")
     frame = frame.fillna(0, subset=[*ITEM_COUNTS, "_repeat_buyers"])
+    if attribute_names:  # items outside a non-strict catalog: the string-only fill leaves numbers NULL
+        frame = frame.fillna(MISSING_CATEGORY, subset=list(attribute_names))
     buyers = sf.col(s.ITEM_BUYERS_TOTAL)
     return frame.select(
         s.ITEM_IDX,
