@@ -228,3 +228,27 @@ def test_sparse_top_n_matches_the_dense_selection() -> None:
         dense_out = top_n_by_row(lambda a, b: dense[a:b], 60, 40, n)
         for got, want in zip(sparse_out, dense_out, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("blocks", "items_per_block"), [(1, 10), (20, 5)],
+                         ids=["dense co-occurrence", "sparse co-occurrence"])
+def test_cooc_equals_brute_force_cosine(blocks: int, items_per_block: int) -> None:
+    # One small block: most item pairs co-occur (the dense path); 20 blocks: block-diagonal (the sparse one).
+    interactions, _, item_block = block_events(blocks=blocks, users_per_block=6, items_per_block=items_per_block,
+                                               bought_per_user=4)
+    tables = block_tables(interactions, len(item_block))
+    users = np.unique(interactions[s.USER_IDX])
+    got = CoocGenerator(neighbours=3, half_life_days=None).fit(tables).recommend(users, 5)
+    bought = np.zeros((len(users), len(item_block)))
+    bought[interactions[s.USER_IDX], interactions[s.ITEM_IDX]] = 1.0
+    n_item = np.maximum(bought.sum(axis=0), 1.0)
+    sim = (bought.T @ bought) / np.sqrt(n_item[:, None] * n_item[None, :])
+    np.fill_diagonal(sim, 0.0)
+    keep_row, keep_col, _, _ = top_n_by_row(lambda a, b: sim[a:b], len(sim), len(sim), 3)
+    neighbours = np.zeros_like(sim)
+    neighbours[keep_row, keep_col] = sim[keep_row, keep_col]
+    scores = bought @ neighbours
+    row, col, score, rank = top_n_by_row(lambda a, b: scores[a:b], len(users), len(sim), 5)
+    assert got[s.USER_IDX].tolist() == users[row].tolist() and got[s.ITEM_IDX].tolist() == col.tolist()
+    assert got[RANK].tolist() == rank.tolist()
+    np.testing.assert_allclose(got[SCORE], score)
