@@ -23,6 +23,7 @@ from components.candidates.base import (
     CompactMatrix,
     FoldTables,
     empty_recommendations,
+    rank_within_rows,
     top_n_by_row,
     top_n_csr,
     top_n_sparse,
@@ -35,6 +36,7 @@ _RECENCY = "_recency"
 
 
 def recency_weight(days_since_last: np.ndarray, half_life_days: float | None) -> np.ndarray:
+    """0.5 ** (days / half-life); a missing recency counts as today (1.0), as in the Spark version."""
     if half_life_days is None:
         return np.ones(len(days_since_last))
     days = np.nan_to_num(np.asarray(days_since_last, dtype=np.float64), nan=0.0)
@@ -63,10 +65,7 @@ class CoocGenerator(CandidateGenerator):
         items = self._profile.items
         # Co-occurrence over each user's most recent items only (same order as cooc_spark).
         order = np.lexsort((item, np.nan_to_num(days, nan=-np.inf), user))
-        u_sorted = user[order]
-        starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]]) if len(order) else order
-        pos = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        kept = order[pos < self.max_items_per_user]
+        kept = order[rank_within_rows(user[order]) <= self.max_items_per_user]
         _, rows_kept = np.unique(user[kept], return_inverse=True)
         b = sp.csr_matrix((np.ones(len(kept)), (rows_kept, np.searchsorted(items, item[kept]))),
                           shape=(int(rows_kept.max(initial=-1)) + 1, len(items)))

@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
-from components.candidates.base import RANK, SCORE, CandidateGenerator, FoldTables, empty_recommendations
+from components.candidates.base import (
+    RANK,
+    SCORE,
+    CandidateGenerator,
+    FoldTables,
+    empty_recommendations,
+    rank_within_rows,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -32,12 +39,9 @@ class HistoryGenerator(CandidateGenerator):
         user = ui[s.USER_IDX].to_numpy(np.int64)
         item = ui[s.ITEM_IDX].to_numpy(np.int64)
         order = np.lexsort((item, days_since, -purchase_days, user))
-        u = user[order]
-        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.array([], dtype=np.int64)
-        rank = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)])) + 1
         self._pairs = pd.DataFrame({
-            s.USER_IDX: u.astype(np.int32), s.ITEM_IDX: item[order].astype(np.int32),
-            SCORE: purchase_days[order], RANK: rank.astype(np.int32),
+            s.USER_IDX: user[order].astype(np.int32), s.ITEM_IDX: item[order].astype(np.int32),
+            SCORE: purchase_days[order], RANK: rank_within_rows(user[order]).astype(np.int32),
         })
 
     def _recommend(self, users: np.ndarray, n: int) -> pd.DataFrame:
