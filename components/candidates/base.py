@@ -129,24 +129,6 @@ def empty_recommendations() -> pd.DataFrame:
     })
 
 
-def top_n_long(user_idx: np.ndarray, item_idx: np.ndarray, score: np.ndarray, n: int) -> pd.DataFrame:
-    """Keep the n best (user, item, score) rows per user: score descending, then item_idx ascending.
-
-    One lexsort over all rows, so it stays vectorised for millions of pairs.
-    """
-    if len(user_idx) == 0:
-        return empty_recommendations()
-    order = np.lexsort((item_idx, -score, user_idx))
-    u, i, sc = user_idx[order], item_idx[order], score[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    rank = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)])) + 1
-    keep = rank <= n
-    return pd.DataFrame({
-        s.USER_IDX: u[keep].astype(np.int32), s.ITEM_IDX: i[keep].astype(np.int32),
-        SCORE: sc[keep].astype(np.float64), RANK: rank[keep].astype(np.int32),
-    })
-
-
 # Dense score blocks stay around this many cells (x 8 bytes) whatever the catalogue size.
 BLOCK_CELLS: Final = 4_000_000
 
