@@ -257,8 +257,9 @@ def test_users_without_a_users_row_get_the_missing_category(spark: Any) -> None:
     pairs = feat.pair_table(daily, DAY_MICROS, DAY_MICROS, CONFIG)
     frame = feat.user_features(pairs, feat.user_day_stats(daily, DAY_MICROS),
                                feat.user_invoices(feat.orders_table(events)), DAY_MICROS, attrs,
-                               ["u_attr_country", "u_attr_age"]).toPandas().set_index(s.USER_IDX)
-    assert frame.loc[0, "u_attr_country"] == "UK"
-    assert frame.loc[1, "u_attr_country"] == feat.MISSING_CATEGORY
-    assert math.isnan(frame.loc[1, "u_attr_age"])
-    assert frame.loc[1, s.U_N_INVOICES] == 1
+                               ["u_attr_country", "u_attr_age"])
+    got = {r[s.USER_IDX]: r for r in frame.collect()}
+    assert got[0]["u_attr_country"] == "UK"
+    assert got[1]["u_attr_country"] == feat.MISSING_CATEGORY
+    assert got[1]["u_attr_age"] is None
+    assert got[1][s.U_N_INVOICES] == 1
