@@ -88,8 +88,11 @@ def plot_importance(importance: Mapping[str, float], path: Path, top: int = 25) 
 def _table(blocks: Mapping[str, Any], k: int) -> str:
     metrics = list(s.METRICS)
     head = "".join(f"<th>{METRIC_LABELS[m]}@{k}</th>" for m in metrics)
-    best = {m: max((blocks.get(n, {}).get(s.metric_key(m, k), {}).get("value", float("-inf"))
-                    for n in s.RECOMMENDERS), default=0.0) for m in metrics}
+    values = {m: [blocks.get(n, {}).get(s.metric_key(m, k), {}).get("value") for n in s.RECOMMENDERS]
+              for m in metrics}
+    # Mark the best value of a column, unless every recommender ties (e.g. cold users: all get popular).
+    best = {m: max(v for v in vs if v is not None) if len({v for v in vs if v is not None}) > 1 else None
+            for m, vs in values.items()}
     rows = []
     for name in s.RECOMMENDERS:
         block = blocks.get(name, {})
@@ -97,7 +100,7 @@ def _table(blocks: Mapping[str, Any], k: int) -> str:
         for m in metrics:
             value = block.get(s.metric_key(m, k), {}).get("value")
             text = "-" if value is None else f"{value:.4f}"
-            strong = value is not None and value == best[m]
+            strong = value is not None and best[m] is not None and value == best[m]
             cells.append(f"<td class='num{' best' if strong else ''}'>{text}</td>")
         rows.append(f"<tr><th scope='row'>{html.escape(name)}</th>{''.join(cells)}</tr>")
     return f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -139,7 +142,9 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
             continue
         n = users.get(segment, users.get("evaluated"))
         tables = "".join(_table(blocks, k) for k in s.KS)
-        sections.append(f"<h3>{segment} users ({n:,})</h3>{tables}")
+        note = ("<p class='note'>Cold users have no history: every recommender serves them the popular list "
+                "(the cold-user policy).</p>" if segment == s.COLD else "")
+        sections.append(f"<h3>{segment} users ({n:,})</h3>{note}<div class='tables'>{tables}</div>")
     excluded = evaluation.get("exclude_purchased", {})
     if excluded.get("ranking_metrics"):
         sections.append(f"<h3>exclude_purchased (warm users with a new item: {excluded['users']:,})</h3>"
@@ -164,6 +169,7 @@ table {{ border-collapse: collapse; margin: .5rem 1.5rem 1rem 0; display: inline
 th, td {{ padding: .3rem .6rem; border-bottom: 1px solid #e4e7eb; }} thead th {{ font-size: .85rem; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 td.best {{ font-weight: 700; color: #2f9e6b; }}
+.tables {{ display: flex; flex-wrap: wrap; }}
 figure {{ display: inline-block; margin: .5rem 1rem .5rem 0; vertical-align: top; }}
 figcaption {{ color: #616e7c; font-size: .85rem; }} img {{ max-width: 100%; }}
 </style></head><body>

@@ -62,7 +62,7 @@ class SampleReport:
     users_dropped_without_positive: int
     users_capped: int
     target_pairs: int
-    candidate_recall: float  # share of target pairs of the candidate users found among their candidates
+    pair_recall: float  # share of the candidate users' target pairs found among their candidates (micro)
     training_rows: int
     training_users: int
     training_positives: int

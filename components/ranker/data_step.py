@@ -61,7 +61,7 @@ def build_training_data(etl: Path, als: Path, config: RankerConfig
         users_dropped_without_positive=counts["dropped"],
         users_capped=counts["capped"],
         target_pairs=len(targets_of_candidate_users),
-        candidate_recall=positive_rows / max(1, len(targets_of_candidate_users)),
+        pair_recall=positive_rows / max(1, len(targets_of_candidate_users)),
         training_rows=len(training),
         training_users=int(training[s.USER_IDX].nunique()),
         training_positives=int(training[s.LABEL].sum()),
@@ -84,9 +84,9 @@ def build_scoring_rows(etl: Path, als: Path, spec: FeatureSpec) -> pd.DataFrame:
 def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleReport:
     started = time.perf_counter()
     training, validation, spec, report = build_training_data(etl, als, config)
-    log.info("ranker data (train fold): %d candidate users, %d rows, %d positives, candidate recall %.3f; "
+    log.info("ranker data (train fold): %d candidate users, %d rows, %d positives, target pairs covered %.3f; "
              "dropped %d users without a positive candidate, capped %d",
-             report.candidate_users, report.candidate_rows, report.positive_rows, report.candidate_recall,
+             report.candidate_users, report.candidate_rows, report.positive_rows, report.pair_recall,
              report.users_dropped_without_positive, report.users_capped)
     log.info("training: %d rows / %d users / %d positives; validation: %d rows / %d users / %d positives",
              report.training_rows, report.training_users, report.training_positives,
