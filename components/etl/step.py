@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 # Below this many accepted events every output table is written as one file (readers open fewer files;
 # Spark's default would leave one small file per shuffle partition).
-ONE_FILE_MAX_EVENTS = 2_000_000
+ONE_FILE_MAX_EVENTS = 1_000_000
 
 
 @dataclass(frozen=True)
