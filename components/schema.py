@@ -149,6 +149,8 @@ FEATURE_SPEC_FILE: Final = "feature_spec.json"  # {"features": [...ordered], "ca
 SCORING_DIR: Final = "scoring"  # scoring/: user_idx, item_idx + features, the test fold's candidates
 LABEL: Final = "label"
 RANKER_DATA_REPORT_FILE: Final = "ranker_data.json"  # row/user counts, negatives sampled, dropped users
+VALIDATION_RANKING_DIR: Final = "validation_ranking"  # validation users: all candidates, label, n_targets
+N_TARGETS: Final = "n_targets"  # the user's target purchases in the fold: |R|, candidates or not
 
 # ---------------------------------------------------------------- training (OUTPUT/train/)
 MODEL_ARCHIVE: Final = "model.tar.gz"

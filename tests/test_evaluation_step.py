@@ -148,3 +148,16 @@ def test_report_and_plots_are_written(run: dict[str, Path]) -> None:
     assert html.count("data:image/png;base64,") == 3
     for png in ("metrics.png", "candidate_recall.png", "feature_importance.png"):
         assert (run["evaluate"] / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_report_has_validation_ranking(run: dict[str, Path]) -> None:
+    report = json.loads((run["train"] / s.TRAINING_REPORT_FILE).read_text())
+    ranking = report["validation_ranking"]
+    ranking_rows = pd.read_parquet(run["ranker_data"] / s.VALIDATION_RANKING_DIR)
+    assert ranking["users"] == ranking_rows[s.USER_IDX].nunique() > 0
+    assert 0.0 < ranking["ndcg_at_10"] <= 1.0
+    assert ranking["ratio_to_repurchase"] == pytest.approx(ranking["ndcg_at_10"] / ranking["repurchase_ndcg_at_10"])
+    # held-out users only: none of them is in the training channel's users
+    training_users = set(data_step.build_training_data(
+        run["etl"], run["als"], RankerConfig(negatives_per_user=20)).training[s.USER_IDX])
+    assert not training_users & set(ranking_rows[s.USER_IDX])

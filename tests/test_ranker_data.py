@@ -61,7 +61,8 @@ def test_channels_are_the_builtin_catboost_format(fake: tuple[Path, Path, Path])
 
 def test_sampling_and_user_grouped_split(fake: tuple[Path, Path, Path]) -> None:
     etl, als, _ = fake
-    training, validation, _, report = data_step.build_training_data(etl, als, CONFIG)
+    data = data_step.build_training_data(etl, als, CONFIG)
+    training, validation, report = data.training, data.validation, data.report
     train_users, valid_users = set(training[s.USER_IDX]), set(validation[s.USER_IDX])
     assert train_users
     assert valid_users
@@ -103,9 +104,10 @@ def test_users_without_a_positive_candidate_are_dropped(fake: tuple[Path, Path, 
     shutil.rmtree(copy / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS)
     (copy / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS).mkdir()
     kept.to_parquet(copy / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS / "part-0.parquet", index=False)
-    training, validation, _, report = data_step.build_training_data(copy, als, CONFIG)
+    data = data_step.build_training_data(copy, als, CONFIG)
+    training, validation, report = data.training, data.validation, data.report
     assert not set(victims) & (set(training[s.USER_IDX]) | set(validation[s.USER_IDX]))
-    baseline = data_step.build_training_data(etl, als, CONFIG)[3]
+    baseline = data_step.build_training_data(etl, als, CONFIG).report
     assert report.users_dropped_without_positive == baseline.users_dropped_without_positive + 5
 
 

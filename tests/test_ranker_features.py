@@ -109,3 +109,15 @@ def test_neutral_value_rule() -> None:
     assert neutral_value("ui_recency_ratio") == UNDEFINED
     assert neutral_value("ui_quantity") == 0.0
     assert neutral_value("i_repurchase_rate") == 0.0
+
+
+def test_validation_ndcg_counts_targets_outside_the_candidates() -> None:
+    from components.ranker.validation import _ndcg
+
+    frame = pd.DataFrame({s.USER_IDX: [0, 0, 0, 1, 1], s.ITEM_IDX: [1, 2, 3, 1, 2],
+                          s.LABEL: [1, 0, 0, 0, 1], s.N_TARGETS: [2, 2, 2, 1, 1]})
+    # user 0: hit at rank 1, one more target not among candidates -> DCG 1, IDCG 1 + 1/log2(3)
+    # user 1: its only target ranks 2nd -> 1/log2(3)
+    value = _ndcg(frame, np.array([0.9, 0.5, 0.1, 0.8, 0.2]), 10)
+    expected = (1 / (1 + 1 / np.log2(3)) + 1 / np.log2(3)) / 2
+    assert value == pytest.approx(expected)

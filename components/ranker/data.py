@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,11 +134,12 @@ def write_categorical_index(spec: FeatureSpec, directory: Path) -> None:
     (directory / s.CATEGORICAL_INDEX_FILE).write_text(json.dumps({"cat_index_list": cat_index}))
 
 
-def write_scoring(frame: pd.DataFrame, spec: FeatureSpec, directory: Path) -> None:
-    """scoring/: user_idx, item_idx + features, user_idx-sorted, numeric features as float32 (exactly
-    what the model sees, and half the bundle size)."""
+def write_scoring(frame: pd.DataFrame, spec: FeatureSpec, directory: Path, *,
+                  extra: Sequence[str] = ()) -> None:
+    """scoring/: user_idx, item_idx (+ ``extra``) + features, user_idx-sorted, numeric features as float32
+    (exactly what the model sees, and half the bundle size)."""
     directory.mkdir(parents=True, exist_ok=True)
-    out = frame[[s.USER_IDX, s.ITEM_IDX, *spec.features]].sort_values(
+    out = frame[[s.USER_IDX, s.ITEM_IDX, *extra, *spec.features]].sort_values(
         [s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
     out = out.astype({s.USER_IDX: np.int32, s.ITEM_IDX: np.int32,
                       **{name: np.float32 for name in spec.numeric}})

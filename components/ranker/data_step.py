@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,17 @@ INPUTS = ("etl", "als")
 log = logging.getLogger(__name__)
 
 
-def build_training_data(etl: Path, als: Path, config: RankerConfig
-                        ) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSpec, SampleReport]:
-    """(training rows, validation rows, spec, report) from the train fold."""
+@dataclass(frozen=True)
+class TrainingData:
+    training: pd.DataFrame  # sampled rows of the training users
+    validation: pd.DataFrame  # sampled rows of the validation users (early stopping)
+    validation_ranking: pd.DataFrame  # every candidate of the validation users + label, n_targets
+    spec: FeatureSpec
+    report: SampleReport
+
+
+def build_training_data(etl: Path, als: Path, config: RankerConfig) -> TrainingData:
+    """Labelled, sampled and user-split rows of the train fold."""
     lists = feature_lists(etl)
     fold = load_fold(etl, als, s.TRAIN_FOLD)
     frame, spec = build_features(fold.candidates, fold.user_features, fold.item_features,
@@ -53,6 +62,9 @@ def build_training_data(etl: Path, als: Path, config: RankerConfig
     users = sampled[s.USER_IDX].to_numpy()
     mask = ensure_both_channels(users, validation_mask(users, config.validation_user_share, config.seed))
     training, validation = sampled.loc[~mask], sampled.loc[mask]
+    validation_users = validation[s.USER_IDX].unique()
+    n_targets = fold.targets.groupby(s.USER_IDX).size().rename(s.N_TARGETS)
+    validation_ranking = frame.loc[frame[s.USER_IDX].isin(validation_users)].join(n_targets, on=s.USER_IDX)
     report = SampleReport(
         candidate_users=len(candidate_users),
         candidate_rows=len(frame),
@@ -69,7 +81,7 @@ def build_training_data(etl: Path, als: Path, config: RankerConfig
         validation_users=int(validation[s.USER_IDX].nunique()),
         validation_positives=int(validation[s.LABEL].sum()),
     )
-    return training, validation, spec, report
+    return TrainingData(training, validation, validation_ranking, spec, report)
 
 
 def build_scoring_rows(etl: Path, als: Path, spec: FeatureSpec) -> pd.DataFrame:
@@ -83,7 +95,8 @@ def build_scoring_rows(etl: Path, als: Path, spec: FeatureSpec) -> pd.DataFrame:
 
 def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleReport:
     started = time.perf_counter()
-    training, validation, spec, report = build_training_data(etl, als, config)
+    data = build_training_data(etl, als, config)
+    training, validation, spec, report = data.training, data.validation, data.spec, data.report
     log.info("ranker data (train fold): %d candidate users, %d rows, %d positives, target pairs covered %.3f; "
              "dropped %d users without a positive candidate, capped %d",
              report.candidate_users, report.candidate_rows, report.positive_rows, report.pair_recall,
@@ -94,6 +107,8 @@ def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleRepor
     write_channel(training, spec, output / s.TRAINING_CHANNEL)
     write_channel(validation, spec, output / s.VALIDATION_CHANNEL)
     spec.save(output / s.FEATURE_SPEC_FILE)
+    write_scoring(data.validation_ranking, spec, output / s.VALIDATION_RANKING_DIR,
+                  extra=(s.LABEL, s.N_TARGETS))
     scoring = build_scoring_rows(etl, als, spec)
     write_scoring(scoring, spec, output / s.SCORING_DIR)
     log.info("scoring (test fold): %d rows, %d users", len(scoring), scoring[s.USER_IDX].nunique())
