@@ -21,6 +21,15 @@ def _check_java() -> None:
     )
 
 
+def _local_jit_options(master: str | None) -> str:
+    """On one machine most Spark jobs are short: the C1 JIT alone cut the first ETL run on Online Retail
+    from ~65 s to ~42 s of CPU. ECOMREC_SPARK_JIT=full keeps the full tiered JIT (long, large runs)."""
+    local = master is not None or not (os.path.exists("/opt/ml/processing") or os.path.exists("/opt/ml/config"))
+    if not local or os.environ.get("ECOMREC_SPARK_JIT", "c1") == "full":
+        return ""
+    return "-XX:TieredStopAtLevel=1"
+
+
 def get_spark(app_name: str = "ecomrec", *, master: str | None = None, driver_memory: str | None = None,
               shuffle_partitions: int | None = None) -> SparkSession:
     """Return the active session or build one.
@@ -45,7 +54,7 @@ def get_spark(app_name: str = "ecomrec", *, master: str | None = None, driver_me
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.parquet.compression.codec", "snappy")
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.driver.extraJavaOptions", f"-Duser.timezone=UTC {_local_jit_options(master)}".strip())
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
     )
     in_sagemaker = os.path.exists("/opt/ml/processing") or os.path.exists("/opt/ml/config")
