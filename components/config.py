@@ -38,10 +38,10 @@ class EtlConfig(_Strict):
 
 class AlsConfig(_Strict):
     # Defaults tuned on the Online Retail TRAIN fold (benchmarks/als_tune.py; never on the test fold).
-    factors: int = Field(64, ge=2)
+    factors: int = Field(32, ge=2)
     iterations: int = Field(10, ge=1)
     regularization: float = Field(10.0, ge=0.0)
-    alpha: float = Field(1.0, gt=0.0)  # confidence = 1 + alpha * f(weight) * recency
+    alpha: float = Field(3.0, gt=0.0)  # confidence = 1 + alpha * f(weight) * recency
     # f: "log" = log1p(weight) (bulk buyers must not flatten everyone else), "linear" = weight.
     confidence: Literal["log", "linear"] = "log"
     # recency = 0.5 ** (ui_days_since_last / this); None = no recency factor.
@@ -59,8 +59,8 @@ class AlsConfig(_Strict):
 class CandidateConfig(_Strict):
     # Each generator's list length; the union keeps at most max_per_user per user, by priority
     # sum_g weight_g / (rrf_k + rank_g) (weighted reciprocal-rank fusion), ties by item_idx.
-    # Online Retail train-fold candidate recall with these defaults: 0.561 (100 ALS + 50 history: 0.405).
-    als_top_n: int = Field(300, ge=1)
+    # Online Retail train-fold candidate recall with these defaults: 0.563 (100 ALS + 50 history: 0.405).
+    als_top_n: int = Field(500, ge=1)
     history_top_n: int = Field(300, ge=0)
     cooc_top_n: int = Field(100, ge=0)
     popular_top_n: int = Field(500, ge=0)
@@ -71,7 +71,7 @@ class CandidateConfig(_Strict):
     popular_weight: float = Field(1.0, ge=0.0)
     rrf_k: float = Field(120.0, gt=0.0)
     cooc_neighbours: int = Field(20, ge=1)  # similar items kept per item
-    cooc_half_life_days: float | None = Field(60.0, gt=0)  # recency weight of the user's items
+    cooc_half_life_days: float | None = Field(30.0, gt=0)  # recency weight of the user's items
     cooc_max_items_per_user: int = Field(200, ge=2)  # bounds the quadratic pair count (recall flat 100-500)
 
 
