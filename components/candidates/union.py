@@ -81,18 +81,22 @@ def union_candidates(lists: Mapping[str, pd.DataFrame], fusion: Fusion) -> pd.Da
     """Fuse the generators' recommendation frames (user_idx, item_idx, score, rank; unique pairs within
     each frame) into candidates: one sort of the (user, item) keys, then a partial sort per user."""
     _check_sources(lists)
-    parts = [(code, frame[frame[RANK].to_numpy() <= fusion.top_n[name]])
-             for code, name in enumerate(SOURCES) if (frame := lists.get(name)) is not None]
-    parts = [(code, frame) for code, frame in parts if not frame.empty]
-    if not parts:
+    columns: list[tuple[np.ndarray, ...]] = []
+    for code, name in enumerate(SOURCES):
+        frame = lists.get(name)
+        if frame is None or frame.empty:
+            continue
+        rank = frame[RANK].to_numpy(np.int64)
+        within = rank <= fusion.top_n[name]  # numpy masks: no copy of the frame (millions of rows)
+        columns.append((np.full(int(within.sum()), code, dtype=np.int8), rank[within],
+                        frame[s.USER_IDX].to_numpy(np.int64)[within], frame[s.ITEM_IDX].to_numpy(np.int64)[within],
+                        frame[SCORE].to_numpy(np.float64)[within]))
+    if not columns or not sum(len(c[0]) for c in columns):
         return empty_candidates()
+    source, rank, user, item, score = (np.concatenate(parts) for parts in zip(*columns, strict=True))
     weights = np.array([fusion.weights.get(name, 0.0) for name in SOURCES])
-    source = np.concatenate([np.full(len(f), code, dtype=np.int8) for code, f in parts])
-    rank = np.concatenate([f[RANK].to_numpy(np.int64) for _, f in parts])
-    rows = _Rows(user=np.concatenate([f[s.USER_IDX].to_numpy(np.int64) for _, f in parts]),
-                 item=np.concatenate([f[s.ITEM_IDX].to_numpy(np.int64) for _, f in parts]),
-                 rank=rank, score=np.concatenate([f[SCORE].to_numpy(np.float64) for _, f in parts]),
-                 source=source, contribution=weights[source] / (fusion.rrf_k + rank))
+    rows = _Rows(user=user, item=item, rank=rank, score=score, source=source,
+                 contribution=weights[source] / (fusion.rrf_k + rank))
     return _fuse(rows, int(rows.item.max()) + 1, fusion.max_per_user)
 
 
