@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from components.config import PipelineConfig
-from pipelines.graph import STEP_NAMES, STEPS, get_step
+from pipelines.graph import STEP_NAMES, STEPS, Step, get_step
 from pipelines.local import step_argv
 
 
 @pytest.mark.parametrize("step", STEPS, ids=lambda step: step.name)
-def test_entry_point_matches_graph(step) -> None:  # type: ignore[no-untyped-def]
+def test_entry_point_matches_graph(step: Step) -> None:
     module = importlib.import_module(step.entry_point)
     assert callable(module.main)
     assert tuple(module.INPUTS) == step.inputs
