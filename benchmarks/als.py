@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,11 @@ from components.candidates.generate import SparkFoldTables, generate_local, gene
 from components.candidates.metrics import candidate_recall
 from components.config import AlsConfig, CandidateConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine, machine_line
+
+ALS_PACKAGES = ("implicit", "pyspark", "numpy", "scipy", "pandas", "threadpoolctl")
+
 log = logging.getLogger("als_bench")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,29 +52,6 @@ class Dataset:
     tables: FoldTables
     users: np.ndarray
     targets: pd.DataFrame
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    mem_gb = None
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        total_kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
-        mem_gb = round(total_kb / 1024 ** 2, 1)
-    try:
-        java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr.splitlines()[0]
-    except OSError:
-        java = "not found"
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "platform": platform.platform(),
-        "python": platform.python_version(), "java": java,
-        "versions": {p: version(p) for p in ("implicit", "pyspark", "numpy", "scipy", "pandas", "threadpoolctl")},
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 def synthetic(nnz: int, *, seed: int = 0) -> Dataset:
@@ -171,11 +150,8 @@ def run_dataset(data: Dataset, als: AlsConfig, cand: CandidateConfig, top_n: int
 
 
 def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
     lines = ["# ALS backends on the same matrix (train fold)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, {m['java']}; "
-             f"load average at start {m['load_average']}.", "",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+             f"Machine: {machine_line(report['machine'])}.", "",
              "CPU seconds are this process's (all threads; not the JVM's), steadier than wall time on a shared "
              "machine.", "",
              "| dataset | run | wall s | CPU s | recall | per user | notes |", "|---|---|---|---|---|---|---|"]
@@ -223,7 +199,8 @@ def main() -> None:
         from components.spark import get_spark
 
         spark = get_spark("ecomrec-als-bench")
-    report = {"machine": machine(), "als": als.model_dump(), "candidates": cand.model_dump(), "smoke": args.smoke,
+    report = {"machine": machine(ALS_PACKAGES), "als": als.model_dump(), "candidates": cand.model_dump(),
+              "smoke": args.smoke,
               "datasets": {d.name: run_dataset(d, als, cand, args.top_n, spark, args.spark_path) for d in datasets}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))

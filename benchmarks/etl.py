@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,10 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import machine as shared_machine  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 from components import schema as s  # noqa: E402
 from components.config import EtlConfig  # noqa: E402
@@ -147,8 +150,7 @@ def main() -> None:
                    "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
             print(json.dumps(row), flush=True)
             results.append(row)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-               "spark_master": spark.sparkContext.master}
+    machine = {**shared_machine(), "spark_master": spark.sparkContext.master}
     suffix = "_smoke" if args.smoke else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"etl{suffix}.json").write_text(json.dumps({"machine": machine, "runs": results}, indent=2))
@@ -156,7 +158,8 @@ def main() -> None:
     lines += [f"| {r['dataset']} | {r['run']} | {r['wall_s']} | {r['jvm_cpu_s']} | {r['events_input']:,} | "
               f"{r['events_accepted']:,} | {r['load_avg_1m_before']} |" for r in results]
     (RESULTS / f"etl{suffix}.md").write_text(
-        f"# ETL step timings\n\nMachine: {machine}\n\n" + "\n".join(lines) + "\n")
+        f"# ETL step timings\n\nMachine: {machine_line(machine)}; Spark {machine['spark_master']}\n\n"
+        + "\n".join(lines) + "\n")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 
