@@ -96,6 +96,8 @@ class RankerConfig(_Strict):
     validation_user_share: float = Field(0.2, gt=0.0, lt=1.0)
     max_training_users: int = Field(200_000, ge=1)
     seed: int = 42
+    # Feature rows built at once (whole users per chunk): bounds ranker_data's memory at any data size.
+    chunk_rows: int = Field(500_000, ge=1)
 
 
 class GateConfig(_Strict):

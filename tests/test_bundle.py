@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,33 @@ def test_archive_with_path_traversal_is_refused(tmp_path: Path) -> None:
         tar.add(payload, arcname="../escape")
     with pytest.raises(BundleError, match="unsafe member"):
         load_bundle(evil)
+
+
+def _scoring_parts(candidates: pd.DataFrame, directory: Path, users_per_part: list[list[int]]) -> Path:
+    directory.mkdir()
+    for number, users in enumerate(users_per_part):
+        part = candidates.loc[candidates[s.USER_IDX].isin(users)].sort_values([s.USER_IDX, s.ITEM_IDX])
+        part.to_parquet(directory / f"part-{number:05d}.parquet", index=False)
+    return directory
+
+
+def test_candidates_stream_from_scoring_parts_as_from_one_frame(tmp_path: Path) -> None:
+    """ranker_data writes scoring/ as parts of ascending user ranges; the bundle copies them part by part
+    (never the whole table in memory) and holds the same rows as when given one frame."""
+    inputs = _inputs(tmp_path)
+    assert isinstance(inputs.candidates, pd.DataFrame)
+    parts = _scoring_parts(inputs.candidates, tmp_path / "scoring", [[0], [], [1, 3]])
+    from_parts = load_bundle(write_bundle(replace(inputs, candidates=parts), tmp_path / "parts"))
+    from_frame = load_bundle(write_bundle(inputs, tmp_path / "frame"))
+    for user in range(5):
+        pd.testing.assert_frame_equal(from_parts.candidate_rows(user).reset_index(drop=True),
+                                      from_frame.candidate_rows(user).reset_index(drop=True))
+    assert from_parts.manifest["counts"] == from_frame.manifest["counts"]
+
+
+def test_scoring_parts_out_of_user_order_are_refused(tmp_path: Path) -> None:
+    inputs = _inputs(tmp_path)
+    assert isinstance(inputs.candidates, pd.DataFrame)
+    parts = _scoring_parts(inputs.candidates, tmp_path / "scoring", [[1, 3], [0]])
+    with pytest.raises(BundleError, match=r"part-00001\.parquet: rows are not sorted"):
+        write_bundle(replace(inputs, candidates=parts), tmp_path / "out")

@@ -16,6 +16,7 @@ from components import schema as s
 from components.config import PipelineConfig, RankerConfig
 from components.ranker import data_step
 from components.ranker.data import hash_uniform, validation_mask
+from components.ranker.io import load_fold, user_chunks
 from components.ranker.model import FeatureSpec
 from tests.test_ranker_fixtures import make_fake_outputs
 
@@ -134,3 +135,40 @@ def test_hash_split_is_seeded_and_about_the_share() -> None:
     draws = hash_uniform(1, users, users[::-1])
     assert draws.min() >= 0.0
     assert draws.max() < 1.0
+
+
+def _ranker_data_report(directory: Path) -> dict[str, object]:
+    report = json.loads((directory / s.RANKER_DATA_REPORT_FILE).read_text())
+    report.pop("seconds")
+    return report
+
+
+def test_chunks_of_users_give_exactly_the_one_chunk_result(fake: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Memory is bounded by building features a chunk of users at a time; the result must not depend on it."""
+    etl, als, out = fake
+    chunked = tmp_path / "chunked"
+    data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(chunked),
+                    "--config", PipelineConfig(ranker=CONFIG.model_copy(update={"chunk_rows": 37})).to_json()])
+    assert len(list((chunked / s.SCORING_DIR).glob("*.parquet"))) > 3  # really chunked
+    assert len(list((out / s.SCORING_DIR).glob("*.parquet"))) == 1
+    for channel in s.CHANNELS:
+        assert (chunked / channel / s.CHANNEL_DATA_FILE).read_bytes() == (out / channel / s.CHANNEL_DATA_FILE).read_bytes()
+    for table in (s.SCORING_DIR, s.VALIDATION_RANKING_DIR):
+        pd.testing.assert_frame_equal(pd.read_parquet(chunked / table), pd.read_parquet(out / table))
+    assert _ranker_data_report(chunked) == _ranker_data_report(out)
+    assert FeatureSpec.load(chunked / s.FEATURE_SPEC_FILE) == FeatureSpec.load(out / s.FEATURE_SPEC_FILE)
+
+
+def test_user_chunks_hold_whole_users_in_order(fake: tuple[Path, Path, Path]) -> None:
+    etl, als, _ = fake
+    fold = load_fold(etl, als, s.TEST_FOLD)
+    chunks = list(user_chunks(fold, 50))
+    assert len(chunks) > 2
+    users_per_chunk = [set(c.candidates[s.USER_IDX]) for c in chunks]
+    assert sum(len(c.candidates) for c in chunks) == len(fold.candidates)  # every row once
+    assert all(max(a) < min(b) for a, b in zip(users_per_chunk, users_per_chunk[1:], strict=False))
+    for chunk, users in zip(chunks, users_per_chunk, strict=True):
+        assert set(chunk.user_item_features[s.USER_IDX]) <= users
+        expected = fold.user_item_features[s.USER_IDX].isin(users).sum()
+        assert len(chunk.user_item_features) == expected  # all of each user's history comes along
+        assert len(chunk.candidates) < 50 + chunk.candidates.groupby(s.USER_IDX).size().max()

@@ -9,6 +9,7 @@ import logging
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from components import schema as s
 from components.bundle.format import FORMAT_VERSION, REQUIRED_FILES, sha256_file
@@ -32,7 +34,7 @@ class BundleInputs:
     items_map: pd.DataFrame  # item_id, item_idx
     user_factors: np.ndarray
     item_factors: np.ndarray
-    candidates: pd.DataFrame  # user_idx, item_idx + features
+    candidates: pd.DataFrame | Path  # user_idx, item_idx + features; or ranker_data's user-sorted scoring/
     popular: pd.DataFrame  # item_idx, score; best first
     items: pd.DataFrame  # item_idx, item_id + catalog attributes
     purchased: pd.DataFrame  # user_idx, item_idx
@@ -92,7 +94,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
                                     s.USER_IDX, len(users_map)),
         item_factors=_dense_factors(_read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.ITEM_FACTORS),
                                     s.ITEM_IDX, len(items_map)),
-        candidates=_read_table(ranker_data / s.SCORING_DIR),
+        candidates=ranker_data / s.SCORING_DIR,  # streamed: at scale it does not fit in memory
         popular=popular_ranking(_read_table(fold / s.ITEM_FEATURES)),
         items=items,
         purchased=purchased,
@@ -120,12 +122,58 @@ def copy_model_without_volatile_metadata(source: Path, destination: Path) -> Non
     model.save_model(str(destination))
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = 0  # reproducible archives: same content, same bytes
     info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
+    return info
+
+
+def _write_candidates(candidates: pd.DataFrame | Path, columns: list[str], destination: Path) -> tuple[int, int]:
+    """One Parquet file of ``columns`` sorted by (user_idx, item_idx) -> (rows, users). A folder of parts
+    (ranker_data's scoring/: ascending user ranges, each sorted) is copied part by part, never whole."""
+    if isinstance(candidates, pd.DataFrame):
+        _require_columns(map(str, candidates.columns), columns, "scoring candidates")
+        frame = candidates[columns].sort_values([s.USER_IDX, s.ITEM_IDX], kind="stable")
+        frame.to_parquet(destination, index=False)
+        return len(frame), int(frame[s.USER_IDX].nunique())
+    parts = sorted(candidates.glob("*.parquet"))
+    if not parts:
+        raise BundleError(f"no scoring candidates in {candidates}")
+    rows = users = 0
+    last_user = -1
+    writer: pq.ParquetWriter | None = None
+    for part in parts:
+        table = pq.read_table(part)
+        _require_columns(table.column_names, columns, str(part))
+        table = table.select(columns)
+        part_users = table.column(s.USER_IDX).to_numpy().astype(np.int64)
+        if not _ascending_after(part_users, table.column(s.ITEM_IDX).to_numpy().astype(np.int64), last_user):
+            raise BundleError(f"{part}: rows are not sorted by ({s.USER_IDX}, {s.ITEM_IDX}) after the previous "
+                              f"part; ranker_data writes ascending ranges of users")
+        writer = writer or pq.ParquetWriter(destination, table.schema)
+        writer.write_table(table.cast(writer.schema))
+        rows, users = rows + len(part_users), users + len(np.unique(part_users))
+        last_user = int(part_users[-1]) if len(part_users) else last_user
+    assert writer is not None  # parts is not empty
+    writer.close()
+    return rows, users
+
+
+def _ascending_after(users: np.ndarray, items: np.ndarray, last_user: int) -> bool:
+    """(user, item) keys strictly ascending, and every user after ``last_user``."""
+    if not len(users):
+        return True
+    user_step, item_step = np.diff(users), np.diff(items)
+    return bool(users[0] > last_user and ((user_step > 0) | ((user_step == 0) & (item_step > 0))).all())
+
+
+def _require_columns(present: Iterable[str], columns: list[str], what: str) -> None:
+    have = set(present)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise BundleError(f"{what} lack columns {missing}")
 
 
 def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") -> Path:
@@ -144,11 +192,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
     np.save(staging / s.BUNDLE_USER_FACTORS, inputs.user_factors)
     np.save(staging / s.BUNDLE_ITEM_FACTORS, inputs.item_factors)
     feature_columns = [s.USER_IDX, s.ITEM_IDX, *inputs.feature_spec["features"]]
-    missing = [c for c in feature_columns if c not in inputs.candidates.columns]
-    if missing:
-        raise BundleError(f"scoring candidates lack columns {missing}")
-    candidates = inputs.candidates[feature_columns].sort_values([s.USER_IDX, s.ITEM_IDX], kind="stable")
-    candidates.to_parquet(staging / s.BUNDLE_CANDIDATES, index=False)
+    candidate_rows, candidate_users = _write_candidates(inputs.candidates, feature_columns,
+                                                        staging / s.BUNDLE_CANDIDATES)
     inputs.popular.to_parquet(staging / s.BUNDLE_POPULAR, index=False)
     inputs.items.sort_values(s.ITEM_IDX).to_parquet(staging / s.BUNDLE_ITEMS, index=False)
     inputs.purchased.sort_values([s.USER_IDX, s.ITEM_IDX]).to_parquet(staging / s.BUNDLE_PURCHASED, index=False)
@@ -168,8 +213,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
         "counts": {
             "users": len(inputs.users_map),
             "items": len(inputs.items_map),
-            "candidate_rows": len(candidates),
-            "users_with_candidates": int(candidates[s.USER_IDX].nunique()),
+            "candidate_rows": candidate_rows,
+            "users_with_candidates": candidate_users,
             "popular": len(inputs.popular),
         },
         "files": files,
@@ -177,9 +222,11 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     archive = output / s.MODEL_ARCHIVE
     with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
-        _add_bytes(tar, s.BUNDLE_MANIFEST, manifest_bytes)
+        tar.addfile(_tar_info(s.BUNDLE_MANIFEST, len(manifest_bytes)), io.BytesIO(manifest_bytes))
         for relative in sorted(files):
-            _add_bytes(tar, relative, (staging / relative).read_bytes())
+            path = staging / relative
+            with path.open("rb") as handle:  # streamed: the candidates file can be gigabytes
+                tar.addfile(_tar_info(relative, path.stat().st_size), handle)
     (output / s.BUNDLE_MANIFEST).write_bytes(manifest_bytes)
     shutil.rmtree(staging)
     log.info("bundle %s: %s (%.1f MB)", manifest["version"], archive, archive.stat().st_size / 1e6)

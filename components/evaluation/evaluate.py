@@ -42,8 +42,8 @@ class EvaluationInputs:
     target_users: pd.DataFrame  # user_idx, segment
     item_features: pd.DataFrame  # test fold
     user_item_features: pd.DataFrame  # test fold
-    candidates: pd.DataFrame  # test fold, ALS step output
-    scoring: pd.DataFrame  # test fold feature rows (ranker_data/scoring)
+    candidates: pd.DataFrame  # test fold, ALS step output (warm target users' rows)
+    scoring: pd.DataFrame  # test fold feature rows (ranker_data/scoring; warm target users' rows)
     ranker: Ranker
     training_report: dict[str, Any]
 
@@ -61,16 +61,20 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
     fold = etl / s.FOLDS_DIR / s.TEST_FOLD
     spec = FeatureSpec.load(ranker_data / s.FEATURE_SPEC_FILE)
     report_path = train / s.TRAINING_REPORT_FILE
+    target_users = read_table(fold / s.TARGET_USERS, [s.USER_IDX, s.SEGMENT])
+    # Only warm target users have candidates worth reading: at scale the test fold's candidate and
+    # scoring rows of every user would not fit in memory.
+    warm = target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].unique()
     return EvaluationInputs(
         windows=read_json(etl / s.WINDOWS_FILE),
         user_ids=read_table(etl / s.ID_MAPS_DIR / s.USERS, [s.USER_ID, s.USER_IDX]),
         item_ids=read_table(etl / s.ID_MAPS_DIR / s.ITEMS, [s.ITEM_ID, s.ITEM_IDX]),
         targets=read_table(fold / s.TARGETS, [s.USER_IDX, s.ITEM_IDX]),
-        target_users=read_table(fold / s.TARGET_USERS, [s.USER_IDX, s.SEGMENT]),
+        target_users=target_users,
         item_features=read_table(fold / s.ITEM_FEATURES),
         user_item_features=read_table(fold / s.USER_ITEM_FEATURES),
-        candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES),
-        scoring=read_table(ranker_data / s.SCORING_DIR),
+        candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, users=warm),
+        scoring=read_table(ranker_data / s.SCORING_DIR, users=warm),
         ranker=Ranker.load(train / s.MODEL_ARCHIVE, spec=spec),
         training_report=read_json(report_path) if report_path.exists() else {},
     )

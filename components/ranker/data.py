@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from components import schema as s
 from components.ranker.model import FeatureSpec
@@ -72,27 +73,32 @@ class SampleReport:
     validation_positives: int
 
 
-def sample_training_rows(labelled: pd.DataFrame, *, negatives_per_user: int, max_users: int,
-                         seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Keep users with >= 1 positive (at most ``max_users`` by seeded hash), all their positives and at
-    most ``negatives_per_user`` seeded-random negatives each."""
-    labels = labelled[s.LABEL]
-    positives_per_user = labels.groupby(labelled[s.USER_IDX]).sum()
+def training_users(labelled: pd.DataFrame, *, max_users: int, seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Users with >= 1 positive candidate (user_idx, label rows), at most ``max_users`` by seeded hash."""
+    positives_per_user = labelled[s.LABEL].groupby(labelled[s.USER_IDX]).sum()
     keep_users = positives_per_user.index[positives_per_user > 0].to_numpy()
     dropped = int((positives_per_user == 0).sum())
     capped = 0
     if len(keep_users) > max_users:
         order = np.argsort(hash_uniform(seed + 1, keep_users), kind="stable")
         capped = len(keep_users) - max_users
-        keep_users = np.sort(keep_users[order[:max_users]])
-    rows = labelled.loc[labelled[s.USER_IDX].isin(keep_users)]
+        keep_users = keep_users[order[:max_users]]
+    counts = {"users_with_positive": len(keep_users) + capped, "dropped": dropped, "capped": capped}
+    return np.sort(keep_users), counts
+
+
+def sample_training_rows(labelled: pd.DataFrame, *, users: np.ndarray, negatives_per_user: int,
+                         seed: int) -> pd.DataFrame:
+    """The rows of ``users`` (see :func:`training_users`): all their positives and at most
+    ``negatives_per_user`` seeded-random negatives each. The draw is per (user, item), so any chunk of
+    whole users samples exactly what the whole table would."""
+    rows = labelled.loc[labelled[s.USER_IDX].isin(users)]
     negatives = rows.loc[rows[s.LABEL] == 0]
     draw = hash_uniform(seed, negatives[s.USER_IDX].to_numpy(), negatives[s.ITEM_IDX].to_numpy())
     picked = (pd.Series(draw, index=negatives.index).groupby(negatives[s.USER_IDX]).rank(method="first")
               <= negatives_per_user)
     kept = pd.concat([rows.loc[rows[s.LABEL] == 1], negatives.loc[picked]])
-    kept = kept.sort_values([s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
-    return kept, {"users_with_positive": len(keep_users) + capped, "dropped": dropped, "capped": capped}
+    return kept.sort_values([s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
 
 
 def validation_mask(user_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -115,18 +121,31 @@ def ensure_both_channels(users: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return mask & (users != move)
 
 
-def write_channel(frame: pd.DataFrame, spec: FeatureSpec, directory: Path) -> None:
-    """data.csv (no header; label, then the spec's features; categorical values as strings; NaN as an
-    empty field) and categorical_index.json (CSV column indices, so >= 1)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    columns: dict[str, np.ndarray] = {s.LABEL: frame[s.LABEL].to_numpy(dtype=np.int64)}
-    for name in spec.features:  # plain arrays: the frame's index is a sample, not 0..n-1
-        dtype = object if name in spec.categorical else np.float64
-        columns[name] = frame[name].to_numpy(dtype=dtype)
-    out = pd.DataFrame(columns)
-    table = pa.Table.from_pandas(out, preserve_index=False)  # NaN -> null -> empty CSV field
-    pacsv.write_csv(table, directory / s.CHANNEL_DATA_FILE, pacsv.WriteOptions(include_header=False))
-    write_categorical_index(spec, directory)
+class ChannelWriter:
+    """A channel folder written chunk by chunk: data.csv (no header; label, then the spec's features;
+    categorical values as strings; NaN as an empty field) and categorical_index.json (CSV column
+    indices, so >= 1)."""
+
+    def __init__(self, spec: FeatureSpec, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_categorical_index(spec, directory)
+        self.spec = spec
+        self.rows = 0
+        self.schema = pa.schema([(s.LABEL, pa.int64()), *(
+            (name, pa.string() if name in spec.categorical else pa.float64()) for name in spec.features)])
+        self._writer = pacsv.CSVWriter(directory / s.CHANNEL_DATA_FILE, self.schema,
+                                       write_options=pacsv.WriteOptions(include_header=False))
+
+    def write(self, frame: pd.DataFrame) -> None:
+        columns = [pa.array(frame[s.LABEL].to_numpy(dtype=np.int64))]
+        for name in self.spec.features:  # plain arrays: the frame's index is a sample, not 0..n-1
+            values = frame[name].to_numpy(dtype=object if name in self.spec.categorical else np.float64)
+            columns.append(pa.array(values, type=self.schema.field(name).type, from_pandas=True))  # NaN -> empty
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def write_categorical_index(spec: FeatureSpec, directory: Path) -> None:
@@ -135,15 +154,20 @@ def write_categorical_index(spec: FeatureSpec, directory: Path) -> None:
 
 
 def write_scoring(frame: pd.DataFrame, spec: FeatureSpec, directory: Path, *,
-                  extra: Sequence[str] = ()) -> None:
-    """scoring/: user_idx, item_idx (+ ``extra``) + features, user_idx-sorted, numeric features as float32
-    (exactly what the model sees, and half the bundle size)."""
+                  extra: Sequence[str] = (), part: int = 0) -> None:
+    """scoring/ (part ``part``): user_idx, item_idx (+ ``extra``) + features, user_idx-sorted, numeric
+    features as float32 (exactly what the model sees, and half the bundle size). Parts hold ascending
+    ranges of users, so the folder read in part order is sorted too."""
     directory.mkdir(parents=True, exist_ok=True)
     out = frame[[s.USER_IDX, s.ITEM_IDX, *extra, *spec.features]].sort_values(
         [s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
     out = out.astype({s.USER_IDX: np.int32, s.ITEM_IDX: np.int32,
                       **{name: np.float32 for name in spec.numeric}})
-    out.to_parquet(directory / "part-00000.parquet", index=False)
+    schema = pa.Schema.from_pandas(out, preserve_index=False)
+    for name in spec.categorical:  # an empty chunk's object columns would otherwise be typed null
+        schema = schema.set(schema.get_field_index(name), pa.field(name, pa.string()))
+    table = pa.Table.from_pandas(out, schema=schema, preserve_index=False)
+    pq.write_table(table, directory / f"part-{part:05d}.parquet")
 
 
 def report_dict(report: SampleReport) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +19,18 @@ import pandas as pd
 from components import schema as s
 from components.config import RankerConfig
 from components.ranker.data import (
+    ChannelWriter,
     SampleReport,
     ensure_both_channels,
     label_candidates,
     report_dict,
     sample_training_rows,
+    training_users,
     validation_mask,
-    write_channel,
     write_scoring,
 )
-from components.ranker.features import build_features
-from components.ranker.io import feature_lists, horizon_days, load_fold
+from components.ranker.features import build_features, item_history_stats
+from components.ranker.io import feature_lists, horizon_days, load_fold, user_chunks
 from components.ranker.model import FeatureSpec
 from components.stepargs import parse_step_args
 
@@ -46,57 +47,112 @@ class TrainingData:
     report: SampleReport
 
 
-def build_training_data(etl: Path, als: Path, config: RankerConfig) -> TrainingData:
-    """Labelled, sampled and user-split rows of the train fold."""
+def _training_chunks(etl: Path, als: Path, config: RankerConfig) -> Iterator[TrainingData]:
+    """The train fold's labelled, sampled and user-split rows, one chunk of whole users at a time. Each
+    chunk's report counts its own rows; the user choices (the cap, the validation split) are global."""
     lists = feature_lists(etl)
     fold = load_fold(etl, als, s.TRAIN_FOLD)
-    frame, spec = build_features(fold.candidates, fold.user_features, fold.item_features,
-                                 fold.user_item_features, lists, user_category=fold.user_category,
-                                 horizon_days=horizon_days(etl, s.TRAIN_FOLD))
-    frame[s.LABEL] = label_candidates(frame, fold.targets)
-    candidate_users = frame[s.USER_IDX].unique()
-    targets_of_candidate_users = fold.targets.loc[fold.targets[s.USER_IDX].isin(candidate_users)]
-    positive_rows = int(frame[s.LABEL].sum())
-    sampled, counts = sample_training_rows(frame, negatives_per_user=config.negatives_per_user,
-                                           max_users=config.max_training_users, seed=config.seed)
-    users = sampled[s.USER_IDX].to_numpy()
-    mask = ensure_both_channels(users, validation_mask(users, config.validation_user_share, config.seed))
-    training, validation = sampled.loc[~mask], sampled.loc[mask]
-    validation_users = validation[s.USER_IDX].unique()
+    horizon = horizon_days(etl, s.TRAIN_FOLD)
+    item_history = item_history_stats(fold.user_item_features)
+    ids = fold.candidates[[s.USER_IDX, s.ITEM_IDX]].drop_duplicates()
+    ids[s.LABEL] = label_candidates(ids, fold.targets)
+    users, counts = training_users(ids, max_users=config.max_training_users, seed=config.seed)
+    in_validation = users[ensure_both_channels(users, validation_mask(users, config.validation_user_share,
+                                                                      config.seed))]
     n_targets = fold.targets.groupby(s.USER_IDX).size().rename(s.N_TARGETS)
-    validation_ranking = frame.loc[frame[s.USER_IDX].isin(validation_users)].join(n_targets, on=s.USER_IDX)
-    report = SampleReport(
-        candidate_users=len(candidate_users),
-        candidate_rows=len(frame),
-        positive_rows=positive_rows,
-        users_with_positive=counts["users_with_positive"],
-        users_dropped_without_positive=counts["dropped"],
-        users_capped=counts["capped"],
-        target_pairs=len(targets_of_candidate_users),
-        pair_recall=positive_rows / max(1, len(targets_of_candidate_users)),
-        training_rows=len(training),
-        training_users=int(training[s.USER_IDX].nunique()),
-        training_positives=int(training[s.LABEL].sum()),
-        validation_rows=len(validation),
-        validation_users=int(validation[s.USER_IDX].nunique()),
-        validation_positives=int(validation[s.LABEL].sum()),
-    )
-    return TrainingData(training, validation, validation_ranking, spec, report)
+    candidate_users = ids[s.USER_IDX].unique()
+    target_pairs = int(fold.targets[s.USER_IDX].isin(candidate_users).sum())
+    spec: FeatureSpec | None = None
+    for number, chunk in enumerate(user_chunks(fold, config.chunk_rows)):
+        frame, spec = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
+                                     chunk.user_item_features, lists, user_category=chunk.user_category,
+                                     horizon_days=horizon, spec=spec, item_history=item_history)
+        frame[s.LABEL] = label_candidates(frame, fold.targets)
+        sampled = sample_training_rows(frame, users=users, negatives_per_user=config.negatives_per_user,
+                                       seed=config.seed)
+        mask = sampled[s.USER_IDX].isin(in_validation)
+        training, validation = sampled.loc[~mask], sampled.loc[mask]
+        ranking = frame.loc[frame[s.USER_IDX].isin(in_validation)].join(n_targets, on=s.USER_IDX)
+        first = number == 0  # whole-fold counts go with the first chunk, so the reports sum up
+        yield TrainingData(training, validation, ranking, spec, SampleReport(
+            candidate_users=int(frame[s.USER_IDX].nunique()),
+            candidate_rows=len(frame),
+            positive_rows=int(frame[s.LABEL].sum()),
+            users_with_positive=counts["users_with_positive"] if first else 0,
+            users_dropped_without_positive=counts["dropped"] if first else 0,
+            users_capped=counts["capped"] if first else 0,
+            target_pairs=target_pairs if first else 0,
+            pair_recall=0.0,  # set on the sum
+            training_rows=len(training),
+            training_users=int(training[s.USER_IDX].nunique()),
+            training_positives=int(training[s.LABEL].sum()),
+            validation_rows=len(validation),
+            validation_users=int(validation[s.USER_IDX].nunique()),
+            validation_positives=int(validation[s.LABEL].sum()),
+        ))
 
 
-def build_scoring_rows(etl: Path, als: Path, spec: FeatureSpec) -> pd.DataFrame:
-    """Every test-fold candidate with the train fold's feature spec."""
+def _summed(reports: Sequence[SampleReport]) -> SampleReport:
+    total = {name: sum(getattr(r, name) for r in reports) for name in SampleReport.__dataclass_fields__}
+    total["pair_recall"] = total["positive_rows"] / max(1, total["target_pairs"])
+    return SampleReport(**total)
+
+
+def build_training_data(etl: Path, als: Path, config: RankerConfig) -> TrainingData:
+    """The whole train fold's rows in memory (small data and tests; ``run`` streams them)."""
+    chunks = list(_training_chunks(etl, als, config))
+    return TrainingData(
+        training=pd.concat([c.training for c in chunks], ignore_index=True),
+        validation=pd.concat([c.validation for c in chunks], ignore_index=True),
+        validation_ranking=pd.concat([c.validation_ranking for c in chunks], ignore_index=True),
+        spec=chunks[-1].spec, report=_summed([c.report for c in chunks]))
+
+
+def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig) -> tuple[FeatureSpec,
+                                                                                             SampleReport]:
+    """training/ and validation/ channels, validation_ranking/ and feature_spec.json, chunk by chunk."""
+    writers: dict[str, ChannelWriter] = {}
+    reports: list[SampleReport] = []
+    spec: FeatureSpec | None = None
+    for number, chunk in enumerate(_training_chunks(etl, als, config)):
+        spec = chunk.spec
+        if not writers:
+            writers = {channel: ChannelWriter(spec, output / channel) for channel in s.CHANNELS}
+        writers[s.TRAINING_CHANNEL].write(chunk.training)
+        writers[s.VALIDATION_CHANNEL].write(chunk.validation)
+        write_scoring(chunk.validation_ranking, chunk.spec, output / s.VALIDATION_RANKING_DIR,
+                      extra=(s.LABEL, s.N_TARGETS), part=number)
+        reports.append(chunk.report)
+        log.info("train fold chunk %d: %d candidate rows of %d users", number, chunk.report.candidate_rows,
+                 chunk.report.candidate_users)
+    for writer in writers.values():
+        writer.close()
+    if spec is None:
+        raise ValueError(f"no train-fold chunk under {als}")  # user_chunks yields at least one
+    spec.save(output / s.FEATURE_SPEC_FILE)
+    return spec, _summed(reports)
+
+
+def write_scoring_rows(etl: Path, als: Path, spec: FeatureSpec, output: Path, config: RankerConfig) -> tuple[int,
+                                                                                                            int]:
+    """Every test-fold candidate with the train fold's feature spec, chunk by chunk -> (rows, users)."""
     fold = load_fold(etl, als, s.TEST_FOLD)
-    frame, _ = build_features(fold.candidates, fold.user_features, fold.item_features,
-                              fold.user_item_features, feature_lists(etl), user_category=fold.user_category,
-                              spec=spec, horizon_days=horizon_days(etl, s.TEST_FOLD))
-    return frame
+    lists, horizon = feature_lists(etl), horizon_days(etl, s.TEST_FOLD)
+    item_history = item_history_stats(fold.user_item_features)
+    rows = users = 0
+    for number, chunk in enumerate(user_chunks(fold, config.chunk_rows)):
+        frame, _ = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
+                                  chunk.user_item_features, lists, user_category=chunk.user_category,
+                                  spec=spec, horizon_days=horizon, item_history=item_history)
+        write_scoring(frame, spec, output, part=number)
+        rows, users = rows + len(frame), users + int(frame[s.USER_IDX].nunique())
+        log.info("test fold chunk %d: %d scoring rows (%d so far)", number, len(frame), rows)
+    return rows, users
 
 
 def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleReport:
     started = time.perf_counter()
-    data = build_training_data(etl, als, config)
-    training, validation, spec, report = data.training, data.validation, data.spec, data.report
+    spec, report = write_training_data(etl, als, output, config)
     log.info("ranker data (train fold): %d candidate users, %d rows, %d positives, target pairs covered %.3f; "
              "dropped %d users without a positive candidate, capped %d",
              report.candidate_users, report.candidate_rows, report.positive_rows, report.pair_recall,
@@ -104,16 +160,9 @@ def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleRepor
     log.info("training: %d rows / %d users / %d positives; validation: %d rows / %d users / %d positives",
              report.training_rows, report.training_users, report.training_positives,
              report.validation_rows, report.validation_users, report.validation_positives)
-    write_channel(training, spec, output / s.TRAINING_CHANNEL)
-    write_channel(validation, spec, output / s.VALIDATION_CHANNEL)
-    spec.save(output / s.FEATURE_SPEC_FILE)
-    write_scoring(data.validation_ranking, spec, output / s.VALIDATION_RANKING_DIR,
-                  extra=(s.LABEL, s.N_TARGETS))
-    scoring = build_scoring_rows(etl, als, spec)
-    write_scoring(scoring, spec, output / s.SCORING_DIR)
-    log.info("scoring (test fold): %d rows, %d users", len(scoring), scoring[s.USER_IDX].nunique())
-    summary = {**report_dict(report), "scoring_rows": len(scoring),
-               "scoring_users": int(scoring[s.USER_IDX].nunique()),
+    scoring_rows, scoring_users = write_scoring_rows(etl, als, spec, output / s.SCORING_DIR, config)
+    log.info("scoring (test fold): %d rows, %d users", scoring_rows, scoring_users)
+    summary = {**report_dict(report), "scoring_rows": scoring_rows, "scoring_users": scoring_users,
                "features": len(spec.features), "categorical": list(spec.categorical),
                "seconds": round(time.perf_counter() - started, 2)}
     (output / s.RANKER_DATA_REPORT_FILE).write_text(json.dumps(summary, indent=2, default=_json_default))

@@ -101,11 +101,7 @@ def _price_column(item_feature_names: Sequence[str], item_features: pd.DataFrame
     return None
 
 
-def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per-pair, per-user and per-item statistics of the fold's history (user_item features) that ETL
-    does not provide: the repurchase baseline's own order, relative recency, repeat-buyer traits.
-
-    Returns (pairs: user_idx, item_idx + pair stats, users: user_idx + stats, items: item_idx + stats)."""
+def _history_frame(user_item: pd.DataFrame) -> pd.DataFrame:
     _require(user_item, [s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST],
              "user_item_features")
     has_first = s.UI_DAYS_SINCE_FIRST in user_item.columns
@@ -113,6 +109,16 @@ def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
                    + ([s.UI_DAYS_SINCE_FIRST] if has_first else [])].copy()
     ui[s.UI_PURCHASE_DAYS] = ui[s.UI_PURCHASE_DAYS].fillna(0).astype(np.float64)
     ui[s.UI_DAYS_SINCE_LAST] = ui[s.UI_DAYS_SINCE_LAST].fillna(DAYS_SENTINEL).astype(np.float64)
+    return ui
+
+
+def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-pair and per-user statistics of the fold's history (user_item features) that ETL does not
+    provide: the repurchase baseline's own order, relative recency, repeat-buyer traits. Each user's
+    values depend on that user's rows only, so they can be computed on any chunk of users.
+
+    Returns (pairs: user_idx, item_idx + pair stats, users: user_idx + stats)."""
+    ui = _history_frame(user_item)
     bought = ui[s.UI_PURCHASE_DAYS] > 0
 
     pairs = ui[[s.USER_IDX, s.ITEM_IDX]].copy()
@@ -130,15 +136,22 @@ def history_stats(user_item: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     repeat = ui[s.UI_PURCHASE_DAYS] >= 2
     n_bought = bought.groupby(ui[s.USER_IDX]).sum().clip(lower=1)
     users = pd.DataFrame({U_REPEAT_SHARE: repeat.groupby(ui[s.USER_IDX]).sum() / n_bought}).reset_index()
+    return pairs, users
 
-    buyers = ui.loc[bought]
+
+def item_history_stats(user_item: pd.DataFrame) -> pd.DataFrame:
+    """Per-item statistics over ALL the fold's buyers (item_idx + stats). Compute them once on the whole
+    user_item table and pass them to :func:`build_features` when it runs on a chunk of users."""
+    ui = _history_frame(user_item)
+    buyers = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0]
     items = pd.DataFrame({I_MEAN_PURCHASE_DAYS: buyers.groupby(s.ITEM_IDX)[s.UI_PURCHASE_DAYS].mean()})
-    if has_first:
+    if s.UI_DAYS_SINCE_FIRST in ui.columns:
         # The item's usual repurchase gap (median over its repeat buyers): how "due" is it for this user?
+        repeat = ui[s.UI_PURCHASE_DAYS] >= 2
         first = ui[s.UI_DAYS_SINCE_FIRST].astype(np.float64)
         gap = ((first - ui[s.UI_DAYS_SINCE_LAST]) / (ui[s.UI_PURCHASE_DAYS] - 1).clip(lower=1)).where(repeat)
         items = items.join(gap.where(gap > 0).groupby(ui[s.ITEM_IDX]).median().rename(_ITEM_GAP), how="outer")
-    return pairs, users, items.reset_index()
+    return items.reset_index()
 
 
 _ITEM_GAP = "_item_gap"
@@ -192,13 +205,19 @@ def build_features(
     user_category: pd.DataFrame | None = None,
     spec: FeatureSpec | None = None,
     horizon_days: float = 28.0,
+    item_history: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, FeatureSpec]:
     """Candidates + the fold's features -> (frame: user_idx, item_idx + spec features, spec).
 
     ``feature_lists`` is ETL's features.json; ``user_category`` its optional (user_idx, category,
     uc_share) table. ``horizon_days`` is the length of the window the ranker predicts (the fold's
     label or test window). Pass the train fold's ``spec`` when building the test fold: the result then
-    has exactly those columns in that order (a missing one raises)."""
+    has exactly those columns in that order (a missing one raises).
+
+    Every feature depends on the row, its user's rows, or per-item tables, so the frame can be built for
+    a chunk of users at a time (memory bound at scale): pass that chunk's candidates, user features,
+    user_item features and user_category, the whole item_features, and ``item_history`` computed once
+    by :func:`item_history_stats` on the whole user_item table (computed here when not given)."""
     _require(candidates, [s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS], "candidates")
     categorical_declared = set(feature_lists.get("categorical", []))
     user_names = [n for n in feature_lists.get("user", []) if n in user_features.columns]
@@ -224,7 +243,8 @@ def build_features(
     frame = frame.merge(ui, on=[s.USER_IDX, s.ITEM_IDX], how="left")
     frame[UI_KNOWN] = frame[UI_KNOWN].fillna(0.0)
 
-    pairs, users, items = history_stats(user_item_features)
+    pairs, users = history_stats(user_item_features)
+    items = item_history if item_history is not None else item_history_stats(user_item_features)
     frame = frame.merge(pairs, on=[s.USER_IDX, s.ITEM_IDX], how="left")
     frame = frame.merge(users, on=s.USER_IDX, how="left")
     frame = frame.merge(items, on=s.ITEM_IDX, how="left")

@@ -5,10 +5,12 @@ Only file contracts are read here (brief: etl/, als/), never another step's code
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from components import schema as s
@@ -17,12 +19,14 @@ from components.errors import DataContractError
 USER_CATEGORY = s.USER_CATEGORY  # optional folds/<fold>/user_category/, used when present
 
 
-def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """A Parquet folder (Spark output: part files, _SUCCESS ignored) or file as one DataFrame."""
+def read_table(path: Path, columns: list[str] | None = None, *, users: np.ndarray | None = None) -> pd.DataFrame:
+    """A Parquet folder (Spark output: part files, _SUCCESS ignored) or file as one DataFrame; only the
+    rows of ``users`` (user_idx values) when given, filtered while reading so the rest never loads."""
     if not path.exists():
         raise DataContractError(f"table not found: {path}")
+    filters = [(s.USER_IDX, "in", users.tolist())] if users is not None else None
     try:
-        return pd.read_parquet(path, columns=columns)
+        return pd.read_parquet(path, columns=columns, filters=filters)
     except (OSError, ValueError) as error:
         raise DataContractError(f"cannot read Parquet table {path}: {error}") from error
 
@@ -44,6 +48,42 @@ class FoldTables:
     targets: pd.DataFrame
     target_users: pd.DataFrame
     user_category: pd.DataFrame | None
+
+
+def _by_user(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame[s.USER_IDX].is_monotonic_increasing:
+        return frame
+    return frame.sort_values(s.USER_IDX, kind="mergesort").reset_index(drop=True)
+
+
+def _user_rows(frame: pd.DataFrame, first: int, stop: int) -> pd.DataFrame:
+    """Rows of users first <= user_idx < stop of a user_idx-sorted frame (a view, no copy)."""
+    start, end = frame[s.USER_IDX].searchsorted([first, stop])
+    return frame.iloc[start:end]
+
+
+def user_chunks(fold: FoldTables, rows_per_chunk: int) -> Iterator[FoldTables]:
+    """The fold in chunks of whole users (ascending user_idx ranges) of about ``rows_per_chunk``
+    candidate rows: per-user tables sliced, item tables whole. At least one chunk, even when empty."""
+    candidates, user_features, user_item = (_by_user(fold.candidates), _by_user(fold.user_features),
+                                            _by_user(fold.user_item_features))
+    user_category = _by_user(fold.user_category) if fold.user_category is not None else None
+    users = candidates[s.USER_IDX].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.array([0])
+    # A chunk starts at the first user whose first row is at or past the next multiple of rows_per_chunk.
+    positions = np.searchsorted(starts, np.arange(0, max(len(users), 1), rows_per_chunk))
+    bounds = np.unique(starts[positions[positions < len(starts)]])
+    firsts = [int(users[b]) for b in bounds] if len(users) else [0]
+    for first, stop in zip(firsts, [*firsts[1:], np.iinfo(np.int64).max], strict=True):
+        yield FoldTables(
+            candidates=_user_rows(candidates, first, stop),
+            user_features=_user_rows(user_features, first, stop),
+            item_features=fold.item_features,
+            user_item_features=_user_rows(user_item, first, stop),
+            targets=fold.targets,
+            target_users=fold.target_users,
+            user_category=_user_rows(user_category, first, stop) if user_category is not None else None,
+        )
 
 
 def load_fold(etl: Path, als: Path, fold: s.Fold) -> FoldTables:
