@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from components import schema as s
+from components.candidates import generate
 from components.candidates.base import RANK, SCORE
 from components.candidates.generate import generate_local
 from components.candidates.union import CANDIDATE_COLUMNS, Fusion, union_candidates
@@ -89,3 +90,24 @@ def test_generate_local_respects_the_cap_and_is_deterministic() -> None:
     assert per_user.max() == 25 and not first.candidates.duplicated([s.USER_IDX, s.ITEM_IDX]).any()
     # Every known user gets candidates; a user with no history still gets the popular ones.
     assert set(per_user.index) == set(users)
+
+
+def test_generate_local_fuses_chunks_of_users_exactly_like_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At scale the proposals are fused a chunk of users at a time; the candidates must not change."""
+    events = shop_events()
+    tables = fold_tables(events, windows(events)["label_start"], 30)
+    users = np.arange(40)
+    als = AlsConfig(factors=8, iterations=10)
+    cand = CandidateConfig(als_top_n=20, history_top_n=20, cooc_top_n=20, popular_top_n=20, max_per_user=25)
+    whole = generate_local(tables, users, als, cand)
+    monkeypatch.setattr(generate, "MAX_PROPOSALS_PER_CHUNK", 7 * 80)  # 7 users per chunk
+    fused_users: list[int] = []
+
+    def counting_union(lists: dict[str, pd.DataFrame], fusion: Fusion) -> pd.DataFrame:
+        fused_users.append(lists["popular"][s.USER_IDX].nunique())  # popular proposes to every user
+        return union_candidates(lists, fusion)
+
+    monkeypatch.setattr(generate, "union_candidates", counting_union)
+    chunked = generate_local(tables, users, als, cand)
+    assert fused_users == [7] * 5 + [5]
+    pd.testing.assert_frame_equal(chunked.candidates, whole.candidates)

@@ -4,6 +4,7 @@ contracts): the built-in CatBoost CSV format, negative sampling, the user-groupe
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -152,7 +153,8 @@ def test_chunks_of_users_give_exactly_the_one_chunk_result(fake: tuple[Path, Pat
     assert len(list((chunked / s.SCORING_DIR).glob("*.parquet"))) > 3  # really chunked
     assert len(list((out / s.SCORING_DIR).glob("*.parquet"))) == 1
     for channel in s.CHANNELS:
-        assert (chunked / channel / s.CHANNEL_DATA_FILE).read_bytes() == (out / channel / s.CHANNEL_DATA_FILE).read_bytes()
+        data = s.CHANNEL_DATA_FILE
+        assert (chunked / channel / data).read_bytes() == (out / channel / data).read_bytes()
     for table in (s.SCORING_DIR, s.VALIDATION_RANKING_DIR):
         pd.testing.assert_frame_equal(pd.read_parquet(chunked / table), pd.read_parquet(out / table))
     assert _ranker_data_report(chunked) == _ranker_data_report(out)
@@ -166,7 +168,7 @@ def test_user_chunks_hold_whole_users_in_order(fake: tuple[Path, Path, Path]) ->
     assert len(chunks) > 2
     users_per_chunk = [set(c.candidates[s.USER_IDX]) for c in chunks]
     assert sum(len(c.candidates) for c in chunks) == len(fold.candidates)  # every row once
-    assert all(max(a) < min(b) for a, b in zip(users_per_chunk, users_per_chunk[1:], strict=False))
+    assert all(max(a) < min(b) for a, b in itertools.pairwise(users_per_chunk))
     for chunk, users in zip(chunks, users_per_chunk, strict=True):
         assert set(chunk.user_item_features[s.USER_IDX]) <= users
         expected = fold.user_item_features[s.USER_IDX].isin(users).sum()

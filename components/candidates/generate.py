@@ -19,17 +19,19 @@ import pandas as pd
 
 from components import schema as s
 from components.candidates.als import Factors, ImplicitAls, MllibAls
-from components.candidates.base import FoldTables
+from components.candidates.base import CandidateGenerator, FoldTables
 from components.candidates.cooc import CoocGenerator, cooc_spark
 from components.candidates.history import HistoryGenerator, history_spark
 from components.candidates.popular import PopularGenerator, popular_spark
-from components.candidates.union import Fusion, union_candidates, union_candidates_spark
+from components.candidates.union import Fusion, empty_candidates, union_candidates, union_candidates_spark
 from components.config import AlsConfig, CandidateConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 log = logging.getLogger(__name__)
+
+MAX_PROPOSALS_PER_CHUNK = 20_000_000  # generators' (user, item) proposals fused at once (~1 GB of arrays)
 
 
 @dataclass
@@ -76,20 +78,31 @@ def generate_local(tables: FoldTables, users: np.ndarray, als: AlsConfig,
     users = np.unique(np.asarray(users, dtype=np.int64))
     with timer.lap("als_fit"):
         als_model = ImplicitAls(als).fit(tables)
-    with timer.lap("als_recommend"):
-        lists = {"als": als_model.recommend(users, candidates.als_top_n)}
+    generators: dict[str, tuple[CandidateGenerator | ImplicitAls, int]] = {"als": (als_model, candidates.als_top_n)}
     with timer.lap("history"):
-        lists["history"] = HistoryGenerator().fit(tables).recommend(users, candidates.history_top_n)
+        generators["history"] = HistoryGenerator().fit(tables), candidates.history_top_n
     with timer.lap("cooc"):
         if candidates.cooc_top_n > 0:
             cooc = CoocGenerator(neighbours=candidates.cooc_neighbours,
                                  half_life_days=candidates.cooc_half_life_days,
                                  max_items_per_user=candidates.cooc_max_items_per_user)
-            lists["cooc"] = cooc.fit(tables).recommend(users, candidates.cooc_top_n)
+            generators["cooc"] = cooc.fit(tables), candidates.cooc_top_n
     with timer.lap("popular"):
-        lists["popular"] = PopularGenerator().fit(tables).recommend(users, candidates.popular_top_n)
-    with timer.lap("union"):
-        fused = union_candidates(lists, fusion)
+        generators["popular"] = PopularGenerator().fit(tables), candidates.popular_top_n
+    # Every generator proposes hundreds of items per user; fusing a chunk of users at a time keeps the
+    # proposals (not only the fused candidates) within memory at any number of users.
+    proposals_per_user = sum(n for _, n in generators.values())
+    users_per_chunk = max(1, MAX_PROPOSALS_PER_CHUNK // max(proposals_per_user, 1))
+    parts = []
+    for first in range(0, len(users), users_per_chunk):
+        chunk = users[first:first + users_per_chunk]
+        lists = {}
+        for name, (generator, n) in generators.items():
+            with timer.lap(f"{name}_recommend"):
+                lists[name] = generator.recommend(chunk, n)
+        with timer.lap("union"):
+            parts.append(union_candidates(lists, fusion))
+    fused = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0] if parts else empty_candidates()
     user_factors, item_factors = als_model.factors()
     log.info("candidates: %d users, %d rows (%.1f per user), %s", len(users), len(fused),
              len(fused) / max(len(users), 1), timer.seconds)
