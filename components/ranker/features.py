@@ -218,6 +218,26 @@ def build_features(
     a chunk of users at a time (memory bound at scale): pass that chunk's candidates, user features,
     user_item features and user_category, the whole item_features, and ``item_history`` computed once
     by :func:`item_history_stats` on the whole user_item table (computed here when not given)."""
+    # Copy-on-write: the dozen merges below otherwise copy (consolidate) the whole growing frame each
+    # time; same values, a little over twice as fast (and the default from pandas 3).
+    with pd.option_context("mode.copy_on_write", True):
+        return _build_features(candidates, user_features, item_features, user_item_features, feature_lists,
+                               user_category=user_category, spec=spec, horizon_days=horizon_days,
+                               item_history=item_history)
+
+
+def _build_features(
+    candidates: pd.DataFrame,
+    user_features: pd.DataFrame,
+    item_features: pd.DataFrame,
+    user_item_features: pd.DataFrame,
+    feature_lists: Mapping[str, Sequence[str]],
+    *,
+    user_category: pd.DataFrame | None,
+    spec: FeatureSpec | None,
+    horizon_days: float,
+    item_history: pd.DataFrame | None,
+) -> tuple[pd.DataFrame, FeatureSpec]:
     _require(candidates, [s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS], "candidates")
     categorical_declared = set(feature_lists.get("categorical", []))
     user_names = [n for n in feature_lists.get("user", []) if n in user_features.columns]
