@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_PROPOSALS_PER_CHUNK = 20_000_000  # generators' (user, item) proposals fused at once (~1 GB of arrays)
+# Generators' (user, item) proposals fused at once (~100 MB of arrays): bounds memory, and measured twice
+# as fast as 20M (cache-sized sorts). Chunks only change ALS scores in float32's last bits (BLAS blocking).
+MAX_PROPOSALS_PER_CHUNK = 2_000_000
 
 
 @dataclass
