@@ -74,10 +74,29 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 
 def _rank_within_user(frame: pd.DataFrame, keys: list[str], ascending: list[bool]) -> pd.Series:
     """1-based position of each row within its user under the given sort (ties by item_idx asc)."""
-    ordered = frame.sort_values([s.USER_IDX, *keys, s.ITEM_IDX], ascending=[True, *ascending, True],
-                                kind="mergesort")
+    columns = [s.USER_IDX, *keys, s.ITEM_IDX]
+    ordered = frame[columns].sort_values(columns, ascending=[True, *ascending, True], kind="mergesort")
     ranks = ordered.groupby(s.USER_IDX, sort=False).cumcount() + 1
     return ranks.reindex(frame.index).astype(np.float64)
+
+
+def _left_join(frame: pd.DataFrame, right: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame:
+    """``frame.merge(right, on=on, how="left")`` for a ``right`` unique on ``on``: the same rows, order and
+    values, but only right's columns are looked up (a merge copies every column of the growing frame)."""
+    keys = list(on)
+    added = [c for c in right.columns if c not in keys]
+    clash = sorted(set(added) & set(frame.columns))
+    if clash:
+        raise ValueError(f"columns {clash} would be joined twice")
+    if len(keys) == 1:
+        position = pd.Index(right[keys[0]]).get_indexer(frame[keys[0]])
+    else:
+        position = pd.MultiIndex.from_frame(right[keys]).get_indexer(pd.MultiIndex.from_frame(frame[keys]))
+    found = pd.Series(position >= 0, index=frame.index)
+    picked = right[added].iloc[np.where(position >= 0, position, 0)].set_axis(frame.index)
+    # Unmatched rows become missing exactly as in a merge (ints -> float NaN, bools/strings -> object NaN).
+    looked_up = picked.where(found, axis=0) if not found.all() else picked
+    return pd.concat([frame, looked_up], axis=1)
 
 
 def neutral_value(name: str) -> float:
@@ -260,14 +279,14 @@ def _build_features(
 
     ui = user_item_features[[s.USER_IDX, s.ITEM_IDX, *ui_names]].copy()
     ui[UI_KNOWN] = 1.0
-    frame = frame.merge(ui, on=[s.USER_IDX, s.ITEM_IDX], how="left")
+    frame = _left_join(frame, ui, [s.USER_IDX, s.ITEM_IDX])
     frame[UI_KNOWN] = frame[UI_KNOWN].fillna(0.0)
 
     pairs, users = history_stats(user_item_features)
     items = item_history if item_history is not None else item_history_stats(user_item_features)
-    frame = frame.merge(pairs, on=[s.USER_IDX, s.ITEM_IDX], how="left")
-    frame = frame.merge(users, on=s.USER_IDX, how="left")
-    frame = frame.merge(items, on=s.ITEM_IDX, how="left")
+    frame = _left_join(frame, pairs, [s.USER_IDX, s.ITEM_IDX])
+    frame = _left_join(frame, users, [s.USER_IDX])
+    frame = _left_join(frame, items, [s.ITEM_IDX])
     for name in (HIST_RANK, RECENCY_RANK):
         frame[name] = frame[name].fillna(RANK_SENTINEL)
     for name in (UI_PURCHASE_DAYS_REL, UI_PURCHASE_SHARE, U_REPEAT_SHARE, I_MEAN_PURCHASE_DAYS):
@@ -283,8 +302,8 @@ def _build_features(
         frame = frame.drop(columns=[_ITEM_GAP])
         derived.append(I_CYCLE_DUE)
 
-    frame = frame.merge(user_features[[s.USER_IDX, *user_names]], on=s.USER_IDX, how="left")
-    frame = frame.merge(item_features[[s.ITEM_IDX, *item_names]], on=s.ITEM_IDX, how="left")
+    frame = _left_join(frame, user_features[[s.USER_IDX, *user_names]], [s.USER_IDX])
+    frame = _left_join(frame, item_features[[s.ITEM_IDX, *item_names]], [s.ITEM_IDX])
     # ETL's computed features: documented neutral values for missing rows and undefined values.
     for name in (*ui_names, *user_names, *item_names):
         if name not in categorical_declared and not _is_attribute(name):
