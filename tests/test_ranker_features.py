@@ -15,6 +15,7 @@ from components.ranker.features import (
     RANK_SENTINEL,
     UI_KNOWN,
     UNDEFINED,
+    _left_join,
     build_features,
     neutral_value,
 )
@@ -121,3 +122,18 @@ def test_validation_ndcg_counts_targets_outside_the_candidates() -> None:
     value = _ndcg(frame, np.array([0.9, 0.5, 0.1, 0.8, 0.2]), 10)
     expected = (1 / (1 + 1 / np.log2(3)) + 1 / np.log2(3)) / 2
     assert value == pytest.approx(expected)
+
+
+def test_left_join_matches_a_pandas_left_merge() -> None:
+    """The features' join (a lookup of the right table's columns) against its reference, pandas' merge:
+    same rows, order, dtypes and missing values, for int, float, bool and string columns."""
+    frame = pd.DataFrame({s.USER_IDX: [3, 1, 2, 3, 9], s.ITEM_IDX: [0, 1, 1, 2, 0], "f": np.arange(5.0)},
+                         index=[10, 11, 12, 13, 14])
+    right = pd.DataFrame({s.USER_IDX: [1, 3, 3, 2], s.ITEM_IDX: [1, 0, 2, 5], "n": [7, 8, 9, 10],
+                          "x": [0.5, np.nan, 1.5, 2.5], "b": [True, False, True, True], "c": ["a", "b", None, "d"]})
+    by_item = right.drop(columns=[s.USER_IDX]).drop_duplicates(s.ITEM_IDX)
+    for table, keys in ((right, [s.USER_IDX, s.ITEM_IDX]), (by_item, [s.ITEM_IDX])):
+        expected = frame.merge(table, on=keys, how="left").set_axis(frame.index)
+        pd.testing.assert_frame_equal(_left_join(frame, table, keys), expected)
+    with pytest.raises(ValueError, match=r"columns \['f'\] would be joined twice"):
+        _left_join(frame, right.assign(f=1.0), [s.USER_IDX, s.ITEM_IDX])
