@@ -20,23 +20,24 @@ class Step:
     kind: StepKind  # how SageMaker runs it
     inputs: tuple[str, ...]  # "raw" or names of earlier steps
     summary: str
+    config: tuple[str, ...] = ()  # the PipelineConfig fields the step reads (its resume fingerprint)
 
 
 STEPS: tuple[Step, ...] = (
     Step("etl", "components.etl.step", "pyspark", ("raw",),
-         "validate, reject with reasons, id maps, windows, features per fold"),
+         "validate, reject with reasons, id maps, windows, features per fold", ("etl",)),
     Step("als", "components.candidates.step", "pyspark", ("etl",),
-         "implicit ALS factors and top-N candidates per user and fold"),
+         "implicit ALS factors and top-N candidates per user and fold", ("als", "candidates")),
     Step("ranker_data", "components.ranker.data_step", "processing", ("etl", "als"),
-         "labelled candidates in the built-in CatBoost CSV format"),
+         "labelled candidates in the built-in CatBoost CSV format", ("ranker",)),
     Step("train", "components.ranker.train_step", "training", ("ranker_data",),
-         "CatBoost ranker (the built-in SageMaker algorithm's formats)"),
+         "CatBoost ranker (the built-in SageMaker algorithm's formats)", ("ranker",)),
     Step("evaluation", "components.evaluation.step", "processing", ("etl", "als", "ranker_data", "train"),
          "EVALUATION.md: popular, repurchase, als, two_stage"),
     Step("bundle", "components.bundle.step", "processing", ("etl", "als", "ranker_data", "train", "evaluation"),
-         "versioned model.tar.gz with everything serving needs"),
+         "versioned model.tar.gz with everything serving needs", ("model_package_group",)),
     Step("register", "components.registry.step", "register", ("bundle", "evaluation"),
-         "quality gate, then the model registry as PendingManualApproval"),
+         "quality gate, then the model registry as PendingManualApproval", ("gate", "model_package_group")),
 )
 
 STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)

@@ -37,10 +37,13 @@ def step_argv(step: Step, raw: Path, output: Path, config: PipelineConfig,
     return [*argv, "--output", str(output / step.name), "--config", config.to_json(), *extra]
 
 
-def _fingerprint(step: Step, argv: list[str], output: Path) -> str:
-    """Hash of the step's argv and of its inputs' own fingerprints, so changing anything upstream
-    invalidates everything downstream."""
-    digest = hashlib.sha256(json.dumps(argv).encode())
+def _fingerprint(step: Step, argv: list[str], config: PipelineConfig, output: Path) -> str:
+    """Hash of the step's argv (of its config, only the fields it reads) and of its inputs' own
+    fingerprints, so changing anything upstream invalidates everything downstream, and tuning the
+    ranker does not rerun the ETL."""
+    config_json = config.to_json()
+    wiring = [arg for arg in argv if arg != config_json]
+    digest = hashlib.sha256(json.dumps([wiring, config.model_dump(include=set(step.config))]).encode())
     for name in step.inputs:
         marker = output / name / SUCCESS_MARKER
         if marker.exists():
@@ -72,7 +75,7 @@ def run_local(
             if only and step.name not in only:
                 continue
             argv = step_argv(step, raw, output, config, (step_options or {}).get(step.name, ()))
-            fingerprint = _fingerprint(step, argv, output)
+            fingerprint = _fingerprint(step, argv, config, output)
             marker = output / step.name / SUCCESS_MARKER
             if on_step_start:
                 on_step_start(step)

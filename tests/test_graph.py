@@ -4,6 +4,7 @@ graph's inputs, and the local runner builds each step's argv from the graph alon
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,14 @@ def test_local_argv_follows_graph(tmp_path: Path) -> None:
     assert PipelineConfig.from_json_or_path(argv[argv.index("--config") + 1]) == config
     with pytest.raises(KeyError, match="unknown step"):
         get_step("deploy")
+
+
+@pytest.mark.parametrize("step", STEPS, ids=lambda step: step.name)
+def test_step_declares_the_config_fields_it_reads(step: Step) -> None:
+    """Resume skips a step when its declared config fields did not change, so a field read but not
+    declared would let a stale output through. The entry module's source is the evidence."""
+    fields = set(PipelineConfig.model_fields)
+    assert set(step.config) <= fields
+    source = Path(importlib.import_module(step.entry_point).__file__ or "").read_text()
+    read = {name for name in re.findall(r"config\.(\w+)", source) if name in fields}
+    assert read <= set(step.config), f"{step.name} reads {sorted(read - set(step.config))} undeclared"

@@ -11,7 +11,7 @@ import pytest
 
 from components import schema as s
 from components.bundle import load_bundle
-from components.config import GateConfig, PipelineConfig
+from components.config import GateConfig, PipelineConfig, RankerConfig
 from components.errors import QualityGateError
 from components.registry.local import LocalRegistry
 from pipelines.graph import STEP_NAMES
@@ -47,6 +47,10 @@ def test_tiny_shop_end_to_end_resume_and_determinism(tiny_raw: Path, tmp_path: P
     # a full rerun on the same input gives the same model (seeded): the same bundle version
     assert _run(tiny_raw, tmp_path / "again", registry, resume=False) == list(STEP_NAMES)
     assert load_bundle(tmp_path / "again" / "bundle" / s.MODEL_ARCHIVE).version == bundle.version
+    # a ranker setting reruns the ranker's steps only: the ETL and ALS outputs still hold
+    retuned = TINY_CONFIG.model_copy(update={"ranker": RankerConfig(learning_rate=0.1)})
+    assert _run(tiny_raw, output, registry, config=retuned) == ["ranker_data", "train", "evaluation", "bundle",
+                                                                 "register"]
 
 
 @pytest.mark.usefixtures("spark")
