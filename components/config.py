@@ -100,6 +100,7 @@ class RankerConfig(_Strict):
     seed: int = 42
     # Feature rows built at once (whole users per chunk): bounds ranker_data's memory at any data size.
     chunk_rows: int = Field(500_000, ge=1)
+    workers: int = Field(0, ge=0)  # processes building the test fold's rows; 0 = one per core
 
 
 class GateConfig(_Strict):

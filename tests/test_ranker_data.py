@@ -17,7 +17,7 @@ from components import schema as s
 from components.config import PipelineConfig, RankerConfig
 from components.ranker import data_step
 from components.ranker.data import hash_uniform, validation_mask
-from components.ranker.io import load_fold, user_chunks
+from components.ranker.io import load_fold, user_chunks, user_row_counts
 from components.ranker.model import FeatureSpec
 from tests.test_ranker_fixtures import make_fake_outputs
 
@@ -148,8 +148,9 @@ def test_chunks_of_users_give_exactly_the_one_chunk_result(fake: tuple[Path, Pat
     """Memory is bounded by building features a chunk of users at a time; the result must not depend on it."""
     etl, als, out = fake
     chunked = tmp_path / "chunked"
+    small_chunks = CONFIG.model_copy(update={"chunk_rows": 37, "workers": 1})
     data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(chunked),
-                    "--config", PipelineConfig(ranker=CONFIG.model_copy(update={"chunk_rows": 37})).to_json()])
+                    "--config", PipelineConfig(ranker=small_chunks).to_json()])
     assert len(list((chunked / s.SCORING_DIR).glob("*.parquet"))) > 3  # really chunked
     assert len(list((out / s.SCORING_DIR).glob("*.parquet"))) == 1
     for channel in s.CHANNELS:
@@ -174,3 +175,19 @@ def test_user_chunks_hold_whole_users_in_order(fake: tuple[Path, Path, Path]) ->
         expected = fold.user_item_features[s.USER_IDX].isin(users).sum()
         assert len(chunk.user_item_features) == expected  # all of each user's history comes along
         assert len(chunk.candidates) < 50 + chunk.candidates.groupby(s.USER_IDX).size().max()
+
+
+def test_shards_of_users_in_parallel_processes_give_the_one_process_result(fake: tuple[Path, Path, Path],
+                                                                           tmp_path: Path) -> None:
+    etl, als, out = fake
+    spec = FeatureSpec.load(out / s.FEATURE_SPEC_FILE)
+    config = CONFIG.model_copy(update={"chunk_rows": 20, "workers": 2})
+    users, rows = user_row_counts(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES)
+    shards = data_step.scoring_shards(users, rows, config.workers, config.chunk_rows)
+    assert len(shards) == 2 and shards[0][0] == 0 and shards[0][1] == shards[1][0]  # adjacent ranges
+    assert abs(int(rows[users < shards[0][1]].sum()) - int(rows.sum()) / 2) <= rows.max()  # about equal rows
+    assert data_step.write_scoring_rows(etl, als, spec, tmp_path / "scoring", config) == (
+        int(rows.sum()), len(users))
+    parts = sorted((tmp_path / "scoring").glob("*.parquet"))
+    assert any(p.name.startswith(f"part-{data_step.PARTS_PER_SHARD:08d}") for p in parts)  # the second shard
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scoring"), pd.read_parquet(out / s.SCORING_DIR))

@@ -172,7 +172,7 @@ def write_scoring(frame: pd.DataFrame, spec: FeatureSpec, directory: Path, *,
             columns[name] = pa.array(values, from_pandas=True)
         else:
             columns[name] = pa.array(values.astype(np.float32), from_pandas=True)
-    pq.write_table(pa.table(columns), directory / f"part-{part:05d}.parquet")
+    pq.write_table(pa.table(columns), directory / f"part-{part:08d}.parquet")
 
 
 def report_dict(report: SampleReport) -> dict[str, object]:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from components.ranker.data import (
     write_scoring,
 )
 from components.ranker.features import build_features, item_history_stats
-from components.ranker.io import feature_lists, horizon_days, load_fold, user_chunks
+from components.ranker.io import feature_lists, horizon_days, load_fold, read_table, user_chunks, user_row_counts
 from components.ranker.model import FeatureSpec
 from components.stepargs import parse_step_args
 
@@ -133,21 +136,71 @@ def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig
     return spec, _summed(reports)
 
 
-def write_scoring_rows(etl: Path, als: Path, spec: FeatureSpec, output: Path, config: RankerConfig) -> tuple[int,
-                                                                                                            int]:
-    """Every test-fold candidate with the train fold's feature spec, chunk by chunk -> (rows, users)."""
-    fold = load_fold(etl, als, s.TEST_FOLD)
-    lists, horizon = feature_lists(etl), horizon_days(etl, s.TEST_FOLD)
-    item_history = item_history_stats(fold.user_item_features)
+@dataclass(frozen=True)
+class ScoringShard:
+    """Test-fold users first <= user_idx < stop, scored by one process into parts numbered from ``part``."""
+
+    etl: Path
+    als: Path
+    output: Path
+    spec: FeatureSpec
+    item_history: pd.DataFrame  # per-item stats over the whole fold (a shard sees only its users)
+    first: int
+    stop: int
+    part: int
+    chunk_rows: int
+
+
+PARTS_PER_SHARD = 1_000_000  # part numbers of shard k start at k * this: name order = user order
+
+
+def score_shard(shard: ScoringShard) -> tuple[int, int]:
+    """Build and write the feature rows of one shard of users, a chunk at a time -> (rows, users)."""
+    fold = load_fold(shard.etl, shard.als, s.TEST_FOLD, users=(shard.first, shard.stop))
+    lists, horizon = feature_lists(shard.etl), horizon_days(shard.etl, s.TEST_FOLD)
     rows = users = 0
-    for number, chunk in enumerate(user_chunks(fold, config.chunk_rows)):
+    for number, chunk in enumerate(user_chunks(fold, shard.chunk_rows)):
         frame, _ = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
                                   chunk.user_item_features, lists, user_category=chunk.user_category,
-                                  spec=spec, horizon_days=horizon, item_history=item_history)
-        write_scoring(frame, spec, output, part=number)
+                                  spec=shard.spec, horizon_days=horizon, item_history=shard.item_history)
+        write_scoring(frame, shard.spec, shard.output, part=shard.part + number)
         rows, users = rows + len(frame), users + int(frame[s.USER_IDX].nunique())
-        log.info("test fold chunk %d: %d scoring rows (%d so far)", number, len(frame), rows)
+        log.info("test fold users [%d, %d): chunk %d, %d scoring rows so far", shard.first, shard.stop, number, rows)
     return rows, users
+
+
+def scoring_shards(candidate_users: np.ndarray, rows_per_user: np.ndarray, workers: int, chunk_rows: int
+                   ) -> list[tuple[int, int]]:
+    """User ranges [first, stop) of about equal candidate rows: one per worker, none smaller than a few
+    chunks (starting a process costs about as much as a chunk)."""
+    total = int(rows_per_user.sum())
+    n = max(1, min(workers, total // (4 * chunk_rows)))
+    cumulative = np.cumsum(rows_per_user)
+    cuts = np.searchsorted(cumulative, [total * k / n for k in range(1, n)])
+    firsts = np.unique(np.r_[0, candidate_users[np.minimum(cuts + 1, len(candidate_users) - 1)]]) if total else [0]
+    stops = [*firsts[1:], np.iinfo(np.int32).max]
+    return [(int(a), int(b)) for a, b in zip(firsts, stops, strict=True)]
+
+
+def write_scoring_rows(etl: Path, als: Path, spec: FeatureSpec, output: Path, config: RankerConfig) -> tuple[int,
+                                                                                                            int]:
+    """Every test-fold candidate with the train fold's feature spec -> (rows, users). Shards of users run
+    in parallel processes (pandas uses one core), each a chunk at a time (bounded memory)."""
+    candidate_users, rows_per_user = user_row_counts(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES)
+    item_history = item_history_stats(read_table(etl / s.FOLDS_DIR / s.TEST_FOLD / s.USER_ITEM_FEATURES))
+    workers = config.workers or os.cpu_count() or 1
+    shards = [ScoringShard(etl, als, output, spec, item_history, first, stop, k * PARTS_PER_SHARD,
+                           config.chunk_rows)
+              for k, (first, stop) in enumerate(scoring_shards(candidate_users, rows_per_user, workers,
+                                                               config.chunk_rows))]
+    log.info("scoring %d test-fold rows of %d users in %d process(es)", rows_per_user.sum(), len(candidate_users),
+             len(shards))
+    if len(shards) == 1:
+        counts = [score_shard(shards[0])]
+    else:  # spawn, not fork: the parent holds a Spark gateway and Arrow thread pools
+        with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as pool:
+            counts = list(pool.map(score_shard, shards))
+    return sum(r for r, _ in counts), sum(u for _, u in counts)
 
 
 def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleReport:

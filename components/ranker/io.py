@@ -19,12 +19,15 @@ from components.errors import DataContractError
 USER_CATEGORY = s.USER_CATEGORY  # optional folds/<fold>/user_category/, used when present
 
 
-def read_table(path: Path, columns: list[str] | None = None, *, users: np.ndarray | None = None) -> pd.DataFrame:
+def read_table(path: Path, columns: list[str] | None = None, *, users: np.ndarray | None = None,
+               filters: list[tuple[str, str, Any]] | None = None) -> pd.DataFrame:
     """A Parquet folder (Spark output: part files, _SUCCESS ignored) or file as one DataFrame; only the
-    rows of ``users`` (user_idx values) when given, filtered while reading so the rest never loads."""
+    rows of ``users`` (user_idx values) or matching ``filters`` when given, filtered while reading so the
+    rest never loads."""
     if not path.exists():
         raise DataContractError(f"table not found: {path}")
-    filters = [(s.USER_IDX, "in", users.tolist())] if users is not None else None
+    if users is not None:
+        filters = [*(filters or []), (s.USER_IDX, "in", users.tolist())]
     try:
         return pd.read_parquet(path, columns=columns, filters=filters)
     except (OSError, ValueError) as error:
@@ -86,18 +89,31 @@ def user_chunks(fold: FoldTables, rows_per_chunk: int) -> Iterator[FoldTables]:
         )
 
 
-def load_fold(etl: Path, als: Path, fold: s.Fold) -> FoldTables:
+def load_fold(etl: Path, als: Path, fold: s.Fold, *, users: tuple[int, int] | None = None) -> FoldTables:
+    """One fold's tables; with ``users`` = (first, stop), only the per-user rows of first <= user_idx <
+    stop (a shard of the fold; item tables, targets and target users stay whole)."""
     etl_fold = etl / s.FOLDS_DIR / fold
     user_category_dir = etl_fold / USER_CATEGORY
+    shard = [(s.USER_IDX, ">=", users[0]), (s.USER_IDX, "<", users[1])] if users else None
+
+    def per_user(path: Path) -> pd.DataFrame:
+        return read_table(path, filters=shard)
+
     return FoldTables(
-        candidates=read_table(als / s.FOLDS_DIR / fold / s.CANDIDATES),
-        user_features=read_table(etl_fold / s.USER_FEATURES),
+        candidates=per_user(als / s.FOLDS_DIR / fold / s.CANDIDATES),
+        user_features=per_user(etl_fold / s.USER_FEATURES),
         item_features=read_table(etl_fold / s.ITEM_FEATURES),
-        user_item_features=read_table(etl_fold / s.USER_ITEM_FEATURES),
+        user_item_features=per_user(etl_fold / s.USER_ITEM_FEATURES),
         targets=read_table(etl_fold / s.TARGETS, [s.USER_IDX, s.ITEM_IDX]),
         target_users=read_table(etl_fold / s.TARGET_USERS, [s.USER_IDX, s.SEGMENT]),
-        user_category=read_table(user_category_dir) if user_category_dir.exists() else None,
+        user_category=per_user(user_category_dir) if user_category_dir.exists() else None,
     )
+
+
+def user_row_counts(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(users ascending, rows of each) of a table with a user_idx column, reading that column only."""
+    users = read_table(path, [s.USER_IDX])[s.USER_IDX].to_numpy()
+    return np.unique(users, return_counts=True)
 
 
 def feature_lists(etl: Path) -> dict[str, list[str]]:
