@@ -147,6 +147,7 @@ CHANNEL_DATA_FILE: Final = "data.csv"
 CATEGORICAL_INDEX_FILE: Final = "categorical_index.json"
 FEATURE_SPEC_FILE: Final = "feature_spec.json"  # {"features": [...ordered], "categorical": [...]}
 SCORING_DIR: Final = "scoring"  # scoring/: user_idx, item_idx + features, the test fold's candidates
+SCORING_WARM_DIR: Final = "scoring_warm"  # the same rows of the warm test-target users only: what evaluation scores
 LABEL: Final = "label"
 RANKER_DATA_REPORT_FILE: Final = "ranker_data.json"  # row/user counts, negatives sampled, dropped users
 VALIDATION_RANKING_DIR: Final = "validation_ranking"  # validation users: all candidates, label, n_targets

@@ -156,7 +156,7 @@ def test_chunks_of_users_give_exactly_the_one_chunk_result(fake: tuple[Path, Pat
     for channel in s.CHANNELS:
         data = s.CHANNEL_DATA_FILE
         assert (chunked / channel / data).read_bytes() == (out / channel / data).read_bytes()
-    for table in (s.SCORING_DIR, s.VALIDATION_RANKING_DIR):
+    for table in (s.SCORING_DIR, s.SCORING_WARM_DIR, s.VALIDATION_RANKING_DIR):
         pd.testing.assert_frame_equal(pd.read_parquet(chunked / table), pd.read_parquet(out / table))
     assert _ranker_data_report(chunked) == _ranker_data_report(out)
     assert FeatureSpec.load(chunked / s.FEATURE_SPEC_FILE) == FeatureSpec.load(out / s.FEATURE_SPEC_FILE)
@@ -186,8 +186,28 @@ def test_shards_of_users_in_parallel_processes_give_the_one_process_result(fake:
     shards = data_step.scoring_shards(users, rows, config.workers, config.chunk_rows)
     assert len(shards) == 2 and shards[0][0] == 0 and shards[0][1] == shards[1][0]  # adjacent ranges
     assert abs(int(rows[users < shards[0][1]].sum()) - int(rows.sum()) / 2) <= rows.max()  # about equal rows
-    assert data_step.write_scoring_rows(etl, als, spec, tmp_path / "scoring", config) == (
-        int(rows.sum()), len(users))
-    parts = sorted((tmp_path / "scoring").glob("*.parquet"))
+    assert data_step.write_scoring_rows(etl, als, spec, tmp_path, config) == (int(rows.sum()), len(users))
+    parts = sorted((tmp_path / s.SCORING_DIR).glob("*.parquet"))
     assert any(p.name.startswith(f"part-{data_step.PARTS_PER_SHARD:08d}") for p in parts)  # the second shard
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scoring"), pd.read_parquet(out / s.SCORING_DIR))
+    for table in (s.SCORING_DIR, s.SCORING_WARM_DIR):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / table), pd.read_parquet(out / table))
+
+
+def test_scoring_warm_holds_exactly_the_warm_test_target_users_rows(fake: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    etl, als, out = fake
+    # Keep half of the test fold's target users (and make one of them cold): the others' rows must go.
+    copy = tmp_path / "etl"
+    shutil.copytree(etl, copy)
+    users_dir = copy / s.FOLDS_DIR / s.TEST_FOLD / s.TARGET_USERS
+    target_users = pd.read_parquet(users_dir).sort_values(s.USER_IDX).iloc[::2].reset_index(drop=True)
+    target_users.loc[0, s.SEGMENT] = s.COLD
+    shutil.rmtree(users_dir)
+    users_dir.mkdir()
+    target_users.to_parquet(users_dir / "part-0.parquet", index=False)
+    data_step.write_scoring_rows(copy, als, FeatureSpec.load(out / s.FEATURE_SPEC_FILE), tmp_path / "out", CONFIG)
+    warm = set(target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX])
+    scoring = pd.read_parquet(tmp_path / "out" / s.SCORING_DIR)
+    expected = scoring.loc[scoring[s.USER_IDX].isin(warm)].reset_index(drop=True)
+    assert 0 < len(expected) < len(scoring)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / s.SCORING_WARM_DIR), expected)

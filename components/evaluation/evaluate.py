@@ -43,7 +43,7 @@ class EvaluationInputs:
     item_features: pd.DataFrame  # test fold
     user_item_features: pd.DataFrame  # test fold
     candidates: pd.DataFrame  # test fold, ALS step output (warm target users' rows)
-    scoring: pd.DataFrame  # test fold feature rows (ranker_data/scoring; warm target users' rows)
+    scoring: pd.DataFrame  # test fold feature rows of the warm target users (ranker_data/scoring_warm)
     ranker: Ranker
     training_report: dict[str, Any]
 
@@ -74,7 +74,7 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
         item_features=read_table(fold / s.ITEM_FEATURES),
         user_item_features=read_table(fold / s.USER_ITEM_FEATURES),
         candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, users=warm),
-        scoring=read_table(ranker_data / s.SCORING_DIR, users=warm),
+        scoring=read_table(ranker_data / s.SCORING_WARM_DIR, users=warm),
         ranker=Ranker.load(train / s.MODEL_ARCHIVE, spec=spec),
         training_report=read_json(report_path) if report_path.exists() else {},
     )

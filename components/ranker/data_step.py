@@ -2,7 +2,8 @@
 plus the test fold's scoring rows.
 
 Writes (OUTPUT/ranker_data/): training/ and validation/ (data.csv + categorical_index.json),
-feature_spec.json, scoring/ (Parquet), ranker_data.json (counts)."""
+feature_spec.json, validation_ranking/, scoring/ (Parquet, every test-fold candidate: the bundle) and
+scoring_warm/ (the warm test-target users' rows: the evaluation), ranker_data.json (counts)."""
 
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ class ScoringShard:
 
     etl: Path
     als: Path
-    output: Path
+    output: Path  # scoring/: every user's rows (the bundle)
+    warm_output: Path  # scoring_warm/: the warm test-target users' rows (evaluation reads only those)
     spec: FeatureSpec
     item_history: pd.DataFrame  # per-item stats over the whole fold (a shard sees only its users)
     first: int
@@ -158,12 +160,15 @@ def score_shard(shard: ScoringShard) -> tuple[int, int]:
     """Build and write the feature rows of one shard of users, a chunk at a time -> (rows, users)."""
     fold = load_fold(shard.etl, shard.als, s.TEST_FOLD, users=(shard.first, shard.stop))
     lists, horizon = feature_lists(shard.etl), horizon_days(shard.etl, s.TEST_FOLD)
+    warm = fold.target_users.loc[fold.target_users[s.SEGMENT] == s.WARM, s.USER_IDX]
     rows = users = 0
     for number, chunk in enumerate(user_chunks(fold, shard.chunk_rows)):
         frame, _ = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
                                   chunk.user_item_features, lists, user_category=chunk.user_category,
                                   spec=shard.spec, horizon_days=horizon, item_history=shard.item_history)
         write_scoring(frame, shard.spec, shard.output, part=shard.part + number)
+        write_scoring(frame.loc[frame[s.USER_IDX].isin(warm)], shard.spec, shard.warm_output,
+                      part=shard.part + number)
         rows, users = rows + len(frame), users + int(frame[s.USER_IDX].nunique())
         log.info("test fold users [%d, %d): chunk %d, %d scoring rows so far", shard.first, shard.stop, number, rows)
     return rows, users
@@ -184,13 +189,14 @@ def scoring_shards(candidate_users: np.ndarray, rows_per_user: np.ndarray, worke
 
 def write_scoring_rows(etl: Path, als: Path, spec: FeatureSpec, output: Path, config: RankerConfig) -> tuple[int,
                                                                                                             int]:
-    """Every test-fold candidate with the train fold's feature spec -> (rows, users). Shards of users run
-    in parallel processes (pandas uses one core), each a chunk at a time (bounded memory)."""
+    """Every test-fold candidate with the train fold's feature spec, in ``output``/scoring/ and, for the
+    warm test-target users, also in ``output``/scoring_warm/ -> (rows, users). Shards of users run in
+    parallel processes (pandas uses one core), each a chunk at a time (bounded memory)."""
     candidate_users, rows_per_user = user_row_counts(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES)
     item_history = item_history_stats(read_table(etl / s.FOLDS_DIR / s.TEST_FOLD / s.USER_ITEM_FEATURES))
     workers = config.workers or os.cpu_count() or 1
-    shards = [ScoringShard(etl, als, output, spec, item_history, first, stop, k * PARTS_PER_SHARD,
-                           config.chunk_rows)
+    shards = [ScoringShard(etl, als, output / s.SCORING_DIR, output / s.SCORING_WARM_DIR, spec, item_history,
+                           first, stop, k * PARTS_PER_SHARD, config.chunk_rows)
               for k, (first, stop) in enumerate(scoring_shards(candidate_users, rows_per_user, workers,
                                                                config.chunk_rows))]
     log.info("scoring %d test-fold rows of %d users in %d process(es)", rows_per_user.sum(), len(candidate_users),
@@ -213,7 +219,7 @@ def run(etl: Path, als: Path, output: Path, config: RankerConfig) -> SampleRepor
     log.info("training: %d rows / %d users / %d positives; validation: %d rows / %d users / %d positives",
              report.training_rows, report.training_users, report.training_positives,
              report.validation_rows, report.validation_users, report.validation_positives)
-    scoring_rows, scoring_users = write_scoring_rows(etl, als, spec, output / s.SCORING_DIR, config)
+    scoring_rows, scoring_users = write_scoring_rows(etl, als, spec, output, config)
     log.info("scoring (test fold): %d rows, %d users", scoring_rows, scoring_users)
     summary = {**report_dict(report), "scoring_rows": scoring_rows, "scoring_users": scoring_users,
                "features": len(spec.features), "categorical": list(spec.categorical),
