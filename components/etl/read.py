@@ -37,7 +37,7 @@ ROW_ID = "_row_id"  # read order, so "the first of several duplicates" is well d
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq", ".parquet.gz", ".snappy.parquet")
 NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
-PER_FILE_READS = 64  # see _with_source_file
+PER_FILE_READS = 256  # see _with_source_file
 
 # Contract columns and the Arrow types a Parquet file may hold them in (anything else cannot be cast).
 _ID_TYPES = "string or integer"
