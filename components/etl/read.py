@@ -13,7 +13,7 @@ import csv
 import gzip
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ ROW_ID = "_row_id"  # read order, so "the first of several duplicates" is well d
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq", ".parquet.gz", ".snappy.parquet")
 NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+PER_FILE_READS = 256  # see _with_source_file
 
 # Contract columns and the Arrow types a Parquet file may hold them in (anything else cannot be cast).
 _ID_TYPES = "string or integer"
@@ -78,6 +79,7 @@ class RawTable:
     frame: DataFrame
     columns: tuple[str, ...]
     files: tuple[str, ...]
+    rows: int | None = None  # from the Parquet footers when every file is Parquet (spares a count job)
 
 
 def resolve_raw_root(uri: str | Path, *, s3_client: Any | None = None) -> Path:
@@ -199,19 +201,20 @@ def _read_csv_group(spark: SparkSession, files: list[Path], names: list[str], ro
 
     struct = StructType([StructField(n, StringType()) for n in names]
                         + [StructField(MALFORMED, StringType())])
-    frame = spark.read.csv(
-        [str(f) for f in files], schema=struct, header=True, enforceSchema=True, mode="PERMISSIVE",
-        columnNameOfCorruptRecord=MALFORMED, encoding="UTF-8", escape='"', multiLine=False,
-    )
-    return frame.withColumn(s.SOURCE_FILE, _source_file_column(root)).select(
-        *[sf.col(n) for n in names], s.SOURCE_FILE, MALFORMED)
+    def read(paths: list[Path]) -> DataFrame:
+        return spark.read.csv(
+            [str(f) for f in paths], schema=struct, header=True, enforceSchema=True, mode="PERMISSIVE",
+            columnNameOfCorruptRecord=MALFORMED, encoding="UTF-8", escape='"', multiLine=False,
+        )
+
+    return _with_source_file(files, root, read, lambda frame, source: frame.select(
+        *[sf.col(n) for n in names], source.alias(s.SOURCE_FILE), MALFORMED))
 
 
 def _read_parquet_group(spark: SparkSession, files: list[Path], columns: list[tuple[str, pa.DataType]],
                         root: Path) -> DataFrame:
     from pyspark.sql import functions as sf
 
-    frame = spark.read.parquet(*[str(f) for f in files])
     selected = []
     for name, dtype in columns:
         col = sf.col(f"`{name}`")
@@ -220,8 +223,34 @@ def _read_parquet_group(spark: SparkSession, files: list[Path], columns: list[tu
             # NANOS_AS_LONG) holding nanoseconds since the epoch, UTC or naive wall clock (= UTC here).
             col = sf.timestamp_micros(sf.floor(col / 1000))
         selected.append(col.cast("string").alias(name))
-    return frame.select(*selected, _source_file_column(root).alias(s.SOURCE_FILE),
-                        sf.lit(None).cast("string").alias(MALFORMED))
+    # The group shares one schema: infer it once (a Spark job per read otherwise), not per file.
+    schema = spark.read.parquet(str(files[0])).schema
+
+    def read(paths: list[Path]) -> DataFrame:
+        return spark.read.schema(schema).parquet(*[str(f) for f in paths])
+
+    return _with_source_file(files, root, read, lambda frame, source: frame.select(
+        *selected, source.alias(s.SOURCE_FILE), sf.lit(None).cast("string").alias(MALFORMED)))
+
+
+def _with_source_file(files: list[Path], root: Path, read: Callable[[list[Path]], DataFrame],
+                      project: Callable[[DataFrame, Column], DataFrame]) -> DataFrame:
+    """Read ``files`` and ``project`` them with their source_file column. Up to PER_FILE_READS files
+    are read one by one with the relative path as a literal: decoding input_file_name() on every row
+    was a fifth of the CPU of parsing the events; past that, one scan (a union of thousands of scans
+    would be slow to plan) decodes it per row."""
+    from pyspark.sql import functions as sf
+
+    if len(files) > PER_FILE_READS:
+        return project(read(files), _source_file_column(root))
+    # CASE WHEN keeps the column nullable, as the decoded one is (a bare literal is NOT NULL in the schema
+    # of rejected/); the test is a length check per row.
+    parts = [project(read([f]), sf.when(sf.input_file_name() != "", sf.lit(str(f.relative_to(root)))))
+             for f in files]
+    frame = parts[0]
+    for part in parts[1:]:
+        frame = frame.union(part)
+    return frame
 
 
 def read_table(spark: SparkSession, root: Path, table: str, required: Sequence[str]) -> RawTable:
@@ -237,14 +266,18 @@ def read_table(spark: SparkSession, root: Path, table: str, required: Sequence[s
     parquet_groups: dict[tuple[tuple[str, str], ...], list[Path]] = {}
     parquet_types: dict[tuple[tuple[str, str], ...], list[tuple[str, pa.DataType]]] = {}
     order: list[str] = []
+    footer_rows: int | None = 0
     for path in files:
         if _suffix_kind(path) == "csv":
             names, has_rows = csv_header(path)
             if not has_rows:
                 raise DataContractError(f"{path}: empty file (a header and no rows)")
             csv_groups.setdefault(tuple(names), []).append(path)
+            footer_rows = None
         else:
             typed = parquet_columns(path, table)
+            if footer_rows is not None:
+                footer_rows += pq.read_metadata(path).num_rows
             names = [n for n, _ in typed]
             key = tuple((n, str(t)) for n, t in typed)
             parquet_groups.setdefault(key, []).append(path)
@@ -271,4 +304,4 @@ def read_table(spark: SparkSession, root: Path, table: str, required: Sequence[s
                          sf.monotonically_increasing_id().alias(ROW_ID))
     relative = tuple(str(p.relative_to(root)) for p in files)
     log.info("table %s: %d file(s), columns %s", table, len(files), ", ".join(order))
-    return RawTable(name=table, frame=frame, columns=tuple(order), files=relative)
+    return RawTable(name=table, frame=frame, columns=tuple(order), files=relative, rows=footer_rows)

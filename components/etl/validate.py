@@ -116,6 +116,12 @@ def check_events(table: RawTable, catalog_ids: DataFrame | None,
     from pyspark.sql import functions as sf
 
     frame = table.frame
+    # One raw file is often one split (one Parquet row group, one gzip CSV): parsing it, and every use of
+    # the cache below, would run on one core. Spread the rows first (ROW_ID, the read order, is fixed
+    # already), hashed rather than round-robin so no sort is needed to keep it deterministic.
+    parallelism = frame.sparkSession.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < parallelism:
+        frame = frame.repartition(parallelism, ROW_ID)
     qty_text = _clean_string(_original(table, s.QUANTITY))
     qty_num = qty_text.cast("double")
     price_text = _clean_string(_original(table, s.PRICE))
