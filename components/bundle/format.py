@@ -17,7 +17,7 @@ import pandas as pd
 from components import schema as s
 from components.errors import BundleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: candidates/ is a folder of Parquet parts (was one candidates.parquet)
 REQUIRED_FILES: tuple[str, ...] = (
     s.BUNDLE_MANIFEST,
     s.MODEL_FILE,
@@ -25,7 +25,6 @@ REQUIRED_FILES: tuple[str, ...] = (
     f"{s.BUNDLE_ID_MAPS}/items.parquet",
     s.BUNDLE_USER_FACTORS,
     s.BUNDLE_ITEM_FACTORS,
-    s.BUNDLE_CANDIDATES,
     s.BUNDLE_POPULAR,
     s.BUNDLE_ITEMS,
     s.BUNDLE_PURCHASED,
@@ -117,6 +116,11 @@ def extract_bundle(archive: Path, destination: Path | None = None) -> Path:
     return target
 
 
+def candidate_parts(manifest: dict[str, Any]) -> list[str]:
+    """The candidates/ parts a manifest lists, in user order (part names sort as their users do)."""
+    return sorted(name for name in manifest.get("files", {}) if name.startswith(f"{s.BUNDLE_CANDIDATES}/"))
+
+
 def verify_bundle(root: Path) -> dict[str, Any]:
     """Check presence and checksums of every file the manifest lists; return the manifest."""
     manifest_path = root / s.BUNDLE_MANIFEST
@@ -131,6 +135,8 @@ def verify_bundle(root: Path) -> dict[str, Any]:
     for relative in REQUIRED_FILES[1:]:
         if relative not in manifest.get("files", {}):
             raise BundleError(f"{manifest_path}: manifest does not list required file {relative}")
+    if not candidate_parts(manifest):
+        raise BundleError(f"{manifest_path}: manifest lists no {s.BUNDLE_CANDIDATES}/ part")
     for relative, expected in manifest["files"].items():
         path = root / relative
         if not path.is_file():
@@ -152,7 +158,8 @@ def load_bundle(path: Path) -> Bundle:
     try:
         users = pd.read_parquet(root / s.BUNDLE_ID_MAPS / "users.parquet").sort_values(s.USER_IDX)
         items_map = pd.read_parquet(root / s.BUNDLE_ID_MAPS / "items.parquet").sort_values(s.ITEM_IDX)
-        candidates = pd.read_parquet(root / s.BUNDLE_CANDIDATES)
+        candidates = pd.concat([pd.read_parquet(root / part) for part in candidate_parts(manifest)],
+                               ignore_index=True)
         popular = pd.read_parquet(root / s.BUNDLE_POPULAR)
         items = pd.read_parquet(root / s.BUNDLE_ITEMS).sort_values(s.ITEM_IDX).reset_index(drop=True)
         purchased = pd.read_parquet(root / s.BUNDLE_PURCHASED)
