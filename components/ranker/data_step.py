@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +52,9 @@ class TrainingData:
 
 
 def _training_chunks(etl: Path, als: Path, config: RankerConfig) -> Iterator[TrainingData]:
-    """The train fold's labelled, sampled and user-split rows, one chunk of whole users at a time. Each
-    chunk's report counts its own rows; the user choices (the cap, the validation split) are global."""
+    """The train fold's labelled, sampled and user-split rows, one chunk of whole users at a time. The
+    user choices (the cap, the validation split) are global, and features are built for the chosen users
+    only; the reports sum up (whole-fold counts go with the first chunk)."""
     lists = feature_lists(etl)
     fold = load_fold(etl, als, s.TRAIN_FOLD)
     horizon = horizon_days(etl, s.TRAIN_FOLD)
@@ -66,8 +67,9 @@ def _training_chunks(etl: Path, als: Path, config: RankerConfig) -> Iterator[Tra
     n_targets = fold.targets.groupby(s.USER_IDX).size().rename(s.N_TARGETS)
     candidate_users = ids[s.USER_IDX].unique()
     target_pairs = int(fold.targets[s.USER_IDX].isin(candidate_users).sum())
+    chosen = replace(fold, candidates=fold.candidates.loc[fold.candidates[s.USER_IDX].isin(users)])
     spec: FeatureSpec | None = None
-    for number, chunk in enumerate(user_chunks(fold, config.chunk_rows)):
+    for number, chunk in enumerate(user_chunks(chosen, config.chunk_rows)):
         frame, spec = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
                                      chunk.user_item_features, lists, user_category=chunk.user_category,
                                      horizon_days=horizon, spec=spec, item_history=item_history)
@@ -77,11 +79,11 @@ def _training_chunks(etl: Path, als: Path, config: RankerConfig) -> Iterator[Tra
         mask = sampled[s.USER_IDX].isin(in_validation)
         training, validation = sampled.loc[~mask], sampled.loc[mask]
         ranking = frame.loc[frame[s.USER_IDX].isin(in_validation)].join(n_targets, on=s.USER_IDX)
-        first = number == 0  # whole-fold counts go with the first chunk, so the reports sum up
+        first = number == 0
         yield TrainingData(training, validation, ranking, spec, SampleReport(
-            candidate_users=int(frame[s.USER_IDX].nunique()),
-            candidate_rows=len(frame),
-            positive_rows=int(frame[s.LABEL].sum()),
+            candidate_users=len(candidate_users) if first else 0,
+            candidate_rows=len(ids) if first else 0,
+            positive_rows=int(ids[s.LABEL].sum()) if first else 0,
             users_with_positive=counts["users_with_positive"] if first else 0,
             users_dropped_without_positive=counts["dropped"] if first else 0,
             users_capped=counts["capped"] if first else 0,
