@@ -1,0 +1,260 @@
+"""Train-fold tuning harness for the ranker: every quality choice is made here, never on the test window.
+
+User-grouped K-fold CV over the TRAIN fold's candidate users (warm users with a label-window purchase):
+per CV fold the ranker trains exactly as the pipeline does (sampled rows of the training users, early
+stopping on a seeded 20 % of them) and is judged on the held-out users' WHOLE candidate lists: NDCG@10
+as EVALUATION.md defines it (|R| counts targets outside the candidate list), next to repurchase, als and
+popular on the same users and lists.
+
+Extra training windows (earlier cutoffs) come as more (etl, als, fold) triples: their labelled rows are
+stacked onto the training rows (every user: a held-out user's earlier behaviour is history, as the test
+fold's users' earlier windows are for the final model).
+
+    .venv/bin/python benchmarks/ranker_cv.py --etl OUT/etl --als OUT/als --work /tmp/cv \
+        --experiments '[{"name": "base"}, {"name": "lr.15", "params": {"learning_rate": 0.15}}]'
+
+An experiment: {"name", "params" (CatBoost overrides), "negatives_per_user", "drop" (features),
+"extra" (true: stack the --extra windows), "keep" (only these features)}. Results:
+benchmarks/results/<tag>.{json,md}, with the machine they ran on (benchmarks/machine.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import REPO, machine, machine_line
+
+sys.path.insert(0, str(REPO))
+from components import schema as s
+from components.config import RankerConfig
+from components.ranker.data import hash_uniform, label_candidates, sample_training_rows, validation_mask
+from components.ranker.features import HIST_RANK, build_features
+from components.ranker.hyperparameters import catboost_params, hyperparameters_from_config, parse_hyperparameters
+from components.ranker.io import feature_lists, load_fold
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """One fold's candidates with features, label and n_targets (the pipeline's build_features)."""
+    tables = load_fold(etl, als, fold)
+    frame, spec = build_features(tables.candidates, tables.user_features, tables.item_features,
+                                 tables.user_item_features, feature_lists(etl), user_category=tables.user_category,
+                                 horizon_days=horizon)
+    frame[s.LABEL] = label_candidates(frame, tables.targets)
+    n_targets = tables.targets.groupby(s.USER_IDX).size().rename(s.N_TARGETS)
+    frame = frame.join(n_targets, on=s.USER_IDX)
+    frame[s.N_TARGETS] = frame[s.N_TARGETS].fillna(0).astype(np.int64)
+    return frame, list(spec.features), list(spec.categorical)
+
+
+def ndcg(frame: pd.DataFrame, score: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over the frame's users with >= 1 target (score desc, ties item_idx asc)."""
+    order = np.lexsort((frame[s.ITEM_IDX].to_numpy(), -np.asarray(score, dtype=np.float64),
+                        frame[s.USER_IDX].to_numpy()))
+    users = frame[s.USER_IDX].to_numpy()[order]
+    labels = frame[s.LABEL].to_numpy()[order].astype(np.float64)
+    starts = np.r_[True, users[1:] != users[:-1]]
+    position = np.arange(len(users)) - np.maximum.accumulate(np.where(starts, np.arange(len(users)), 0))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    top = position < k
+    dcg = pd.Series(labels[top] * discounts[position[top]]).groupby(users[top]).sum()
+    n_targets = frame.groupby(s.USER_IDX)[s.N_TARGETS].first()
+    n_targets = n_targets.loc[n_targets > 0]
+    idcg = np.cumsum(discounts)[np.minimum(n_targets.to_numpy(), k) - 1]
+    return float((dcg.reindex(n_targets.index).fillna(0.0).to_numpy() / idcg).mean())
+
+
+def baselines(frame: pd.DataFrame) -> dict[str, float]:
+    als_rank = frame[s.ALS_RANK].to_numpy(dtype=np.float64)
+    return {
+        "repurchase": ndcg(frame, -frame[HIST_RANK].to_numpy(dtype=np.float64)),
+        "als": ndcg(frame, -als_rank),
+        "popular": ndcg(frame, frame[s.ITEM_BUYERS_28D].to_numpy(dtype=np.float64)),
+    }
+
+
+def fit(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], cats: list[str],
+        params: dict[str, Any]) -> tuple[Any, float]:
+    from catboost import CatBoostClassifier, Pool
+
+    config = RankerConfig()
+    hyper = hyperparameters_from_config(config, thread_count=2, verbose=0)
+    merged, early = catboost_params(parse_hyperparameters(hyper))
+    early = int(params.pop("early_stopping_rounds", early))
+    merged.update(params)
+    cat_index = [features.index(c) for c in cats if c in features]
+    model = CatBoostClassifier(**merged)
+    started = time.perf_counter()
+    model.fit(Pool(train[features], train[s.LABEL], cat_features=cat_index),
+              eval_set=Pool(valid[features], valid[s.LABEL], cat_features=cat_index),
+              early_stopping_rounds=early, use_best_model=True)
+    return model, time.perf_counter() - started
+
+
+def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: list[str], cats: list[str],
+                   experiment: dict[str, Any], folds: int, seed: int) -> dict[str, Any]:
+    from catboost import Pool
+
+    config = RankerConfig()
+    negatives = int(experiment.get("negatives_per_user", config.negatives_per_user))
+    keep = experiment.get("keep")
+    used = [f for f in features if f not in set(experiment.get("drop", [])) and (keep is None or f in keep)]
+    used_cats = [c for c in cats if c in used]
+    users = np.unique(frame[s.USER_IDX].to_numpy())
+    part = (hash_uniform(seed, users) * folds).astype(int)
+    scores, base, seconds, trees, rows = [], [], [], [], []
+    for k in range(folds):
+        held = users[part == k]
+        rest = frame.loc[~frame[s.USER_IDX].isin(held)]
+        sampled, _ = sample_training_rows(rest, negatives_per_user=negatives, max_users=10**9, seed=config.seed)
+        stop = validation_mask(sampled[s.USER_IDX].to_numpy(), config.validation_user_share, config.seed)
+        train, valid = sampled.loc[~stop], sampled.loc[stop]
+        if experiment.get("extra") and extra:
+            stacked = [sample_training_rows(e, negatives_per_user=negatives, max_users=10**9,
+                                            seed=config.seed)[0] for e in extra]
+            train = pd.concat([train, *stacked], ignore_index=True)
+        model, took = fit(train, valid, used, used_cats, dict(experiment.get("params", {})))
+        evaluated = frame.loc[frame[s.USER_IDX].isin(held)]
+        raw = model.predict(Pool(evaluated[used], cat_features=[used.index(c) for c in used_cats]),
+                            prediction_type="RawFormulaVal")
+        scores.append(ndcg(evaluated, raw))
+        base.append(baselines(evaluated))
+        seconds.append(took)
+        trees.append(int(model.tree_count_))
+        rows.append(len(train))
+    mean_base = {name: float(np.mean([b[name] for b in base])) for name in base[0]}
+    two_stage = float(np.mean(scores))
+    return {
+        "name": experiment["name"], "experiment": experiment, "two_stage": two_stage, "per_fold": scores,
+        **mean_base, "ratio": two_stage / max(mean_base["repurchase"], mean_base["popular"]),
+        "fit_seconds": float(np.mean(seconds)), "trees": trees, "training_rows": rows, "features": len(used),
+    }
+
+
+def als_scan(etl: Path, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train-fold ALS NDCG@10 (the `als` recommender: ALS top 10) and union candidate recall per
+    {"name", "als": AlsConfig overrides, "candidates": CandidateConfig overrides, "seeds": [...]}."""
+    from components.candidates.als import ImplicitAls
+    from components.candidates.generate import generate_local
+    from components.candidates.io import read_fold_tables, read_targets, read_warm_target_users
+    from components.candidates.metrics import candidate_recall
+    from components.config import AlsConfig, CandidateConfig
+
+    tables = read_fold_tables(etl, s.TRAIN_FOLD)
+    users = read_warm_target_users(etl, s.TRAIN_FOLD)
+    targets = read_targets(etl, s.TRAIN_FOLD)
+    truth = targets.loc[targets[s.USER_IDX].isin(users), [s.USER_IDX, s.ITEM_IDX]].drop_duplicates()
+    n_targets = truth.groupby(s.USER_IDX).size().rename(s.N_TARGETS)
+    out = []
+    for config in configs:
+        als = AlsConfig(**config.get("als", {}))
+        candidates = CandidateConfig(**config.get("candidates", {}))
+        runs = []
+        for seed in config.get("seeds", [als.seed]):
+            seeded = als.model_copy(update={"seed": seed})
+            started = time.perf_counter()
+            top = ImplicitAls(seeded).fit(tables).recommend(users, 10)
+            fit_seconds = time.perf_counter() - started
+            listed = top.merge(truth.assign(**{s.LABEL: 1}), on=[s.USER_IDX, s.ITEM_IDX], how="left")
+            listed[s.LABEL] = listed[s.LABEL].fillna(0).astype(np.int64)
+            listed = listed.join(n_targets, on=s.USER_IDX)
+            fused = generate_local(tables, users, seeded, candidates).candidates
+            runs.append({"seed": seed, "als_ndcg_at_10": ndcg(listed, -listed["rank"].to_numpy(np.float64)),
+                         "candidate_recall": candidate_recall(fused, targets, users), "fit_seconds": fit_seconds})
+        result = {"name": config.get("name", json.dumps(config)), "config": config, "runs": runs,
+                  **{key: float(np.mean([r[key] for r in runs]))
+                     for key in ("als_ndcg_at_10", "candidate_recall", "fit_seconds")}}
+        print(f"{result['name']:40s} als ndcg@10 {result['als_ndcg_at_10']:.4f} candidate recall "
+              f"{result['candidate_recall']:.4f} (fit+top10 {result['fit_seconds']:.1f} s; {len(runs)} seeds)",
+              flush=True)
+        out.append(result)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--etl", type=Path, required=True)
+    parser.add_argument("--als", type=Path, required=True)
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="earlier windows as ETL_DIR:ALS_DIR:FOLD (stacked when an experiment says extra)")
+    parser.add_argument("--experiments", default="[]", help="ranker experiments: JSON list, or a path to one")
+    parser.add_argument("--als-configs", default=None,
+                        help="instead: scan ALS/candidate configs (JSON list or path): ALS NDCG@10 + union recall")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tag", default="ranker_cv")
+    args = parser.parse_args()
+    info = machine()
+    if args.als_configs:
+        scanned = als_scan(args.etl, _json_arg(args.als_configs))
+        _write_als_scan(args.tag, info, args.etl, scanned)
+        return
+    experiments = _json_arg(args.experiments)
+    windows = json.loads((args.etl / s.WINDOWS_FILE).read_text())
+    started = time.perf_counter()
+    frame, features, cats = labelled_frame(args.etl, args.als, s.TRAIN_FOLD, float(windows["label_days"]))
+    extra = []
+    for spec in args.extra:
+        etl, als, fold = spec.split(":")
+        extra_windows = json.loads((Path(etl) / s.WINDOWS_FILE).read_text())
+        horizon = float(extra_windows["label_days" if fold == s.TRAIN_FOLD else "test_days"])
+        extra_frame, extra_features, _ = labelled_frame(Path(etl), Path(als), fold, horizon)
+        missing = set(features) - set(extra_features)
+        if missing:
+            raise SystemExit(f"extra window {spec} lacks features {sorted(missing)}")
+        extra.append(extra_frame)
+    print(f"frames built in {time.perf_counter() - started:.1f} s: {len(frame)} rows, "
+          f"{frame[s.USER_IDX].nunique()} users, {int(frame[s.LABEL].sum())} positives; extra "
+          f"{[(len(e), int(e[s.LABEL].sum())) for e in extra]}", flush=True)
+    results = []
+    for experiment in experiments:
+        result = cross_validate(frame, extra, features, cats, experiment, args.folds, args.seed)
+        results.append(result)
+        folds = " ".join(f"{x:.4f}" for x in result["per_fold"])
+        print(f"{result['name']:32s} ndcg {result['two_stage']:.4f} ({folds}) "
+              f"repurchase {result['repurchase']:.4f} als {result['als']:.4f} popular {result['popular']:.4f} "
+              f"ratio {result['ratio']:.3f} fit {result['fit_seconds']:.1f}s trees {result['trees']}", flush=True)
+    report = {"machine": info, "etl": str(args.etl), "als": str(args.als), "extra": args.extra,
+              "folds": args.folds, "seed": args.seed, "results": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Ranker train-fold CV ({args.tag})", "", f"Machine: {machine_line(info)}", "",
+             f"{args.folds}-fold user-grouped CV on the train fold (never the test window); NDCG@10 on held-out "
+             "users' whole candidate lists.", "",
+             "| experiment | two_stage | repurchase | als | popular | ratio | fit s | trees |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['two_stage']:.4f} | {r['repurchase']:.4f} | {r['als']:.4f} | {r['popular']:.4f} | "
+              f"{r['ratio']:.3f} | {r['fit_seconds']:.1f} | {r['trees']} |" for r in results]
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+
+
+def _json_arg(value: str) -> list[dict[str, Any]]:
+    text = value if value.lstrip().startswith("[") else Path(value).read_text()
+    loaded: list[dict[str, Any]] = json.loads(text)
+    return loaded
+
+
+def _write_als_scan(tag: str, info: dict[str, Any], etl: Path, results: list[dict[str, Any]]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps({"machine": info, "etl": str(etl), "results": results}, indent=2))
+    lines = [f"# ALS choice on the train fold ({tag})", "", f"Machine: {machine_line(info)}", "",
+             "ALS NDCG@10 = the `als` recommender (ALS top 10) on the train fold's warm target users; candidate "
+             "recall = the fused union (<= max_per_user). Never the test window.", "",
+             "| config | als NDCG@10 | candidate recall | fit s | seeds |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['als_ndcg_at_10']:.4f} | {r['candidate_recall']:.4f} | {r['fit_seconds']:.1f} | "
+              f"{len(r['runs'])} |" for r in results]
+    (RESULTS / f"{tag}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
