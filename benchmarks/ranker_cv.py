@@ -8,7 +8,10 @@ popular on the same users and lists.
 
 Extra training windows (earlier cutoffs) come as more (etl, als, fold) triples: their labelled rows are
 stacked onto the training rows (every user: a held-out user's earlier behaviour is history, as the test
-fold's users' earlier windows are for the final model).
+fold's users' earlier windows are for the final model). Without pipeline support for extra folds, get
+them by running `pipeline run --only etl --only als` on the raw log with events from label_start on
+removed: its test fold has cutoff ~label_start - label_days, its train fold one window earlier
+(results/ranker_cv_windows.md was made that way on Online Retail).
 
     .venv/bin/python benchmarks/ranker_cv.py --etl OUT/etl --als OUT/als --work /tmp/cv \
         --experiments '[{"name": "base"}, {"name": "lr.15", "params": {"learning_rate": 0.15}}]'
@@ -36,7 +39,13 @@ from machine import REPO, machine, machine_line
 sys.path.insert(0, str(REPO))
 from components import schema as s
 from components.config import RankerConfig
-from components.ranker.data import hash_uniform, label_candidates, sample_training_rows, validation_mask
+from components.ranker.data import (
+    hash_uniform,
+    label_candidates,
+    sample_training_rows,
+    training_users,
+    validation_mask,
+)
 from components.ranker.features import HIST_RANK, build_features
 from components.ranker.hyperparameters import catboost_params, hyperparameters_from_config, parse_hyperparameters
 from components.ranker.io import feature_lists, load_fold
@@ -101,6 +110,12 @@ def fit(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], cats: lis
     return model, time.perf_counter() - started
 
 
+def sample(labelled: pd.DataFrame, negatives: int, seed: int) -> pd.DataFrame:
+    """The pipeline's sampling: users with a positive, all positives, ``negatives`` per user."""
+    users, _ = training_users(labelled, max_users=10**9, seed=seed)
+    return sample_training_rows(labelled, users=users, negatives_per_user=negatives, seed=seed)
+
+
 def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: list[str], cats: list[str],
                    experiment: dict[str, Any], folds: int, seed: int) -> dict[str, Any]:
     from catboost import Pool
@@ -116,12 +131,11 @@ def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: lis
     for k in range(folds):
         held = users[part == k]
         rest = frame.loc[~frame[s.USER_IDX].isin(held)]
-        sampled, _ = sample_training_rows(rest, negatives_per_user=negatives, max_users=10**9, seed=config.seed)
+        sampled = sample(rest, negatives, config.seed)
         stop = validation_mask(sampled[s.USER_IDX].to_numpy(), config.validation_user_share, config.seed)
         train, valid = sampled.loc[~stop], sampled.loc[stop]
         if experiment.get("extra") and extra:
-            stacked = [sample_training_rows(e, negatives_per_user=negatives, max_users=10**9,
-                                            seed=config.seed)[0] for e in extra]
+            stacked = [sample(e, negatives, config.seed) for e in extra]
             train = pd.concat([train, *stacked], ignore_index=True)
         model, took = fit(train, valid, used, used_cats, dict(experiment.get("params", {})))
         evaluated = frame.loc[frame[s.USER_IDX].isin(held)]
@@ -184,7 +198,7 @@ def als_scan(etl: Path, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--etl", type=Path, required=True)
-    parser.add_argument("--als", type=Path, required=True)
+    parser.add_argument("--als", type=Path, default=None, help="the ALS step output (ranker experiments)")
     parser.add_argument("--extra", nargs="*", default=[],
                         help="earlier windows as ETL_DIR:ALS_DIR:FOLD (stacked when an experiment says extra)")
     parser.add_argument("--experiments", default="[]", help="ranker experiments: JSON list, or a path to one")
@@ -200,6 +214,8 @@ def main() -> None:
         _write_als_scan(args.tag, info, args.etl, scanned)
         return
     experiments = _json_arg(args.experiments)
+    if args.als is None:
+        raise SystemExit("--als is required for ranker experiments")
     windows = json.loads((args.etl / s.WINDOWS_FILE).read_text())
     started = time.perf_counter()
     frame, features, cats = labelled_frame(args.etl, args.als, s.TRAIN_FOLD, float(windows["label_days"]))
