@@ -16,7 +16,8 @@ removed: its test fold has cutoff ~label_start - label_days, its train fold one 
     .venv/bin/python benchmarks/ranker_cv.py --etl OUT/etl --als OUT/als --work /tmp/cv \
         --experiments '[{"name": "base"}, {"name": "lr.15", "params": {"learning_rate": 0.15}}]'
 
-An experiment: {"name", "params" (CatBoost overrides), "negatives_per_user", "drop" (features),
+An experiment: {"name", "params" (CatBoost overrides), "negatives_per_user", "validation_user_share"
+(early-stopping users), "drop" (features),
 "extra" (true: stack the --extra windows), "keep" (only these features)}. Results:
 benchmarks/results/<tag>.{json,md}, with the machine they ran on (benchmarks/machine.py).
 """
@@ -132,7 +133,8 @@ def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: lis
         held = users[part == k]
         rest = frame.loc[~frame[s.USER_IDX].isin(held)]
         sampled = sample(rest, negatives, config.seed)
-        stop = validation_mask(sampled[s.USER_IDX].to_numpy(), config.validation_user_share, config.seed)
+        share = float(experiment.get("validation_user_share", config.validation_user_share))
+        stop = validation_mask(sampled[s.USER_IDX].to_numpy(), share, config.seed)
         train, valid = sampled.loc[~stop], sampled.loc[stop]
         if experiment.get("extra") and extra:
             stacked = [sample(e, negatives, config.seed) for e in extra]
