@@ -8,7 +8,7 @@ import pytest
 
 from components import schema as s
 from components.candidates import generate
-from components.candidates.base import RANK, SCORE
+from components.candidates.base import RANK, SCORE, FoldTables
 from components.candidates.generate import generate_local
 from components.candidates.union import CANDIDATE_COLUMNS, Fusion, union_candidates
 from components.config import AlsConfig, CandidateConfig
@@ -77,12 +77,16 @@ def test_unknown_generator_is_refused() -> None:
         union_candidates({"knn": recs(0, [1])}, fusion())
 
 
-def test_generate_local_respects_the_cap_and_is_deterministic() -> None:
+def _small_fold() -> tuple[FoldTables, np.ndarray, AlsConfig, CandidateConfig]:
+    """40 users of the deterministic shop, with small ALS and generator settings (20 each, cap 25)."""
     events = shop_events()
     tables = fold_tables(events, windows(events)["label_start"], 30)
-    users = np.arange(40)
-    als = AlsConfig(factors=8, iterations=10)
     cand = CandidateConfig(als_top_n=20, history_top_n=20, cooc_top_n=20, popular_top_n=20, max_per_user=25)
+    return tables, np.arange(40), AlsConfig(factors=8, iterations=10), cand
+
+
+def test_generate_local_respects_the_cap_and_is_deterministic() -> None:
+    tables, users, als, cand = _small_fold()
     first = generate_local(tables, users, als, cand)
     again = generate_local(tables, users, als, cand)
     pd.testing.assert_frame_equal(first.candidates, again.candidates)
@@ -94,11 +98,7 @@ def test_generate_local_respects_the_cap_and_is_deterministic() -> None:
 
 def test_generate_local_fuses_chunks_of_users_exactly_like_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """At scale the proposals are fused a chunk of users at a time; the candidates must not change."""
-    events = shop_events()
-    tables = fold_tables(events, windows(events)["label_start"], 30)
-    users = np.arange(40)
-    als = AlsConfig(factors=8, iterations=10)
-    cand = CandidateConfig(als_top_n=20, history_top_n=20, cooc_top_n=20, popular_top_n=20, max_per_user=25)
+    tables, users, als, cand = _small_fold()
     whole = generate_local(tables, users, als, cand)
     monkeypatch.setattr(generate, "MAX_PROPOSALS_PER_CHUNK", 7 * 80)  # 7 users per chunk
     fused_users: list[int] = []
