@@ -27,21 +27,24 @@ RESULTS = REPO / "benchmarks" / "results"
 ECOMREC = [sys.executable, "-m", "pipelines.cli"]
 
 
-def run_measured(command: list[str], log: Path) -> tuple[float, float, int]:
-    """Wall seconds, peak tree RSS in GB, exit code."""
+def run_measured(command: list[str], log: Path) -> tuple[float, list[tuple[float, float, dict[str, float]]], int]:
+    """Wall seconds, samples (epoch time, tree RSS GB, GB per process kind), exit code."""
     started = time.perf_counter()
-    peak = 0
+    samples: list[tuple[float, float, dict[str, float]]] = []
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         parent = psutil.Process(process.pid)
         while process.poll() is None:
             try:
-                tree = [parent, *parent.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                kinds: dict[str, float] = {}
+                for p in [parent, *parent.children(recursive=True)]:
+                    kind = "driver" if p.pid == parent.pid else "jvm" if "java" in p.name() else "workers"
+                    kinds[kind] = kinds.get(kind, 0.0) + p.memory_info().rss / 1e9
+                samples.append((time.time(), sum(kinds.values()), kinds))
             except psutil.Error:
                 pass
             time.sleep(0.2)
-    return time.perf_counter() - started, peak / 1e9, process.returncode
+    return time.perf_counter() - started, samples, process.returncode
 
 
 def step_seconds(output: Path) -> dict[str, float]:
@@ -52,6 +55,18 @@ def step_seconds(output: Path) -> dict[str, float]:
         except (ValueError, KeyError):
             continue
     return timings
+
+
+def step_peaks(output: Path, samples: list[tuple[float, float, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Peak tree RSS within each step (its _SUCCESS is written when it ends), split by process kind."""
+    peaks: dict[str, dict[str, float]] = {}
+    for step, seconds in step_seconds(output).items():
+        end = (output / step / "_SUCCESS").stat().st_mtime
+        inside = [sample for sample in samples if end - seconds <= sample[0] <= end]
+        if inside:
+            _, total, kinds = max(inside, key=lambda sample: sample[1])
+            peaks[step] = {"total": round(total, 2), **{k: round(v, 2) for k, v in sorted(kinds.items())}}
+    return peaks
 
 
 def headline(output: Path) -> dict[str, Any]:
@@ -69,9 +84,11 @@ def bench(name: str, raw: Path, work: Path, extra: list[str]) -> dict[str, Any]:
     command = [*ECOMREC, "pipeline", "run", "--local", "--data", str(raw), "--output", str(output),
                "--registry", str(work / "registry"), "--no-resume", *extra]
     print(f"[{name}] {' '.join(command[2:])}", flush=True)
-    seconds, peak_gb, code = run_measured(command, work / f"{name}.log")
+    seconds, samples, code = run_measured(command, work / f"{name}.log")
+    peak_gb = max((total for _, total, _ in samples), default=0.0)
     result = {"dataset": name, "seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "exit_code": code,
-              "steps": step_seconds(output), "quality": headline(output)}
+              "steps": step_seconds(output), "step_peak_rss_gb": step_peaks(output, samples),
+              "quality": headline(output)}
     print(f"[{name}] {result}", flush=True)
     return result
 
@@ -120,7 +137,13 @@ def main() -> None:
         lines.append(f"| {r['dataset']} | {r['seconds']} | {r['peak_rss_gb']} | {steps} | "
                      f"{q.get('two_stage_ndcg_at_10')} / {q.get('repurchase_ndcg_at_10')} / "
                      f"{q.get('als_ndcg_at_10')} | {q.get('candidate_recall')} |")
-    lines += ["", *(f"- {k}: {v}" for k, v in ratios.items())]
+    lines += ["", *(f"- {k}: {v}" for k, v in ratios.items()), "",
+              "Peak resident memory within each step, GB (driver = the Python process, jvm = Spark, workers = "
+              "ranker_data's processes):", ""]
+    for r in results:
+        peaks = "; ".join(f"{step} {p['total']} ({', '.join(f'{k} {v}' for k, v in p.items() if k != 'total')})"
+                          for step, p in r["step_peak_rss_gb"].items())
+        lines.append(f"- {r['dataset']}: {peaks}")
     (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
