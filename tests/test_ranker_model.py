@@ -12,6 +12,7 @@ from catboost import CatBoostClassifier, Pool
 
 from components import schema as s
 from components.errors import NotFittedError
+from components.ranker import model as model_module
 from components.ranker.model import FeatureSpec, PopularFallback, Ranker, rank_top_k
 from components.ranker.train import write_model_archive
 
@@ -129,3 +130,21 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         archive.add(tmp_path / "other", arcname="other")
     with pytest.raises(FileNotFoundError, match="model"):
         Ranker.load(empty_archive)
+
+
+def test_frames_are_scored_in_batches_with_the_same_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, spec, frame = _train_small_model(with_categorical=True)
+    ranker = Ranker.from_model(model, spec)
+    whole = ranker.score(frame)
+    prepared_rows: list[int] = []
+    prepare = ranker.prepare
+
+    def counting_prepare(batch: pd.DataFrame) -> object:
+        prepared_rows.append(len(batch))
+        return prepare(batch)
+
+    monkeypatch.setattr(model_module, "SCORE_BATCH_ROWS", 150)
+    monkeypatch.setattr(ranker, "prepare", counting_prepare)
+    np.testing.assert_array_equal(ranker.score(frame), whole)
+    assert prepared_rows == [150, 150, 100]
+    assert ranker.score(frame.iloc[:0]).shape == (0,)

@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,9 @@ def read_model_bytes(path: Path) -> bytes:
             assert extracted is not None  # a regular file member always extracts
             return extracted.read()
     return path.read_bytes()
+
+
+SCORE_BATCH_ROWS: Final = 500_000  # feature rows scored at once by Ranker.score
 
 
 @dataclass
@@ -229,7 +233,11 @@ class Ranker:
         """P(purchase) per row of a feature frame (spec columns), a prepared layout, or a float matrix
         already in spec order (numeric-only specs)."""
         if isinstance(data, pd.DataFrame):
-            return self.score_prepared(self.prepare(data), thread_count=thread_count)
+            # In batches: the prepared layout and CatBoost's own copy of millions of rows (the evaluation
+            # at 10M events) would otherwise triple the frame in memory. Rows are scored independently.
+            batches = [data.iloc[start:start + SCORE_BATCH_ROWS] for start in range(0, len(data), SCORE_BATCH_ROWS)]
+            return np.concatenate([np.empty(0, dtype=np.float64)] + [
+                self.score_prepared(self.prepare(batch), thread_count=thread_count) for batch in batches])
         if isinstance(data, PreparedFeatures):
             return self.score_prepared(data, thread_count=thread_count)
         matrix = np.asarray(data)
