@@ -104,7 +104,7 @@ def generate_local(tables: FoldTables, users: np.ndarray, als: AlsConfig,
                 lists[name] = generator.recommend(chunk, n)
         with timer.lap("union"):
             parts.append(union_candidates(lists, fusion))
-    fused = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0] if parts else empty_candidates()
+    fused = pd.concat(parts, ignore_index=True) if parts else empty_candidates()
     user_factors, item_factors = als_model.factors()
     log.info("candidates: %d users, %d rows (%.1f per user), %s", len(users), len(fused),
              len(fused) / max(len(users), 1), timer.seconds)

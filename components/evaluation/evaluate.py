@@ -64,7 +64,7 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
     target_users = read_table(fold / s.TARGET_USERS, [s.USER_IDX, s.SEGMENT])
     # Only warm target users have candidates worth reading: at scale the test fold's candidate and
     # scoring rows of every user would not fit in memory.
-    warm = target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].unique()
+    warm = [(s.USER_IDX, "in", target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].unique().tolist())]
     return EvaluationInputs(
         windows=read_json(etl / s.WINDOWS_FILE),
         user_ids=read_table(etl / s.ID_MAPS_DIR / s.USERS, [s.USER_ID, s.USER_IDX]),
@@ -73,8 +73,8 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
         target_users=target_users,
         item_features=read_table(fold / s.ITEM_FEATURES),
         user_item_features=read_table(fold / s.USER_ITEM_FEATURES),
-        candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, users=warm),
-        scoring=read_table(ranker_data / s.SCORING_WARM_DIR, users=warm),
+        candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, filters=warm),
+        scoring=read_table(ranker_data / s.SCORING_WARM_DIR, filters=warm),
         ranker=Ranker.load(train / s.MODEL_ARCHIVE, spec=spec),
         training_report=read_json(report_path) if report_path.exists() else {},
     )

@@ -19,15 +19,12 @@ from components.errors import DataContractError
 USER_CATEGORY = s.USER_CATEGORY  # optional folds/<fold>/user_category/, used when present
 
 
-def read_table(path: Path, columns: list[str] | None = None, *, users: np.ndarray | None = None,
+def read_table(path: Path, columns: list[str] | None = None, *,
                filters: list[tuple[str, str, Any]] | None = None) -> pd.DataFrame:
     """A Parquet folder (Spark output: part files, _SUCCESS ignored) or file as one DataFrame; only the
-    rows of ``users`` (user_idx values) or matching ``filters`` when given, filtered while reading so the
-    rest never loads."""
+    rows matching ``filters`` (pyarrow's form) when given, filtered while reading so the rest never loads."""
     if not path.exists():
         raise DataContractError(f"table not found: {path}")
-    if users is not None:
-        filters = [*(filters or []), (s.USER_IDX, "in", users.tolist())]
     try:
         return pd.read_parquet(path, columns=columns, filters=filters)
     except (OSError, ValueError) as error:
