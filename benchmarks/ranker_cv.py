@@ -16,7 +16,9 @@ removed: its test fold has cutoff ~label_start - label_days, its train fold one 
     .venv/bin/python benchmarks/ranker_cv.py --etl OUT/etl --als OUT/als --work /tmp/cv \
         --experiments '[{"name": "base"}, {"name": "lr.15", "params": {"learning_rate": 0.15}}]'
 
-An experiment: {"name", "params" (CatBoost overrides), "negatives_per_user", "validation_user_share"
+An experiment: {"name", "params" (CatBoost overrides; "ranking_loss": e.g. "YetiRank" fits a user-grouped
+CatBoostRanker instead, for comparison), "negatives_per_user", "negatives_ratio", "hard_by", "hard_c" (see
+sample), "validation_user_share"
 (early-stopping users), "drop" (features),
 "extra" (true: stack the --extra windows), "keep" (only these features)}. Results:
 benchmarks/results/<tag>.{json,md}, with the machine they ran on (benchmarks/machine.py).
@@ -103,18 +105,50 @@ def fit(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], cats: lis
     early = int(params.pop("early_stopping_rounds", early))
     merged.update(params)
     cat_index = [features.index(c) for c in cats if c in features]
-    model = CatBoostClassifier(**merged)
     started = time.perf_counter()
+    loss = merged.pop("ranking_loss", None)
+    if loss is not None:
+        # A listwise/pairwise loss grouped by user, for comparison only: the built-in SageMaker algorithm
+        # trains classifiers and regressors, not CatBoostRanker.
+        from catboost import CatBoostRanker
+
+        merged.update(loss_function=loss, eval_metric="NDCG:top=10")
+        ranker = CatBoostRanker(**merged)
+        ranker.fit(Pool(train[features], train[s.LABEL], cat_features=cat_index, group_id=train[s.USER_IDX]),
+                   eval_set=Pool(valid[features], valid[s.LABEL], cat_features=cat_index,
+                                 group_id=valid[s.USER_IDX]),
+                   early_stopping_rounds=early, use_best_model=True)
+        return ranker, time.perf_counter() - started
+    model = CatBoostClassifier(**merged)
     model.fit(Pool(train[features], train[s.LABEL], cat_features=cat_index),
               eval_set=Pool(valid[features], valid[s.LABEL], cat_features=cat_index),
               early_stopping_rounds=early, use_best_model=True)
     return model, time.perf_counter() - started
 
 
-def sample(labelled: pd.DataFrame, negatives: int, seed: int) -> pd.DataFrame:
-    """The pipeline's sampling: users with a positive, all positives, ``negatives`` per user."""
+def sample(labelled: pd.DataFrame, negatives: int, seed: int, experiment: dict[str, Any] | None = None
+           ) -> pd.DataFrame:
+    """The pipeline's sampling (users with a positive, all positives, ``negatives`` per user), or an
+    experiment's: "negatives_ratio" (per user max(negatives, ratio x positives)), "hard_by" (a feature:
+    negatives drawn with weight 1 / (hard_c + its rank within the user), ascending)."""
+    experiment = experiment or {}
     users, _ = training_users(labelled, max_users=10**9, seed=seed)
-    return sample_training_rows(labelled, users=users, negatives_per_user=negatives, seed=seed)
+    if "negatives_ratio" not in experiment and "hard_by" not in experiment:
+        return sample_training_rows(labelled, users=users, negatives_per_user=negatives, seed=seed)
+    rows = labelled.loc[labelled[s.USER_IDX].isin(users)]
+    negatives_frame = rows.loc[rows[s.LABEL] == 0]
+    draw = hash_uniform(seed, negatives_frame[s.USER_IDX].to_numpy(), negatives_frame[s.ITEM_IDX].to_numpy())
+    key = pd.Series(draw, index=negatives_frame.index)
+    if "hard_by" in experiment:  # Efraimidis-Spirakis weighted draw without replacement: u ** (1 / w)
+        rank = negatives_frame.groupby(s.USER_IDX)[experiment["hard_by"]].rank(method="first")
+        weight = 1.0 / (float(experiment.get("hard_c", 10.0)) + rank)
+        key = pd.Series(np.power(np.maximum(draw, 1e-300), 1.0 / weight.to_numpy()), index=negatives_frame.index)
+    order = (-key).groupby(negatives_frame[s.USER_IDX]).rank(method="first")
+    positives = rows.loc[rows[s.LABEL] == 1].groupby(s.USER_IDX).size()
+    ratio = float(experiment.get("negatives_ratio", 0.0))
+    quota = np.maximum(negatives, np.ceil(ratio * positives.reindex(negatives_frame[s.USER_IDX]).to_numpy()))
+    kept = pd.concat([rows.loc[rows[s.LABEL] == 1], negatives_frame.loc[order.to_numpy() <= quota]])
+    return kept.sort_values([s.USER_IDX, s.ITEM_IDX], kind="mergesort").reset_index(drop=True)
 
 
 def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: list[str], cats: list[str],
@@ -132,17 +166,18 @@ def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: lis
     for k in range(folds):
         held = users[part == k]
         rest = frame.loc[~frame[s.USER_IDX].isin(held)]
-        sampled = sample(rest, negatives, config.seed)
+        sampled = sample(rest, negatives, config.seed, experiment)
         share = float(experiment.get("validation_user_share", config.validation_user_share))
         stop = validation_mask(sampled[s.USER_IDX].to_numpy(), share, config.seed)
         train, valid = sampled.loc[~stop], sampled.loc[stop]
         if experiment.get("extra") and extra:
-            stacked = [sample(e, negatives, config.seed) for e in extra]
+            stacked = [sample(e, negatives, config.seed, experiment) for e in extra]
             train = pd.concat([train, *stacked], ignore_index=True)
         model, took = fit(train, valid, used, used_cats, dict(experiment.get("params", {})))
         evaluated = frame.loc[frame[s.USER_IDX].isin(held)]
-        raw = model.predict(Pool(evaluated[used], cat_features=[used.index(c) for c in used_cats]),
-                            prediction_type="RawFormulaVal")
+        pool = Pool(evaluated[used], cat_features=[used.index(c) for c in used_cats])
+        ranking = "ranking_loss" in experiment.get("params", {})  # CatBoostRanker predicts raw values
+        raw = model.predict(pool) if ranking else model.predict(pool, prediction_type="RawFormulaVal")
         scores.append(ndcg(evaluated, raw))
         base.append(baselines(evaluated))
         seconds.append(took)
