@@ -78,6 +78,11 @@ _FIRST_PURCHASE_TS = "_first_purchase_ts"
 _LAST_PURCHASE_TS = "_last_purchase_ts"
 _PURCHASE_PRICE_SUM = "_purchase_price_sum"
 _PURCHASE_PRICE_N = "_purchase_price_n"
+_ABS_WEIGHT = "_abs_weight"
+
+# A pair whose purchases were all returned sums to 0 only up to rounding, and the sign of the residue
+# (+-1e-16) depends on the summation order: within this share of the summed magnitudes it is 0.
+WEIGHT_CANCELLED_RTOL: Final = 1e-9
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,7 @@ def pair_table(daily: DataFrame, cutoff_us: int, reference_us: int, config: EtlC
         count_type(s.ADD_TO_CART).alias(s.UI_CARTS),
         count_type(s.RETURN).alias(s.UI_RETURNS),
         sf.sum(contribution).alias(s.UI_WEIGHT),
+        sf.sum(sf.abs(contribution)).alias(_ABS_WEIGHT),
         sf.min(_FIRST_TS).alias(_FIRST_TS),
         sf.max(_LAST_TS).alias(_LAST_TS),
         sf.min(sf.when(is_purchase, sf.col(DAY))).alias("_first_purchase_day"),
@@ -261,13 +267,15 @@ def pair_table(daily: DataFrame, cutoff_us: int, reference_us: int, config: EtlC
     )
     pd = sf.col(s.UI_PURCHASE_DAYS)
     interval = sf.when(pd >= 2, (sf.col("_last_purchase_day") - sf.col("_first_purchase_day")) / (pd - 1))
-    return pairs.select(
+    weight = sf.col(s.UI_WEIGHT)
+    cancelled = sf.abs(weight) <= sf.lit(WEIGHT_CANCELLED_RTOL) * sf.col(_ABS_WEIGHT)
+    return pairs.withColumn(s.UI_WEIGHT, sf.when(cancelled, sf.lit(0.0)).otherwise(weight)).select(
         "*",
         _days_before(cutoff_us, sf.col(_LAST_TS)).alias(s.UI_DAYS_SINCE_LAST),
         _days_before(cutoff_us, sf.col(_FIRST_TS)).alias(s.UI_DAYS_SINCE_FIRST),
         interval.cast("double").alias(s.UI_MEAN_INTERVAL_DAYS),
         (_days_before(cutoff_us, sf.col(_LAST_PURCHASE_TS)) / interval).alias(s.UI_RECENCY_RATIO),
-    ).drop("_first_purchase_day", "_last_purchase_day")
+    ).drop("_first_purchase_day", "_last_purchase_day", _ABS_WEIGHT)
 
 
 def user_day_stats(daily: DataFrame, cutoff_us: int) -> DataFrame:

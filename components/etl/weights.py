@@ -7,7 +7,8 @@ weight = sum over contributions of  event_weights[type] x q(units) x decay(age)
     log2(1 + min(u, cap)); 1 otherwise. Returns carry a negative weight, so a return cancels the
     purchase it undoes.
   - decay: 0.5 ** (age_days / decay_half_life_days), age relative to the fold cutoff (none when unset).
-Pairs with weight <= 0 are dropped from interactions/ (they stay visible as ui_weight).
+Pairs with weight <= 0 are dropped from interactions/ (they stay visible as ui_weight); a sum within
+1e-9 of its terms' magnitudes is 0 (fully returned purchases cancel only up to rounding).
 """
 
 from __future__ import annotations
