@@ -62,8 +62,8 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
     spec = FeatureSpec.load(ranker_data / s.FEATURE_SPEC_FILE)
     report_path = train / s.TRAINING_REPORT_FILE
     target_users = read_table(fold / s.TARGET_USERS, [s.USER_IDX, s.SEGMENT])
-    # Only warm target users have candidates worth reading: at scale the test fold's candidate and
-    # scoring rows of every user would not fit in memory.
+    # Only warm target users have candidates and history worth reading: at scale the test fold's
+    # candidate, scoring and user_item rows of every user would not fit in memory.
     warm = [(s.USER_IDX, "in", target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].unique().tolist())]
     return EvaluationInputs(
         windows=read_json(etl / s.WINDOWS_FILE),
@@ -72,7 +72,10 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
         targets=read_table(fold / s.TARGETS, [s.USER_IDX, s.ITEM_IDX]),
         target_users=target_users,
         item_features=read_table(fold / s.ITEM_FEATURES),
-        user_item_features=read_table(fold / s.USER_ITEM_FEATURES),
+        # Cold users have no history rows; the repurchase lists and exclude_purchased read only these.
+        user_item_features=read_table(fold / s.USER_ITEM_FEATURES,
+                                      [s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST],
+                                      filters=warm),
         candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, filters=warm),
         scoring=read_table(ranker_data / s.SCORING_WARM_DIR, filters=warm),
         ranker=Ranker.load(train / s.MODEL_ARCHIVE, spec=spec),
