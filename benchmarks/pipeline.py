@@ -3,8 +3,9 @@ dataset, exactly as a user runs it: Online Retail, and synthetic shops of given 
 
     .venv/bin/python benchmarks/pipeline.py --online-retail --synthetic 1000000 10000000
 
-Peak memory is the largest resident set of the whole process tree (Python driver + Spark JVM), sampled
-every 0.2 s. Results: benchmarks/results/pipeline.{json,md}, with the machine they ran on."""
+Peak memory is the largest proportional set size (PSS) of the whole process tree (Python driver + Spark
+JVM + workers), sampled every 0.2 s: shared pages count once (RSS counted a child the JVM forks with all
+the JVM's heap again). Results: benchmarks/results/pipeline.{json,md}, with the machine they ran on."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ ECOMREC = [sys.executable, "-m", "pipelines.cli"]
 
 
 def run_measured(command: list[str], log: Path) -> tuple[float, list[tuple[float, float, dict[str, float]]], int]:
-    """Wall seconds, samples (epoch time, tree RSS GB, GB per process kind), exit code."""
+    """Wall seconds, samples (epoch time, tree PSS GB, GB per process kind), exit code."""
     started = time.perf_counter()
     samples: list[tuple[float, float, dict[str, float]]] = []
     with log.open("w") as out:
@@ -39,12 +40,21 @@ def run_measured(command: list[str], log: Path) -> tuple[float, list[tuple[float
                 kinds: dict[str, float] = {}
                 for p in [parent, *parent.children(recursive=True)]:
                     kind = "driver" if p.pid == parent.pid else "jvm" if "java" in p.name() else "workers"
-                    kinds[kind] = kinds.get(kind, 0.0) + p.memory_info().rss / 1e9
+                    kinds[kind] = kinds.get(kind, 0.0) + _pss(p) / 1e9
                 samples.append((time.time(), sum(kinds.values()), kinds))
             except psutil.Error:
                 pass
             time.sleep(0.2)
     return time.perf_counter() - started, samples, process.returncode
+
+
+def _pss(process: psutil.Process) -> int:
+    """Proportional set size: pages shared between processes (a child the JVM has just forked shares all
+    of the JVM's heap) counted once in total, where RSS counts them in each process."""
+    try:
+        return int(process.memory_full_info().pss)
+    except psutil.AccessDenied:
+        return int(process.memory_info().rss)
 
 
 def step_seconds(output: Path) -> dict[str, float]:
@@ -58,7 +68,7 @@ def step_seconds(output: Path) -> dict[str, float]:
 
 
 def step_peaks(output: Path, samples: list[tuple[float, float, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Peak tree RSS within each step (its _SUCCESS is written when it ends), split by process kind."""
+    """Peak tree PSS within each step (its _SUCCESS is written when it ends), split by process kind."""
     peaks: dict[str, dict[str, float]] = {}
     for step, seconds in step_seconds(output).items():
         end = (output / step / "_SUCCESS").stat().st_mtime
@@ -86,8 +96,8 @@ def bench(name: str, raw: Path, work: Path, extra: list[str]) -> dict[str, Any]:
     print(f"[{name}] {' '.join(command[2:])}", flush=True)
     seconds, samples, code = run_measured(command, work / f"{name}.log")
     peak_gb = max((total for _, total, _ in samples), default=0.0)
-    result = {"dataset": name, "seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "exit_code": code,
-              "steps": step_seconds(output), "step_peak_rss_gb": step_peaks(output, samples),
+    result = {"dataset": name, "seconds": round(seconds, 1), "peak_pss_gb": round(peak_gb, 2), "exit_code": code,
+              "steps": step_seconds(output), "step_peak_pss_gb": step_peaks(output, samples),
               "quality": headline(output)}
     print(f"[{name}] {result}", flush=True)
     return result
@@ -129,20 +139,20 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
     lines = [f"# Local pipeline end to end ({args.tag})", "", f"Machine: {machine_line(info)}", "",
-             "| dataset | wall s | peak RSS GB | steps (s) | two_stage / repurchase / als NDCG@10 | cand. recall |",
+             "| dataset | wall s | peak PSS GB | steps (s) | two_stage / repurchase / als NDCG@10 | cand. recall |",
              "|---|---|---|---|---|---|"]
     for r in results:
         q = r["quality"]
         steps = ", ".join(f"{k} {v}" for k, v in r["steps"].items())
-        lines.append(f"| {r['dataset']} | {r['seconds']} | {r['peak_rss_gb']} | {steps} | "
+        lines.append(f"| {r['dataset']} | {r['seconds']} | {r['peak_pss_gb']} | {steps} | "
                      f"{q.get('two_stage_ndcg_at_10')} / {q.get('repurchase_ndcg_at_10')} / "
                      f"{q.get('als_ndcg_at_10')} | {q.get('candidate_recall')} |")
     lines += ["", *(f"- {k}: {v}" for k, v in ratios.items()), "",
-              "Peak resident memory within each step, GB (driver = the Python process, jvm = Spark, workers = "
+              "Peak memory (PSS) within each step, GB (driver = the Python process, jvm = Spark, workers = "
               "ranker_data's processes):", ""]
     for r in results:
         peaks = "; ".join(f"{step} {p['total']} ({', '.join(f'{k} {v}' for k, v in p.items() if k != 'total')})"
-                          for step, p in r["step_peak_rss_gb"].items())
+                          for step, p in r["step_peak_pss_gb"].items())
         lines.append(f"- {r['dataset']}: {peaks}")
     (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
