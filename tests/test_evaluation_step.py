@@ -161,3 +161,39 @@ def test_training_report_has_validation_ranking(run: dict[str, Path]) -> None:
     training_users = set(data_step.build_training_data(
         run["etl"], run["als"], RankerConfig(negatives_per_user=20)).training[s.USER_IDX])
     assert not training_users & set(ranking_rows[s.USER_IDX])
+
+
+def test_scoring_a_folder_batch_by_batch_equals_scoring_the_whole_table(run: dict[str, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation scores the warm users' rows a batch at a time (bounded memory): the scores of the
+    chosen users, from several parts in small batches, equal the ranker on the whole table at once."""
+    from components.evaluation import evaluate
+
+    ranker = Ranker.load(run["train"] / s.MODEL_ARCHIVE,
+                         spec=FeatureSpec.load(run["ranker_data"] / s.FEATURE_SPEC_FILE))
+    whole = pd.read_parquet(run["ranker_data"] / s.SCORING_DIR)
+    users = np.unique(whole[s.USER_IDX].to_numpy())
+    chosen = users[::2]
+    split = len(whole) // 2
+    folder = tmp_path / "scoring"
+    folder.mkdir()
+    whole.iloc[:split].to_parquet(folder / "part-00000000.parquet")
+    whole.iloc[split:].to_parquet(folder / "part-00000001.parquet")
+    monkeypatch.setattr(evaluate, "SCORE_BATCH_ROWS", 7)
+
+    got = evaluate.score_candidates(folder, ranker, chosen.tolist())
+
+    expected_rows = whole.loc[whole[s.USER_IDX].isin(chosen)]
+    expected = expected_rows[[s.USER_IDX, s.ITEM_IDX]].assign(**{s.SCORE: ranker.score(expected_rows)})
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
+    assert set(got[s.USER_IDX]) == set(chosen.tolist())
+
+
+def test_a_scoring_folder_without_parts_is_a_clear_error(run: dict[str, Path], tmp_path: Path) -> None:
+    from components.errors import DataContractError
+    from components.evaluation import evaluate
+
+    ranker = Ranker.load(run["train"] / s.MODEL_ARCHIVE,
+                         spec=FeatureSpec.load(run["ranker_data"] / s.FEATURE_SPEC_FILE))
+    with pytest.raises(DataContractError, match=r"no part-\*\.parquet in .*empty"):
+        evaluate.score_candidates(tmp_path / "empty", ranker, [0])

@@ -4,13 +4,15 @@ recompute them. Pure functions over loaded frames; ``step.py`` reads the inputs 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from components import schema as s
 from components.errors import DataContractError
@@ -24,7 +26,7 @@ from components.evaluation.recommenders import (
 )
 from components.evaluation.recompute import SEGMENTS, metric_block
 from components.ranker.io import read_json, read_table
-from components.ranker.model import FeatureSpec, PopularFallback, Ranker
+from components.ranker.model import SCORE_BATCH_ROWS, FeatureSpec, PopularFallback, Ranker
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,7 @@ class EvaluationInputs:
     item_features: pd.DataFrame  # test fold
     user_item_features: pd.DataFrame  # test fold
     candidates: pd.DataFrame  # test fold, ALS step output (warm target users' rows)
-    scoring: pd.DataFrame  # test fold feature rows of the warm target users (ranker_data/scoring_warm)
-    ranker: Ranker
+    scored: pd.DataFrame  # user_idx, item_idx, score: the ranker on the warm target users' test-fold rows
     training_report: dict[str, Any]
 
 
@@ -64,7 +65,9 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
     target_users = read_table(fold / s.TARGET_USERS, [s.USER_IDX, s.SEGMENT])
     # Only warm target users have candidates and history worth reading: at scale the test fold's
     # candidate, scoring and user_item rows of every user would not fit in memory.
-    warm = [(s.USER_IDX, "in", target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].unique().tolist())]
+    warm_users = target_users.loc[target_users[s.SEGMENT] == s.WARM, s.USER_IDX].unique().tolist()
+    warm = [(s.USER_IDX, "in", warm_users)]
+    ranker = Ranker.load(train / s.MODEL_ARCHIVE, spec=spec)
     return EvaluationInputs(
         windows=read_json(etl / s.WINDOWS_FILE),
         user_ids=read_table(etl / s.ID_MAPS_DIR / s.USERS, [s.USER_ID, s.USER_IDX]),
@@ -77,10 +80,32 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
                                       [s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST],
                                       filters=warm),
         candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, filters=warm),
-        scoring=read_table(ranker_data / s.SCORING_WARM_DIR, filters=warm),
-        ranker=Ranker.load(train / s.MODEL_ARCHIVE, spec=spec),
+        scored=score_candidates(ranker_data / s.SCORING_WARM_DIR, ranker, warm_users),
         training_report=read_json(report_path) if report_path.exists() else {},
     )
+
+
+def score_candidates(directory: Path, ranker: Ranker, users: Sequence[int]) -> pd.DataFrame:
+    """user_idx, item_idx, score (the ranker's P(purchase)) of ``users``' rows in a scoring folder, read and
+    scored a batch at a time so that only the scores stay in memory (at 10M events the warm users' feature
+    rows alone took several GB)."""
+    parts = sorted(directory.glob("part-*.parquet"))
+    if not parts:
+        raise DataContractError(f"table not found: no part-*.parquet in {directory}")
+    wanted = np.asarray(users, dtype=np.int64)
+    scored = [pd.DataFrame({s.USER_IDX: pd.Series(dtype=np.int32), s.ITEM_IDX: pd.Series(dtype=np.int32),
+                            s.SCORE: pd.Series(dtype=np.float64)})]
+    for part in parts:
+        try:
+            batches = pq.ParquetFile(part).iter_batches(batch_size=SCORE_BATCH_ROWS)
+            for batch in batches:
+                rows = batch.to_pandas()
+                rows = rows.loc[np.isin(rows[s.USER_IDX].to_numpy(), wanted)]
+                if len(rows):
+                    scored.append(rows[[s.USER_IDX, s.ITEM_IDX]].assign(**{s.SCORE: ranker.score(rows)}))
+        except (OSError, ValueError, pa.ArrowException) as error:
+            raise DataContractError(f"cannot read scoring rows {part}: {error}") from error
+    return pd.concat(scored, ignore_index=True)
 
 
 def _id_lookup(frame: pd.DataFrame, idx: str, ident: str, table: str) -> np.ndarray:
@@ -132,8 +157,7 @@ def evaluate(inputs: EvaluationInputs, *, k: int = K_MAX) -> EvaluationResult:
     log.info("evaluating %d users (%d warm, %d cold), popular list of %d items", len(users), len(warm_users),
              len(cold_users), len(fallback.item_idx))
 
-    scoring = inputs.scoring.loc[inputs.scoring[s.USER_IDX].isin(warm_users)].reset_index(drop=True)
-    scored = scoring[[s.USER_IDX, s.ITEM_IDX]].assign(**{s.SCORE: inputs.ranker.score(scoring)})
+    scored = inputs.scored.loc[inputs.scored[s.USER_IDX].isin(warm_users)].reset_index(drop=True)
     log.info("ranker scored %d candidate rows of %d warm users", len(scored), scored[s.USER_IDX].nunique())
 
     def build(exclude: pd.DataFrame | None) -> dict[str, pd.DataFrame]:

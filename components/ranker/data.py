@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,46 @@ def label_candidates(frame: pd.DataFrame, targets: pd.DataFrame) -> pd.Series:
 
 
 @dataclass(frozen=True)
+class FoldCounts:
+    """The train fold's candidates and targets, counted once on the whole fold."""
+
+    candidate_users: int
+    candidate_rows: int
+    positive_rows: int
+    users_with_positive: int
+    users_dropped_without_positive: int
+    users_capped: int
+    target_pairs: int
+
+
+@dataclass(frozen=True)
+class ChannelCounts:
+    """What went to the training and validation channels; chunks of whole users add up."""
+
+    training_rows: int
+    training_users: int
+    training_positives: int
+    validation_rows: int
+    validation_users: int
+    validation_positives: int
+
+    @classmethod
+    def of(cls, training: pd.DataFrame, validation: pd.DataFrame) -> ChannelCounts:
+        return cls(len(training), int(training[s.USER_IDX].nunique()), int(training[s.LABEL].sum()),
+                   len(validation), int(validation[s.USER_IDX].nunique()), int(validation[s.LABEL].sum()))
+
+    def __add__(self, other: ChannelCounts) -> ChannelCounts:
+        return ChannelCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+def sum_counts(counts: Iterable[ChannelCounts]) -> ChannelCounts:
+    return sum(counts, ChannelCounts(0, 0, 0, 0, 0, 0))
+
+
+@dataclass(frozen=True)
 class SampleReport:
+    """ranker_data.json's counts: the fold's, the channels', and the candidates' recall of the targets."""
+
     candidate_users: int
     candidate_rows: int
     positive_rows: int
@@ -71,6 +110,10 @@ class SampleReport:
     validation_rows: int
     validation_users: int
     validation_positives: int
+
+    @classmethod
+    def of(cls, fold: FoldCounts, channels: ChannelCounts) -> SampleReport:
+        return cls(**asdict(fold), **asdict(channels), pair_recall=fold.positive_rows / max(1, fold.target_pairs))
 
 
 def training_users(labelled: pd.DataFrame, *, max_users: int, seed: int) -> tuple[np.ndarray, dict[str, int]]:

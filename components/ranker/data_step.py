@@ -23,12 +23,15 @@ import pandas as pd
 from components import schema as s
 from components.config import RankerConfig
 from components.ranker.data import (
+    ChannelCounts,
     ChannelWriter,
+    FoldCounts,
     SampleReport,
     ensure_both_channels,
     label_candidates,
     report_dict,
     sample_training_rows,
+    sum_counts,
     training_users,
     validation_mask,
     write_scoring,
@@ -43,18 +46,29 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainingData:
+class TrainingChunk:
     training: pd.DataFrame  # sampled rows of the training users
     validation: pd.DataFrame  # sampled rows of the validation users (early stopping)
     validation_ranking: pd.DataFrame  # every candidate of the validation users + label, n_targets
     spec: FeatureSpec
+    counts: ChannelCounts
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The whole train fold's channels in memory (small data and tests; ``run`` streams chunks)."""
+
+    training: pd.DataFrame
+    validation: pd.DataFrame
+    validation_ranking: pd.DataFrame
+    spec: FeatureSpec
     report: SampleReport
 
 
-def _training_chunks(etl: Path, als: Path, config: RankerConfig) -> Iterator[TrainingData]:
-    """The train fold's labelled, sampled and user-split rows, one chunk of whole users at a time. The
-    user choices (the cap, the validation split) are global, and features are built for the chosen users
-    only; the reports sum up (whole-fold counts go with the first chunk)."""
+def _train_fold(etl: Path, als: Path, config: RankerConfig) -> tuple[FoldCounts, Iterator[TrainingChunk]]:
+    """The train fold's counts, and its labelled, sampled and user-split rows one chunk of whole users at a
+    time. The user choices (the cap, the validation split) are global, and features are built for the
+    chosen users only."""
     lists = feature_lists(etl)
     fold = load_fold(etl, als, s.TRAIN_FOLD)
     horizon = horizon_days(etl, s.TRAIN_FOLD)
@@ -66,61 +80,47 @@ def _training_chunks(etl: Path, als: Path, config: RankerConfig) -> Iterator[Tra
                                                                       config.seed))]
     n_targets = fold.targets.groupby(s.USER_IDX).size().rename(s.N_TARGETS)
     candidate_users = ids[s.USER_IDX].unique()
-    target_pairs = int(fold.targets[s.USER_IDX].isin(candidate_users).sum())
+    fold_counts = FoldCounts(
+        candidate_users=len(candidate_users), candidate_rows=len(ids), positive_rows=int(ids[s.LABEL].sum()),
+        users_with_positive=counts["users_with_positive"], users_dropped_without_positive=counts["dropped"],
+        users_capped=counts["capped"], target_pairs=int(fold.targets[s.USER_IDX].isin(candidate_users).sum()))
     chosen = replace(fold, candidates=fold.candidates.loc[fold.candidates[s.USER_IDX].isin(users)])
-    spec: FeatureSpec | None = None
-    for number, chunk in enumerate(user_chunks(chosen, config.chunk_rows)):
-        frame, spec = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
-                                     chunk.user_item_features, lists, user_category=chunk.user_category,
-                                     horizon_days=horizon, spec=spec, item_history=item_history)
-        frame[s.LABEL] = label_candidates(frame, fold.targets)
-        sampled = sample_training_rows(frame, users=users, negatives_per_user=config.negatives_per_user,
-                                       seed=config.seed)
-        mask = sampled[s.USER_IDX].isin(in_validation)
-        training, validation = sampled.loc[~mask], sampled.loc[mask]
-        ranking = frame.loc[frame[s.USER_IDX].isin(in_validation)].join(n_targets, on=s.USER_IDX)
-        first = number == 0
-        yield TrainingData(training, validation, ranking, spec, SampleReport(
-            candidate_users=len(candidate_users) if first else 0,
-            candidate_rows=len(ids) if first else 0,
-            positive_rows=int(ids[s.LABEL].sum()) if first else 0,
-            users_with_positive=counts["users_with_positive"] if first else 0,
-            users_dropped_without_positive=counts["dropped"] if first else 0,
-            users_capped=counts["capped"] if first else 0,
-            target_pairs=target_pairs if first else 0,
-            pair_recall=0.0,  # set on the sum
-            training_rows=len(training),
-            training_users=int(training[s.USER_IDX].nunique()),
-            training_positives=int(training[s.LABEL].sum()),
-            validation_rows=len(validation),
-            validation_users=int(validation[s.USER_IDX].nunique()),
-            validation_positives=int(validation[s.LABEL].sum()),
-        ))
 
+    def chunks() -> Iterator[TrainingChunk]:
+        spec: FeatureSpec | None = None
+        for chunk in user_chunks(chosen, config.chunk_rows):
+            frame, spec = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
+                                         chunk.user_item_features, lists, user_category=chunk.user_category,
+                                         horizon_days=horizon, spec=spec, item_history=item_history)
+            frame[s.LABEL] = label_candidates(frame, fold.targets)
+            sampled = sample_training_rows(frame, users=users, negatives_per_user=config.negatives_per_user,
+                                           seed=config.seed)
+            mask = sampled[s.USER_IDX].isin(in_validation)
+            training, validation = sampled.loc[~mask], sampled.loc[mask]
+            ranking = frame.loc[frame[s.USER_IDX].isin(in_validation)].join(n_targets, on=s.USER_IDX)
+            yield TrainingChunk(training, validation, ranking, spec, ChannelCounts.of(training, validation))
 
-def _summed(reports: Sequence[SampleReport]) -> SampleReport:
-    total = {name: sum(getattr(r, name) for r in reports) for name in SampleReport.__dataclass_fields__}
-    total["pair_recall"] = total["positive_rows"] / max(1, total["target_pairs"])
-    return SampleReport(**total)
+    return fold_counts, chunks()
 
 
 def build_training_data(etl: Path, als: Path, config: RankerConfig) -> TrainingData:
-    """The whole train fold's rows in memory (small data and tests; ``run`` streams them)."""
-    chunks = list(_training_chunks(etl, als, config))
+    fold_counts, chunks = _train_fold(etl, als, config)
+    parts = list(chunks)
     return TrainingData(
-        training=pd.concat([c.training for c in chunks], ignore_index=True),
-        validation=pd.concat([c.validation for c in chunks], ignore_index=True),
-        validation_ranking=pd.concat([c.validation_ranking for c in chunks], ignore_index=True),
-        spec=chunks[-1].spec, report=_summed([c.report for c in chunks]))
+        training=pd.concat([c.training for c in parts], ignore_index=True),
+        validation=pd.concat([c.validation for c in parts], ignore_index=True),
+        validation_ranking=pd.concat([c.validation_ranking for c in parts], ignore_index=True),
+        spec=parts[-1].spec, report=SampleReport.of(fold_counts, sum_counts(c.counts for c in parts)))
 
 
 def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig) -> tuple[FeatureSpec,
                                                                                              SampleReport]:
     """training/ and validation/ channels, validation_ranking/ and feature_spec.json, chunk by chunk."""
     writers: dict[str, ChannelWriter] = {}
-    reports: list[SampleReport] = []
+    channel_counts: list[ChannelCounts] = []
     spec: FeatureSpec | None = None
-    for number, chunk in enumerate(_training_chunks(etl, als, config)):
+    fold_counts, chunks = _train_fold(etl, als, config)
+    for number, chunk in enumerate(chunks):
         spec = chunk.spec
         if not writers:
             writers = {channel: ChannelWriter(spec, output / channel) for channel in s.CHANNELS}
@@ -128,15 +128,15 @@ def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig
         writers[s.VALIDATION_CHANNEL].write(chunk.validation)
         write_scoring(chunk.validation_ranking, chunk.spec, output / s.VALIDATION_RANKING_DIR,
                       extra=(s.LABEL, s.N_TARGETS), part=number)
-        reports.append(chunk.report)
-        log.info("train fold chunk %d: %d candidate rows of %d users", number, chunk.report.candidate_rows,
-                 chunk.report.candidate_users)
+        channel_counts.append(chunk.counts)
+        log.info("train fold chunk %d: %d training rows, %d validation rows", number, chunk.counts.training_rows,
+                 chunk.counts.validation_rows)
     for writer in writers.values():
         writer.close()
     if spec is None:
         raise ValueError(f"no train-fold chunk under {als}")  # user_chunks yields at least one
     spec.save(output / s.FEATURE_SPEC_FILE)
-    return spec, _summed(reports)
+    return spec, SampleReport.of(fold_counts, sum_counts(channel_counts))
 
 
 @dataclass(frozen=True)
