@@ -80,7 +80,7 @@ class ChannelCounts:
     validation_positives: int
 
     @classmethod
-    def of(cls, training: pd.DataFrame, validation: pd.DataFrame) -> ChannelCounts:
+    def count(cls, training: pd.DataFrame, validation: pd.DataFrame) -> ChannelCounts:
         return cls(len(training), int(training[s.USER_IDX].nunique()), int(training[s.LABEL].sum()),
                    len(validation), int(validation[s.USER_IDX].nunique()), int(validation[s.LABEL].sum()))
 
@@ -93,26 +93,13 @@ def sum_counts(counts: Iterable[ChannelCounts]) -> ChannelCounts:
 
 
 @dataclass(frozen=True)
-class SampleReport:
+class SampleReport(ChannelCounts, FoldCounts):
     """ranker_data.json's counts: the fold's, the channels', and the candidates' recall of the targets."""
 
-    candidate_users: int
-    candidate_rows: int
-    positive_rows: int
-    users_with_positive: int
-    users_dropped_without_positive: int
-    users_capped: int
-    target_pairs: int
     pair_recall: float  # share of the candidate users' target pairs found among their candidates (micro)
-    training_rows: int
-    training_users: int
-    training_positives: int
-    validation_rows: int
-    validation_users: int
-    validation_positives: int
 
     @classmethod
-    def of(cls, fold: FoldCounts, channels: ChannelCounts) -> SampleReport:
+    def combine(cls, fold: FoldCounts, channels: ChannelCounts) -> SampleReport:
         return cls(**asdict(fold), **asdict(channels), pair_recall=fold.positive_rows / max(1, fold.target_pairs))
 
 

@@ -98,7 +98,7 @@ def _train_fold(etl: Path, als: Path, config: RankerConfig) -> tuple[FoldCounts,
             mask = sampled[s.USER_IDX].isin(in_validation)
             training, validation = sampled.loc[~mask], sampled.loc[mask]
             ranking = frame.loc[frame[s.USER_IDX].isin(in_validation)].join(n_targets, on=s.USER_IDX)
-            yield TrainingChunk(training, validation, ranking, spec, ChannelCounts.of(training, validation))
+            yield TrainingChunk(training, validation, ranking, spec, ChannelCounts.count(training, validation))
 
     return fold_counts, chunks()
 
@@ -110,7 +110,7 @@ def build_training_data(etl: Path, als: Path, config: RankerConfig) -> TrainingD
         training=pd.concat([c.training for c in parts], ignore_index=True),
         validation=pd.concat([c.validation for c in parts], ignore_index=True),
         validation_ranking=pd.concat([c.validation_ranking for c in parts], ignore_index=True),
-        spec=parts[-1].spec, report=SampleReport.of(fold_counts, sum_counts(c.counts for c in parts)))
+        spec=parts[-1].spec, report=SampleReport.combine(fold_counts, sum_counts(c.counts for c in parts)))
 
 
 def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig) -> tuple[FeatureSpec,
@@ -136,7 +136,7 @@ def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig
     if spec is None:
         raise ValueError(f"no train-fold chunk under {als}")  # user_chunks yields at least one
     spec.save(output / s.FEATURE_SPEC_FILE)
-    return spec, SampleReport.of(fold_counts, sum_counts(channel_counts))
+    return spec, SampleReport.combine(fold_counts, sum_counts(channel_counts))
 
 
 @dataclass(frozen=True)
