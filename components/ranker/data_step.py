@@ -22,6 +22,7 @@ import pandas as pd
 
 from components import schema as s
 from components.config import RankerConfig
+from components.memory import release_memory
 from components.ranker.data import (
     ChannelCounts,
     ChannelWriter,
@@ -36,7 +37,7 @@ from components.ranker.data import (
     validation_mask,
     write_scoring,
 )
-from components.ranker.features import build_features, item_history_stats
+from components.ranker.features import ITEM_HISTORY_INPUTS, build_features, item_history_stats
 from components.ranker.io import feature_lists, horizon_days, load_fold, read_table, user_chunks, user_row_counts
 from components.ranker.model import FeatureSpec
 from components.stepargs import parse_step_args
@@ -195,7 +196,9 @@ def write_scoring_rows(etl: Path, als: Path, spec: FeatureSpec, output: Path, co
     warm test-target users, also in ``output``/scoring_warm/ -> (rows, users). Shards of users run in
     parallel processes (pandas uses one core), each a chunk at a time (bounded memory)."""
     candidate_users, rows_per_user = user_row_counts(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES)
-    item_history = item_history_stats(read_table(etl / s.FOLDS_DIR / s.TEST_FOLD / s.USER_ITEM_FEATURES))
+    item_history = item_history_stats(read_table(etl / s.FOLDS_DIR / s.TEST_FOLD / s.USER_ITEM_FEATURES,
+                                                 list(ITEM_HISTORY_INPUTS)))
+    release_memory()  # the train fold's tables are garbage now; the workers below need the room
     workers = config.workers or os.cpu_count() or 1
     shards = [ScoringShard(etl, als, output / s.SCORING_DIR, output / s.SCORING_WARM_DIR, spec, item_history,
                            first, stop, k * PARTS_PER_SHARD, config.chunk_rows)

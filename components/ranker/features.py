@@ -120,9 +120,12 @@ def _price_column(item_feature_names: Sequence[str], item_features: pd.DataFrame
     return None
 
 
+# The user_item columns the history statistics read (days since first is optional).
+ITEM_HISTORY_INPUTS: Final = (s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST, s.UI_DAYS_SINCE_FIRST)
+
+
 def _history_frame(user_item: pd.DataFrame) -> pd.DataFrame:
-    _require(user_item, [s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST],
-             "user_item_features")
+    _require(user_item, list(ITEM_HISTORY_INPUTS[:4]), "user_item_features")
     has_first = s.UI_DAYS_SINCE_FIRST in user_item.columns
     ui = user_item[[s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST]
                    + ([s.UI_DAYS_SINCE_FIRST] if has_first else [])].copy()
