@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -108,25 +108,24 @@ def _held_objects(root: object, depth: int = 3) -> Iterator[object]:
 
 def test_load_holds_one_part_of_features_at_a_time_and_keeps_none(shop: SyntheticShop,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each part's frame is freed (by reference counting, no collector run) by the time the next part is
-    read, and the loaded model holds no feature table, prepared features or CatBoost model: only (item,
-    score) arrays."""
-    alive: list[weakref.ref[pd.DataFrame]] = []
-    most_alive = 0
-    iterate = Bundle.iter_candidate_parts
+    """When a candidate part is read, no earlier part's frame is alive any more (freed by reference
+    counting, no collector run), and the loaded model holds no feature table, prepared features or
+    CatBoost model: only (item, score) arrays."""
+    bundle = load_bundle(shop.archive)
+    read = pd.read_parquet
+    parts: list[weakref.ref[pd.DataFrame]] = []
+    alive_at_read: list[int] = []
 
-    def watched(self: Bundle, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        nonlocal most_alive
-        for frame in iterate(self, columns):
-            alive.append(weakref.ref(frame))
-            most_alive = max(most_alive, sum(ref() is not None for ref in alive))
-            yield frame
-            del frame
+    def reader(path: Path, *args: object, **kwargs: object) -> pd.DataFrame:
+        alive_at_read.append(sum(ref() is not None for ref in parts))
+        frame = read(path, *args, **kwargs)
+        parts.append(weakref.ref(frame))
+        return frame
 
-    monkeypatch.setattr(Bundle, "iter_candidate_parts", watched)
-    model = build_serving_model(load_bundle(shop.archive), source="test")
-    assert len(alive) == PARTS and most_alive == 1
-    assert all(ref() is None for ref in alive)
+    monkeypatch.setattr(pd, "read_parquet", reader)  # after load_bundle: only candidate parts are read now
+    model = build_serving_model(bundle, source="test")
+    assert alive_at_read == [0] * PARTS
+    assert all(ref() is None for ref in parts)
     held = list(_held_objects(model))
     assert not [type(v).__name__ for v in held if isinstance(v, (pd.DataFrame, PreparedFeatures, Ranker))]
     assert model.candidate_items.dtype == np.int32 and model.candidate_scores.dtype == np.float64
