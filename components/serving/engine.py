@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import numpy as np
 
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 UNKNOWN_USER = "unknown_user"  # the id is not in the bundle's user map
 NO_CANDIDATES = "no_candidates"  # a known user without candidate rows (no history before the cutoff)
 FALLBACK_REASONS = (UNKNOWN_USER, NO_CANDIDATES)
+# Rows scored per CatBoost call at load. CatBoost's working memory grows with the call and the process
+# keeps it afterwards: on the Online Retail bundle (parts of 500,000 rows) the service's peak RSS while
+# loading is 0.56 GB with 50,000-row calls vs 0.90 GB with whole parts, its RSS once loaded 0.30 vs 0.47 GB.
+LOAD_SCORE_ROWS: Final = 50_000
 
 
 class UnknownCategoryAttributeError(ValueError):
@@ -81,7 +86,8 @@ def score_candidates(bundle: Bundle, ranker: Ranker, *, thread_count: int = 1,
         if stop > total:
             raise BundleError(f"bundle {bundle.version}: candidate parts hold more rows than their footers say")
         users = frame[s.USER_IDX].to_numpy(np.int64, copy=True)  # copies: no view keeps the part alive
-        part_scores = ranker.score(frame, thread_count=thread_count)
+        part_scores = np.concatenate([ranker.score(frame.iloc[start:start + LOAD_SCORE_ROWS], thread_count=thread_count)
+                                      for start in range(0, len(frame), LOAD_SCORE_ROWS)])
         valid = np.isfinite(part_scores) & (part_scores >= 0) & (part_scores <= 1)
         if not valid.all():
             bad = int(np.argmin(valid))
