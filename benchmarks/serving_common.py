@@ -55,6 +55,7 @@ class BundleUnderTest:
 
 def resolve_bundle(path: Path | None, *, workdir: Path) -> BundleUnderTest:
     """The given bundle (model.tar.gz or folder), or a synthetic one in Online Retail's shape."""
+    from components import schema as s
     from components.bundle import load_bundle
 
     kind = "given"
@@ -67,10 +68,12 @@ def resolve_bundle(path: Path | None, *, workdir: Path) -> BundleUnderTest:
                                      iterations=300, depth=6).archive
         kind = "synthetic"
     bundle = load_bundle(path)
-    counts = np.diff(bundle.candidate_offsets)
+    counts = np.zeros(bundle.n_users, dtype=np.int64)
+    for part in bundle.iter_candidate_parts(columns=()):  # the key columns only
+        counts += np.bincount(part[s.USER_IDX].to_numpy(), minlength=bundle.n_users)
     warm = [str(u) for u in bundle.user_ids[counts > 0]]
     return BundleUnderTest(archive=Path(path), kind=kind, version=bundle.version, users=bundle.n_users,
-                           items=len(bundle.item_ids), candidate_rows=len(bundle.candidates),
+                           items=len(bundle.item_ids), candidate_rows=bundle.candidate_row_count,
                            users_with_candidates=len(warm), warm_user_ids=warm,
                            all_user_ids=[str(u) for u in bundle.user_ids])
 

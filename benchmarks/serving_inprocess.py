@@ -1,6 +1,6 @@
 """The in-process scoring limit: requests per second the service's own answer path does without HTTP
-(look-up, slice of the user's candidate rows, CatBoost scoring, top-k, filters, payload, orjson), one
-process per core, random users that have candidates (every request really scores).
+(look-up, slice of the user's load-time scored candidates, top-k, filters, payload, orjson), one
+process per core, random users that have candidates (every request ranks a personal list).
 
     .venv/bin/python benchmarks/serving_inprocess.py [--bundle OUT/bundle/model.tar.gz] [--seconds 10]
 
@@ -97,7 +97,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# In-process scoring limit\n\n"
         f"Bundle: {b['kind']} {b['version']} ({b['users']} users, {b['items']} items, "
         f"{b['candidates_per_user']} candidates a user). Random users with candidates, top 10, answer "
-        "path without HTTP (scoring + payload + JSON).\n\n"
+        "path without HTTP (ranking + payload + JSON).\n\n"
         "| processes | requests/s | p50 ms | p99 ms |\n|---|---|---|---|\n"
         f"| 1 | {one['rps']} | {one['p50_ms']} | {one['p99_ms']} |\n"
         f"| {allc['processes']} | {allc['rps']} | {allc['p50_ms']} | {allc['p99_ms']} |\n\n"

@@ -48,13 +48,13 @@ def build_app(bundle_path: str, style: str = "tables") -> FastAPI:
     als = AlternatingLeastSquares(factors=bundle.user_factors.shape[1])
     als.user_factors = bundle.user_factors.astype(np.float32)
     als.item_factors = bundle.item_factors.astype(np.float32)
-    table = bundle.candidates
+    table = pd.concat(list(bundle.iter_candidate_parts()), ignore_index=True)  # a guide's service holds it all
     user_cols, item_cols, pair_cols = _groups(features)
     # The feature tables a guide's service keeps in memory (here cut back out of the bundle's joined rows).
     user_features = table.groupby(s.USER_IDX)[user_cols].first()
     item_features = table.groupby(s.ITEM_IDX)[item_cols].first().reset_index()
     user_item_features = table[[s.USER_IDX, s.ITEM_IDX, *pair_cols]]
-    per_user = np.diff(bundle.candidate_offsets)
+    per_user = table.groupby(s.USER_IDX).size().to_numpy()
     n_candidates = int(np.ceil(per_user[per_user > 0].mean()))  # the same candidate count as ours
     user_index = {u: i for i, u in enumerate(bundle.user_ids.tolist())}
     item_ids = bundle.item_ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from catboost import CatBoostClassifier
 
 from components import schema as s
-from components.bundle import load_bundle
+from components.bundle import Bundle, load_bundle
 from components.bundle.build import BundleInputs, popular_ranking, write_bundle
+from components.bundle.format import sha256_file
 from components.errors import BundleError
 
 
@@ -46,6 +48,20 @@ def _inputs(tmp_path: Path) -> BundleInputs:
     )
 
 
+def _candidate_rows(bundle: Bundle, user_idx: int) -> pd.DataFrame:
+    rows = pd.concat(list(bundle.iter_candidate_parts()), ignore_index=True)
+    return rows.loc[rows[s.USER_IDX] == user_idx].reset_index(drop=True)
+
+
+def _rewrite_part(root: Path, frame: pd.DataFrame) -> None:
+    """Replace the bundle's (first) candidate part and its checksum: a consistent but wrong bundle."""
+    manifest = json.loads((root / s.BUNDLE_MANIFEST).read_text())
+    relative = min(name for name in manifest["files"] if name.startswith(f"{s.BUNDLE_CANDIDATES}/"))
+    frame.to_parquet(root / relative, index=False)
+    manifest["files"][relative] = sha256_file(root / relative)
+    (root / s.BUNDLE_MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_round_trip(tmp_path: Path) -> None:
     inputs = _inputs(tmp_path)
     archive = write_bundle(inputs, tmp_path / "out")
@@ -53,8 +69,11 @@ def test_round_trip(tmp_path: Path) -> None:
     assert bundle.version.startswith("20111111-")
     assert bundle.feature_names == ["f_num", "f_cat"] and bundle.categorical == ["f_cat"]
     assert bundle.user_index["u3"] == 3 and bundle.item_ids[5] == "i5"
-    assert bundle.candidate_rows(3)[s.ITEM_IDX].tolist() == [0, 1, 2, 3]
-    assert bundle.candidate_rows(2).empty and bundle.candidate_rows(4).empty
+    assert _candidate_rows(bundle, 3)[s.ITEM_IDX].tolist() == [0, 1, 2, 3]
+    assert _candidate_rows(bundle, 2).empty and _candidate_rows(bundle, 4).empty
+    assert bundle.candidate_row_count == 12
+    (part,) = bundle.iter_candidate_parts()
+    assert list(part.columns) == [s.USER_IDX, s.ITEM_IDX, "f_num", "f_cat"]
     assert bundle.purchased(0).tolist() == [1, 2] and bundle.purchased(1).size == 0
     assert bundle.popular_items.tolist() == [2, 0, 3, 4]  # ties by item index, zero-buyer items left out
     assert bundle.model_path.is_file()
@@ -113,10 +132,11 @@ def test_candidates_stream_from_scoring_parts_as_from_one_frame(tmp_path: Path) 
     parts = _scoring_parts(inputs.candidates, tmp_path / "scoring", [[0], [], [1, 3]])
     from_parts = load_bundle(write_bundle(replace(inputs, candidates=parts), tmp_path / "parts"))
     from_frame = load_bundle(write_bundle(inputs, tmp_path / "frame"))
+    assert len(from_parts.candidate_part_paths) == 3 and len(from_frame.candidate_part_paths) == 1
     for user in range(5):
-        pd.testing.assert_frame_equal(from_parts.candidate_rows(user).reset_index(drop=True),
-                                      from_frame.candidate_rows(user).reset_index(drop=True))
+        pd.testing.assert_frame_equal(_candidate_rows(from_parts, user), _candidate_rows(from_frame, user))
     assert from_parts.manifest["counts"] == from_frame.manifest["counts"]
+    assert from_parts.candidate_row_count == from_frame.candidate_row_count == 12
 
 
 def test_scoring_parts_out_of_user_order_are_refused(tmp_path: Path) -> None:
@@ -125,3 +145,29 @@ def test_scoring_parts_out_of_user_order_are_refused(tmp_path: Path) -> None:
     parts = _scoring_parts(inputs.candidates, tmp_path / "scoring", [[1, 3], [0]])
     with pytest.raises(BundleError, match=r"part-00001\.parquet: rows are not sorted"):
         write_bundle(replace(inputs, candidates=parts), tmp_path / "out")
+
+
+def test_candidate_part_without_a_feature_is_refused_at_load(tmp_path: Path) -> None:
+    root = load_bundle(write_bundle(_inputs(tmp_path), tmp_path / "out")).root
+    part = next(load_bundle(root).iter_candidate_parts())
+    _rewrite_part(root, part.drop(columns=["f_cat"]))
+    with pytest.raises(BundleError, match=r"lacks columns \['f_cat'\]"):
+        load_bundle(root)
+
+
+@pytest.mark.parametrize("damage", ["shuffled", "duplicate row", "user beyond the map"])
+def test_candidate_part_out_of_order_or_beyond_the_user_map_is_refused_when_read(tmp_path: Path,
+                                                                                damage: str) -> None:
+    """The footers pass (load_bundle reads no rows); reading the part refuses it."""
+    root = load_bundle(write_bundle(_inputs(tmp_path), tmp_path / "out")).root
+    part = next(load_bundle(root).iter_candidate_parts())
+    if damage == "shuffled":
+        part = part.iloc[::-1]
+    elif damage == "duplicate row":
+        part = pd.concat([part.iloc[:1], part]).reset_index(drop=True)
+    else:
+        part = part.assign(**{s.USER_IDX: part[s.USER_IDX] + 5})
+    _rewrite_part(root, part)
+    bundle = load_bundle(root)
+    with pytest.raises(BundleError, match="not sorted" if damage != "user beyond the map" else "beyond the 5-user"):
+        list(bundle.iter_candidate_parts())

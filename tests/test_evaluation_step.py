@@ -110,12 +110,12 @@ def test_recommendations_file_is_complete_and_cold_users_get_popular(run: dict[s
 
 
 def test_two_stage_is_reproduced_by_the_serving_path(run: dict[str, Path]) -> None:
-    """Serving's recipe (Ranker.prepare once, score_prepared per user slice, rank_top_k, top_up) gives the
-    evaluation's two_stage lists exactly."""
+    """Serving's recipe (every candidate row scored once with Ranker.score, the user's slice of the scores,
+    rank_top_k, top_up) gives the evaluation's two_stage lists exactly."""
     spec = FeatureSpec.load(run["ranker_data"] / s.FEATURE_SPEC_FILE)
     ranker = Ranker.load(run["train"] / s.MODEL_ARCHIVE, spec=spec)
     scoring = pd.read_parquet(run["ranker_data"] / s.SCORING_DIR)
-    prepared = ranker.prepare(scoring)
+    all_scores = ranker.score(scoring, thread_count=1)
     users = scoring[s.USER_IDX].to_numpy()
     starts = np.searchsorted(users, np.unique(users))
     stops = [*starts[1:], len(users)]
@@ -131,8 +131,7 @@ def test_two_stage_is_reproduced_by_the_serving_path(run: dict[str, Path]) -> No
     checked = 0
     for user_id in warm[:25]:
         start, stop = bounds[int(idx_of_user[user_id])]
-        scores = ranker.score_prepared(prepared, slice(start, stop))
-        items, top_scores = rank_top_k(scoring[s.ITEM_IDX].to_numpy()[start:stop], scores, K)
+        items, top_scores = rank_top_k(scoring[s.ITEM_IDX].to_numpy()[start:stop], all_scores[start:stop], K)
         items, top_scores = fallback.top_up(items, top_scores, K)
         expected = two_stage.loc[two_stage[s.USER_ID] == user_id]
         assert [id_of_item[i] for i in items] == expected[s.ITEM_ID].tolist()

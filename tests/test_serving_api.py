@@ -255,12 +255,12 @@ def test_every_metric_name_is_exported(client: httpx.Client) -> None:
 def test_category_filter_without_category_attribute_is_422(tmp_path: Path, shop: SyntheticShop) -> None:
     """A bundle whose catalog has no category column answers 422 naming `category`, not 500."""
     from components.bundle.format import load_bundle
-    from components.serving.engine import ServingModel, UnknownCategoryAttributeError
+    from components.serving.engine import ServingModel, UnknownCategoryAttributeError, score_candidates
 
     bundle = load_bundle(shop.archive)
     plain = type(bundle)(**{**bundle.__dict__, "items": bundle.items.drop(columns=[s.ITEM_CATEGORY])})
     ranker = Ranker.load(bundle.model_path, spec=FeatureSpec.from_dict(bundle.manifest["feature_spec"]))
-    model = ServingModel(plain, ranker, source="test")
+    model = ServingModel(plain, score_candidates(plain, ranker), source="test")
     with pytest.raises(UnknownCategoryAttributeError, match="category"):
         model.recommend(shop.user_ids[0], 5, category="mugs")
     assert len(model.recommend(shop.user_ids[0], 5).item_idx) == 5

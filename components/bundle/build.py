@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from components import schema as s
-from components.bundle.format import FORMAT_VERSION, REQUIRED_FILES, sha256_file
+from components.bundle.format import FORMAT_VERSION, REQUIRED_FILES, ascending_after, sha256_file
 from components.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _write_candidates(candidates: pd.DataFrame | Path, columns: list[str], desti
         _require_columns(names, columns, str(part))
         keys = pq.read_table(part, columns=[s.USER_IDX, s.ITEM_IDX])
         part_users = keys.column(s.USER_IDX).to_numpy().astype(np.int64)
-        if not _ascending_after(part_users, keys.column(s.ITEM_IDX).to_numpy().astype(np.int64), last_user):
+        if not ascending_after(part_users, keys.column(s.ITEM_IDX).to_numpy().astype(np.int64), last_user):
             raise BundleError(f"{part}: rows are not sorted by ({s.USER_IDX}, {s.ITEM_IDX}) after the previous "
                               f"part; ranker_data writes ascending ranges of users")
         if names == columns:
@@ -160,14 +160,6 @@ def _write_candidates(candidates: pd.DataFrame | Path, columns: list[str], desti
         rows, users = rows + len(part_users), users + len(np.unique(part_users))
         last_user = int(part_users[-1]) if len(part_users) else last_user
     return rows, users
-
-
-def _ascending_after(users: np.ndarray, items: np.ndarray, last_user: int) -> bool:
-    """(user, item) keys strictly ascending, and every user after ``last_user``."""
-    if not len(users):
-        return True
-    user_step, item_step = np.diff(users), np.diff(items)
-    return bool(users[0] > last_user and ((user_step > 0) | ((user_step == 0) & (item_step > 0))).all())
 
 
 def _require_columns(present: Iterable[str], columns: list[str], what: str) -> None:

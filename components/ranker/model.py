@@ -10,11 +10,13 @@
 How serving reproduces ``two_stage`` exactly (the evaluation step does the same):
 
     ranker = Ranker.load(bundle_dir / "model", spec=FeatureSpec.load(bundle_dir / "feature_spec.json"))
-    prepared = ranker.prepare(candidates_frame)        # once at load: user_idx-sorted scoring rows
+    scores = ranker.score(candidates_part)             # once at load, each user_idx-sorted part in turn
     rows = slice(start[user], end[user])               # the user's ~200 candidate rows
-    scores = ranker.score_prepared(prepared, rows)     # ~0.2 ms for 200 rows, one thread
-    items, top_scores = rank_top_k(candidate_item_idx[rows], scores, k)
+    items, top_scores = rank_top_k(candidate_item_idx[rows], scores[rows], k)
     items, top_scores = fallback.top_up(items, top_scores, k, exclude=...)  # only when short
+
+Rows are scored independently, so a batch gives each row the bits that scoring its user's rows alone
+(``score_prepared(prepare(rows))``) gives; serving checks that on a spread of users for every bundle.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The hot path: a well-formed ``GET /recommendations`` answered straight from the ASGI scope.
 
 FastAPI's per-request machinery (routing, dependency solving, pydantic validation of five query
-parameters) costs about as much as scoring a user. This lane checks the same rules as the documented
+parameters) costs more than the answer itself. This lane checks the same rules as the documented
 route itself for the common, valid requests and answers them through the same ``ServiceState.answer``;
 anything it is not certain about (a missing, repeated, unknown or out-of-range parameter, no model yet,
 a filter the bundle cannot apply) goes on to the FastAPI route, which produces the documented answer or

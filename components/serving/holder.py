@@ -2,7 +2,7 @@
 
 Requests read ``holder.current`` once and use that object to the end, so a swap (one reference
 assignment, atomic in CPython) never mixes two models inside a request and never makes one fail. A new
-bundle is fetched, verified (manifest, checksums), loaded and smoke-scored entirely off to the side; only
+bundle is fetched, verified (manifest, checksums), loaded, scored and checked entirely off to the side; only
 then is it published. A bundle that fails any of that is refused and logged; the old model keeps serving.
 """
 

@@ -33,7 +33,9 @@ class ServingSettings(BaseSettings):
     s3_endpoint_url: str | None = None  # S3-compatible endpoint (tests, MinIO); unset = AWS
     admin_token: str | None = None  # /admin/* is disabled unless set; then it needs `Bearer <token>`
     fast_path: bool = True  # answer valid GET /recommendations without FastAPI's machinery (fastpath.py)
-    scoring_threads: int = Field(default=1, ge=1)  # CatBoost threads a request: 1 = cores serve requests
+    # CatBoost threads scoring a bundle's candidates at load; 1 leaves the other cores to the live model
+    # while a swap loads in the background (requests never run CatBoost)
+    scoring_threads: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:

@@ -5,6 +5,7 @@ users without candidates, numeric features first and string categoricals last.""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,10 @@ class SyntheticShop:
 
 def make_synthetic_bundle(output: Path, *, n_users: int = 300, n_items: int = 200, per_user: int = 50,
                           cold_share: float = 0.1, iterations: int = 30, depth: int = 4, seed: int = 0,
-                          group: str = "ecomrec", tag: str = "") -> SyntheticShop:
+                          group: str = "ecomrec", tag: str = "", parts: int = 1) -> SyntheticShop:
     """Write ``output/model.tar.gz``. ``tag`` changes the content (and so the version) without changing
-    the shape, for swap tests."""
+    the shape, for swap tests. ``parts`` > 1 writes the candidates as that many parts of ascending user
+    ranges, as ranker_data's scoring/ does."""
     from catboost import CatBoostClassifier
 
     rng = np.random.default_rng(seed)
@@ -78,6 +80,7 @@ def make_synthetic_bundle(output: Path, *, n_users: int = 300, n_items: int = 20
     work = Path(tempfile.mkdtemp(prefix="synthetic-", dir=output.parent if output.parent.exists() else None))
     model_file = work / s.MODEL_FILE
     model.save_model(str(model_file))
+    scoring = _write_parts(candidates, work / s.SCORING_DIR, parts) if parts > 1 else candidates
     purchased = candidates.loc[candidates[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX]]
     popular = pd.DataFrame({s.ITEM_IDX: np.arange(n_items, dtype=np.int64), s.SCORE: buyers})
     popular = popular[popular[s.SCORE] > 0].sort_values([s.SCORE, s.ITEM_IDX], ascending=[False, True])
@@ -86,7 +89,7 @@ def make_synthetic_bundle(output: Path, *, n_users: int = 300, n_items: int = 20
         items_map=pd.DataFrame({s.ITEM_ID: item_ids, s.ITEM_IDX: np.arange(n_items, dtype=np.int32)}),
         user_factors=rng.normal(size=(n_users, 8)).astype(np.float32),
         item_factors=rng.normal(size=(n_items, 8)).astype(np.float32),
-        candidates=candidates,
+        candidates=scoring,
         popular=popular.reset_index(drop=True),
         items=pd.DataFrame({s.ITEM_IDX: np.arange(n_items, dtype=np.int32), s.ITEM_ID: item_ids,
                             s.ITEM_CATEGORY: item_category}),
@@ -99,7 +102,17 @@ def make_synthetic_bundle(output: Path, *, n_users: int = 300, n_items: int = 20
     )
     output.mkdir(parents=True, exist_ok=True)
     archive = write_bundle(inputs, output, group=group)
-    model_file.unlink()
-    work.rmdir()
+    shutil.rmtree(work)  # the model file and any scoring parts: the bundle holds copies
     return SyntheticShop(archive=archive, candidates=candidates, user_ids=user_ids, item_ids=item_ids,
                          cold_user_ids=[user_ids[u] for u in np.flatnonzero(~warm)])
+
+
+def _write_parts(candidates: pd.DataFrame, directory: Path, parts: int) -> Path:
+    """``candidates`` as ``parts`` Parquet files of ascending user ranges, each sorted by (user, item)."""
+    directory.mkdir(parents=True)
+    ordered = candidates.sort_values([s.USER_IDX, s.ITEM_IDX], kind="stable")
+    users = np.unique(ordered[s.USER_IDX].to_numpy())
+    for number, chunk in enumerate(np.array_split(users, parts)):
+        rows = ordered.loc[ordered[s.USER_IDX].isin(chunk)]
+        rows.to_parquet(directory / f"part-{number:05d}.parquet", index=False)
+    return directory
