@@ -53,7 +53,7 @@ def create_app(settings: ServingSettings | None = None, *,
                registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or ServingSettings()
     # Bundle tables are read through Arrow; its default pool (mimalloc) keeps freed memory, which doubled
-    # a worker's resident size. The system allocator returns it (see holder._release_memory).
+    # a worker's resident size. The system allocator returns it (see components.memory).
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     if registry is None and settings.registry_root is not None:
         from components.registry.local import LocalRegistry

@@ -8,15 +8,13 @@ then is it published. A bundle that fails any of that is refused and logged; the
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
 from components.errors import BundleError
+from components.memory import release_memory
 from components.serving.engine import ServingModel, build_serving_model
 from components.serving.metrics import ServiceMetrics
 from components.serving.source import BundleFetcher
@@ -31,12 +29,6 @@ class LoadResult:
     version: str | None
     seconds: float
     error: str | None = None
-
-
-def _release_memory() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap otherwise; RSS would only grow
 
 
 class ModelHolder:
@@ -79,7 +71,7 @@ class ModelHolder:
             previous = self._current.version if self._current else "nothing"
             self._current = model  # the swap; requests still running keep their own reference to the old one
             del bundle
-            _release_memory()  # the bundle's tables (and, after a swap, the old model) go back to the OS
+            release_memory()  # the bundle's tables (and, after a swap, the old model) go back to the OS
             result = self._record(LoadResult(location, True, model.version, time.perf_counter() - started))
             log.info("serving bundle %s from %s (was %s), loaded in %.2f s", model.version, location, previous,
                      result.seconds)
