@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,8 @@ class ChannelCounts:
                    len(validation), int(validation[s.USER_IDX].nunique()), int(validation[s.LABEL].sum()))
 
     def __add__(self, other: ChannelCounts) -> ChannelCounts:
-        return ChannelCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+        names = [f.name for f in fields(ChannelCounts)]  # by name: a SampleReport adds as its channel counts
+        return ChannelCounts(**{name: getattr(self, name) + getattr(other, name) for name in names})
 
 
 def sum_counts(counts: Iterable[ChannelCounts]) -> ChannelCounts:
