@@ -156,8 +156,9 @@ def test_invalid_or_mismatching_scores_refuse_the_bundle(shop: SyntheticShop, tm
     assert serving is not None
     score = Ranker.score
 
-    def damaged(self: Ranker, data: pd.DataFrame, *, thread_count: int = -1) -> np.ndarray:
-        return _corrupt(how)(score(self, data, thread_count=thread_count))
+    def damaged(self: Ranker, data: pd.DataFrame, *, thread_count: int = -1,
+                batch_rows: int | None = None) -> np.ndarray:
+        return _corrupt(how)(score(self, data, thread_count=thread_count, batch_rows=batch_rows))
 
     monkeypatch.setattr(Ranker, "score", damaged)
     with pytest.raises(BundleError, match=message):

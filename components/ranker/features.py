@@ -126,9 +126,7 @@ ITEM_HISTORY_INPUTS: Final = (s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_D
 
 def _history_frame(user_item: pd.DataFrame) -> pd.DataFrame:
     _require(user_item, list(ITEM_HISTORY_INPUTS[:4]), "user_item_features")
-    has_first = s.UI_DAYS_SINCE_FIRST in user_item.columns
-    ui = user_item[[s.USER_IDX, s.ITEM_IDX, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST]
-                   + ([s.UI_DAYS_SINCE_FIRST] if has_first else [])].copy()
+    ui = user_item[[c for c in ITEM_HISTORY_INPUTS if c in user_item.columns]].copy()
     ui[s.UI_PURCHASE_DAYS] = ui[s.UI_PURCHASE_DAYS].fillna(0).astype(np.float64)
     ui[s.UI_DAYS_SINCE_LAST] = ui[s.UI_DAYS_SINCE_LAST].fillna(DAYS_SENTINEL).astype(np.float64)
     return ui

@@ -231,13 +231,15 @@ class Ranker:
         return out
 
     def score(self, data: pd.DataFrame | PreparedFeatures | np.ndarray, *,
-              thread_count: int = -1) -> np.ndarray:
+              thread_count: int = -1, batch_rows: int | None = None) -> np.ndarray:
         """P(purchase) per row of a feature frame (spec columns), a prepared layout, or a float matrix
-        already in spec order (numeric-only specs)."""
+        already in spec order (numeric-only specs). Frames are scored ``batch_rows`` rows at a time
+        (default SCORE_BATCH_ROWS)."""
         if isinstance(data, pd.DataFrame):
+            batch_rows = batch_rows or SCORE_BATCH_ROWS
             # In batches: the prepared layout and CatBoost's own copy of millions of rows (the evaluation
             # at 10M events) would otherwise triple the frame in memory. Rows are scored independently.
-            batches = [data.iloc[start:start + SCORE_BATCH_ROWS] for start in range(0, len(data), SCORE_BATCH_ROWS)]
+            batches = [data.iloc[start:start + batch_rows] for start in range(0, len(data), batch_rows)]
             return np.concatenate([np.empty(0, dtype=np.float64)] + [
                 self.score_prepared(self.prepare(batch), thread_count=thread_count) for batch in batches])
         if isinstance(data, PreparedFeatures):

@@ -86,8 +86,7 @@ def score_candidates(bundle: Bundle, ranker: Ranker, *, thread_count: int = 1,
         if stop > total:
             raise BundleError(f"bundle {bundle.version}: candidate parts hold more rows than their footers say")
         users = frame[s.USER_IDX].to_numpy(np.int64, copy=True)  # copies: no view keeps the part alive
-        part_scores = np.concatenate([ranker.score(frame.iloc[start:start + LOAD_SCORE_ROWS], thread_count=thread_count)
-                                      for start in range(0, len(frame), LOAD_SCORE_ROWS)])
+        part_scores = ranker.score(frame, thread_count=thread_count, batch_rows=LOAD_SCORE_ROWS)
         valid = np.isfinite(part_scores) & (part_scores >= 0) & (part_scores <= 1)
         if not valid.all():
             bad = int(np.argmin(valid))
