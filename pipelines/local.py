@@ -65,10 +65,11 @@ def run_local(
     """Run every step in graph order (or ``only`` those). With ``resume``, a step whose ``_SUCCESS``
     fingerprint matches is skipped; the first step that runs clears its own directory first.
     ``step_options`` adds wiring flags to a step's argv (e.g. the registry location of ``register``)."""
-    from components.spark import get_spark
+    from components.spark import get_spark, local_input_bytes
 
     output.mkdir(parents=True, exist_ok=True)
-    spark = get_spark("ecomrec-local")  # one session; every step's get_spark() returns it
+    # one session; every step's get_spark() returns it
+    spark = get_spark("ecomrec-local", input_bytes=local_input_bytes(raw))
     results: list[StepResult] = []
     try:
         for step in STEPS:

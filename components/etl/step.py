@@ -48,7 +48,7 @@ from components.etl.windows import (
     datetime_to_micros,
     micros_to_datetime,
 )
-from components.spark import get_spark
+from components.spark import get_spark, local_input_bytes
 from components.stepargs import parse_step_args
 
 if TYPE_CHECKING:
@@ -173,10 +173,6 @@ def shuffle_partitions(cores: int, raw_bytes: int) -> int:
     return max(cores, -(-raw_bytes // RAW_BYTES_PER_PARTITION))
 
 
-def _raw_bytes(raw_root: Path) -> int:
-    return sum(p.stat().st_size for p in raw_root.rglob("*") if p.is_file())
-
-
 def run_etl(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig) -> EtlResult:
     from pyspark import StorageLevel
 
@@ -195,7 +191,7 @@ def run_etl(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig
     confs = {"spark.sql.session.timeZone": "UTC", "spark.sql.adaptive.enabled": "false",
              "spark.sql.inMemoryColumnarStorage.compressed": "false",
              "spark.sql.shuffle.partitions": str(shuffle_partitions(spark.sparkContext.defaultParallelism,
-                                                                    _raw_bytes(raw_root)))}
+                                                                    local_input_bytes(raw_root)))}
     with _session_conf(spark, confs):
         try:
             return _run(spark, raw_root, output, config, timer, cache)
@@ -366,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_step_args(argv, "etl", INPUTS)
     raw = str(args.inputs["raw"])
     root = resolve_raw_root(raw, s3_client=_s3_client() if raw.startswith("s3:") else None)
-    run_etl(get_spark("ecomrec-etl"), root, args.output, args.config.etl)
+    run_etl(get_spark("ecomrec-etl", input_bytes=local_input_bytes(root)), root, args.output, args.config.etl)
 
 
 if __name__ == "__main__":
