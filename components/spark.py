@@ -22,10 +22,11 @@ def _check_java() -> None:
     )
 
 
-# Raw input above which the local JVM keeps its full tiered JIT. Measured on this 2-core machine (ETL step
+# Raw input from which the local JVM keeps its full tiered JIT. Measured on this 2-core machine (ETL step
 # alone, wall): Online Retail (2.7 MB of raw Parquet) 22.7-24.7 s with C1 only vs 26.7-30.3 s with the full
-# JIT; 1M synthetic events (18 MB) 31.4 vs 29.7 s; 10M (161 MB) 218 vs 132 s.
-FULL_JIT_MIN_INPUT_BYTES = 8 << 20
+# JIT; 1M synthetic events (18 MB) a wash (35-40 s either way, but the JVM grew to 4.3 GB PSS instead of 2.6
+# in the pipeline); 10M (161 MB) 218 vs 132 s.
+FULL_JIT_MIN_INPUT_BYTES = 64 << 20
 
 
 def _local_jit_options(master: str | None, input_bytes: int | None) -> str:
