@@ -125,6 +125,17 @@ def test_exact_duplicates_keep_the_first(spark: Any, tmp_path: Path) -> None:
     assert report.rejected == {v.DUPLICATE: 3}
 
 
+def test_a_value_moved_to_another_empty_column_is_not_a_duplicate(spark: Any, tmp_path: Path) -> None:
+    # Spark's row hashes skip NULLs: without the null flags these pairs hashed alike and one of each was lost.
+    header = [*HEADER[:6], s.SESSION_ID, "coupon", "channel"]
+    rows = [[*GOOD[:6], "", "SPRING", ""], [*GOOD[:6], "", "", "SPRING"],
+            [*GOOD[:6], "S7", "", ""], [*GOOD[:6], "", "S7", ""]]
+    write_csv(tmp_path / s.EVENTS / "part-0.csv", header, rows)
+    table = read_table(spark, tmp_path, s.EVENTS, s.REQUIRED_EVENT_COLUMNS)
+    report = v.count_outcomes(v.check_events(table, None), table.frame.count())
+    assert (report.input, report.accepted, report.rejected) == (4, 4, {})
+
+
 def test_malformed_csv_rows(spark: Any, tmp_path: Path) -> None:
     rows = [[*GOOD, "ok"], [*GOOD, "extra", "field"], GOOD[:3]]
     report, _ = check_rows(spark, tmp_path, rows)

@@ -168,11 +168,13 @@ def check_events(table: RawTable, catalog_ids: DataFrame | None,
     # other check; the first in read order is kept. Rather than shuffle every (wide) row through a window,
     # rows are keyed by two independent hashes of those values (96 bits: a false match among 10^8 rows has
     # odds ~1e-13), a narrow aggregation finds the keys seen more than once and the first row of each, and
-    # a broadcast join marks the later ones.
+    # a broadcast join marks the later ones. Spark's hashes skip NULL inputs, so (NULL, "a") and ("a", NULL)
+    # would hash alike: each value's null flag is hashed too.
     extra = [sf.col(f"`{c}`") for c in table.columns
              if c not in (*s.REQUIRED_EVENT_COLUMNS, *s.OPTIONAL_EVENT_COLUMNS)]
-    keys = [sf.col(P_USER), sf.col(P_ITEM), sf.col(P_TYPE), sf.col(P_TS), sf.col(P_QTY), sf.col(P_PRICE),
-            sf.col(P_SESSION), *extra]
+    values = [sf.col(P_USER), sf.col(P_ITEM), sf.col(P_TYPE), sf.col(P_TS), sf.col(P_QTY), sf.col(P_PRICE),
+              sf.col(P_SESSION), *extra]
+    keys = [*values, *(value.isNull() for value in values)]
     valid = sf.col(PRE_REASON).isNull()
     keep = [*[f"`{c}`" for c in table.columns], s.SOURCE_FILE, ROW_ID, P_USER, P_ITEM, P_TYPE, P_TS, P_QTY,
             P_PRICE, P_SESSION, PRE_REASON]
