@@ -195,3 +195,6 @@ BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fall
 BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
 BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff
 ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present
+# A categorical feature's value when unknown (CatBoost cannot take a NULL category); the ETL writes it, the
+# trainer and every scorer map an empty field to it.
+MISSING_CATEGORY: Final = "__missing__"

@@ -293,6 +293,6 @@ def test_users_without_a_users_row_get_the_missing_category(spark: Any) -> None:
                                ["u_attr_country", "u_attr_age"])
     got = {r[s.USER_IDX]: r for r in frame.collect()}
     assert got[0]["u_attr_country"] == "UK"
-    assert got[1]["u_attr_country"] == feat.MISSING_CATEGORY
+    assert got[1]["u_attr_country"] == s.MISSING_CATEGORY
     assert got[1]["u_attr_age"] is None
     assert got[1][s.U_N_INVOICES] == 1

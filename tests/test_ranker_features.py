@@ -19,7 +19,7 @@ from components.ranker.features import (
     build_features,
     neutral_value,
 )
-from components.ranker.model import MISSING_CATEGORY, FeatureSpec
+from components.ranker.model import FeatureSpec
 
 CATEGORY = s.ITEM_ATTR_PREFIX + s.ITEM_CATEGORY
 LISTS = {
@@ -69,7 +69,7 @@ def test_neutral_values_for_pairs_without_history() -> None:
     assert frame.loc[(0, 11), s.ALS_RANK] == RANK_SENTINEL
     assert frame.loc[(0, 11), "ui_recency_ratio"] == UNDEFINED  # undefined inside a known pair
     assert frame.loc[(1, 10), "u_mean_days_between_purchases"] == UNDEFINED
-    assert frame.loc[(1, 10), s.USER_ATTR_PREFIX + "country"] == MISSING_CATEGORY
+    assert frame.loc[(1, 10), s.USER_ATTR_PREFIX + "country"] == s.MISSING_CATEGORY
     numeric = frame.select_dtypes("number")
     assert not numeric.isna().any().any()
 

@@ -19,7 +19,7 @@ from components.ranker.hyperparameters import (
     hyperparameters_from_config,
     parse_hyperparameters,
 )
-from components.ranker.train import train_catboost
+from components.ranker.train import read_channel, train_catboost
 
 HYPERPARAMETERS = {"iterations": "60", "early_stopping_rounds": "10", "eval_metric": "AUC",
                    "learning_rate": "0.2", "depth": "3", "l2_leaf_reg": "3", "random_strength": "1.0",
@@ -120,3 +120,12 @@ def test_train_step_main(tmp_path: Path) -> None:
     assert report["hyperparameters"]["iterations"] == "40"
     assert report["best_iteration"] < 40
     assert (tmp_path / "train" / s.MODEL_ARCHIVE).exists()
+
+
+def test_categorical_values_spelled_like_missing_stay_values(tmp_path: Path) -> None:
+    # "NA" is Namibia's country code: pandas' default NA strings would turn it into the missing category
+    # at training while scoring (Parquet) keeps "NA".
+    (tmp_path / "part-0.csv").write_text("1,NA,0.5\n0,None,\n1,null,1.5\n0,,2.0\n")
+    features, labels = read_channel(tmp_path, [1])
+    assert features[0].tolist() == ["NA", "None", "null", s.MISSING_CATEGORY]
+    assert np.isnan(features[1].to_numpy(dtype=float)[1]) and labels.tolist() == [1, 0, 1, 0]

@@ -19,7 +19,7 @@ Definitions (names in components/schema.py):
          (weights.py), ui_mean_interval_days, ui_recency_ratio (days since the last purchase / mean interval),
          ui_share_of_user_days (ui_purchase_days / u_n_purchase_days).
 Missing values: counts are 0, durations and ratios without a defined value are NULL, categorical values
-that are missing are MISSING_CATEGORY (CatBoost cannot take a NULL category).
+that are missing are schema.MISSING_CATEGORY (CatBoost cannot take a NULL category).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MISSING_CATEGORY: Final = "__missing__"
 # A string attribute with at most this many distinct values is a category however small the table is.
 MIN_FREE_TEXT_DISTINCT: Final = 50
 # The free-text rule is defined on approx_count_distinct, whose wide sketch (410 longs per column) made
@@ -165,7 +164,7 @@ def attribute_features(typed: DataFrame, idx_column: str, plan: AttributePlan, p
 
     cols = [sf.col(idx_column)]
     cols += [sf.col(f"`{c}`").alias(prefix + c) for c in plan.numeric]
-    cols += [sf.coalesce(sf.col(f"`{c}`"), sf.lit(MISSING_CATEGORY)).alias(prefix + c)
+    cols += [sf.coalesce(sf.col(f"`{c}`"), sf.lit(s.MISSING_CATEGORY)).alias(prefix + c)
              for c in plan.categorical]
     return typed.select(*cols)
 
@@ -324,7 +323,7 @@ def user_features(pairs: DataFrame, day_stats: DataFrame, invoices: DataFrame, c
         frame = frame.join(attributes, s.USER_IDX, "full")
     frame = frame.fillna(0, subset=list(USER_COUNTS))
     if attribute_names:  # users with events but no users/ row: the string-only fill leaves numbers NULL
-        frame = frame.fillna(MISSING_CATEGORY, subset=list(attribute_names))
+        frame = frame.fillna(s.MISSING_CATEGORY, subset=list(attribute_names))
     invoices_col = sf.col(s.U_N_INVOICES)
     return frame.select(
         s.USER_IDX,
@@ -363,7 +362,7 @@ def item_features(pairs: DataFrame, cutoff_us: int, attributes: DataFrame | None
     frame = base if attributes is None else base.join(attributes, s.ITEM_IDX, "full")
     frame = frame.fillna(0, subset=[*ITEM_COUNTS, "_repeat_buyers"])
     if attribute_names:  # items outside a non-strict catalog: the string-only fill leaves numbers NULL
-        frame = frame.fillna(MISSING_CATEGORY, subset=list(attribute_names))
+        frame = frame.fillna(s.MISSING_CATEGORY, subset=list(attribute_names))
     buyers = sf.col(s.ITEM_BUYERS_TOTAL)
     return frame.select(
         s.ITEM_IDX,

@@ -11,7 +11,7 @@ Neutral values (documented here once; :func:`neutral_value` applies them by name
   (-1: every real one is >= 0); everything else (counts, shares, rates) -> 0. ``ui_known`` says which;
 - not from ALS: ``als_score`` :data:`MISSING_SCORE`, ``als_rank`` :data:`RANK_SENTINEL`; not in a
   user's history: history and recency ranks :data:`RANK_SENTINEL`;
-- categorical values: strings, :data:`components.ranker.model.MISSING_CATEGORY` when unknown;
+- categorical values: strings, :data:`components.schema.MISSING_CATEGORY` when unknown;
 - the shop's own numeric attributes (``u_attr_*``, ``i_attr_*``, e.g. a catalog price) stay NaN when
   unknown: CatBoost treats NaN as below every value (nan_mode Min) in training and scoring alike, and
   the CSV writes it as an empty field that both the built-in algorithm and the local trainer read as NaN.
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
-from components.ranker.model import MISSING_CATEGORY, FeatureSpec
+from components.ranker.model import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -336,11 +336,11 @@ def _build_features(
                                         [s.USER_IDX, s.ITEM_IDX]]
     for attr in (n for n in item_names if n in categorical_declared):
         name = f"{AFFINITY_PREFIX}{attr}"
-        values = item_features[[s.ITEM_IDX, attr]].astype({attr: "string"}).fillna({attr: MISSING_CATEGORY})
+        values = item_features[[s.ITEM_IDX, attr]].astype({attr: "string"}).fillna({attr: s.MISSING_CATEGORY})
         tagged = bought.merge(values, on=s.ITEM_IDX, how="left")
         share = (tagged.groupby([s.USER_IDX, attr]).size() / tagged.groupby(s.USER_IDX).size()).rename(name)
         key = pd.DataFrame({s.USER_IDX: frame[s.USER_IDX], attr: frame[attr].astype("string")
-                            .fillna(MISSING_CATEGORY)})
+                            .fillna(s.MISSING_CATEGORY)})
         merged = key.merge(share.reset_index(), on=[s.USER_IDX, attr], how="left")
         frame[name] = merged[name].fillna(0.0).to_numpy()
         derived.append(name)
@@ -350,7 +350,7 @@ def _build_features(
     if user_category is not None and category_feature in frame.columns:
         _require(user_category, [s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE], s.USER_CATEGORY)
         shares = user_category[[s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE]].astype({s.ITEM_CATEGORY: "string"})
-        category = frame[category_feature].astype("string").fillna(MISSING_CATEGORY)
+        category = frame[category_feature].astype("string").fillna(s.MISSING_CATEGORY)
         key = pd.DataFrame({s.USER_IDX: frame[s.USER_IDX], s.ITEM_CATEGORY: category})
         merged = key.merge(shares, on=[s.USER_IDX, s.ITEM_CATEGORY], how="left")
         frame[s.UC_SHARE] = merged[s.UC_SHARE].astype(np.float64).fillna(0.0).to_numpy()
@@ -365,7 +365,7 @@ def _build_features(
     for name in numeric:
         frame[name] = pd.to_numeric(frame[name], errors="raise").astype(np.float64)
     for name in categorical:
-        frame[name] = frame[name].astype("string").fillna(MISSING_CATEGORY).astype(object)
+        frame[name] = frame[name].astype("string").fillna(s.MISSING_CATEGORY).astype(object)
 
     built = FeatureSpec(features=(*numeric, *categorical), categorical=tuple(categorical))
     if spec is not None:

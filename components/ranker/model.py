@@ -34,10 +34,6 @@ import pandas as pd
 from components import schema as s
 from components.errors import NotFittedError
 
-# Categorical values are strings everywhere (CSV, Parquet, serving); a missing one is this token, never NaN,
-# because CatBoost rejects NaN categorical values.
-MISSING_CATEGORY = "__missing__"
-
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -191,7 +187,7 @@ class Ranker:
         numeric = frame.loc[:, list(spec.numeric)].to_numpy(dtype=np.float32, copy=True)
         if spec.categorical:
             categorical = (
-                frame.loc[:, list(spec.categorical)].astype("string").fillna(MISSING_CATEGORY)
+                frame.loc[:, list(spec.categorical)].astype("string").fillna(s.MISSING_CATEGORY)
                 .to_numpy(dtype=object)
             )
         else:

@@ -23,7 +23,6 @@ import pandas as pd
 
 from components import schema as s
 from components.ranker.hyperparameters import catboost_params, parse_hyperparameters
-from components.ranker.model import MISSING_CATEGORY
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,10 @@ def read_channel(channel: Path, cat_index: Sequence[int]) -> tuple[pd.DataFrame,
     files = sorted(p for p in channel.iterdir() if p.is_file() and p.suffix == ".csv")
     if not files:
         raise FileNotFoundError(f"no CSV file in channel {channel}")
-    # Categorical columns stay strings: "0123" is a code, not a number.
+    # Categorical columns stay strings: "0123" is a code, not a number, and "NA" (Namibia) or a brand
+    # "None" is a value, as when scoring: only an empty field is missing.
     dtypes: dict[int, Any] = {i: "string" for i in cat_index}
-    frames = [pd.read_csv(f, header=None, dtype=dtypes) for f in files]
+    frames = [pd.read_csv(f, header=None, dtype=dtypes, keep_default_na=False, na_values=[""]) for f in files]
     data = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if data.shape[1] < 2:
         raise ValueError(f"{channel}: need a label column and at least one feature, "
@@ -79,7 +79,7 @@ def read_channel(channel: Path, cat_index: Sequence[int]) -> tuple[pd.DataFrame,
     features = data.iloc[:, 1:]
     features.columns = range(features.shape[1])
     for i in cat_index:
-        features[i - 1] = features[i - 1].fillna(MISSING_CATEGORY).astype(str)
+        features[i - 1] = features[i - 1].fillna(s.MISSING_CATEGORY).astype(str)
     return features, labels.astype(np.int64)
 
 
