@@ -171,3 +171,19 @@ def test_candidate_part_out_of_order_or_beyond_the_user_map_is_refused_when_read
     bundle = load_bundle(root)
     with pytest.raises(BundleError, match="not sorted" if damage != "user beyond the map" else "beyond the 5-user"):
         list(bundle.iter_candidate_parts())
+
+
+def test_the_bundle_step_leaves_no_scratch_behind(tiny_run: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from components.bundle import step
+    from components.config import PipelineConfig
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    argv = [arg for name in step.INPUTS for arg in (f"--{name}", str(tiny_run / name))]
+    step.main([*argv, "--output", str(tmp_path / "bundle"), "--config", PipelineConfig().to_json()])
+    assert list(scratch_root.iterdir()) == []
+    assert (tmp_path / "bundle" / s.MODEL_ARCHIVE).is_file()

@@ -8,7 +8,6 @@ import json
 import logging
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,8 +66,10 @@ def popular_ranking(item_features: pd.DataFrame) -> pd.DataFrame:
     return ranked.reset_index(drop=True).astype({s.ITEM_IDX: "int64", s.SCORE: "float64"})
 
 
-def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evaluation: Path) -> BundleInputs:
-    """Collect the test-fold artefacts: exactly the models and tables the evaluation scored."""
+def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evaluation: Path, *,
+                     scratch: Path) -> BundleInputs:
+    """Collect the test-fold artefacts: exactly the models and tables the evaluation scored. The model is
+    unpacked under ``scratch`` (never into another step's folder), which must outlive the inputs."""
     fold = etl / s.FOLDS_DIR / s.TEST_FOLD
     users_map = _read_table(etl / s.ID_MAPS_DIR / s.USERS)[[s.USER_ID, s.USER_IDX]]
     items_map = _read_table(etl / s.ID_MAPS_DIR / s.ITEMS)[[s.ITEM_ID, s.ITEM_IDX]]
@@ -82,7 +83,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     archive = train / s.MODEL_ARCHIVE
     if not archive.is_file():
         raise BundleError(f"missing trained model {archive}")
-    model_dir = Path(tempfile.mkdtemp(prefix="ecomrec-model-"))  # never write into another step's folder
+    model_dir = scratch / "model"
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(model_dir, filter="data")
     if not (model_dir / s.MODEL_FILE).is_file():

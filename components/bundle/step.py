@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from components.bundle.build import read_run_outputs, write_bundle
 from components.stepargs import parse_step_args
@@ -14,8 +16,9 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_step_args(argv, "bundle", INPUTS)
-    inputs = read_run_outputs(*(args.inputs[name] for name in INPUTS))
-    write_bundle(inputs, args.output, group=args.config.model_package_group)
+    with tempfile.TemporaryDirectory(prefix="ecomrec-bundle-") as scratch:
+        inputs = read_run_outputs(*(args.inputs[name] for name in INPUTS), scratch=Path(scratch))
+        write_bundle(inputs, args.output, group=args.config.model_package_group)
 
 
 if __name__ == "__main__":
