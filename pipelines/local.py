@@ -37,18 +37,40 @@ def step_argv(step: Step, raw: Path, output: Path, config: PipelineConfig,
     return [*argv, "--output", str(output / step.name), "--config", config.to_json(), *extra]
 
 
-def _fingerprint(step: Step, argv: list[str], config: PipelineConfig, output: Path) -> str:
-    """Hash of the step's argv (of its config, only the fields it reads) and of its inputs' own
-    fingerprints, so changing anything upstream invalidates everything downstream, and tuning the
-    ranker does not rerun the ETL."""
+def _fingerprint(step: Step, argv: list[str], config: PipelineConfig, raw: Path, output: Path) -> str:
+    """Hash of the step's argv (of its config, only the fields it reads), of the ecomrec release, and of its
+    inputs' own fingerprints (the raw files' manifest for the ETL), so changing anything upstream
+    invalidates everything downstream, and tuning the ranker does not rerun the ETL."""
     config_json = config.to_json()
     wiring = [arg for arg in argv if arg != config_json]
-    digest = hashlib.sha256(json.dumps([wiring, config.model_dump(include=set(step.config))]).encode())
+    digest = hashlib.sha256(json.dumps([wiring, config.model_dump(include=set(step.config)),
+                                        _code_version()]).encode())
     for name in step.inputs:
+        if name == "raw":
+            digest.update(_raw_manifest(raw).encode())
+            continue
         marker = output / name / SUCCESS_MARKER
         if marker.exists():
             digest.update(marker.read_bytes())
     return digest.hexdigest()
+
+
+def _raw_manifest(raw: Path) -> str:
+    """Every raw file's relative path, size and modification time: new or changed data reruns the ETL (the
+    folder's name alone would not). Hashing the content would read gigabytes on every run; a URI has no
+    local files and is known by its name (in the argv) only."""
+    files = sorted(p for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else []
+    return json.dumps([(str(p.relative_to(raw)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def _code_version() -> str:
+    """The installed ecomrec release: upgrading it reruns every step."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ecomrec")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def run_local(
@@ -76,7 +98,7 @@ def run_local(
             if only and step.name not in only:
                 continue
             argv = step_argv(step, raw, output, config, (step_options or {}).get(step.name, ()))
-            fingerprint = _fingerprint(step, argv, config, output)
+            fingerprint = _fingerprint(step, argv, config, raw, output)
             marker = output / step.name / SUCCESS_MARKER
             if on_step_start:
                 on_step_start(step)

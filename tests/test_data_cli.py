@@ -60,3 +60,23 @@ def test_import_missing_file_fails_cleanly(tmp_path: Path) -> None:
                                  str(tmp_path / "raw")])
     assert result.exit_code == 1
     assert "nope.xlsx" in result.output
+
+
+def test_pipeline_reimports_when_another_source_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.data import online_retail
+    from pipelines.cli.pipeline import _raw_input
+
+    imported: list[Path] = []
+
+    def fake_import(source: Path, destination: Path, *, overwrite: bool = False) -> None:
+        imported.append(source)
+        (destination / s.EVENTS).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(online_retail, "import_online_retail", fake_import)
+    first, second = tmp_path / "a.csv.gz", tmp_path / "b.csv.gz"
+    first.write_bytes(b"a")
+    second.write_bytes(b"b")
+    output = tmp_path / "run"
+    for source in (first, first, None, second):
+        assert _raw_input(None, "online-retail", source, output) == output / "raw"
+    assert imported == [first.resolve(), second.resolve()]  # the same source, or none named: reused

@@ -51,6 +51,13 @@ def test_tiny_shop_end_to_end_resume_and_determinism(tiny_raw: Path, tmp_path: P
     retuned = TINY_CONFIG.model_copy(update={"ranker": RankerConfig(learning_rate=0.1)})
     assert _run(tiny_raw, output, registry, config=retuned) == ["ranker_data", "train", "evaluation", "bundle",
                                                                  "register"]
+    # new raw data (a file more under the same folder) reruns everything
+    header = (tiny_raw / s.EVENTS / "part-0.csv").read_text().splitlines()[0]
+    (tiny_raw / s.EVENTS / "part-1.csv").write_text(
+        header + "\n" + ",".join({s.USER_ID: "u000", s.ITEM_ID: "sku-001", s.EVENT_TYPE: s.VIEW,
+                                   s.TIMESTAMP: "2024-05-01T10:00:00", s.QUANTITY: "1", s.PRICE: "3.5",
+                                   s.SESSION_ID: "s-new"}.get(c, "") for c in header.split(",")) + "\n")
+    assert _run(tiny_raw, output, registry, config=retuned) == list(STEP_NAMES)
 
 
 @pytest.mark.usefixtures("spark")

@@ -29,9 +29,11 @@ def _raw_input(data: Path | None, dataset: str, source: Path | None, output: Pat
     from components.data.online_retail import ensure_online_retail, import_online_retail
 
     raw = output / "raw"
-    if (raw / s.EVENTS).is_dir() and (raw / "_SUCCESS").exists():
+    imported = raw / "_SUCCESS"  # names the file the import read
+    if (raw / s.EVENTS).is_dir() and imported.exists() and (
+            source is None or imported.read_text() == str(source.resolve())):
         return raw
-    found = ensure_online_retail(source)  # a local copy when given or found, else the checked download
+    found = ensure_online_retail(source).resolve()  # a local copy when given or found, else the download
     console.print(f"importing Online Retail from [cyan]{found}[/cyan]")
     import_online_retail(found, raw, overwrite=True)
     (raw / "_SUCCESS").write_text(str(found))
