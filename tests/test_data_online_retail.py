@@ -306,3 +306,24 @@ def test_find_online_retail_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(orx.ENV_VAR, str(tmp_path / "typo.csv"))
     with pytest.raises(FileNotFoundError, match=orx.ENV_VAR):
         find_online_retail()
+
+
+def test_catalog_and_customer_attributes_are_as_first_seen() -> None:
+    # A later price, description or country (say, in the evaluation's test window) must not reach the
+    # attributes the ranker reads as features.
+    source = pd.DataFrame({
+        "InvoiceNo": ["1", "1", "2", "3", "3"],
+        "StockCode": ["85123A", "85123A", "85123A", "85123A", "22633"],
+        "Description": ["RED MUG", "RED MUG", "BLUE MUG", "BLUE MUG", None],
+        "Quantity": [1, 1, 1, 1, 1],
+        "InvoiceDate": ["2011-01-05 09:00", "2011-01-05 10:00", "2011-03-01 09:00", "2011-12-01 09:00",
+                        "2011-12-01 09:00"],
+        "UnitPrice": [1.0, 2.0, 5.0, 9.0, 0.0],
+        "CustomerID": ["u1", "u1", "u1", "u1", "u2"],
+        "Country": ["France", "France", "Germany", "Germany", "Spain"],
+    })
+    items = orx.to_items(source, min_category_items=1).set_index(s.ITEM_ID)
+    assert items.loc["85123A", "description"] == "RED MUG" and items.loc["85123A", s.PRICE] == 1.5
+    assert pd.isna(items.loc["22633", s.PRICE])  # never sold at a positive price: unknown, not 0
+    users = orx.to_users(source).set_index(s.USER_ID)
+    assert users.loc["u1", "country"] == "France" and users.loc["u2", "country"] == "Spain"

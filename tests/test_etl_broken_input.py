@@ -182,6 +182,22 @@ def test_empty_files_name_the_file(spark: Any, tmp_path: Path) -> None:
         read_table(spark, tmp_path / "c", s.EVENTS, s.REQUIRED_EVENT_COLUMNS)
 
 
+def test_truncated_gzip_names_the_file(spark: Any, tmp_path: Path) -> None:
+    rows = [[GOOD[0], f"i{i}", *GOOD[2:], f"n{i}"] for i in range(100_000)]  # past the 1 MiB head
+    path = write_csv(tmp_path / s.EVENTS / "cut.csv.gz", HEADER, rows, gz=True)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 7 // 10])
+    with pytest.raises(DataContractError, match=r"cut\.csv\.gz: cannot be read"):
+        read_table(spark, tmp_path, s.EVENTS, s.REQUIRED_EVENT_COLUMNS)
+
+
+def test_a_log_shorter_than_its_windows_says_so(spark: Any, tmp_path: Path) -> None:
+    days = pd.date_range("2024-01-01", periods=40, freq="D").strftime("%Y-%m-%dT10:00:00")
+    write_csv(tmp_path / "raw" / s.EVENTS / "p.csv", HEADER,
+              [[GOOD[0], GOOD[1], GOOD[2], day, *GOOD[4:], "x"] for day in days])
+    with pytest.raises(DataContractError, match=r"2024-01-01 to 2024-02-09.*label window starts 2023-12-1"):
+        run_etl(spark, tmp_path / "raw", tmp_path / "out", EtlConfig())
+
+
 def test_bad_encoding_names_file_and_column(spark: Any, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     path = raw / s.EVENTS / "latin1.csv"

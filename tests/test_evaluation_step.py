@@ -72,6 +72,9 @@ def test_evaluation_json_shape(run: dict[str, Path]) -> None:
     ndcg = {name: evaluation["ranking_metrics"][name]["ndcg_at_10"]["value"] for name in s.RECOMMENDERS}
     assert ndcg[s.TWO_STAGE] > ndcg[s.POPULAR]
     assert ndcg[s.TWO_STAGE] > ndcg[s.ALS]
+    headline = evaluation["headline"]  # the ratio's denominator is the model-free lists; ALS stands beside
+    assert headline["best_baseline"] == max(ndcg[s.POPULAR], ndcg[s.REPURCHASE])
+    assert headline["two_stage_over_als"] == pytest.approx(ndcg[s.TWO_STAGE] / ndcg[s.ALS])
 
 
 def test_metrics_recompute_from_the_two_parquet_files(run: dict[str, Path]) -> None:

@@ -367,17 +367,35 @@ def categories(descriptions: pd.Series, *, min_items: int = 5) -> pd.Series:
     return pd.Series([h if h in keep else OTHER_CATEGORY for h in heads], index=heads.index, dtype="string")
 
 
+def _days(source: pd.DataFrame, timestamps: pd.Series | None) -> pd.Series:
+    """Each row's ISO day (NaN where the timestamp did not parse)."""
+    iso = iso_timestamps(source[INVOICE_DATE])[0] if timestamps is None else timestamps
+    return iso.str.slice(0, 10).where(iso.str.match(r"\d{4}-\d{2}-\d{2}T"))
+
+
+def _first_day(frame: pd.DataFrame, key: str, days: pd.Series) -> pd.DataFrame:
+    """The rows of each key's first day. A catalog or customer attribute taken from the whole log would
+    carry later events (the evaluation's test window) into features; as first listed, it carries none."""
+    day = days.loc[frame.index]
+    return frame[day == day.groupby(frame[key]).transform("min")]
+
+
 def to_items(
-    source: pd.DataFrame, *, min_category_items: int = 5, non_product: pd.Series | None = None
+    source: pd.DataFrame, *, min_category_items: int = 5, non_product: pd.Series | None = None,
+    timestamps: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """The product catalog: every StockCode that is not a fee/adjustment, sorted by item_id."""
+    """The product catalog: every StockCode that is not a fee/adjustment, sorted by item_id; description
+    and price as on the item's first day in the log (its most frequent description, its median positive
+    unit price)."""
     if non_product is None:
         non_product = is_non_product(source[STOCK_CODE])
+    days = _days(source, timestamps)
     products = source.loc[source[STOCK_CODE].notna() & ~non_product,
                           [STOCK_CODE, DESCRIPTION, UNIT_PRICE]]
     ids = pd.Index(np.sort(products[STOCK_CODE].unique().astype(object)), name=STOCK_CODE)
-    description = _most_frequent(products, STOCK_CODE, DESCRIPTION).reindex(ids)
-    positive = products[products[UNIT_PRICE] > 0]
+    described = products[products[DESCRIPTION].notna()]
+    description = _most_frequent(_first_day(described, STOCK_CODE, days), STOCK_CODE, DESCRIPTION).reindex(ids)
+    positive = _first_day(products[products[UNIT_PRICE] > 0], STOCK_CODE, days)
     price = positive.groupby(STOCK_CODE)[UNIT_PRICE].median().reindex(ids)
     items = pd.DataFrame({
         s.ITEM_ID: pd.Series(ids, dtype="string"),
@@ -389,11 +407,12 @@ def to_items(
     return items
 
 
-def to_users(source: pd.DataFrame) -> pd.DataFrame:
-    """One row per CustomerID with its most frequent country, sorted by user_id."""
+def to_users(source: pd.DataFrame, *, timestamps: pd.Series | None = None) -> pd.DataFrame:
+    """One row per CustomerID with its most frequent country on its first day, sorted by user_id."""
     known = source.loc[source[CUSTOMER].notna(), [CUSTOMER, COUNTRY_COL]]
     ids = pd.Index(np.sort(known[CUSTOMER].unique().astype(object)), name=CUSTOMER)
-    country = _most_frequent(known, CUSTOMER, COUNTRY_COL).reindex(ids)
+    first = _first_day(known, CUSTOMER, _days(source, timestamps))
+    country = _most_frequent(first, CUSTOMER, COUNTRY_COL).reindex(ids)
     return pd.DataFrame({
         s.USER_ID: pd.Series(ids, dtype="string"),
         COUNTRY_ATTR: pd.Series(country.to_numpy(), dtype="string"),
@@ -442,8 +461,9 @@ def import_online_retail(
     source, fmt = read_online_retail(src)
     events, unparsed = to_events(source)
     non_product = is_non_product(source[STOCK_CODE])
-    items = to_items(source, min_category_items=min_category_items, non_product=non_product)
-    users = to_users(source)
+    items = to_items(source, min_category_items=min_category_items, non_product=non_product,
+                     timestamps=events[s.TIMESTAMP])
+    users = to_users(source, timestamps=events[s.TIMESTAMP])
 
     prepare_table_dirs(dest, s.RAW_TABLES, overwrite=overwrite)
     paths = {name: dest / name / PART_FILE for name in s.RAW_TABLES}

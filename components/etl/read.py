@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +126,17 @@ def list_table_files(root: Path, table: str) -> list[Path]:
 
 
 def _open_text_head(path: Path) -> bytes:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    gz = path.name.lower().endswith(".gz")
+    opener = gzip.open if gz else open
     try:
         with opener(path, "rb") as handle:
-            return handle.read(1 << 20)  # the header and a bit more: enough to tell empty from not
-    except (OSError, EOFError) as error:
+            head = handle.read(1 << 20)  # the header and a bit more: enough to tell empty from not
+            # A truncated gzip fails only at its end, inside a Spark job, with a Java EOFException that names
+            # no file: read it through here (gzip cannot be split, so Spark decompresses it whole anyway).
+            while gz and handle.read(1 << 24):
+                pass
+            return head
+    except (OSError, EOFError, zlib.error) as error:
         raise DataContractError(f"{path}: cannot be read ({error})") from error
 
 

@@ -165,6 +165,19 @@ def _accepted_entities(checked: Checked, id_column: str) -> tuple[DataFrame, lis
     return frame, attributes
 
 
+def _require_history(windows: Windows, events: TableReport, config: EtlConfig) -> None:
+    """The ranker learns from the label window with features from before it: a log that starts inside
+    it (or later) has nothing to learn from, which would only surface steps later as an empty fold."""
+    first = events.first_event_us
+    if first is None or micros_to_datetime(first) >= windows.label_start:
+        span = "" if first is None else f"{micros_to_datetime(first):%Y-%m-%d} to "
+        raise DataContractError(
+            f"events/: the accepted events run {span}{windows.end:%Y-%m-%d}, but the label window starts "
+            f"{windows.label_start:%Y-%m-%d} (test_days {config.test_days} + label_days {config.label_days} "
+            "before the end) and needs events before it: give a longer log or smaller etl.test_days / "
+            "etl.label_days")
+
+
 def shuffle_partitions(cores: int, raw_bytes: int) -> int:
     """One shuffle partition per core, and more once the raw files pass RAW_BYTES_PER_PARTITION each, so a
     partition of the (user, item, day) tables stays a few hundred MB as the shop grows. Every extra
@@ -276,6 +289,7 @@ def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, t
     end_us = reports[s.EVENTS].last_event_us
     assert end_us is not None
     windows = compute_windows(micros_to_datetime(end_us), config.test_days, config.label_days)
+    _require_history(windows, reports[s.EVENTS], config)
     (output / s.WINDOWS_FILE).write_text(windows.to_json())
     log.info("etl: windows %s", windows.as_json())
 

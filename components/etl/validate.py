@@ -227,6 +227,7 @@ class TableReport:
     rejected: dict[str, int]
     files: tuple[str, ...]
     last_event_us: int | None = None  # events: the latest accepted timestamp (end of the log)
+    first_event_us: int | None = None  # events: the earliest accepted timestamp
 
     def as_json(self) -> dict[str, object]:
         return {"input": self.input, "accepted": self.accepted, "rejected": dict(self.rejected),
@@ -239,10 +240,11 @@ def count_outcomes(checked: Checked, input_rows: int) -> TableReport:
 
     aggs = [sf.count(sf.lit(1)).alias("n")]
     if P_TS in checked.frame.columns:  # events: the end of the log comes with the same job
-        aggs.append(sf.max(sf.unix_micros(P_TS)).alias("last"))
+        aggs += [sf.max(sf.unix_micros(P_TS)).alias("last"), sf.min(sf.unix_micros(P_TS)).alias("first")]
     rows = checked.frame.groupBy(s.REASON).agg(*aggs).collect()
     by_reason = {r[s.REASON]: int(r["n"]) for r in rows}
-    last = next((r["last"] for r in rows if r[s.REASON] is None and "last" in r), None)
+    accepted_row = next((r for r in rows if r[s.REASON] is None and "last" in r), None)
+    last, first = (None, None) if accepted_row is None else (accepted_row["last"], accepted_row["first"])
     accepted = by_reason.pop(None, 0)
     rejected = {reason: by_reason[reason] for reason in checked.checks if reason in by_reason}
     # Every input row ends in exactly one place; a join or window that dropped or doubled rows is a bug.
@@ -251,7 +253,8 @@ def count_outcomes(checked: Checked, input_rows: int) -> TableReport:
             f"table {checked.table.name}: accepted {accepted} + rejected {sum(rejected.values())} != input "
             f"{input_rows}")
     return TableReport(input=input_rows, accepted=accepted, rejected=rejected, files=checked.table.files,
-                       last_event_us=None if last is None else int(last))
+                       last_event_us=None if last is None else int(last),
+                       first_event_us=None if first is None else int(first))
 
 
 def raise_on_bad_encoding(checked: Checked, report: TableReport) -> None:

@@ -124,11 +124,13 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
 
     headline = evaluation.get("headline", {})
     ratio = headline.get("two_stage_over_best_baseline")
+    over_als = headline.get("two_stage_over_als")
     users = evaluation["users"]
     split = evaluation["split"]
     cards = [
         ("two_stage NDCG@10", f"{headline.get('two_stage', 0.0):.4f}"),
-        ("vs best baseline", f"{ratio:.2f}x" if ratio else "-"),
+        ("vs best of popular, repurchase", f"{ratio:.2f}x" if ratio else "-"),
+        ("vs als", f"{over_als:.2f}x" if over_als else "-"),
         ("candidate recall", f"{ceiling:.3f}" if ceiling is not None else "-"),
         ("candidates / user", f"{two_stage.get('candidates_per_user', {}).get('value', 0.0):.0f}"),
         ("evaluated users", f"{users['evaluated']:,} ({users['warm']:,} warm)"),
