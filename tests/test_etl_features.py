@@ -270,10 +270,10 @@ def test_fully_returned_pairs_weigh_exactly_zero_and_are_not_interactions(spark:
                                          f"{TS_US} long, {DAY} int")
     pairs = feat.pair_table(feat.fold_history(feat.daily_table(events, cutoff, config), cutoff), cutoff, cutoff,
                             config)
-    weights = pairs.select(s.USER_IDX, s.UI_WEIGHT).toPandas().set_index(s.USER_IDX)[s.UI_WEIGHT]
+    weights = pd.DataFrame(pairs.select(s.USER_IDX, s.UI_WEIGHT).toPandas()).set_index(s.USER_IDX)[s.UI_WEIGHT]
     assert (weights.drop(200) == 0.0).all()
     assert weights[200] == pytest.approx(5 * 2 * 0.5**0.5)
-    assert feat.interactions(pairs).select(s.USER_IDX).toPandas()[s.USER_IDX].tolist() == [200]
+    assert [row[s.USER_IDX] for row in feat.interactions(pairs).select(s.USER_IDX).collect()] == [200]
 
 
 def test_users_without_a_users_row_get_the_missing_category(spark: Any) -> None:
