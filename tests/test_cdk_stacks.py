@@ -7,6 +7,7 @@ real cfn-lint; nothing is deployed.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -188,6 +189,33 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     text = json.dumps(artifacts["Resource"])
     assert f"jumpstart-cache-prod-{REGION}/catboost-training/" in text
     assert f"ecomrec-processed-{ACCOUNT}" not in text
+
+
+def _allows(actions: list[str], wanted: str) -> bool:
+    """Whether an IAM action list grants ``wanted`` (IAM matches actions case-insensitively, with wildcards)."""
+    return any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in actions)
+
+
+def test_sagemaker_role_cannot_write_or_delete_served_bundles(synth: Synth) -> None:
+    """The models bucket holds what the pods serve; only the rollout function promotes bundles into it
+    (models/<group>/<version>/). A pipeline job must not be able to overwrite or delete a served bundle."""
+    raw = synth.raw(synth.built.ml)
+    models_arn = synth.built.data.resolve(synth.built.data.models_bucket.bucket_arn)
+    # How the ML template refers to the models bucket: an import of the data stack's export of its ARN.
+    [export] = [o["Export"]["Name"] for o in synth.raw(synth.built.data)["Outputs"].values()
+                if o["Value"] == models_arn]
+    sts = statements(raw, "SageMakerExecutionRole")
+    assert sts
+    for st in sts:
+        actions = as_list(st["Action"])
+        on_models = export in json.dumps(st["Resource"]) or "ecomrec-models-" in json.dumps(st["Resource"])
+        for action in ("s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"):
+            assert not (st["Effect"] == "Allow" and on_models and _allows(actions, action)), st
+        # Nothing in the pipeline reads there either (it reads raw and its own run outputs).
+        assert not on_models, st
+    # The pipeline keeps writing its run outputs and code to the processed bucket.
+    writes = [st for st in sts if _allows(as_list(st["Action"]), "s3:PutObject")]
+    assert writes and all("Processed" in json.dumps(st["Resource"]) for st in writes)
 
 
 # ------------------------------------------------------------------ serving
