@@ -328,6 +328,47 @@ def test_pdb_hpa_service_and_https_ingress(synth: Synth) -> None:
     assert "alb.ingress.kubernetes.io/certificate-arn" in manifests_prop
 
 
+def _applied_manifests(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifests as the custom resource receives them, read back from the synthesized template.
+
+    The property is an Fn::Join of JSON text and CloudFormation references (the certificate parameter...);
+    the references sit inside JSON strings, so a placeholder in their place leaves parseable JSON.
+    """
+    [custom] = [r for r in raw["Resources"].values() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    prop = custom["Properties"]["Manifests"]
+    if isinstance(prop, str):
+        text = prop
+    else:
+        separator, parts = prop["Fn::Join"]
+        text = separator.join(part if isinstance(part, str) else "<cfn-reference>" for part in parts)
+    manifests: list[dict[str, Any]] = json.loads(text)
+    return manifests
+
+
+def test_internet_facing_ingress_routes_only_the_public_api(synth: Synth) -> None:
+    """Through the ALB: GET /recommendations only. Not /metrics (it names the model's S3 location),
+    /docs, /openapi.json, /admin/*, nor a catch-all prefix that would include them."""
+    applied = _applied_manifests(synth.raw(synth.built.serving))
+    ingress = k8s.find(applied, "Ingress")
+    assert k8s.find(applied, "IngressClassParams")["spec"]["scheme"] == "internet-facing"
+    [rule] = ingress["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/recommendations", "Exact")]
+    assert "defaultBackend" not in ingress["spec"]
+    service = k8s.find(applied, "Service")
+    for p in paths:
+        assert p["backend"] == {"service": {"name": service["metadata"]["name"], "port": {"name": "http"}}}
+    # The ALB still health-checks the pods on the readiness path (directly, not through these rules),
+    # and Prometheus keeps scraping /metrics in the cluster.
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
+    pod_annotations = k8s.find(applied, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert pod_annotations["prometheus.io/path"] == "/metrics"
+    # The applied objects are the stack's manifests (the CDK-side view the other tests read).
+    assert k8s.find(_manifests(synth), "Ingress")["spec"] == ingress["spec"]
+
+
 def test_manifests_custom_resource_runs_the_rollout_package_in_the_vpc(synth: Synth) -> None:
     raw = synth.raw(synth.built.serving)
     fn = next(f for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("ApplyManifestsFn"))
