@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -118,6 +119,36 @@ def test_every_bucket_policy_denies_plain_http(synth: Synth) -> None:
                 assert st["Action"] == "s3:*"
                 covered.add(policy["Properties"]["Bucket"]["Ref"])
     assert covered == set(resources(raw, "AWS::S3::Bucket"))
+
+
+def _pipeline_definition(synth: Synth) -> dict[str, Any]:
+    [pipeline] = resources(synth.raw(synth.built.ml), "AWS::SageMaker::Pipeline").values()
+    definition: dict[str, Any] = json.loads(pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"])
+    return definition
+
+
+def test_processed_bucket_expires_run_outputs_only(synth: Synth) -> None:
+    """Run outputs expire; the step code the pipeline definition points at (<prefix>/code/<version>/) must
+    not, or a scheduled run months after the last `ecomrec pipeline upsert` finds no code."""
+    raw = synth.raw(synth.built.data)
+    processed_name = f"ecomrec-processed-{ACCOUNT}-{REGION}"
+    [processed] = [b for b in resources(raw, "AWS::S3::Bucket").values()
+                   if b["Properties"]["BucketName"] == processed_name]
+    rules = processed["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = [r for r in rules if "ExpirationInDays" in r or "ExpirationDate" in r]
+    assert [(r["Id"], r.get("Prefix")) for r in expiring] == [("expire-runs", "ecomrec/runs/")]
+    assert expiring[0]["ExpirationInDays"] == 180
+    assert "TagFilters" not in expiring[0]
+    # The invariant behind the prefix, on the pipeline definition this app deploys:
+    definition = _pipeline_definition(synth)
+    defaults = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    runs = f"s3://{processed_name}/{expiring[0]['Prefix']}"
+    assert f"{defaults['OutputUri'].rstrip('/')}/".startswith(runs)  # run outputs (and bundles) expire
+    body = json.dumps(definition)
+    code_uris = {u for u in re.findall(rf"s3://{processed_name}/[^\"]+", body) if "/code/" in u}
+    assert code_uris  # the definition does point at uploaded code in this bucket
+    for uri in code_uris:
+        assert not uri.startswith(runs), uri  # ... and no expiring rule covers it
 
 
 # ------------------------------------------------------------------ ml
