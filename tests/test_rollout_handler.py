@@ -508,6 +508,16 @@ def test_rejecting_a_version_that_is_neither_live_nor_deployed_patches_nothing(w
     assert world.served_uri() == uri(1)
 
 
+def test_approving_a_version_whose_run_output_expired_fails_clearly_and_patches_nothing(world: World) -> None:
+    """moto S3: the processed bucket's lifecycle rule expires run outputs, bundles included."""
+    arn = world.register(1)
+    world.s3.delete_object(Bucket=RUNS_BUCKET, Key=f"runs/exec-{GROUP}-1/bundle/model.tar.gz")
+    with pytest.raises(RolloutError, match="no longer in the run outputs"):
+        h.process(world.set_status(arn, "Approved"), world.deps)
+    assert world.api.patches() == []
+    assert world.live() == {}
+
+
 def test_wrong_token_is_rejected_by_the_api(kube_api: tuple[FakeKubeApi, KubeClient]) -> None:
     _, good = kube_api
     bad = KubeClient(good.server, lambda: "k8s-aws-v1.wrong")

@@ -87,9 +87,21 @@ def promote(deps: Deps, release: logic.Release) -> logic.Release:
     target = logic.promotion_target(release, deps.models_bucket, deps.group)
     if release.model_data_url == target:
         return release
+    from botocore.exceptions import ClientError  # with boto3 in the runtime; no client is created
+
     src_bucket, src_key = logic.split_s3_uri(release.model_data_url)
     dst_bucket, dst_key = logic.split_s3_uri(target)
-    deps.s3.copy({"Bucket": src_bucket, "Key": src_key}, dst_bucket, dst_key)
+    try:
+        deps.s3.copy({"Bucket": src_bucket, "Key": src_key}, dst_bucket, dst_key)
+    except ClientError as exc:
+        # Run outputs expire (the processed bucket's expire-runs rule): a version approved long after its
+        # run has no bundle left to promote. Say so instead of a bare "HeadObject: Not Found".
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            raise logic.RolloutError(
+                f"version {release.version}: its bundle {release.model_data_url} is no longer in the run "
+                "outputs (they expire; see cdk/README.md): nothing to promote, retrain to get a new version"
+            ) from exc
+        raise
     log.info("promoted %s -> %s", release.model_data_url, target)
     return replace(release, model_data_url=target)
 
