@@ -532,6 +532,27 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": topic_id}
 
 
+def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: Synth) -> None:
+    """ALB 5xx counts are published only for minutes with a non-zero count, and metric-math arithmetic
+    gives no value for a minute where an operand has no data point (missing = not breaching here). So each
+    5xx count must be FILLed with 0: otherwise the alarm needs target AND load-balancer 5xx in one minute."""
+    raw = synth.raw(synth.built.monitoring)
+    [rate] = [a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()
+              if a["Properties"]["AlarmName"] == "ecomrec-Http5xxRate"]
+    ids = {m["MetricStat"]["Metric"]["MetricName"]: m["Id"] for m in rate["Metrics"] if "MetricStat" in m}
+    [expression] = [m for m in rate["Metrics"] if "Expression" in m]
+    assert expression.get("ReturnData", True) is True
+    assert all(m.get("ReturnData") is False for m in rate["Metrics"] if "MetricStat" in m)
+    text = expression["Expression"]
+    sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"]]
+    for metric_id in sparse:
+        filled = re.compile(rf"FILL\(\s*{metric_id}\s*,\s*0\s*\)")
+        assert filled.search(text), text
+        assert not re.search(rf"\b{metric_id}\b", filled.sub("", text)), text  # never used unfilled
+    # No traffic (RequestCount absent or 0) is 0 %, not a division by zero.
+    assert text.startswith(f"IF({ids['RequestCount']} > 0,"), text
+
+
 # ------------------------------------------------------------------ cdk-nag and cfn-lint
 
 
