@@ -470,6 +470,27 @@ def test_failed_rollout_is_patched_back_to_the_live_version_recorded_and_still_f
     assert [r["version"] for r in world.live()["previous"]] == [1]
 
 
+def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(world: World) -> None:
+    """The Lambda context says 120 s remain (e.g. a slow promotion came first): the wait for the new
+    version is cut to 120 - 45 (restore) - 10 (record) s, so the restore still happens and is recorded."""
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    world.api.polls_to_complete = 10**6  # neither the new version nor the restore completes
+    clock = iter(range(0, 10**6, 5))
+    world.deps.clock = lambda: float(next(clock))
+    world.deps.remaining_s = lambda: 120.0
+    v2 = world.register(1)
+
+    with pytest.raises(RolloutError, match="not complete after 65s"):
+        h.process(world.set_status(v2, "Approved"), world.deps)
+
+    assert world.served_uri() == uri(1)  # the patch back went in
+    failed = world.live()["failed"]
+    assert (failed["version"], failed["restored"]) == (2, 1)
+    assert failed["restore"].startswith("patched back to version 1, not complete yet")
+    assert "not complete after 45s" in failed["restore"]
+
+
 def test_rejecting_the_version_a_failed_rollout_left_on_the_deployment_moves_it_back(world: World) -> None:
     """The restore itself can fail (API error; or the function is cut off mid-rollout): the Deployment
     keeps the failed version although the record says otherwise. Rejecting that version is the way out."""

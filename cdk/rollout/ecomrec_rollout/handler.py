@@ -45,10 +45,14 @@ class Deps:
     namespace: str = c.NAMESPACE
     deployment: str = c.DEPLOYMENT
     timeout_s: float = 540.0  # under the function's 10-minute timeout, so a stuck rollout fails loudly
-    # Waiting for the restore after a failed rollout: 540 + 45 s still ends before the 600 s function
-    # timeout. The old pods never went away (maxUnavailable 0), so the restore normally completes in
-    # seconds; if it does not, the patch is in and Kubernetes finishes it after the function has failed.
+    # Waiting for the restore after a failed rollout. The old pods never went away (maxUnavailable 0), so
+    # it normally completes in seconds; if it does not, the patch is in and Kubernetes finishes it after
+    # the function has failed.
     restore_timeout_s: float = 45.0
+    # Seconds until the runtime stops the function (the Lambda context's); None: no limit. The rollout
+    # wait is cut so that the restore and the record still fit when it fails: promoting a large bundle
+    # first can eat into the 600 s, and 540 + 45 s alone leaves little.
+    remaining_s: Callable[[], float] | None = None
     poll_s: float = 5.0
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = field(default=time.monotonic)
@@ -106,6 +110,16 @@ def promote(deps: Deps, release: logic.Release) -> logic.Release:
     return replace(release, model_data_url=target)
 
 
+RESERVE_S = 10.0  # for the SSM record and the error after the last wait
+
+
+def _budget(deps: Deps, wanted: float, keep: float) -> float:
+    """``wanted`` seconds, or fewer so that ``keep`` seconds remain before the function is stopped."""
+    if deps.remaining_s is None:
+        return wanted
+    return max(0.0, min(wanted, deps.remaining_s() - keep))
+
+
 def roll_out(deps: Deps, release: logic.Release, timeout_s: float | None = None) -> None:
     """Patch the Deployment and wait until every replica runs the new pod template and is available."""
     timeout_s = deps.timeout_s if timeout_s is None else timeout_s
@@ -146,7 +160,7 @@ def restore(deps: Deps, failed: logic.Release, live: logic.Release | None, why: 
         return logic.FailedRollout(failed.version, why, None, "nothing to restore: it is the live version")
     log.error("rollout of version %d failed (%s): restoring live version %d", failed.version, why, live.version)
     try:
-        roll_out(deps, live, timeout_s=deps.restore_timeout_s)
+        roll_out(deps, live, timeout_s=_budget(deps, deps.restore_timeout_s, RESERVE_S))
     except logic.RolloutError as exc:
         return logic.FailedRollout(failed.version, why, live.version,
                                    f"patched back to version {live.version}, not complete yet: {exc}")
@@ -165,7 +179,7 @@ def roll_out_or_restore(deps: Deps, release: logic.Release, state: logic.LiveSta
     nothing about the new version, and the retry picks up the rollout where it stands.
     """
     try:
-        roll_out(deps, release)
+        roll_out(deps, release, timeout_s=_budget(deps, deps.timeout_s, deps.restore_timeout_s + RESERVE_S))
     except logic.RolloutError as exc:
         failure = restore(deps, release, state.live, str(exc))
         try:
@@ -233,7 +247,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 s3=boto3.client("s3"), models_bucket=os.environ.get(c.ENV_MODELS_BUCKET) or None,
                 namespace=os.environ.get(c.ENV_NAMESPACE, c.NAMESPACE),
                 deployment=os.environ.get(c.ENV_DEPLOYMENT, c.DEPLOYMENT),
-                timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")))
+                timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")),
+                remaining_s=(lambda: context.get_remaining_time_in_millis() / 1000.0) if context else None)
     return process(event, deps).as_dict()
 
 
