@@ -7,8 +7,10 @@ real cfn-lint; nothing is deployed.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -119,6 +121,36 @@ def test_every_bucket_policy_denies_plain_http(synth: Synth) -> None:
     assert covered == set(resources(raw, "AWS::S3::Bucket"))
 
 
+def _pipeline_definition(synth: Synth) -> dict[str, Any]:
+    [pipeline] = resources(synth.raw(synth.built.ml), "AWS::SageMaker::Pipeline").values()
+    definition: dict[str, Any] = json.loads(pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"])
+    return definition
+
+
+def test_processed_bucket_expires_run_outputs_only(synth: Synth) -> None:
+    """Run outputs expire; the step code the pipeline definition points at (<prefix>/code/<version>/) must
+    not, or a scheduled run months after the last `ecomrec pipeline upsert` finds no code."""
+    raw = synth.raw(synth.built.data)
+    processed_name = f"ecomrec-processed-{ACCOUNT}-{REGION}"
+    [processed] = [b for b in resources(raw, "AWS::S3::Bucket").values()
+                   if b["Properties"]["BucketName"] == processed_name]
+    rules = processed["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = [r for r in rules if "ExpirationInDays" in r or "ExpirationDate" in r]
+    assert [(r["Id"], r.get("Prefix")) for r in expiring] == [("expire-runs", "ecomrec/runs/")]
+    assert expiring[0]["ExpirationInDays"] == 180
+    assert "TagFilters" not in expiring[0]
+    # The invariant behind the prefix, on the pipeline definition this app deploys:
+    definition = _pipeline_definition(synth)
+    defaults = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    runs = f"s3://{processed_name}/{expiring[0]['Prefix']}"
+    assert f"{defaults['OutputUri'].rstrip('/')}/".startswith(runs)  # run outputs (and bundles) expire
+    body = json.dumps(definition)
+    code_uris = {u for u in re.findall(rf"s3://{processed_name}/[^\"]+", body) if "/code/" in u}
+    assert code_uris  # the definition does point at uploaded code in this bucket
+    for uri in code_uris:
+        assert not uri.startswith(runs), uri  # ... and no expiring rule covers it
+
+
 # ------------------------------------------------------------------ ml
 
 
@@ -188,6 +220,33 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     text = json.dumps(artifacts["Resource"])
     assert f"jumpstart-cache-prod-{REGION}/catboost-training/" in text
     assert f"ecomrec-processed-{ACCOUNT}" not in text
+
+
+def _allows(actions: list[str], wanted: str) -> bool:
+    """Whether an IAM action list grants ``wanted`` (IAM matches actions case-insensitively, with wildcards)."""
+    return any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in actions)
+
+
+def test_sagemaker_role_cannot_write_or_delete_served_bundles(synth: Synth) -> None:
+    """The models bucket holds what the pods serve; only the rollout function promotes bundles into it
+    (models/<group>/<version>/). A pipeline job must not be able to overwrite or delete a served bundle."""
+    raw = synth.raw(synth.built.ml)
+    models_arn = synth.built.data.resolve(synth.built.data.models_bucket.bucket_arn)
+    # How the ML template refers to the models bucket: an import of the data stack's export of its ARN.
+    [export] = [o["Export"]["Name"] for o in synth.raw(synth.built.data)["Outputs"].values()
+                if o["Value"] == models_arn]
+    sts = statements(raw, "SageMakerExecutionRole")
+    assert sts
+    for st in sts:
+        actions = as_list(st["Action"])
+        on_models = export in json.dumps(st["Resource"]) or "ecomrec-models-" in json.dumps(st["Resource"])
+        for action in ("s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"):
+            assert not (st["Effect"] == "Allow" and on_models and _allows(actions, action)), st
+        # Nothing in the pipeline reads there either (it reads raw and its own run outputs).
+        assert not on_models, st
+    # The pipeline keeps writing its run outputs and code to the processed bucket.
+    writes = [st for st in sts if _allows(as_list(st["Action"]), "s3:PutObject")]
+    assert writes and all("Processed" in json.dumps(st["Resource"]) for st in writes)
 
 
 # ------------------------------------------------------------------ serving
@@ -298,6 +357,47 @@ def test_pdb_hpa_service_and_https_ingress(synth: Synth) -> None:
     manifests_prop = json.dumps(custom["Properties"]["Manifests"])
     assert '{"Ref": "CertificateArn"}' in manifests_prop
     assert "alb.ingress.kubernetes.io/certificate-arn" in manifests_prop
+
+
+def _applied_manifests(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifests as the custom resource receives them, read back from the synthesized template.
+
+    The property is an Fn::Join of JSON text and CloudFormation references (the certificate parameter...);
+    the references sit inside JSON strings, so a placeholder in their place leaves parseable JSON.
+    """
+    [custom] = [r for r in raw["Resources"].values() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    prop = custom["Properties"]["Manifests"]
+    if isinstance(prop, str):
+        text = prop
+    else:
+        separator, parts = prop["Fn::Join"]
+        text = separator.join(part if isinstance(part, str) else "<cfn-reference>" for part in parts)
+    manifests: list[dict[str, Any]] = json.loads(text)
+    return manifests
+
+
+def test_internet_facing_ingress_routes_only_the_public_api(synth: Synth) -> None:
+    """Through the ALB: GET /recommendations only. Not /metrics (it names the model's S3 location),
+    /docs, /openapi.json, /admin/*, nor a catch-all prefix that would include them."""
+    applied = _applied_manifests(synth.raw(synth.built.serving))
+    ingress = k8s.find(applied, "Ingress")
+    assert k8s.find(applied, "IngressClassParams")["spec"]["scheme"] == "internet-facing"
+    [rule] = ingress["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/recommendations", "Exact")]
+    assert "defaultBackend" not in ingress["spec"]
+    service = k8s.find(applied, "Service")
+    for p in paths:
+        assert p["backend"] == {"service": {"name": service["metadata"]["name"], "port": {"name": "http"}}}
+    # The ALB still health-checks the pods on the readiness path (directly, not through these rules),
+    # and Prometheus keeps scraping /metrics in the cluster.
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
+    pod_annotations = k8s.find(applied, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert pod_annotations["prometheus.io/path"] == "/metrics"
+    # The applied objects are the stack's manifests (the CDK-side view the other tests read).
+    assert k8s.find(_manifests(synth), "Ingress")["spec"] == ingress["spec"]
 
 
 def test_manifests_custom_resource_runs_the_rollout_package_in_the_vpc(synth: Synth) -> None:
@@ -430,6 +530,27 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
     [rule] = resources(raw, "AWS::Events::Rule").values()
     assert rule["Properties"]["EventPattern"]["detail"]["currentPipelineExecutionStatus"] == ["Failed"]
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": topic_id}
+
+
+def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: Synth) -> None:
+    """ALB 5xx counts are published only for minutes with a non-zero count, and metric-math arithmetic
+    gives no value for a minute where an operand has no data point (missing = not breaching here). So each
+    5xx count must be FILLed with 0: otherwise the alarm needs target AND load-balancer 5xx in one minute."""
+    raw = synth.raw(synth.built.monitoring)
+    [rate] = [a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()
+              if a["Properties"]["AlarmName"] == "ecomrec-Http5xxRate"]
+    ids = {m["MetricStat"]["Metric"]["MetricName"]: m["Id"] for m in rate["Metrics"] if "MetricStat" in m}
+    [expression] = [m for m in rate["Metrics"] if "Expression" in m]
+    assert expression.get("ReturnData", True) is True
+    assert all(m.get("ReturnData") is False for m in rate["Metrics"] if "MetricStat" in m)
+    text = expression["Expression"]
+    sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"]]
+    for metric_id in sparse:
+        filled = re.compile(rf"FILL\(\s*{metric_id}\s*,\s*0\s*\)")
+        assert filled.search(text), text
+        assert not re.search(rf"\b{metric_id}\b", filled.sub("", text)), text  # never used unfilled
+    # No traffic (RequestCount absent or 0) is 0 %, not a division by zero.
+    assert text.startswith(f"IF({ids['RequestCount']} > 0,"), text
 
 
 # ------------------------------------------------------------------ cdk-nag and cfn-lint

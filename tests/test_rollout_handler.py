@@ -6,7 +6,8 @@ Fakes, and only these:
 - The Kubernetes API: ``FakeKubeApi`` below, a local HTTP server on 127.0.0.1 that stores objects, applies
   strategic-merge and server-side-apply patches the way the API server does for the fields used here,
   records every request, and plays the Deployment controller (a patched pod template completes its
-  rollout after a few status reads).
+  rollout after a few status reads; a template of a "bad" version reports ProgressDeadlineExceeded, the
+  way a bundle that never gets ready does).
 Real: the rollout package (decisions, the HTTP client, the patches it sends, the waiting loop), boto3.
 """
 
@@ -80,6 +81,8 @@ class Recorded:
 class FakeKubeApi:
     polls_to_complete: int = 2  # status reads before a new pod template is fully rolled out
     fail_rollouts: bool = False  # report ProgressDeadlineExceeded instead of completing
+    bad_versions: set[str] = field(default_factory=set)  # templates of these versions never get ready
+    refuse_versions: set[str] = field(default_factory=set)  # PATCHes to these versions answer HTTP 500
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _pending: dict[str, int] = field(default_factory=dict)
@@ -110,7 +113,7 @@ class FakeKubeApi:
         if path not in self._pending:
             return
         replicas = obj["spec"].get("replicas", 1)
-        if self.fail_rollouts:
+        if self.fail_rollouts or _template_version(obj) in self.bad_versions:
             obj["status"]["conditions"] = [{"type": "Progressing", "status": "False",
                                             "reason": "ProgressDeadlineExceeded",
                                             "message": "readiness probe failed"}]
@@ -144,11 +147,18 @@ class FakeKubeApi:
             if method == "PATCH" and content_type == "application/strategic-merge-patch+json":
                 if current is None:
                     return 404, {"kind": "Status", "reason": "NotFound"}
+                if _template_version(body) in self.refuse_versions:
+                    return 500, {"kind": "Status", "reason": "InternalError"}
                 new = _merge(current, body)
                 self._bump(path, new, current)
                 self.objects[path] = new
                 return 200, new
             return 415, {"kind": "Status", "reason": "UnsupportedMediaType"}
+
+
+def _template_version(obj: dict[str, Any]) -> str | None:
+    meta = obj.get("spec", {}).get("template", {}).get("metadata", {})
+    return (meta.get("annotations") or {}).get(c.VERSION_ANNOTATION)
 
 
 def _serve(api: FakeKubeApi) -> tuple[ThreadingHTTPServer, str]:
@@ -246,6 +256,13 @@ class World:
     def served_uri(self) -> str:
         ct = self.api.objects[DEP_PATH]["spec"]["template"]["spec"]["containers"][0]
         return next(e["value"] for e in ct["env"] if e["name"] == c.MODEL_ENV_VAR)
+
+    def deployed(self) -> tuple[str, str, str]:
+        """(version annotation of the Deployment, of its pod template, container image)."""
+        dep = self.api.objects[DEP_PATH]
+        return (dep["metadata"]["annotations"][c.VERSION_ANNOTATION],
+                dep["spec"]["template"]["metadata"]["annotations"][c.VERSION_ANNOTATION],
+                dep["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
 @pytest.fixture
@@ -395,7 +412,12 @@ def test_failed_rollout_raises_and_does_not_record_the_version(world: World) -> 
     arn = world.register(1)
     with pytest.raises(RolloutError, match="progress deadline exceeded"):
         h.process(world.set_status(arn, "Approved"), world.deps)
-    assert world.live() == {}
+    state = world.live()
+    assert (state["live"], state["previous"]) == (None, [])
+    # Nothing was live before the first approval: nothing to patch back to, and the record says so.
+    assert state["failed"]["version"] == 1
+    assert state["failed"]["restored"] is None
+    assert len(world.api.patches()) == 1
 
 
 def test_rollout_that_never_completes_times_out(world: World) -> None:
@@ -406,6 +428,114 @@ def test_rollout_that_never_completes_times_out(world: World) -> None:
     arn = world.register(1)
     with pytest.raises(RolloutError, match="not complete after 300s"):
         h.process(world.set_status(arn, "Approved"), world.deps)
+    assert world.live()["live"] is None
+    assert world.live()["failed"]["version"] == 1
+
+
+# Fakes in the tests below: moto for SageMaker/SSM/S3 and FakeKubeApi (the local fake Kubernetes API
+# server above) playing the Deployment controller; the rollout package and its HTTP client are real.
+
+def test_failed_rollout_is_patched_back_to_the_live_version_recorded_and_still_fails(world: World) -> None:
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    world.api.bad_versions = {"2"}  # version 2's pods never get ready: the deadline passes
+    v2 = world.register(1)
+
+    with pytest.raises(RolloutError, match=r"progress deadline exceeded.*restore: complete"):
+        h.process(world.set_status(v2, "Approved"), world.deps)
+
+    # The Deployment is back on version 1 (model, image, annotations), not left on the failed version.
+    assert world.served_uri() == uri(1)
+    assert world.deployed()[:2] == ("1", "1")
+    assert world.deployed()[2].endswith(":v1")
+    restore_patch = world.api.patches()[-1]
+    assert "fieldManager=ecomrec-rollout" in restore_patch.query
+    assert restore_patch.body["spec"]["template"]["metadata"]["annotations"][c.VERSION_ANNOTATION] == "1"
+    # ... and the function waited for the restore to complete (status reads after that patch).
+    after = world.api.requests[world.api.requests.index(restore_patch) + 1:]
+    assert [r for r in after if r.method == "GET" and r.path == DEP_PATH]
+    # The record: version 1 still live, history untouched, the failure and the restore written down.
+    state = world.live()
+    assert state["live"]["version"] == 1
+    assert state["previous"] == []
+    assert state["failed"]["version"] == 2
+    assert state["failed"]["restored"] == 1
+    assert state["failed"]["restore"] == "complete"
+    assert "progress deadline exceeded" in state["failed"]["reason"]
+
+    # Version 3 is fine: it goes live, and the record forgets the old failure.
+    v3 = world.register(1)
+    assert h.process(world.set_status(v3, "Approved"), world.deps).action == "deployed"
+    assert "failed" not in world.live()
+    assert [r["version"] for r in world.live()["previous"]] == [1]
+
+
+def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(world: World) -> None:
+    """The Lambda context says 120 s remain (e.g. a slow promotion came first): the wait for the new
+    version is cut to 120 - 45 (restore) - 10 (record) s, so the restore still happens and is recorded."""
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    world.api.polls_to_complete = 10**6  # neither the new version nor the restore completes
+    clock = iter(range(0, 10**6, 5))
+    world.deps.clock = lambda: float(next(clock))
+    world.deps.remaining_s = lambda: 120.0
+    v2 = world.register(1)
+
+    with pytest.raises(RolloutError, match="not complete after 65s"):
+        h.process(world.set_status(v2, "Approved"), world.deps)
+
+    assert world.served_uri() == uri(1)  # the patch back went in
+    failed = world.live()["failed"]
+    assert (failed["version"], failed["restored"]) == (2, 1)
+    assert failed["restore"].startswith("patched back to version 1, not complete yet")
+    assert "not complete after 45s" in failed["restore"]
+
+
+def test_rejecting_the_version_a_failed_rollout_left_on_the_deployment_moves_it_back(world: World) -> None:
+    """The restore itself can fail (API error; or the function is cut off mid-rollout): the Deployment
+    keeps the failed version although the record says otherwise. Rejecting that version is the way out."""
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    world.api.bad_versions = {"2"}
+    world.api.refuse_versions = {"1"}  # the patch back to version 1 answers HTTP 500
+    v2 = world.register(1)
+    with pytest.raises(RolloutError, match="restore: patch back failed"):
+        h.process(world.set_status(v2, "Approved"), world.deps)
+    assert world.served_uri() == uri(2)  # stuck on the failed version
+    assert world.live()["live"]["version"] == 1
+    assert world.live()["failed"]["restore"].startswith("patch back failed")
+    world.api.refuse_versions = set()
+
+    out = h.process(world.set_status(v2, "Rejected"), world.deps)
+
+    assert (out.action, out.version) == ("rolled_back", 1)
+    assert world.served_uri() == uri(1)
+    assert world.deployed()[:2] == ("1", "1")
+    assert world.live()["live"]["version"] == 1
+    assert "failed" not in world.live()
+    # Rejected again (at-least-once delivery): the Deployment no longer runs it, nothing is patched.
+    n = len(world.api.patches())
+    assert h.process(world.set_status(v2, "Rejected"), world.deps).action == "ignored"
+    assert len(world.api.patches()) == n
+
+
+def test_rejecting_a_version_that_is_neither_live_nor_deployed_patches_nothing(world: World) -> None:
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
+    pending = world.register(1)  # version 2: registered, never approved, never deployed
+    n = len(world.api.patches())
+    assert h.process(world.set_status(pending, "Rejected"), world.deps).action == "ignored"
+    assert len(world.api.patches()) == n
+    assert world.served_uri() == uri(1)
+
+
+def test_approving_a_version_whose_run_output_expired_fails_clearly_and_patches_nothing(world: World) -> None:
+    """moto S3: the processed bucket's lifecycle rule expires run outputs, bundles included."""
+    arn = world.register(1)
+    world.s3.delete_object(Bucket=RUNS_BUCKET, Key=f"runs/exec-{GROUP}-1/bundle/model.tar.gz")
+    with pytest.raises(RolloutError, match="no longer in the run outputs"):
+        h.process(world.set_status(arn, "Approved"), world.deps)
+    assert world.api.patches() == []
     assert world.live() == {}
 
 

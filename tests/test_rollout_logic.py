@@ -4,6 +4,7 @@ request signer with static test credentials (signing is local; nothing is sent).
 from __future__ import annotations
 
 import base64
+import json
 import sys
 import urllib.parse
 from pathlib import Path
@@ -74,11 +75,49 @@ def test_history_is_bounded() -> None:
 
 def test_rollback_picks_the_newest_still_approved_version() -> None:
     r3 = logic.Release(3, "arn/3", "s3://m/3", "img:3")
-    target, state = logic.plan_rollback(r3, [R2, R1], still_approved=lambda r: r.version == 1)
+    target, state = logic.plan_rollback(r3.version, [R2, R1], still_approved=lambda r: r.version == 1)
     assert target == R1
     assert state == logic.LiveState(live=R1, previous=[])
     with pytest.raises(logic.RolloutError, match="no earlier approved version"):
-        logic.plan_rollback(r3, [R2], still_approved=lambda r: False)
+        logic.plan_rollback(r3.version, [R2], still_approved=lambda r: False)
+
+
+def test_rejected_version_the_deployment_runs_rolls_back_to_the_live_one() -> None:
+    """A failed rollout that was not restored leaves the Deployment on a version the record does not
+    call live; rejecting it targets the recorded live version first, then the history."""
+    parsed = logic.parse_event(event("Rejected", 3))
+    assert parsed is not None
+    r0 = logic.Release(0, "arn/0", "s3://m/0", "img:0")
+    state = logic.LiveState(live=R1, previous=[r0])
+    decision = logic.decide(parsed, "ecomrec", state, None, deployed=3)
+    assert isinstance(decision, logic.Rollback)
+    assert (decision.rejected, decision.candidates) == (3, [R1, r0])
+    target, after = logic.plan_rollback(decision.rejected, decision.candidates, still_approved=lambda r: True)
+    assert (target, after) == (R1, logic.LiveState(live=R1, previous=[r0]))
+    # The same event while the Deployment runs something else: not a rollback trigger.
+    assert isinstance(logic.decide(parsed, "ecomrec", state, None, deployed=1), logic.Ignore)
+    assert isinstance(logic.decide(parsed, "ecomrec", state, None, deployed=None), logic.Ignore)
+    # The live version rejected: rollback to the history, whatever the annotation says.
+    live_rejected = logic.decide(logic.PackageEvent("ecomrec", 1, "arn/1", "Rejected"), "ecomrec", state, None)
+    assert isinstance(live_rejected, logic.Rollback)
+    assert live_rejected.candidates == [r0]
+
+
+def test_deployed_version_reads_the_version_annotation() -> None:
+    patched = logic.deployment_patch(R2)
+    assert logic.deployed_version(patched) == 2
+    template_only = {"spec": patched["spec"]}
+    assert logic.deployed_version(template_only) == 2
+    assert logic.deployed_version({"metadata": {"name": "d"}}) is None
+    assert logic.deployed_version(None) is None
+    assert logic.deployed_version({"metadata": {"annotations": {c.VERSION_ANNOTATION: "x"}}}) is None
+
+
+def test_live_state_records_a_failed_rollout_only_when_there_is_one() -> None:
+    failed = logic.FailedRollout(2, "progress deadline exceeded", 1, "complete")
+    state = logic.LiveState(live=R1, failed=failed)
+    assert logic.LiveState.from_json(state.to_json()) == state
+    assert "failed" not in json.loads(logic.LiveState(live=R1).to_json())
 
 
 def test_patch_sets_image_model_and_version_annotation() -> None:

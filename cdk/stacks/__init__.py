@@ -95,7 +95,6 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         config=config,
         raw_bucket=data.raw_bucket,
         processed_bucket=data.processed_bucket,
-        models_bucket=data.models_bucket,
         pipeline_definition=definition,
         env=env,
     )

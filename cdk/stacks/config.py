@@ -77,6 +77,12 @@ class EcomrecConfig:
         return f"{self.account}.dkr.ecr.{self.region}.amazonaws.com/{self.inference_repo}:{self.image_tag}"
 
     @property
+    def runs_prefix(self) -> str:
+        """Where the pipeline writes its run outputs in the processed bucket (OutputUri's default,
+        pipelines/sagemaker/pipeline.py: s3://<processed>/<prefix>/runs/<execution>/<step>/)."""
+        return f"{self.prefix}/runs/"
+
+    @property
     def live_parameter(self) -> str:
         return f"/{self.prefix}/serving/live-model"
 

@@ -10,6 +10,8 @@ from constructs import Construct
 from stacks.config import EcomrecConfig
 from stacks.nag import acknowledge
 
+RUN_OUTPUT_DAYS = 180  # pipeline run outputs (data, models, bundles, reports) in the processed bucket
+
 
 def _secure_bucket(
     scope: Construct,
@@ -91,7 +93,16 @@ class DataStack(cdk.Stack):
                 ),
             ],
         )
-        # Pipeline outputs can be recomputed from raw: expire them.
+        # Run outputs can be recomputed from raw: expire them, and only them. The same bucket holds the step
+        # code the pipeline definition points at (<prefix>/code/<version>/, uploaded by `ecomrec pipeline
+        # upsert`) and large definitions (<prefix>/definitions/): expiring those would break the next
+        # scheduled run, so the rule is scoped to the runs prefix.
+        # Registered packages' ModelDataUrl points under runs/ (<prefix>/runs/<execution>/bundle/) and does
+        # expire with its run. That is safe for what is served: at approval the rollout function copies the
+        # bundle to the models bucket (<group>/<version>/), the pods and every later rollback read only that
+        # copy, and the models bucket never expires current objects. What expiry limits: a version must be
+        # approved within 180 days of its run; later, the promotion fails loudly (the rollout function
+        # raises, alarmed) and the fix is a fresh run.
         self.processed_bucket = _secure_bucket(
             self,
             "Processed",
@@ -102,9 +113,12 @@ class DataStack(cdk.Stack):
                 abort_uploads,
                 s3.LifecycleRule(
                     id="expire-runs",
-                    expiration=Duration.days(180),
-                    noncurrent_version_expiration=Duration.days(7),
+                    prefix=config.runs_prefix,
+                    expiration=Duration.days(RUN_OUTPUT_DAYS),
                 ),
+                # Overwritten or deleted objects anywhere (including the delete markers expire-runs leaves):
+                # the current code and definitions are never touched by this.
+                s3.LifecycleRule(id="expire-noncurrent", noncurrent_version_expiration=Duration.days(7)),
             ],
         )
         # Bundles named by registry versions: keep current ones (rollback needs them), age old versions.

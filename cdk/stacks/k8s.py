@@ -20,6 +20,13 @@ NODE_POOL_LABEL = {"ecomrec.io/pool": "inference"}  # the managed node group car
 READY_PATH = "/readyz"  # 200 once a bundle is loaded and smoke-scored, 503 before (routers/health.py)
 LIVE_PATH = "/healthz"  # 200 while the process answers
 METRICS_PATH = "/metrics"
+# What the internet-facing ALB forwards to the pods: the public API and nothing else. The pods also answer
+# /metrics (it names the model's S3 location), /docs, /openapi.json, /admin/* and the probes; Prometheus
+# scrapes /metrics inside the cluster and the kubelet probes the pods directly, so none of those needs the
+# ALB. /ping and /invocations are SageMaker's hosting contract, called by SageMaker when the container runs
+# as an endpoint, not by callers of the EKS service: they stay off the ALB too. Anything else gets the
+# ALB's default answer (404) without reaching a pod.
+PUBLIC_PATHS = ("/recommendations",)
 UID = 10001
 
 
@@ -225,6 +232,8 @@ def ingress(p: ManifestParams) -> dict[str, Any]:
         "alb.ingress.kubernetes.io/ssl-redirect": "443",
         "alb.ingress.kubernetes.io/certificate-arn": p.certificate_arn,
         "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        # The target group's health check goes to each pod IP directly, not through the listener rules
+        # below, so it reaches /readyz although the Ingress does not route it.
         "alb.ingress.kubernetes.io/healthcheck-path": READY_PATH,
         "alb.ingress.kubernetes.io/healthcheck-interval-seconds": "10",
         "alb.ingress.kubernetes.io/target-group-attributes": "deregistration_delay.timeout_seconds=10",
@@ -241,7 +250,10 @@ def ingress(p: ManifestParams) -> dict[str, Any]:
         },
         "spec": {
             "ingressClassName": INGRESS_CLASS,
-            "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}],
+            # Exact: /recommendations/anything is not an endpoint either.
+            "rules": [
+                {"http": {"paths": [{"path": path, "pathType": "Exact", "backend": backend} for path in PUBLIC_PATHS]}}
+            ],
         },
     }
 

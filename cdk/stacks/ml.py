@@ -82,7 +82,6 @@ class MlStack(cdk.Stack):
         config: EcomrecConfig,
         raw_bucket: s3.IBucket,
         processed_bucket: s3.IBucket,
-        models_bucket: s3.IBucket,
         pipeline_definition: str | None = None,
         env: cdk.Environment | None = None,
     ) -> None:
@@ -111,7 +110,7 @@ class MlStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description="Runs the ecomrec pipeline's processing and training jobs",
         )
-        self._grant(raw_bucket, processed_bucket, models_bucket)
+        self._grant(raw_bucket, processed_bucket)
         if pipeline_definition is not None:
             self._grant_external(pipeline_definition, config)
 
@@ -159,8 +158,13 @@ class MlStack(cdk.Stack):
                 )
             )
 
-    def _grant(self, raw: s3.IBucket, processed: s3.IBucket, models: s3.IBucket) -> None:
-        """Least privilege: our buckets, our repositories, jobs and packages in this account only."""
+    def _grant(self, raw: s3.IBucket, processed: s3.IBucket) -> None:
+        """Least privilege: our buckets, our repositories, jobs and packages in this account only.
+
+        Not the models bucket: it holds the bundles the pods serve, and only the rollout function writes
+        there (it promotes an approved bundle to <group>/<version>/). The pipeline reads raw data and
+        writes code, run outputs and bundles to the processed bucket; nothing in it reads the models bucket.
+        """
         role, group = self.role, self.config.model_package_group
         role.add_to_policy(
             iam.PolicyStatement(
@@ -179,12 +183,7 @@ class MlStack(cdk.Stack):
                     "s3:ListBucket",
                     "s3:AbortMultipartUpload",
                 ],
-                resources=[
-                    processed.bucket_arn,
-                    processed.arn_for_objects("*"),
-                    models.bucket_arn,
-                    models.arn_for_objects("*"),
-                ],
+                resources=[processed.bucket_arn, processed.arn_for_objects("*")],
             )
         )
         role.add_to_policy(
@@ -279,7 +278,6 @@ class MlStack(cdk.Stack):
                 nag.iam5(
                     f"Resource::{nag.PROCESSED_OBJECTS}"
                 ): "Writes run outputs and code under run-time keys of OUR processed bucket",
-                nag.iam5(f"Resource::{nag.MODELS_OBJECTS}"): "Writes bundles under run-time keys of OUR models bucket",
                 nag.iam5("Resource::*"): "ecr:GetAuthorizationToken and cloudwatch:PutMetricData have no "
                 "resource-level permissions (PutMetricData is limited by namespace)",
                 nag.iam5(

@@ -3,8 +3,11 @@
 ``handler``: an EventBridge "SageMaker Model Package State Change" for our group. Approved -> copy the
 bundle into the models bucket, patch the Deployment (image, model URI, version annotation), wait for the
 rolling update, record the live version.
-Rejected while live -> the same with the newest earlier approved version. Everything else is logged and
-ignored. Duplicate events find the version already live and patch nothing.
+Rejected while live, or while the Deployment is patched to it (a rollout that did not complete) -> the
+same with the newest other approved version. Everything else is logged and ignored. Duplicate events find
+the version already live and patch nothing.
+A rollout that does not complete is undone: the Deployment is patched back to the recorded live version,
+the failure is recorded next to it, and the function still fails (retries, DLQ, alarms).
 
 ``apply_handler``: the serving stack's custom resource that applies the Kubernetes manifests (server-side
 apply through the same client), keeping the live model on every re-apply.
@@ -42,6 +45,14 @@ class Deps:
     namespace: str = c.NAMESPACE
     deployment: str = c.DEPLOYMENT
     timeout_s: float = 540.0  # under the function's 10-minute timeout, so a stuck rollout fails loudly
+    # Waiting for the restore after a failed rollout. The old pods never went away (maxUnavailable 0), so
+    # it normally completes in seconds; if it does not, the patch is in and Kubernetes finishes it after
+    # the function has failed.
+    restore_timeout_s: float = 45.0
+    # Seconds until the runtime stops the function (the Lambda context's); None: no limit. The rollout
+    # wait is cut so that the restore and the record still fit when it fails: promoting a large bundle
+    # first can eat into the 600 s, and 540 + 45 s alone leaves little.
+    remaining_s: Callable[[], float] | None = None
     poll_s: float = 5.0
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = field(default=time.monotonic)
@@ -80,20 +91,43 @@ def promote(deps: Deps, release: logic.Release) -> logic.Release:
     target = logic.promotion_target(release, deps.models_bucket, deps.group)
     if release.model_data_url == target:
         return release
+    from botocore.exceptions import ClientError  # with boto3 in the runtime; no client is created
+
     src_bucket, src_key = logic.split_s3_uri(release.model_data_url)
     dst_bucket, dst_key = logic.split_s3_uri(target)
-    deps.s3.copy({"Bucket": src_bucket, "Key": src_key}, dst_bucket, dst_key)
+    try:
+        deps.s3.copy({"Bucket": src_bucket, "Key": src_key}, dst_bucket, dst_key)
+    except ClientError as exc:
+        # Run outputs expire (the processed bucket's expire-runs rule): a version approved long after its
+        # run has no bundle left to promote. Say so instead of a bare "HeadObject: Not Found".
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            raise logic.RolloutError(
+                f"version {release.version}: its bundle {release.model_data_url} is no longer in the run "
+                "outputs (they expire; see cdk/README.md): nothing to promote, retrain to get a new version"
+            ) from exc
+        raise
     log.info("promoted %s -> %s", release.model_data_url, target)
     return replace(release, model_data_url=target)
 
 
-def roll_out(deps: Deps, release: logic.Release) -> None:
+RESERVE_S = 10.0  # for the SSM record and the error after the last wait
+
+
+def _budget(deps: Deps, wanted: float, keep: float) -> float:
+    """``wanted`` seconds, or fewer so that ``keep`` seconds remain before the function is stopped."""
+    if deps.remaining_s is None:
+        return wanted
+    return max(0.0, min(wanted, deps.remaining_s() - keep))
+
+
+def roll_out(deps: Deps, release: logic.Release, timeout_s: float | None = None) -> None:
     """Patch the Deployment and wait until every replica runs the new pod template and is available."""
+    timeout_s = deps.timeout_s if timeout_s is None else timeout_s
     patch = logic.deployment_patch(release)
     deps.kube.patch_deployment(deps.namespace, deps.deployment, patch, c.ROLLOUT_FIELD_MANAGER)
     log.info("patched %s/%s to version %d (%s)", deps.namespace, deps.deployment, release.version,
              release.model_data_url)
-    deadline = deps.clock() + deps.timeout_s
+    deadline = deps.clock() + timeout_s
     path = deployment_path(deps.namespace, deps.deployment)
     while True:
         current = deps.kube.get(path)
@@ -107,10 +141,52 @@ def roll_out(deps: Deps, release: logic.Release) -> None:
             raise logic.RolloutError(f"rollout of version {release.version} failed: {why}")
         if deps.clock() >= deadline:
             raise logic.RolloutError(
-                f"rollout of version {release.version} not complete after {deps.timeout_s:.0f}s: {why}; "
+                f"rollout of version {release.version} not complete after {timeout_s:.0f}s: {why}; "
                 "old pods keep serving (maxUnavailable 0)")
         log.info("waiting for rollout of version %d: %s", release.version, why)
         deps.sleep(deps.poll_s)
+
+
+def restore(deps: Deps, failed: logic.Release, live: logic.Release | None, why: str) -> logic.FailedRollout:
+    """Patch the Deployment back to ``live`` after ``failed`` did not roll out, and say how that went.
+
+    Without this the Deployment stays patched to the failed version: its new pods never get ready, the
+    next infrastructure deploy carries the failed template over (preserve_rollout_fields), and nothing in
+    the record says the cluster and the record disagree.
+    """
+    if live is None:
+        return logic.FailedRollout(failed.version, why, None, "nothing to restore: no version was live before")
+    if live.version == failed.version:
+        return logic.FailedRollout(failed.version, why, None, "nothing to restore: it is the live version")
+    log.error("rollout of version %d failed (%s): restoring live version %d", failed.version, why, live.version)
+    try:
+        roll_out(deps, live, timeout_s=_budget(deps, deps.restore_timeout_s, RESERVE_S))
+    except logic.RolloutError as exc:
+        return logic.FailedRollout(failed.version, why, live.version,
+                                   f"patched back to version {live.version}, not complete yet: {exc}")
+    except Exception as exc:  # API or network error: the rollout failure is what gets raised
+        log.exception("restoring version %d failed", live.version)
+        return logic.FailedRollout(failed.version, why, live.version, f"patch back failed: {exc}")
+    return logic.FailedRollout(failed.version, why, live.version, "complete")
+
+
+def roll_out_or_restore(deps: Deps, release: logic.Release, state: logic.LiveState) -> None:
+    """roll_out, and when it fails: restore the recorded live version, record the failure, raise.
+
+    The raise keeps the failure visible (function errors, retries, then the DLQ, all alarmed); the live
+    record is unchanged apart from ``failed``, because the live version is what the pods serve.
+    Only RolloutError (deadline, pods not ready, Deployment gone) restores: an API error while waiting says
+    nothing about the new version, and the retry picks up the rollout where it stands.
+    """
+    try:
+        roll_out(deps, release, timeout_s=_budget(deps, deps.timeout_s, deps.restore_timeout_s + RESERVE_S))
+    except logic.RolloutError as exc:
+        failure = restore(deps, release, state.live, str(exc))
+        try:
+            write_state(deps, replace(state, failed=failure))
+        except Exception:  # the rollout failure must be what the function raises, not this
+            log.exception("could not record the failed rollout of version %d", release.version)
+        raise logic.RolloutError(f"{exc}; restore: {failure.restore}") from exc
 
 
 def process(event: dict[str, Any], deps: Deps) -> Outcome:
@@ -120,9 +196,14 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
         return Outcome("ignored", "not a model package state change")
     state = read_state(deps)
     description = None
+    deployed = None
     if parsed.group == deps.group and parsed.status == c.APPROVED:
         description = _describe(deps, parsed.arn)
-    decision = logic.decide(parsed, deps.group, state, description)
+    if parsed.group == deps.group and parsed.status == c.REJECTED:
+        # What the Deployment is patched to can differ from the record after a rollout that failed and
+        # could not be restored; rejecting that version must still move the Deployment off it.
+        deployed = logic.deployed_version(deps.kube.get(deployment_path(deps.namespace, deps.deployment)))
+    decision = logic.decide(parsed, deps.group, state, description, deployed)
 
     if isinstance(decision, logic.Ignore):
         log.info("ignored: %s", decision.reason)
@@ -136,21 +217,19 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
         return Outcome("forgotten", "rejected version is not live", decision.version)
     if isinstance(decision, logic.Deploy):
         release = promote(deps, decision.release)
-        roll_out(deps, release)
-        state = decision.new_state
-        write_state(deps, logic.LiveState(live=release, previous=state.previous))
+        roll_out_or_restore(deps, release, state)
+        write_state(deps, logic.LiveState(live=release, previous=decision.new_state.previous))
         return Outcome("deployed", decision.reason, release.version)
 
-    # Rollback: the newest earlier version the registry still calls Approved.
+    # Rollback: the newest candidate the registry still calls Approved.
     def still_approved(release: logic.Release) -> bool:
         return bool(_describe(deps, release.arn).get("ModelApprovalStatus") == c.APPROVED)
 
-    target, new_state = logic.plan_rollback(decision.rejected, decision.new_state.previous, still_approved)
-    log.warning("live version %d rejected: rolling back to version %d", decision.rejected.version,
-                target.version)
-    roll_out(deps, target)
+    target, new_state = logic.plan_rollback(decision.rejected, decision.candidates, still_approved)
+    log.warning("%s: rolling back to version %d", decision.reason, target.version)
+    roll_out_or_restore(deps, target, state)
     write_state(deps, new_state)
-    return Outcome("rolled_back", f"version {decision.rejected.version} rejected", target.version)
+    return Outcome("rolled_back", f"version {decision.rejected} rejected", target.version)
 
 
 def _kube_from_env() -> KubeClient:
@@ -168,7 +247,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 s3=boto3.client("s3"), models_bucket=os.environ.get(c.ENV_MODELS_BUCKET) or None,
                 namespace=os.environ.get(c.ENV_NAMESPACE, c.NAMESPACE),
                 deployment=os.environ.get(c.ENV_DEPLOYMENT, c.DEPLOYMENT),
-                timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")))
+                timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")),
+                remaining_s=(lambda: context.get_remaining_time_in_millis() / 1000.0) if context else None)
     return process(event, deps).as_dict()
 
 

@@ -40,16 +40,34 @@ class Release:
     image: str
 
 
+@dataclass(frozen=True)
+class FailedRollout:
+    """The last rollout that did not complete and what the function did about it (for whoever is paged).
+
+    Kept in the live record until a later rollout completes; the live version itself is not changed by a
+    failure, so ``live`` keeps saying what the serving pods run.
+    """
+
+    version: int  # the version that did not roll out
+    reason: str
+    restored: int | None  # the live version the Deployment was patched back to; None: nothing to restore
+    restore: str  # what became of the restore, in words ("complete", "patch failed: ...", ...)
+
+
 @dataclass
 class LiveState:
     """What is live and what was live before, newest first (recorded in an SSM parameter)."""
 
     live: Release | None = None
     previous: list[Release] = field(default_factory=list)
+    failed: FailedRollout | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"live": asdict(self.live) if self.live else None,
-                           "previous": [asdict(r) for r in self.previous]}, sort_keys=True)
+        out: dict[str, Any] = {"live": asdict(self.live) if self.live else None,
+                               "previous": [asdict(r) for r in self.previous]}
+        if self.failed is not None:  # only when there is one: the record stays as small as before
+            out["failed"] = asdict(self.failed)
+        return json.dumps(out, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> LiveState:
@@ -61,9 +79,10 @@ class LiveState:
             raise RolloutError(f"live-state parameter is not JSON: {exc}") from exc
         if not isinstance(raw, dict):
             return cls()  # the stack seeds the parameter with a placeholder: nothing live yet
-        live = raw.get("live")
+        live, failed = raw.get("live"), raw.get("failed")
         return cls(live=Release(**live) if live else None,
-                   previous=[Release(**r) for r in raw.get("previous", [])])
+                   previous=[Release(**r) for r in raw.get("previous", [])],
+                   failed=FailedRollout(**failed) if failed else None)
 
 
 @dataclass(frozen=True)
@@ -88,8 +107,11 @@ class Deploy:
 
 @dataclass(frozen=True)
 class Rollback:
-    rejected: Release
-    new_state: LiveState  # live = the version to restore; candidates are checked by the handler
+    """Move the Deployment off a rejected version: to the first candidate the registry still approves."""
+
+    rejected: int  # the rejected version the Deployment runs
+    candidates: list[Release]  # newest first; the handler checks each with the registry
+    reason: str
     kind: Literal["rollback"] = "rollback"
 
 
@@ -162,32 +184,59 @@ def decide_approved(event: PackageEvent, description: dict[str, Any], state: Liv
                   reason=f"version {release.version} approved")
 
 
-def decide_rejected(event: PackageEvent, state: LiveState) -> Decision:
-    """Rejected: roll back when it is the live version; otherwise never roll back to it later."""
-    if state.live is None or state.live.version != event.version:
-        remaining = [r for r in state.previous if r.version != event.version]
-        if len(remaining) == len(state.previous):
-            return Ignore(f"version {event.version} rejected; it is not live and not in the history")
-        return Forget(event.version, LiveState(live=state.live, previous=remaining))
-    return Rollback(state.live, LiveState(live=None, previous=list(state.previous)))
+def deployed_version(deployment: dict[str, Any] | None) -> int | None:
+    """The model package version the Deployment was last patched to (its version annotation), if any."""
+    if not deployment:
+        return None
+    for meta in (deployment.get("metadata") or {},
+                 ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}):
+        value = (meta.get("annotations") or {}).get(c.VERSION_ANNOTATION)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
-def plan_rollback(rejected: Release, previous: list[Release],
+def decide_rejected(event: PackageEvent, state: LiveState, deployed: int | None = None) -> Decision:
+    """Rejected: roll back when the Deployment runs it; otherwise never roll back to it later.
+
+    "Runs it" is either the recorded live version or the Deployment's version annotation: a rollout that
+    failed and could not be restored (or was cut off) leaves the Deployment on a version that never made
+    it into the record, and rejecting that version must still move the Deployment off it.
+    """
+    if state.live is not None and state.live.version == event.version:
+        return Rollback(event.version, list(state.previous), reason=f"live version {event.version} rejected")
+    if deployed == event.version:
+        # The record's live version is what the old pods still serve: the first candidate to go back to.
+        candidates = ([state.live] if state.live else []) + list(state.previous)
+        return Rollback(event.version, candidates,
+                        reason=f"version {event.version} rejected; the Deployment is patched to it "
+                        "(a rollout that did not complete)")
+    remaining = [r for r in state.previous if r.version != event.version]
+    if len(remaining) == len(state.previous):
+        return Ignore(f"version {event.version} rejected; it is not live, not deployed and not in the history")
+    return Forget(event.version, LiveState(live=state.live, previous=remaining, failed=state.failed))
+
+
+def plan_rollback(rejected: int, candidates: list[Release],
                   still_approved: Callable[[Release], bool]) -> tuple[Release, LiveState]:
-    """The newest earlier version that the registry still calls Approved, and the state after it is live.
+    """The newest candidate that the registry still calls Approved, and the state after it is live.
 
     Versions skipped on the way (rejected since) are dropped from the history.
     """
-    for i, candidate in enumerate(previous):
-        if candidate.version != rejected.version and still_approved(candidate):
-            rest = [r for r in previous[i + 1:] if r.version != rejected.version]
+    for i, candidate in enumerate(candidates):
+        if candidate.version != rejected and still_approved(candidate):
+            rest = [r for r in candidates[i + 1:] if r.version != rejected]
             return candidate, LiveState(live=candidate, previous=rest)
-    raise RolloutError(f"live version {rejected.version} was rejected and no earlier approved version is "
-                       "recorded to roll back to; the Deployment keeps serving it")
+    raise RolloutError(f"version {rejected} was rejected and no earlier approved version is recorded to "
+                       "roll back to; the Deployment keeps serving it")
 
 
 def decide(event: PackageEvent, group: str, state: LiveState,
-           description: dict[str, Any] | None) -> Decision:
+           description: dict[str, Any] | None, deployed: int | None = None) -> Decision:
+    """What to do about ``event``; ``deployed`` is the Deployment's version annotation (Rejected only)."""
     if event.group != group:
         return Ignore(f"package {event.arn} belongs to group {event.group!r}, not {group!r}")
     if event.status == c.APPROVED:
@@ -195,7 +244,7 @@ def decide(event: PackageEvent, group: str, state: LiveState,
             raise RolloutError(f"approved package {event.arn} could not be described")
         return decide_approved(event, description, state)
     if event.status == c.REJECTED:
-        return decide_rejected(event, state)
+        return decide_rejected(event, state, deployed)
     return Ignore(f"package {event.arn} is {event.status}: only Approved and Rejected act")
 
 
