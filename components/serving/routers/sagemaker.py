@@ -4,6 +4,11 @@ Bodies: JSON (one request object, ``{"instances": [...]}``, or a list of request
 line: ``user_id[,top_k]``). Answers in JSON (default) or CSV per ``Accept``. Content types are
 sagemaker-inference's constants. Its CSV codec does not fit ids: ``np.genfromtxt`` turns "00123" into
 123.0 and ``np.savetxt`` does not quote, so CSV goes through the csv module instead.
+
+Untrusted sizes are refused as early as they are known: a declared Content-Length over the limit before any
+byte is read, a streamed body once it passes the limit, a batch over ``max_batch`` users once its users are
+counted and before any is validated. Bodies big enough to take noticeable CPU are parsed in a worker thread
+so the event loop keeps answering (health checks included).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 from typing import Any
 
 import orjson
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -32,6 +38,8 @@ from components.serving.routers.models import (
 from components.serving.settings import ServingSettings
 
 MAX_BODY_BYTES = 6 << 20  # SageMaker real-time endpoints take payloads up to 6 MB
+# Smaller bodies parse in well under a millisecond: inline beats a hop to the thread pool.
+INLINE_PARSE_BYTES = 64 << 10
 SUPPORTED = (content_types.JSON, content_types.CSV)
 CSV_HEADER = ("user_id", "rank", "item_id", "score", "fallback_reason")
 
@@ -59,27 +67,37 @@ def _accept(value: str | None) -> str | None:
     return None
 
 
+def _over_batch(max_batch: int, got: int | None = None) -> BadInvocation:
+    counted = f"got {got}" if got is not None else "got more"
+    return BadInvocation(f"body: at most {max_batch} users per request (ECOMREC_MAX_BATCH), {counted}")
+
+
+def _validation_error(error: ValidationError, prefix: str = "") -> BadInvocation:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return BadInvocation(f"{prefix}{where}: {first['msg']}", parameter=where)
+
+
 def _from_json(body: bytes, max_batch: int) -> tuple[list[InvocationRequest], bool]:
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise BadInvocation(f"body: invalid JSON ({error})") from error
+    # Count before validating: validating millions of rows only to refuse them is the expensive part.
+    if isinstance(data, dict) and isinstance(data.get("instances"), list) and len(data["instances"]) > max_batch:
+        raise _over_batch(max_batch, len(data["instances"]))
+    if isinstance(data, list) and len(data) > max_batch:
+        raise _over_batch(max_batch, len(data))
     try:
         if isinstance(data, dict) and "instances" in data:
-            requests, batch = InvocationBatch.model_validate(data).instances, True
-        elif isinstance(data, list):
+            return InvocationBatch.model_validate(data).instances, True
+        if isinstance(data, list):
             if not data:
                 raise BadInvocation("body: empty list of requests")
-            requests, batch = [InvocationRequest.model_validate(item) for item in data], True
-        else:
-            requests, batch = [InvocationRequest.model_validate(data)], False
+            return [InvocationRequest.model_validate(item) for item in data], True
+        return [InvocationRequest.model_validate(data)], False
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadInvocation(f"{where}: {first['msg']}", parameter=where) from error
-    if len(requests) > max_batch:
-        raise BadInvocation(f"body: at most {max_batch} users per request, got {len(requests)}")
-    return requests, batch
+        raise _validation_error(error) from error
 
 
 def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
@@ -87,14 +105,20 @@ def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BadInvocation(f"body: CSV is not UTF-8 ({error})") from error
-    requests: list[InvocationRequest] = []
+    rows: list[tuple[int, list[str]]] = []
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        for line, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(rows) == max_batch:  # stop reading at the first user over the limit
+                raise _over_batch(max_batch)
+            rows.append((line, row))
     except csv.Error as error:
         raise BadInvocation(f"body: unreadable CSV ({error})") from error
-    for line, row in enumerate(rows, start=1):
-        if not row or all(not cell.strip() for cell in row):
-            continue
+    if not rows:
+        raise BadInvocation("body: no user in the CSV")
+    requests: list[InvocationRequest] = []
+    for line, row in rows:
         if len(row) > 2:
             raise BadInvocation(f"line {line}: expected user_id[,top_k], got {len(row)} fields",
                                 f"line {line}")
@@ -107,14 +131,37 @@ def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
         try:
             requests.append(InvocationRequest(user_id=row[0].strip(), top_k=top_k))
         except ValidationError as error:
-            first = error.errors()[0]
-            name = ".".join(str(p) for p in first["loc"])
-            raise BadInvocation(f"line {line}: {name}: {first['msg']}", name) from error
-    if not requests:
-        raise BadInvocation("body: no user in the CSV")
-    if len(requests) > max_batch:
-        raise BadInvocation(f"body: at most {max_batch} users per request, got {len(requests)}")
+            raise _validation_error(error, prefix=f"line {line}: ") from error
     return requests
+
+
+def _parse(body: bytes, content_type: str, settings: ServingSettings) -> tuple[list[InvocationRequest], bool]:
+    """The requests in the body and whether it was a batch; BadInvocation (a 422) otherwise."""
+    if content_type == content_types.JSON:
+        requests, batch = _from_json(body, settings.max_batch)
+    else:
+        requests, batch = _from_csv(body, settings.max_batch), True
+    for item in requests:
+        if item.top_k is not None and item.top_k > settings.max_top_k:
+            raise BadInvocation(f"top_k: at most {settings.max_top_k}, got {item.top_k}", "top_k")
+    return requests, batch
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over ``limit`` bytes: from Content-Length before
+    anything is read, else while streaming (chunked bodies declare no length)."""
+    declared = request.headers.get("content-length", "").strip()
+    # More than 12 digits is over any limit here; int() of thousands of digits would raise.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > limit):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _to_csv(answers: list[dict[str, Any]]) -> bytes:
@@ -172,17 +219,16 @@ def build_router(settings: ServingSettings) -> APIRouter:
         if accept is None:
             return error_response(406, f"cannot answer in {request.headers.get('accept')!r}; use one of "
                                        f"{SUPPORTED}", parameter="accept")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return error_response(413, f"body over {MAX_BODY_BYTES} bytes", parameter="body")
+        body = await _read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            # Connection: close, so the server drops the connection instead of draining the rest.
+            return error_response(413, f"body over {MAX_BODY_BYTES} bytes", parameter="body",
+                                  headers={"Connection": "close"})
         try:
-            if content_type == content_types.JSON:
-                requests, batch = _from_json(body, settings.max_batch)
+            if len(body) <= INLINE_PARSE_BYTES:
+                requests, batch = _parse(body, content_type, settings)
             else:
-                requests, batch = _from_csv(body, settings.max_batch), True
-            for item in requests:
-                if item.top_k is not None and item.top_k > settings.max_top_k:
-                    raise BadInvocation(f"top_k: at most {settings.max_top_k}, got {item.top_k}", "top_k")
+                requests, batch = await to_thread.run_sync(_parse, body, content_type, settings)
         except BadInvocation as error:
             return error_response(422, str(error), parameter=error.parameter)
         model = current_model(request)
