@@ -408,3 +408,29 @@ def test_a_large_body_is_parsed_off_the_event_loop(small_batch_url: str, shop: S
         answer = httpx.post(f"{small_batch_url}/invocations", content=body, headers={"content-type": "text/csv"})
         assert answer.status_code == 200, answer.text
     assert on_loop == [False, True]
+
+
+@pytest.mark.parametrize(("accept", "answer"), [
+    ("text/csv;q=0, application/json", "application/json"),
+    ("application/json;q=0, text/csv", "text/csv"),
+    ("application/json;q=0.5, text/csv;q=0.9", "text/csv"),
+    ("text/csv;q=0.4, application/*;q=0.8", "application/json"),
+    ("application/json;q=0, */*", "text/csv"),  # the specific range's q=0 beats the wildcard's q=1
+    ("text/csv, application/json", "text/csv"),  # equal q: the first listed
+    ("*/*", "application/json"),
+    ("TEXT/CSV; Q=1", "text/csv"),
+    ("text/csv;q=oops, application/json", "application/json"),  # a malformed q drops its range only
+    ("text/csv;q=0", None),
+    ("*/*;q=0", None),
+    ("image/png", None),
+])
+def test_invocations_accept_follows_q_values(client: httpx.Client, shop: SyntheticShop, accept: str,
+                                             answer: str | None) -> None:
+    response = client.post("/invocations", content=f"{shop.user_ids[0]},2\n",
+                           headers={"content-type": "text/csv", "accept": accept})
+    if answer is None:
+        assert response.status_code == 406, response.text
+        assert response.json()["parameter"] == "accept"
+    else:
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].split(";")[0] == answer

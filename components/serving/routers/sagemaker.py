@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 import orjson
@@ -54,17 +55,45 @@ def _media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
 
 
-def _accept(value: str | None) -> str | None:
-    """The response type: JSON unless the client accepts CSV and not JSON first. None: nothing we speak."""
-    if not value:
-        return content_types.JSON
+def _accept_ranges(value: str) -> list[tuple[str, float]]:
+    """(media range, q) of an Accept header in the order listed. A malformed q-value drops its range,
+    not the header."""
+    ranges: list[tuple[str, float]] = []
     for part in value.split(","):
-        media = _media_type(part)
-        if media in (content_types.JSON, content_types.ANY, "application/*"):
-            return content_types.JSON
-        if media in (content_types.CSV, "text/*"):
-            return content_types.CSV
-    return None
+        media, *params = part.split(";")
+        q = 1.0
+        for param in params:
+            name, _, raw = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(raw.strip())
+                except ValueError:
+                    q = math.nan
+        if 0 <= q <= 1:  # False for NaN too
+            ranges.append((media.strip().lower(), q))
+    return ranges
+
+
+def _accept(value: str | None) -> str | None:
+    """The response type for an Accept header: the supported type with the highest q-value; None if
+    neither is acceptable. As RFC 9110 12.5.1: a type takes the q of the most specific range matching it,
+    q=0 means "not this", no match means not acceptable. On equal q the range listed first wins, and JSON
+    when one range covers both (``*/*``)."""
+    if not value or not value.strip():
+        return content_types.JSON
+    ranges = _accept_ranges(value)
+
+    def rank(supported: str) -> tuple[float, int]:
+        major = supported.split("/")[0]
+        for pattern in (supported, f"{major}/*", "*/*"):
+            for position, (media, q) in enumerate(ranges):
+                if media == pattern:
+                    return q, -position
+        return 0.0, 0
+
+    (q, _, _), chosen = max(((*rank(media), preference), media)
+                            for preference, media in enumerate((content_types.CSV, content_types.JSON)))
+    return chosen if q > 0 else None
 
 
 def _over_batch(max_batch: int, got: int | None = None) -> BadInvocation:
