@@ -434,3 +434,19 @@ def test_invocations_accept_follows_q_values(client: httpx.Client, shop: Synthet
     else:
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].split(";")[0] == answer
+
+
+@pytest.mark.parametrize(("body", "parameter"), [
+    ({"user_id": "u1", "top_k": True}, "top_k"),
+    ({"user_id": "u1", "top_k": False}, "top_k"),
+    ({"user_id": "u1", "top_k": 2.0}, "top_k"),
+    ({"user_id": "u1", "top_k": "2"}, "top_k"),
+    ({"instances": [{"user_id": "u1"}, {"user_id": "u2", "top_k": True}]}, "instances.1.top_k"),
+    ([{"user_id": "u1", "top_k": True}], "top_k"),
+])
+def test_invocations_top_k_must_be_a_json_integer(client: httpx.Client, body: Any, parameter: str) -> None:
+    """true is not 1: booleans (and floats, strings) are refused for the integer field, named."""
+    response = client.post("/invocations", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["parameter"] == parameter
+    assert parameter in response.json()["error"]
