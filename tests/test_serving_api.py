@@ -234,13 +234,14 @@ def test_metrics_move_with_traffic(client: httpx.Client, shop: SyntheticShop) ->
                                                                             status="422"),
         "hist": _sample(after, mn.REQUEST_LATENCY_SECONDS + "_count", route=route, status="200")
         - _sample(before, mn.REQUEST_LATENCY_SECONDS + "_count", route=route, status="200"),
-        "fallback": _sample(after, mn.FALLBACK_TOTAL, reason="unknown_user")
-        - _sample(before, mn.FALLBACK_TOTAL, reason="unknown_user"),
-        "scored": _sample(after, mn.CANDIDATES_SCORED_TOTAL) - _sample(before, mn.CANDIDATES_SCORED_TOTAL),
+        "fallback": _sample(after, mn.FALLBACK_TOTAL, route=route, reason="unknown_user")
+        - _sample(before, mn.FALLBACK_TOTAL, route=route, reason="unknown_user"),
+        "considered": _sample(after, mn.CANDIDATES_CONSIDERED_TOTAL)
+        - _sample(before, mn.CANDIDATES_CONSIDERED_TOTAL),
     }
     cold = set(shop.cold_user_ids)
     assert moved == {"ok": 6, "422": 1, "hist": 6, "fallback": 1,
-                     "scored": 40 * sum(u not in cold for u in shop.user_ids[:5])}
+                     "considered": 40 * sum(u not in cold for u in shop.user_ids[:5])}
     assert _sample(after, mn.REQUEST_LATENCY_SECONDS + "_bucket", route=route, status="200", le="+Inf") >= 6
     assert _sample(after, mn.MODEL_INFO + "_info") == 1
     assert _sample(after, mn.MODEL_LAST_LOAD_SUCCESS) == 1
@@ -249,6 +250,26 @@ def test_metrics_move_with_traffic(client: httpx.Client, shop: SyntheticShop) ->
     assert _sample(after, mn.CATALOG_ITEMS) == len(shop.item_ids)
     assert 0 < _sample(after, mn.ITEMS_SERVED_DISTINCT) <= len(shop.item_ids)
     assert 'route="unmatched"' not in after or client.get("/nope").status_code == 404
+
+
+def test_fallbacks_are_counted_per_route_as_the_requests_are(client: httpx.Client) -> None:
+    """A batch of 7 unknown users is 7 fallbacks of /invocations and none of /recommendations, whose
+    fallback share (the dashboard's) divides by /recommendations answers: per route, both sides agree."""
+    before = client.get("/metrics").text
+    batch = client.post("/invocations", json={"instances": [{"user_id": f"ghost-{i}"} for i in range(7)]})
+    assert batch.status_code == 200
+    client.get("/recommendations", params={"user_id": "ghost"})  # the fast path
+    client.get("/recommendations", params={"user_id": "ghost", "exclude": ""})  # the FastAPI route
+    after = client.get("/metrics").text
+
+    def moved(route: str) -> float:
+        return (_sample(after, mn.FALLBACK_TOTAL, route=route, reason="unknown_user")
+                - _sample(before, mn.FALLBACK_TOTAL, route=route, reason="unknown_user"))
+
+    assert (moved("/invocations"), moved("/recommendations")) == (7, 2)
+    answered = (_sample(after, mn.REQUESTS_TOTAL, route="/recommendations", status="200")
+                - _sample(before, mn.REQUESTS_TOTAL, route="/recommendations", status="200"))
+    assert answered == 2
 
 
 def test_every_metric_name_is_exported(client: httpx.Client) -> None:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from sagemaker_inference import content_types
 
 from components.serving.engine import UnknownCategoryAttributeError
+from components.serving.metrics import INVOCATIONS_ROUTE
 from components.serving.responses import OrjsonResponse, error_response
 from components.serving.routers._deps import current_model, service
 from components.serving.routers.models import (
@@ -228,7 +229,7 @@ def build_router(settings: ServingSettings) -> APIRouter:
         return OrjsonResponse({"status": "ok"})
 
     @router.post(
-        "/invocations",
+        INVOCATIONS_ROUTE,
         summary="SageMaker inference: one user or a batch, JSON or CSV",
         openapi_extra={"requestBody": _INVOCATION_BODY},
         response_model=Recommendations | Predictions,
@@ -263,7 +264,7 @@ def build_router(settings: ServingSettings) -> APIRouter:
         model = current_model(request)
         state = service(request)
         try:
-            answers = [state.answer(model, r.user_id, r.top_k or settings.default_top_k,
+            answers = [state.answer(model, r.user_id, r.top_k or settings.default_top_k, route=INVOCATIONS_ROUTE,
                                     exclude_purchased=r.exclude_purchased, exclude=r.exclude,
                                     category=r.category) for r in requests]
         except UnknownCategoryAttributeError as error:
