@@ -181,9 +181,11 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it is known to be over ``limit`` bytes: from Content-Length before
     anything is read, else while streaming (chunked bodies declare no length)."""
     declared = request.headers.get("content-length", "").strip()
-    # More than 12 digits is over any limit here; int() of thousands of digits would raise.
-    if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > limit):
-        return None
+    if declared.isascii() and declared.isdigit():
+        digits = declared.lstrip("0") or "0"
+        # Over 12 digits is over any limit here (and int() refuses thousands of digits).
+        if len(digits) > 12 or int(digits) > limit:
+            return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
