@@ -383,6 +383,13 @@ def test_an_oversized_body_is_read_no_further_than_the_limit(shop: SyntheticShop
     assert pulled == (0 if declare_length else MAX_BODY_BYTES // (1 << 20) + 1)
 
 
+def test_a_small_body_with_a_zero_padded_content_length_is_read(shop: SyntheticShop, tmp_path: Path) -> None:
+    app = create_app(ServingSettings(model=str(shop.archive), work_dir=tmp_path, watch_interval_s=0))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"0" * 20 + b"2")]
+    status, pulled = anyio.run(_drive, app, headers, iter([b"{}"]))
+    assert (status, pulled) == (422, 1)  # read and refused for its content (no user_id), not its size
+
+
 @pytest.fixture(scope="module")
 def small_batch_url(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path_factory.mktemp("work"),
