@@ -198,10 +198,6 @@ def test_the_image_layout_serves_through_the_serve_script(tmp_path: Path) -> Non
     image_layout(app)
     assert (app / "components" / "serving" / "__main__.py").is_file()
     python_bin = isolated_python(tmp_path / "venv")
-    # The isolation itself: a package the image does not copy must not be importable.
-    probe = subprocess.run([str(python_bin / "python"), "-c", "import components.etl"], cwd=tmp_path,
-                           env={"PYTHONPATH": str(app)}, capture_output=True, text=True)
-    assert "No module named 'components.etl'" in probe.stderr, probe.stderr
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(
@@ -213,6 +209,19 @@ def test_the_image_layout_serves_through_the_serve_script(tmp_path: Path) -> Non
         "            raise ImportError(f'{name} is not in the inference image')\n"
         "        return None\n"
         "sys.meta_path.insert(0, _Block())\n")
+    # The isolation itself: neither a components package the image lacks nor a training library imports.
+    probe = subprocess.run(
+        [str(python_bin / "python"), "-c",
+         "import importlib\n"
+         "for name in ('components.etl', 'pyspark'):\n"
+         "    try:\n"
+         "        importlib.import_module(name)\n"
+         "        print(name, 'imported')\n"
+         "    except ImportError as error:\n"
+         "        print(name, 'refused:', error)\n"],
+        cwd=tmp_path, env={"PYTHONPATH": f"{guard}:{app}"}, capture_output=True, text=True, check=True)
+    assert probe.stdout.splitlines() == ["components.etl refused: No module named 'components.etl'",
+                                         "pyspark refused: pyspark is not in the inference image"], probe.stdout
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     port = free_port()
