@@ -94,6 +94,21 @@ def test_dashboard_has_the_panels_the_team_needs() -> None:
     assert len(ids) == len(set(ids))
 
 
+def test_the_fallback_share_divides_like_by_like() -> None:
+    """Fallbacks are counted per answered user, on every route that answers (a 1,000-user /invocations
+    batch is 1,000 of them): the share must take the numerator and the denominator on the same route, and
+    count answers (200s) below, as each of those is one user answered."""
+    shares = {title: expr for title, expr in dashboard_exprs().items()
+              if metric_names.FALLBACK_TOTAL in expr and metric_names.REQUESTS_TOTAL in expr}
+    assert shares, "the dashboard shows no fallback share"
+    for title, expr in shares.items():
+        numerator, denominator = expr.split(" / ")
+        assert metric_names.FALLBACK_TOTAL in numerator and metric_names.REQUESTS_TOTAL in denominator, title
+        routes = [re.findall(r'route="([^"]+)"', side) for side in (numerator, denominator)]
+        assert routes[0] and routes[0] == routes[1], f"{title}: fallbacks of {routes[0]} over requests of {routes[1]}"
+        assert 'status="200"' in denominator, title
+
+
 def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     """promtool has no query linter: every panel query becomes a recording rule and is checked as one."""
     exprs = dashboard_exprs()

@@ -4,14 +4,20 @@ scored by a real CatBoost model."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -228,13 +234,14 @@ def test_metrics_move_with_traffic(client: httpx.Client, shop: SyntheticShop) ->
                                                                             status="422"),
         "hist": _sample(after, mn.REQUEST_LATENCY_SECONDS + "_count", route=route, status="200")
         - _sample(before, mn.REQUEST_LATENCY_SECONDS + "_count", route=route, status="200"),
-        "fallback": _sample(after, mn.FALLBACK_TOTAL, reason="unknown_user")
-        - _sample(before, mn.FALLBACK_TOTAL, reason="unknown_user"),
-        "scored": _sample(after, mn.CANDIDATES_SCORED_TOTAL) - _sample(before, mn.CANDIDATES_SCORED_TOTAL),
+        "fallback": _sample(after, mn.FALLBACK_TOTAL, route=route, reason="unknown_user")
+        - _sample(before, mn.FALLBACK_TOTAL, route=route, reason="unknown_user"),
+        "considered": _sample(after, mn.CANDIDATES_CONSIDERED_TOTAL)
+        - _sample(before, mn.CANDIDATES_CONSIDERED_TOTAL),
     }
     cold = set(shop.cold_user_ids)
     assert moved == {"ok": 6, "422": 1, "hist": 6, "fallback": 1,
-                     "scored": 40 * sum(u not in cold for u in shop.user_ids[:5])}
+                     "considered": 40 * sum(u not in cold for u in shop.user_ids[:5])}
     assert _sample(after, mn.REQUEST_LATENCY_SECONDS + "_bucket", route=route, status="200", le="+Inf") >= 6
     assert _sample(after, mn.MODEL_INFO + "_info") == 1
     assert _sample(after, mn.MODEL_LAST_LOAD_SUCCESS) == 1
@@ -243,6 +250,26 @@ def test_metrics_move_with_traffic(client: httpx.Client, shop: SyntheticShop) ->
     assert _sample(after, mn.CATALOG_ITEMS) == len(shop.item_ids)
     assert 0 < _sample(after, mn.ITEMS_SERVED_DISTINCT) <= len(shop.item_ids)
     assert 'route="unmatched"' not in after or client.get("/nope").status_code == 404
+
+
+def test_fallbacks_are_counted_per_route_as_the_requests_are(client: httpx.Client) -> None:
+    """A batch of 7 unknown users is 7 fallbacks of /invocations and none of /recommendations, whose
+    fallback share (the dashboard's) divides by /recommendations answers: per route, both sides agree."""
+    before = client.get("/metrics").text
+    batch = client.post("/invocations", json={"instances": [{"user_id": f"ghost-{i}"} for i in range(7)]})
+    assert batch.status_code == 200
+    client.get("/recommendations", params={"user_id": "ghost"})  # the fast path
+    client.get("/recommendations", params={"user_id": "ghost", "exclude": ""})  # the FastAPI route
+    after = client.get("/metrics").text
+
+    def moved(route: str) -> float:
+        return (_sample(after, mn.FALLBACK_TOTAL, route=route, reason="unknown_user")
+                - _sample(before, mn.FALLBACK_TOTAL, route=route, reason="unknown_user"))
+
+    assert (moved("/invocations"), moved("/recommendations")) == (7, 2)
+    answered = (_sample(after, mn.REQUESTS_TOTAL, route="/recommendations", status="200")
+                - _sample(before, mn.REQUESTS_TOTAL, route="/recommendations", status="200"))
+    assert answered == 2
 
 
 def test_every_metric_name_is_exported(client: httpx.Client) -> None:
@@ -284,3 +311,170 @@ def test_serves_an_unpacked_folder_as_sagemaker_mounts_it(shop: SyntheticShop, t
         body = client.post("/invocations", json={"user_id": shop.user_ids[0], "top_k": 2}).json()
         assert len(body["items"]) == 2
     assert (folder / s.BUNDLE_MANIFEST).is_file()  # the mount is left as it was
+
+
+def _raw_exchange(base_url: str, head: bytes, body: bytes) -> tuple[bytes, bool]:
+    """Send a request head and the first body bytes on a raw socket (nothing more) and return the
+    response's first bytes and whether the server closed the connection after answering."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + body)
+        answer = sock.recv(65536)  # a server that waits for the declared body times out here
+        closed = False
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+            closed = True
+    return answer, closed
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_read(base_url: str) -> None:
+    """400 MB declared, 1 KB sent: the 413 comes at once and the connection is closed, not drained."""
+    declared = 400 << 20
+    head = (f"POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+    answer, closed = _raw_exchange(base_url, head, b"x" * 1024)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"parameter":"body"' in answer
+    assert closed
+
+
+async def _drive(app: Any, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes]) -> tuple[int, int]:
+    """Call the ASGI app with a POST /invocations whose body comes from ``chunks``; return the status and
+    how many body messages the app pulled."""
+    pulled = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/invocations", "raw_path": b"/invocations", "root_path": "",
+             "query_string": b"", "headers": [(b"host", b"test"), *headers], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "state": {}}
+    await app(scope, receive, send)
+    return status, pulled
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_read_no_further_than_the_limit(shop: SyntheticShop, tmp_path: Path,
+                                                            declare_length: bool) -> None:
+    """At the ASGI level, with 400 one-MB chunks on offer: none is pulled when Content-Length says too
+    much; without a length, reading stops at the first chunk over 6 MB."""
+    from components.serving.routers.sagemaker import MAX_BODY_BYTES
+
+    app = create_app(ServingSettings(model=str(shop.archive), work_dir=tmp_path, watch_interval_s=0))
+    chunks = iter([b" " * (1 << 20)] * 400)
+    headers = [(b"content-type", b"application/json")]
+    if declare_length:
+        headers.append((b"content-length", str(400 << 20).encode()))
+    status, pulled = anyio.run(_drive, app, headers, chunks)
+    assert status == 413
+    assert pulled == (0 if declare_length else MAX_BODY_BYTES // (1 << 20) + 1)
+
+
+def test_a_small_body_with_a_zero_padded_content_length_is_read(shop: SyntheticShop, tmp_path: Path) -> None:
+    app = create_app(ServingSettings(model=str(shop.archive), work_dir=tmp_path, watch_interval_s=0))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"0" * 20 + b"2")]
+    status, pulled = anyio.run(_drive, app, headers, iter([b"{}"]))
+    assert (status, pulled) == (422, 1)  # read and refused for its content (no user_id), not its size
+
+
+@pytest.fixture(scope="module")
+def small_batch_url(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path_factory.mktemp("work"),
+                               watch_interval_s=0, max_batch=5)
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/csv"])
+def test_a_batch_over_max_batch_is_refused_before_its_users_are_validated(small_batch_url: str,
+                                                                          content_type: str) -> None:
+    """max_batch + 1 users with a malformed last one: the 422 names the batch limit (counted first), not
+    the malformed user (which only validating every user would reach)."""
+    if content_type == "text/csv":
+        body = b"u\n" * 5 + b"u,not-a-number\n"
+    else:
+        body = orjson.dumps({"instances": [{"user_id": "u"}] * 5 + [{"user_id": ""}]})
+    answer = httpx.post(f"{small_batch_url}/invocations", content=body, headers={"content-type": content_type})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["parameter"] == "body"
+    assert "at most 5 users" in answer.json()["error"]
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(small_batch_url: str, shop: SyntheticShop,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big body's parsing (decode, CSV rows, validation) runs in a worker thread: the event loop keeps
+    answering health checks meanwhile. Small bodies stay inline."""
+    from components.serving.routers import sagemaker
+
+    on_loop: list[bool] = []
+    parse = sagemaker._parse
+
+    def spy(*args: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # no running loop in this thread: a worker thread
+            on_loop.append(False)
+        return parse(*args)
+
+    monkeypatch.setattr(sagemaker, "_parse", spy)
+    big = b"\n" * (1 << 20) + f"{shop.user_ids[0]}\n".encode()  # a valid 1 MB CSV: one user, blank lines
+    for body in (big, f"{shop.user_ids[0]}\n".encode()):
+        answer = httpx.post(f"{small_batch_url}/invocations", content=body, headers={"content-type": "text/csv"})
+        assert answer.status_code == 200, answer.text
+    assert on_loop == [False, True]
+
+
+@pytest.mark.parametrize(("accept", "answer"), [
+    ("text/csv;q=0, application/json", "application/json"),
+    ("application/json;q=0, text/csv", "text/csv"),
+    ("application/json;q=0.5, text/csv;q=0.9", "text/csv"),
+    ("text/csv;q=0.4, application/*;q=0.8", "application/json"),
+    ("application/json;q=0, */*", "text/csv"),  # the specific range's q=0 beats the wildcard's q=1
+    ("text/csv, application/json", "text/csv"),  # equal q: the first listed
+    ("*/*", "application/json"),
+    ("TEXT/CSV; Q=1", "text/csv"),
+    ("text/csv;q=oops, application/json", "application/json"),  # a malformed q drops its range only
+    ("text/csv;q=0", None),
+    ("*/*;q=0", None),
+    ("image/png", None),
+])
+def test_invocations_accept_follows_q_values(client: httpx.Client, shop: SyntheticShop, accept: str,
+                                             answer: str | None) -> None:
+    response = client.post("/invocations", content=f"{shop.user_ids[0]},2\n",
+                           headers={"content-type": "text/csv", "accept": accept})
+    if answer is None:
+        assert response.status_code == 406, response.text
+        assert response.json()["parameter"] == "accept"
+    else:
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].split(";")[0] == answer
+
+
+@pytest.mark.parametrize(("body", "parameter"), [
+    ({"user_id": "u1", "top_k": True}, "top_k"),
+    ({"user_id": "u1", "top_k": False}, "top_k"),
+    ({"user_id": "u1", "top_k": 2.0}, "top_k"),
+    ({"user_id": "u1", "top_k": "2"}, "top_k"),
+    ({"instances": [{"user_id": "u1"}, {"user_id": "u2", "top_k": True}]}, "instances.1.top_k"),
+    ([{"user_id": "u1", "top_k": True}], "top_k"),
+])
+def test_invocations_top_k_must_be_a_json_integer(client: httpx.Client, body: Any, parameter: str) -> None:
+    """true is not 1: booleans (and floats, strings) are refused for the integer field, named."""
+    response = client.post("/invocations", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["parameter"] == parameter
+    assert parameter in response.json()["error"]

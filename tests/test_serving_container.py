@@ -1,10 +1,14 @@
 """The inference image without a Docker engine: the Dockerfile's invariants (slim base, non-root user,
 port 8080, the `serve` entry point, writable paths under /tmp), hadolint when installed, and the image's
 own file layout started through the real `serve` script with Spark and the other training libraries
-made unimportable. The bundle is synthetic (write_bundle, real CatBoost)."""
+made unimportable. The bundle is synthetic (write_bundle, real CatBoost).
+
+The layout runs in a fresh venv that sees the dev venv's site-packages but not its editable install of this
+repository (whose import finder would quietly supply any components module the Dockerfile forgot)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -12,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import tomllib
 from pathlib import Path
@@ -107,10 +112,83 @@ def image_layout(app: Path) -> None:
                 shutil.copy2(src, target / src.name)
 
 
+def isolated_python(root: Path) -> Path:
+    """A venv like the image's /opt/venv: the dev venv's third-party packages, but not its .pth files (the
+    editable finder that maps `components` to the repository is one). Returns its bin folder."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=60)
+    packages = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    # A path line in a .pth file only extends sys.path; the .pth files in that folder are not run.
+    site = Path(subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "dev-venv-packages.pth").write_text("".join(f"{p}\n" for p in sorted(packages)))
+    return root / "bin"
+
+
+def _imports(path: Path, module: str) -> tuple[set[str], set[str]]:
+    """The modules the file's import statements need (function-level imports too), and the names that
+    may be modules: ``from a import b`` needs ``a``, and ``a.b`` if that is a module."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    needed: set[str] = set()
+    maybe: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            needed |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join([*parts[:len(parts) - node.level + 1], *([base] if base else [])])
+            needed.add(base)
+            maybe |= {f"{base}.{alias.name}" for alias in node.names}
+    return needed, maybe
+
+
+def missing_components_modules(app: Path, entry_points: tuple[str, ...]) -> set[str]:
+    """``components`` modules that the entry points import, directly or not, and that are not under
+    ``app``. Static, so imports inside functions (taken only on some requests or settings) count too."""
+
+    def source(name: str) -> Path | None:
+        stem = app.joinpath(*name.split("."))
+        return next((p for p in (stem.with_suffix(".py"), stem / "__init__.py") if p.is_file()), None)
+
+    missing: set[str] = set()
+    seen: set[str] = set()
+    todo = [(name, True) for name in entry_points]
+    while todo:
+        name, needed = todo.pop()
+        if name in seen or name.split(".")[0] != "components":
+            continue
+        path = source(name)
+        if path is None:
+            if needed:
+                missing.add(name)
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [(".".join(parts[:i]), True) for i in range(1, len(parts))]  # importing a.b runs a first
+        needs, maybe = _imports(path, name)
+        todo += [(m, True) for m in needs] + [(m, False) for m in maybe]
+    return missing
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# What the image runs: `serve` -> `python -m components.serving` -> uvicorn's "components.serving.main".
+ENTRY_POINTS = ("components.serving.__main__", "components.serving.main")
+
+
+def test_the_image_layout_holds_every_components_module_serving_imports(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    image_layout(app)
+    assert missing_components_modules(app, ENTRY_POINTS) == set()
+    # Not vacuous: a module the serving code imports, taken out of the layout, is reported.
+    (app / "components" / "storage.py").unlink()
+    assert missing_components_modules(app, ENTRY_POINTS) == {"components.storage"}
 
 
 def test_the_image_layout_serves_through_the_serve_script(tmp_path: Path) -> None:
@@ -119,6 +197,7 @@ def test_the_image_layout_serves_through_the_serve_script(tmp_path: Path) -> Non
     app = tmp_path / "app"
     image_layout(app)
     assert (app / "components" / "serving" / "__main__.py").is_file()
+    python_bin = isolated_python(tmp_path / "venv")
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(
@@ -130,11 +209,24 @@ def test_the_image_layout_serves_through_the_serve_script(tmp_path: Path) -> Non
         "            raise ImportError(f'{name} is not in the inference image')\n"
         "        return None\n"
         "sys.meta_path.insert(0, _Block())\n")
+    # The isolation itself: neither a components package the image lacks nor a training library imports.
+    probe = subprocess.run(
+        [str(python_bin / "python"), "-c",
+         "import importlib\n"
+         "for name in ('components.etl', 'pyspark'):\n"
+         "    try:\n"
+         "        importlib.import_module(name)\n"
+         "        print(name, 'imported')\n"
+         "    except ImportError as error:\n"
+         "        print(name, 'refused:', error)\n"],
+        cwd=tmp_path, env={"PYTHONPATH": f"{guard}:{app}"}, capture_output=True, text=True, check=True)
+    assert probe.stdout.splitlines() == ["components.etl refused: No module named 'components.etl'",
+                                         "pyspark refused: pyspark is not in the inference image"], probe.stdout
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     port = free_port()
     env = {
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "PATH": f"{python_bin}:/usr/bin:/bin",
         "PYTHONPATH": f"{guard}:{app}",
         "PYTHONDONTWRITEBYTECODE": "1",
         "TMPDIR": str(tmp),

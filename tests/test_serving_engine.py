@@ -78,7 +78,7 @@ def test_served_lists_equal_scoring_each_users_rows_directly(shop: SyntheticShop
                 rows = rows.sort_values(s.ITEM_IDX)
                 alone = ranker.score_prepared(ranker.prepare(rows))
                 items, scores = popular.top_up(*rank_top_k(rows[s.ITEM_IDX].to_numpy(), alone, k), k)
-                assert served.fallback is None and served.candidates_scored == len(rows)
+                assert served.fallback is None and served.candidates_considered == len(rows)
             np.testing.assert_array_equal(served.item_idx, items)
             np.testing.assert_array_equal(served.scores, scores)  # NaN (top-up) where the reference has NaN
 

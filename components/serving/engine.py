@@ -46,7 +46,7 @@ class Recommendation:
     item_idx: np.ndarray  # int64, best first
     scores: np.ndarray  # float64; NaN for items the recommender did not score (top-up)
     fallback: str | None  # None, or one of FALLBACK_REASONS
-    candidates_scored: int
+    candidates_considered: int  # the user's candidate rows, ranked on their load-time scores
 
 
 @dataclass(frozen=True)

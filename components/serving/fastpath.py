@@ -17,11 +17,12 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from components.serving.engine import UnknownCategoryAttributeError
+from components.serving.metrics import RECOMMENDATIONS_ROUTE
 from components.serving.responses import render_json
 from components.serving.routers.recommendations import EXCLUDE_MAX_CHARS, ID_MAX_CHARS, MAX_EXCLUDE, parse_exclude
 from components.serving.state import ServiceState
 
-PATH = "/recommendations"
+PATH = RECOMMENDATIONS_ROUTE
 _TRUE, _FALSE = frozenset({"true", "1"}), frozenset({"false", "0"})
 _KNOWN = frozenset({"user_id", "top_k", "exclude_purchased", "exclude", "category"})
 _HEADERS = [(b"content-type", b"application/json")]
@@ -86,7 +87,7 @@ class RecommendationsFastPath:
             model = self.state.holder.current  # read once: this request uses this model to the end
             if args is not None and model is not None:
                 try:
-                    payload = self.state.answer(model, args["user_id"], args["top_k"],
+                    payload = self.state.answer(model, args["user_id"], args["top_k"], route=PATH,
                                                 exclude_purchased=args["exclude_purchased"],
                                                 exclude=args["exclude"], category=args["category"])
                 except UnknownCategoryAttributeError:

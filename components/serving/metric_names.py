@@ -5,8 +5,11 @@ from typing import Final
 
 REQUESTS_TOTAL: Final = "ecomrec_requests_total"  # counter{route, method, status}
 REQUEST_LATENCY_SECONDS: Final = "ecomrec_request_latency_seconds"  # histogram{route, status}
-FALLBACK_TOTAL: Final = "ecomrec_fallback_total"  # counter{reason}: unknown_user, no_candidates
-CANDIDATES_SCORED_TOTAL: Final = "ecomrec_candidates_scored_total"  # counter
+# counter{route, reason}: users answered from the popular list (unknown_user, no_candidates), per route: an
+# /invocations batch counts each of its users, so a share must divide by the same route's answers
+FALLBACK_TOTAL: Final = "ecomrec_fallback_total"
+# counter: candidate rows ranked for personal answers (their scores come from model load, not per request)
+CANDIDATES_CONSIDERED_TOTAL: Final = "ecomrec_candidates_considered_total"
 MODEL_INFO: Final = "ecomrec_model"  # info{version, group}: exported as ecomrec_model_info
 MODEL_LOAD_SECONDS: Final = "ecomrec_model_load_seconds"  # gauge: duration of the last load
 MODEL_LAST_LOAD_SUCCESS: Final = "ecomrec_model_last_load_success"  # gauge 1 or 0

@@ -10,6 +10,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from components.serving import metric_names as m
 
+# The routes that answer users: the fallback counter's route label, the same values as ecomrec_requests_total's.
+RECOMMENDATIONS_ROUTE = "/recommendations"
+INVOCATIONS_ROUTE = "/invocations"
+ANSWERING_ROUTES = (RECOMMENDATIONS_ROUTE, INVOCATIONS_ROUTE)
+
 # Fine buckets where the latency budget lives (p99 <= 20 ms), coarse ones for the tail.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0)
@@ -24,10 +29,12 @@ class ServiceMetrics:
         self.latency = Histogram(m.REQUEST_LATENCY_SECONDS, "Request latency from first byte in to last out",
                                  ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.fallbacks = Counter(m.FALLBACK_TOTAL.removesuffix("_total"),
-                                 "Answers from the popular list instead of the ranker", ["reason"],
-                                 registry=r)
-        self.candidates_scored = Counter(m.CANDIDATES_SCORED_TOTAL.removesuffix("_total"),
-                                         "Candidate rows scored by the ranker", registry=r)
+                                 "Users answered from the popular list instead of the ranked candidates",
+                                 ["route", "reason"], registry=r)
+        self.candidates_considered = Counter(
+            m.CANDIDATES_CONSIDERED_TOTAL.removesuffix("_total"),
+            "Candidate rows ranked for personal answers (scored once at model load, not per request)",
+            registry=r)
         self.model_info = Info(m.MODEL_INFO, "The model bundle being served", registry=r)
         self.load_seconds = Gauge(m.MODEL_LOAD_SECONDS, "Duration of the last bundle load", registry=r)
         self.last_load_success = Gauge(m.MODEL_LAST_LOAD_SUCCESS, "1 if the last bundle load succeeded",
@@ -39,5 +46,6 @@ class ServiceMetrics:
                                   registry=r)
         for result in ("success", "refused"):
             self.loads.labels(result=result)  # export zeros so alert rules see the series from the start
-        for reason in ("unknown_user", "no_candidates"):
-            self.fallbacks.labels(reason=reason)
+        for route in ANSWERING_ROUTES:
+            for reason in ("unknown_user", "no_candidates"):  # engine.FALLBACK_REASONS
+                self.fallbacks.labels(route=route, reason=reason)

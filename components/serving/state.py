@@ -48,16 +48,18 @@ class ServiceState:
         if self.watcher is not None:
             self.watcher.stop()
 
-    def answer(self, model: ServingModel, user_id: str, top_k: int, *, exclude_purchased: bool = False,
-               exclude: Sequence[str] = (), category: str | None = None) -> dict[str, object]:
-        """Recommend and account for it in the metrics (fallbacks, candidates scored, distinct items)."""
+    def answer(self, model: ServingModel, user_id: str, top_k: int, *, route: str,
+               exclude_purchased: bool = False, exclude: Sequence[str] = (),
+               category: str | None = None) -> dict[str, object]:
+        """Recommend and account for it in the metrics (fallbacks of ``route``, candidates considered,
+        distinct items)."""
         rec = model.recommend(user_id, top_k, exclude_purchased=exclude_purchased, exclude=exclude,
                               category=category)
         m = self.metrics
         if rec.fallback is not None:
-            m.fallbacks.labels(reason=rec.fallback).inc()
-        elif rec.candidates_scored:
-            m.candidates_scored.inc(rec.candidates_scored)
+            m.fallbacks.labels(route=route, reason=rec.fallback).inc()
+        elif rec.candidates_considered:
+            m.candidates_considered.inc(rec.candidates_considered)
         if model is self.holder.current:  # a request finishing on the old model must not reset the gauge
             m.items_served.set(model.items_served)
         return model.to_payload(rec)

@@ -35,7 +35,8 @@ class InvocationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     user_id: str = Field(min_length=1, max_length=256)
-    top_k: int | None = Field(default=None, ge=1)
+    # Strict: lax mode takes true as 1 and 2.0 or "2" as 2; a JSON body states its integers.
+    top_k: int | None = Field(default=None, ge=1, strict=True)
     exclude_purchased: bool = False
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     category: str | None = Field(default=None, min_length=1, max_length=256)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from components.serving.engine import UnknownCategoryAttributeError
+from components.serving.metrics import RECOMMENDATIONS_ROUTE
 from components.serving.responses import OrjsonResponse, error_response
 from components.serving.routers._deps import current_model, service
 from components.serving.routers.models import ErrorBody, Recommendations
@@ -30,7 +31,7 @@ def build_router(settings: ServingSettings) -> APIRouter:
     router = APIRouter(tags=["recommendations"])
 
     @router.get(
-        "/recommendations",
+        RECOMMENDATIONS_ROUTE,
         response_model=Recommendations,
         responses={400: {"description": "not valid HTTP, e.g. a request line over 64 KB (the HTTP server "
                                         "answers it)"},
@@ -54,8 +55,9 @@ def build_router(settings: ServingSettings) -> APIRouter:
             return error_response(422, f"exclude: at most {MAX_EXCLUDE} item ids", parameter="exclude")
         model = current_model(request)
         try:
-            payload = service(request).answer(model, user_id, top_k, exclude_purchased=exclude_purchased,
-                                              exclude=excluded, category=category)
+            payload = service(request).answer(model, user_id, top_k, route=RECOMMENDATIONS_ROUTE,
+                                              exclude_purchased=exclude_purchased, exclude=excluded,
+                                              category=category)
         except UnknownCategoryAttributeError as error:
             return error_response(422, f"category: {error}", parameter="category")
         return OrjsonResponse(payload)

@@ -4,21 +4,29 @@ Bodies: JSON (one request object, ``{"instances": [...]}``, or a list of request
 line: ``user_id[,top_k]``). Answers in JSON (default) or CSV per ``Accept``. Content types are
 sagemaker-inference's constants. Its CSV codec does not fit ids: ``np.genfromtxt`` turns "00123" into
 123.0 and ``np.savetxt`` does not quote, so CSV goes through the csv module instead.
+
+Untrusted sizes are refused as early as they are known: a declared Content-Length over the limit before any
+byte is read, a streamed body once it passes the limit, a batch over ``max_batch`` users once its users are
+counted and before any is validated. Bodies big enough to take noticeable CPU are parsed in a worker thread
+so the event loop keeps answering (health checks included).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 import orjson
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sagemaker_inference import content_types
 
 from components.serving.engine import UnknownCategoryAttributeError
+from components.serving.metrics import INVOCATIONS_ROUTE
 from components.serving.responses import OrjsonResponse, error_response
 from components.serving.routers._deps import current_model, service
 from components.serving.routers.models import (
@@ -32,6 +40,8 @@ from components.serving.routers.models import (
 from components.serving.settings import ServingSettings
 
 MAX_BODY_BYTES = 6 << 20  # SageMaker real-time endpoints take payloads up to 6 MB
+# Smaller bodies parse in well under a millisecond: inline beats a hop to the thread pool.
+INLINE_PARSE_BYTES = 64 << 10
 SUPPORTED = (content_types.JSON, content_types.CSV)
 CSV_HEADER = ("user_id", "rank", "item_id", "score", "fallback_reason")
 
@@ -46,17 +56,56 @@ def _media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
 
 
-def _accept(value: str | None) -> str | None:
-    """The response type: JSON unless the client accepts CSV and not JSON first. None: nothing we speak."""
-    if not value:
-        return content_types.JSON
+def _accept_ranges(value: str) -> list[tuple[str, float]]:
+    """(media range, q) of an Accept header in the order listed. A malformed q-value drops its range,
+    not the header."""
+    ranges: list[tuple[str, float]] = []
     for part in value.split(","):
-        media = _media_type(part)
-        if media in (content_types.JSON, content_types.ANY, "application/*"):
-            return content_types.JSON
-        if media in (content_types.CSV, "text/*"):
-            return content_types.CSV
-    return None
+        media, *params = part.split(";")
+        q = 1.0
+        for param in params:
+            name, _, raw = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(raw.strip())
+                except ValueError:
+                    q = math.nan
+        if 0 <= q <= 1:  # False for NaN too
+            ranges.append((media.strip().lower(), q))
+    return ranges
+
+
+def _accept(value: str | None) -> str | None:
+    """The response type for an Accept header: the supported type with the highest q-value; None if
+    neither is acceptable. As RFC 9110 12.5.1: a type takes the q of the most specific range matching it,
+    q=0 means "not this", no match means not acceptable. On equal q the range listed first wins, and JSON
+    when one range covers both (``*/*``)."""
+    if not value or not value.strip():
+        return content_types.JSON
+    ranges = _accept_ranges(value)
+
+    def rank(supported: str) -> tuple[float, int]:
+        major = supported.split("/")[0]
+        for pattern in (supported, f"{major}/*", "*/*"):
+            for position, (media, q) in enumerate(ranges):
+                if media == pattern:
+                    return q, -position
+        return 0.0, 0
+
+    (q, _, _), chosen = max(((*rank(media), preference), media)
+                            for preference, media in enumerate((content_types.CSV, content_types.JSON)))
+    return chosen if q > 0 else None
+
+
+def _over_batch(max_batch: int, got: int | None = None) -> BadInvocation:
+    counted = f"got {got}" if got is not None else "got more"
+    return BadInvocation(f"body: at most {max_batch} users per request (ECOMREC_MAX_BATCH), {counted}")
+
+
+def _validation_error(error: ValidationError, prefix: str = "") -> BadInvocation:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return BadInvocation(f"{prefix}{where}: {first['msg']}", parameter=where)
 
 
 def _from_json(body: bytes, max_batch: int) -> tuple[list[InvocationRequest], bool]:
@@ -64,22 +113,21 @@ def _from_json(body: bytes, max_batch: int) -> tuple[list[InvocationRequest], bo
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise BadInvocation(f"body: invalid JSON ({error})") from error
+    # Count before validating: validating millions of rows only to refuse them is the expensive part.
+    if isinstance(data, dict) and isinstance(data.get("instances"), list) and len(data["instances"]) > max_batch:
+        raise _over_batch(max_batch, len(data["instances"]))
+    if isinstance(data, list) and len(data) > max_batch:
+        raise _over_batch(max_batch, len(data))
     try:
         if isinstance(data, dict) and "instances" in data:
-            requests, batch = InvocationBatch.model_validate(data).instances, True
-        elif isinstance(data, list):
+            return InvocationBatch.model_validate(data).instances, True
+        if isinstance(data, list):
             if not data:
                 raise BadInvocation("body: empty list of requests")
-            requests, batch = [InvocationRequest.model_validate(item) for item in data], True
-        else:
-            requests, batch = [InvocationRequest.model_validate(data)], False
+            return [InvocationRequest.model_validate(item) for item in data], True
+        return [InvocationRequest.model_validate(data)], False
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadInvocation(f"{where}: {first['msg']}", parameter=where) from error
-    if len(requests) > max_batch:
-        raise BadInvocation(f"body: at most {max_batch} users per request, got {len(requests)}")
-    return requests, batch
+        raise _validation_error(error) from error
 
 
 def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
@@ -87,14 +135,20 @@ def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BadInvocation(f"body: CSV is not UTF-8 ({error})") from error
-    requests: list[InvocationRequest] = []
+    rows: list[tuple[int, list[str]]] = []
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        for line, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(rows) == max_batch:  # stop reading at the first user over the limit
+                raise _over_batch(max_batch)
+            rows.append((line, row))
     except csv.Error as error:
         raise BadInvocation(f"body: unreadable CSV ({error})") from error
-    for line, row in enumerate(rows, start=1):
-        if not row or all(not cell.strip() for cell in row):
-            continue
+    if not rows:
+        raise BadInvocation("body: no user in the CSV")
+    requests: list[InvocationRequest] = []
+    for line, row in rows:
         if len(row) > 2:
             raise BadInvocation(f"line {line}: expected user_id[,top_k], got {len(row)} fields",
                                 f"line {line}")
@@ -107,14 +161,39 @@ def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
         try:
             requests.append(InvocationRequest(user_id=row[0].strip(), top_k=top_k))
         except ValidationError as error:
-            first = error.errors()[0]
-            name = ".".join(str(p) for p in first["loc"])
-            raise BadInvocation(f"line {line}: {name}: {first['msg']}", name) from error
-    if not requests:
-        raise BadInvocation("body: no user in the CSV")
-    if len(requests) > max_batch:
-        raise BadInvocation(f"body: at most {max_batch} users per request, got {len(requests)}")
+            raise _validation_error(error, prefix=f"line {line}: ") from error
     return requests
+
+
+def _parse(body: bytes, content_type: str, settings: ServingSettings) -> tuple[list[InvocationRequest], bool]:
+    """The requests in the body and whether it was a batch; BadInvocation (a 422) otherwise."""
+    if content_type == content_types.JSON:
+        requests, batch = _from_json(body, settings.max_batch)
+    else:
+        requests, batch = _from_csv(body, settings.max_batch), True
+    for item in requests:
+        if item.top_k is not None and item.top_k > settings.max_top_k:
+            raise BadInvocation(f"top_k: at most {settings.max_top_k}, got {item.top_k}", "top_k")
+    return requests, batch
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over ``limit`` bytes: from Content-Length before
+    anything is read, else while streaming (chunked bodies declare no length)."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit():
+        digits = declared.lstrip("0") or "0"
+        # Over 12 digits is over any limit here (and int() refuses thousands of digits).
+        if len(digits) > 12 or int(digits) > limit:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _to_csv(answers: list[dict[str, Any]]) -> bytes:
@@ -152,7 +231,7 @@ def build_router(settings: ServingSettings) -> APIRouter:
         return OrjsonResponse({"status": "ok"})
 
     @router.post(
-        "/invocations",
+        INVOCATIONS_ROUTE,
         summary="SageMaker inference: one user or a batch, JSON or CSV",
         openapi_extra={"requestBody": _INVOCATION_BODY},
         response_model=Recommendations | Predictions,
@@ -172,23 +251,22 @@ def build_router(settings: ServingSettings) -> APIRouter:
         if accept is None:
             return error_response(406, f"cannot answer in {request.headers.get('accept')!r}; use one of "
                                        f"{SUPPORTED}", parameter="accept")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return error_response(413, f"body over {MAX_BODY_BYTES} bytes", parameter="body")
+        body = await _read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            # Connection: close, so the server drops the connection instead of draining the rest.
+            return error_response(413, f"body over {MAX_BODY_BYTES} bytes", parameter="body",
+                                  headers={"Connection": "close"})
         try:
-            if content_type == content_types.JSON:
-                requests, batch = _from_json(body, settings.max_batch)
+            if len(body) <= INLINE_PARSE_BYTES:
+                requests, batch = _parse(body, content_type, settings)
             else:
-                requests, batch = _from_csv(body, settings.max_batch), True
-            for item in requests:
-                if item.top_k is not None and item.top_k > settings.max_top_k:
-                    raise BadInvocation(f"top_k: at most {settings.max_top_k}, got {item.top_k}", "top_k")
+                requests, batch = await to_thread.run_sync(_parse, body, content_type, settings)
         except BadInvocation as error:
             return error_response(422, str(error), parameter=error.parameter)
         model = current_model(request)
         state = service(request)
         try:
-            answers = [state.answer(model, r.user_id, r.top_k or settings.default_top_k,
+            answers = [state.answer(model, r.user_id, r.top_k or settings.default_top_k, route=INVOCATIONS_ROUTE,
                                     exclude_purchased=r.exclude_purchased, exclude=r.exclude,
                                     category=r.category) for r in requests]
         except UnknownCategoryAttributeError as error:
