@@ -85,6 +85,24 @@ def test_image_requirements_match_the_project_and_hold_no_spark() -> None:
     assert not [w for w in wanted if re.match(r"(pyspark|implicit|matplotlib)\b", w)]
 
 
+def test_the_hash_lock_pins_a_closure_that_satisfies_the_requirements() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    text = (CONTAINER / "requirements.lock").read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", text,
+                         flags=re.MULTILINE)
+    pins = {canonicalize_name(name): version for name, version, _ in entries}
+    assert len(pins) == len(re.findall(r"^[A-Za-z0-9]", text, flags=re.MULTILINE))  # every entry has hashes
+    lines = [line.split("#")[0].strip() for line in (CONTAINER / "requirements.txt").read_text().splitlines()]
+    for line in filter(None, lines):
+        wanted = Requirement(line)
+        pinned = pins.get(canonicalize_name(wanted.name))
+        assert pinned is not None and wanted.specifier.contains(pinned, prereleases=True), (line, pinned)
+    assert not {"pyspark", "implicit"} & set(pins)
+    assert "--require-hashes" in DOCKERFILE.read_text()
+
+
 def test_hadolint_finds_nothing() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
