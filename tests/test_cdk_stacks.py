@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 # jsii runs on the machine's Node; its end-of-life banner (per major version) is noise in test output.
@@ -549,8 +550,23 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
         filled = re.compile(rf"FILL\(\s*{metric_id}\s*,\s*0\s*\)")
         assert filled.search(text), text
         assert not re.search(rf"\b{metric_id}\b", filled.sub("", text)), text  # never used unfilled
-    # No traffic (RequestCount absent or 0) is 0 %, not a division by zero.
-    assert text.startswith(f"IF({ids['RequestCount']} > 0,"), text
+    # Evaluated minute by minute (None = no data point that minute; FILL makes it 0, IF picks a branch):
+    # no traffic is 0 %, and a total outage (no healthy pod: every request a load-balancer 503, which
+    # RequestCount leaves out because no target answered) is 100 %, not "no requests".
+    names = {ids["RequestCount"]: "req", ids["HTTPCode_Target_5XX_Count"]: "e5",
+             ids["HTTPCode_ELB_5XX_Count"]: "elb5"}
+    python = re.sub(r"FILL\(\s*(\w+)\s*,\s*0\s*\)", r"fill(\1)", text).replace("IF(", "when(")
+
+    def rate(req: float | None, e5: float | None, elb5: float | None) -> float:
+        values = {metric_id: {"req": req, "e5": e5, "elb5": elb5}[name] for metric_id, name in names.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(eval(python, {"fill": lambda v: np.float64(0 if v is None else v),
+                                       "when": lambda c, a, b: a if c else b}, values))
+
+    assert rate(None, None, None) == 0.0
+    assert rate(1000, None, None) == 0.0
+    assert rate(100, 10, None) == 10.0
+    assert rate(None, None, 50) == 100.0
 
 
 # ------------------------------------------------------------------ cdk-nag and cfn-lint

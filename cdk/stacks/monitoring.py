@@ -108,9 +108,12 @@ class MonitoringStack(cdk.Stack):
         )
         # The 5xx counts are published only for minutes with a non-zero count, and arithmetic on a missing
         # operand gives no value for that minute (not breaching): FILL them with 0, or a minute with target
-        # 5xx but no load-balancer 5xx (the usual case) would count as no data. No requests: 0 %.
+        # 5xx but no load-balancer 5xx (the usual case) would count as no data. RequestCount holds only the
+        # requests a target answered: with no healthy pod every request is a load-balancer 503 outside it, so
+        # those join the denominator (a total outage is 100 %, not "no requests"). No traffic: 0 %.
         error_rate = cw.MathExpression(
-            expression="IF(req > 0, 100 * (FILL(e5, 0) + FILL(elb5, 0)) / req, 0)",
+            expression="IF(FILL(req, 0) + FILL(elb5, 0) > 0, "
+                       "100 * (FILL(e5, 0) + FILL(elb5, 0)) / (FILL(req, 0) + FILL(elb5, 0)), 0)",
             using_metrics={"req": requests, "e5": errors, "elb5": elb_errors},
             label="5xx rate (%)",
             period=Duration.minutes(1),
