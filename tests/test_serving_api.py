@@ -478,3 +478,11 @@ def test_invocations_top_k_must_be_a_json_integer(client: httpx.Client, body: An
     assert response.status_code == 422, response.text
     assert response.json()["parameter"] == parameter
     assert parameter in response.json()["error"]
+
+
+@pytest.mark.parametrize("top_k", ["\u0663", "1_0", "+3", "3.0", "x"])
+def test_invocations_csv_top_k_is_ascii_digits(client: httpx.Client, top_k: str) -> None:
+    """int() reads "٣" (an Arabic-Indic three) and "1_0"; a CSV top_k is plain digits or a 422."""
+    response = client.post("/invocations", content=f"u1,{top_k}\n".encode(), headers={"content-type": "text/csv"})
+    assert response.status_code == 422, response.text
+    assert response.json()["parameter"] == "top_k"

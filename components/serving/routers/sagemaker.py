@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from typing import Any
 
 import orjson
@@ -154,10 +155,10 @@ def _from_csv(body: bytes, max_batch: int) -> list[InvocationRequest]:
                                 f"line {line}")
         top_k: int | None = None
         if len(row) == 2 and row[1].strip():
-            try:
-                top_k = int(row[1])
-            except ValueError as error:
-                raise BadInvocation(f"line {line}: top_k {row[1]!r} is not an integer", "top_k") from error
+            # ASCII digits only: int() also reads "٣" or "1_0", which no client means as a top_k.
+            if not re.fullmatch(r"[0-9]{1,12}", row[1].strip()):
+                raise BadInvocation(f"line {line}: top_k {row[1]!r} is not an integer", "top_k")
+            top_k = int(row[1])
         try:
             requests.append(InvocationRequest(user_id=row[0].strip(), top_k=top_k))
         except ValidationError as error:
