@@ -36,12 +36,17 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> SyntheticShop:
                                  per_user=40)
 
 
+def _served(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory, **settings: Any) -> Iterator[str]:
+    """A real server on a socket for the module's tests, with these settings."""
+    config = ServingSettings(model=str(shop.archive), work_dir=tmp_path_factory.mktemp("work"),
+                             watch_interval_s=0, **settings)
+    with serve_in_thread(create_app(config)) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def base_url(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path_factory.mktemp("work"),
-                               watch_interval_s=0, max_top_k=50)
-    with serve_in_thread(create_app(settings)) as url:
-        yield url
+    yield from _served(shop, tmp_path_factory, max_top_k=50)
 
 
 @pytest.fixture
@@ -392,10 +397,7 @@ def test_a_small_body_with_a_zero_padded_content_length_is_read(shop: SyntheticS
 
 @pytest.fixture(scope="module")
 def small_batch_url(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path_factory.mktemp("work"),
-                               watch_interval_s=0, max_batch=5)
-    with serve_in_thread(create_app(settings)) as url:
-        yield url
+    yield from _served(shop, tmp_path_factory, max_batch=5)
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "text/csv"])
