@@ -4,8 +4,9 @@ runner and the SageMaker steps read the same values; unknown keys fail fast."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -119,7 +120,8 @@ class PipelineConfig(_Strict):
     candidates: CandidateConfig = CandidateConfig()
     ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
-    model_package_group: str = "ecomrec"
+    # SageMaker's ModelPackageGroupName pattern, held locally too so a name fails here, not after a whole run
+    model_package_group: str = Field("ecomrec", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -131,3 +133,24 @@ class PipelineConfig(_Strict):
             return cls()
         text = Path(value).read_text() if not value.lstrip().startswith("{") else value
         return cls.model_validate(json.loads(text))
+
+    def with_settings(self, settings: Sequence[str]) -> PipelineConfig:
+        """This config with ``section.field=value`` settings applied in order (``--set``): a value is read
+        as the field's current type (a string field takes the text as is, others JSON). SageMaker caps a
+        container argument at 256 characters, so a step there gets its config as settings, not one JSON."""
+        document = self.model_dump(mode="json")
+        for setting in settings:
+            path, sep, raw = setting.partition("=")
+            keys = path.split(".")
+            node: Any = document
+            for key in keys[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+                if not isinstance(node, dict):
+                    raise ValueError(f"--set {setting!r}: no config section {path!r}")
+            if not sep or not isinstance(node, dict) or keys[-1] not in node:
+                raise ValueError(f"--set {setting!r}: expected an existing section.field=value")
+            try:
+                node[keys[-1]] = raw if isinstance(node[keys[-1]], str) else json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--set {setting!r}: {raw!r} is not a JSON value") from error
+        return type(self).model_validate(document)

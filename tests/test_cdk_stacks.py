@@ -538,12 +538,12 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     gives no value for a minute where an operand has no data point (missing = not breaching here). So each
     5xx count must be FILLed with 0: otherwise the alarm needs target AND load-balancer 5xx in one minute."""
     raw = synth.raw(synth.built.monitoring)
-    [rate] = [a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()
-              if a["Properties"]["AlarmName"] == "ecomrec-Http5xxRate"]
-    ids = {m["MetricStat"]["Metric"]["MetricName"]: m["Id"] for m in rate["Metrics"] if "MetricStat" in m}
-    [expression] = [m for m in rate["Metrics"] if "Expression" in m]
+    [alarm] = [a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()
+               if a["Properties"]["AlarmName"] == "ecomrec-Http5xxRate"]
+    ids = {m["MetricStat"]["Metric"]["MetricName"]: m["Id"] for m in alarm["Metrics"] if "MetricStat" in m}
+    [expression] = [m for m in alarm["Metrics"] if "Expression" in m]
     assert expression.get("ReturnData", True) is True
-    assert all(m.get("ReturnData") is False for m in rate["Metrics"] if "MetricStat" in m)
+    assert all(m.get("ReturnData") is False for m in alarm["Metrics"] if "MetricStat" in m)
     text = expression["Expression"]
     sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"]]
     for metric_id in sparse:

@@ -146,3 +146,25 @@ def test_missing_package_is_an_error(tmp_path: Path, missing: str) -> None:
     (root / missing / "__init__.py").unlink()
     with pytest.raises(EcomrecError, match=f"package '{missing}' not found"):
         code_files(root)
+
+
+def test_settings_apply_over_the_config_by_the_fields_types() -> None:
+    from components.config import PipelineConfig
+
+    config = PipelineConfig().with_settings(["etl.test_days=14", "model_package_group=123",
+                                             "ranker.eval_metric=NDCG:top=10", "gate.ndcg_at_10_floor=0.125"])
+    assert (config.etl.test_days, config.model_package_group, config.ranker.eval_metric,
+            config.gate.ndcg_at_10_floor) == (14, "123", "NDCG:top=10", 0.125)
+    for bad in ("etl.nope=1", "nope.test_days=1", "etl.test_days", "etl.test_days=fourteen"):
+        with pytest.raises(ValueError, match="--set"):
+            PipelineConfig().with_settings([bad])
+    with pytest.raises(ValueError, match="model_package_group"):  # SageMaker would refuse it at the end
+        PipelineConfig().with_settings(["model_package_group=ecomrec_v2"])
+
+
+def test_the_launcher_refuses_an_old_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.sagemaker import entry
+
+    monkeypatch.setattr(entry.sys, "version_info", (3, 9, 16))
+    with pytest.raises(SystemExit, match=r"needs Python 3\.11\+"):
+        entry.main(["components.etl.step", "--help"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import itertools
 import json
 import re
 import shlex
@@ -155,6 +156,11 @@ def _container_argv(step: dict[str, Any], parameters: dict[str, Any]) -> list[st
     return arguments
 
 
+def step_config(argv: list[str]) -> PipelineConfig:
+    """The config a step's main(argv) builds: defaults, then the --set settings in order."""
+    return PipelineConfig().with_settings([value for flag, value in itertools.pairwise(argv) if flag == "--set"])
+
+
 # ---------------------------------------------------------------------------------------------- tests
 def test_built_without_network(cli_result: Any, network_attempts: list[object]) -> None:
     assert cli_result.exit_code == 0, cli_result.output
@@ -187,10 +193,11 @@ def test_same_entry_points_and_argv_as_the_local_runner(steps: dict[str, dict[st
         module, *argv = _container_argv(step, defaults)
         assert module == graph_step.entry_point
         local = step_argv(graph_step, tmp_path / "raw", tmp_path / "out", config)
-        # the same flags in the same order; values are container paths instead of local ones
-        assert argv[::2] == local[::2]
-        paths = dict(zip(argv[::2], argv[1::2], strict=True))
-        assert PipelineConfig.from_json_or_path(paths.pop("--config")) == config
+        # the same flags in the same order (the config as --set settings, not one JSON); values are
+        # container paths instead of local ones
+        assert [f for f in argv[::2] if f != "--set"] == [f for f in local[::2] if f != "--config"]
+        assert step_config(argv) == config
+        paths = {flag: value for flag, value in zip(argv[::2], argv[1::2], strict=True) if flag != "--set"}
         assert paths.pop("--output") == f"{CONTAINER_OUTPUT}/{graph_step.name}"
         assert paths == {f"--{name}": f"{CONTAINER_INPUT}/{name}" for name in graph_step.inputs}
 
@@ -272,8 +279,7 @@ def test_config_parameters_reach_every_step(steps: dict[str, dict[str, Any]],
                   "ModelPackageGroup": "shop-a"}
     for graph_step in STEPS:
         if graph_step.kind in ("pyspark", "processing"):
-            argv = _container_argv(steps[graph_step.name], overridden)
-            config = PipelineConfig.from_json_or_path(argv[argv.index("--config") + 1])
+            config = step_config(_container_argv(steps[graph_step.name], overridden))
             assert (config.etl.test_days, config.als.factors, config.gate.ndcg_at_10_floor,
                     config.model_package_group) == (14, 32, 0.125, "shop-a")
 
@@ -286,7 +292,7 @@ def test_training_uses_the_builtin_catboost(steps: dict[str, dict[str, Any]],
     assert set(channels) == {s.TRAINING_CHANNEL, s.VALIDATION_CHANNEL, "model"}
     for name in s.CHANNELS:
         uri = channels[name]["DataSource"]["S3DataSource"]["S3Uri"]
-        assert render(uri, defaults, lambda ref: "s3://b/run/ranker_data") == f"s3://b/run/ranker_data/{name}"
+        assert render(uri, defaults, lambda ref: "s3://b/run/ranker_data") == f"s3://b/run/ranker_data/{name}/"
         assert "Steps.ranker_data.ProcessingOutputConfig" in json.dumps(uri)
     assert channels["model"]["DataSource"]["S3DataSource"]["S3Uri"] == {"Get": "Parameters.CatBoostModelUri"}
     hyper = args["HyperParameters"]
@@ -520,3 +526,52 @@ def test_config_that_the_spark_shell_line_cannot_carry_is_refused(network_attemp
     with pytest.raises(EcomrecError, match="single quote"):
         get_pipeline(settings)
     assert network_attempts == []
+
+
+# SageMaker's CreateProcessingJob caps each ContainerArguments item and each Environment value at 256
+# characters (botocore only checks minimum lengths, so nothing offline would refuse a longer one).
+API_STRING_LIMIT = 256
+
+
+def test_every_container_argument_and_environment_value_fits_the_api_limits(
+        steps: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> None:
+    checked = 0
+    for step in steps.values():
+        arguments = step["Arguments"]
+        app = arguments.get("AppSpecification")
+        if app is None:
+            continue
+        for value in [*app["ContainerArguments"], *arguments.get("Environment", {}).values()]:
+            text = str(render(value, defaults))
+            assert len(text) <= API_STRING_LIMIT, (step["Name"], len(text), text[:80])
+            checked += 1
+    assert checked > 40
+
+
+def test_a_non_default_config_reaches_the_steps_as_settings(network_attempts: list[object]) -> None:
+    from components.config import RankerConfig
+    from pipelines.sagemaker.pipeline import PipelineSettings, get_pipeline
+
+    config = PipelineConfig(ranker=RankerConfig(eval_metric="NDCG:top=10", negatives_per_user=20))
+    settings = PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION, config=config)
+    definition = json.loads(get_pipeline(settings).definition())
+    parameters = {x["Name"]: x["DefaultValue"] for x in definition["Parameters"]}
+    for step in definition["Steps"]:
+        if step["Type"] == "Processing":
+            assert step_config(_container_argv(step, parameters)) == config, step["Name"]
+    assert network_attempts == []
+
+
+def test_plain_steps_run_the_images_python_3_12_and_channels_take_only_their_folder(
+        steps: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> None:
+    from pipelines.sagemaker.pipeline import PROCESSING_PYTHON
+
+    kinds = {step.name: step.kind for step in STEPS}
+    for name, step in steps.items():
+        if kinds.get(name) == "processing":  # /usr/bin/python3 in the Spark image is the OS's 3.9
+            assert step["Arguments"]["AppSpecification"]["ContainerEntrypoint"][0] == PROCESSING_PYTHON
+    [training] = [step for step in steps.values() if step["Type"] == "Training"]
+    uris = {c["ChannelName"]: str(render(c["DataSource"]["S3DataSource"]["S3Uri"], defaults))
+            for c in training["Arguments"]["InputDataConfig"] if c["ChannelName"] != "model"}
+    assert set(uris) == {"training", "validation"}
+    assert all(uri.endswith(f"/{name}/") for name, uri in uris.items()), uris  # not validation_ranking/

@@ -18,8 +18,8 @@ app = typer.Typer(help="List, inspect, approve and reject registered model versi
 console = Console()
 
 GROUP = typer.Option("ecomrec", "--group", help="model package group")
-REGISTRY = typer.Option(None, "--registry", help="local registry folder [default: $ECOMREC_REGISTRY_ROOT "
-                                                 "or .ecomrec/registry]")
+REGISTRY = typer.Option(None, "--registry", help="local registry folder (default: $ECOMREC_REGISTRY_ROOT "
+                                                 "or .ecomrec/registry)")
 SAGEMAKER = typer.Option(False, "--sagemaker", help="use the SageMaker Model Registry (AWS credentials)")
 REGION = typer.Option(None, "--region", help="AWS region for --sagemaker")
 
@@ -30,7 +30,9 @@ def _registry(registry: Path | None, sagemaker: bool, region: str | None) -> Mod
 
         from components.registry.sagemaker import SageMakerRegistry
 
-        return SageMakerRegistry(boto3.client("sagemaker", region_name=region))
+        # with S3, describe shows the whole evaluation.json the package points to, not only its headline
+        return SageMakerRegistry(boto3.client("sagemaker", region_name=region),
+                                 boto3.client("s3", region_name=region))
     from components.registry.local import LocalRegistry
     from components.registry.step import default_registry_dir
 

@@ -68,8 +68,8 @@ def run(
     source: Path | None = typer.Option(None, help="a local copy of the dataset file (csv, csv.gz, xlsx, zip)"),
     output: Path = typer.Option(Path("runs/online-retail"), help="each step writes OUTPUT/<step>/"),
     config: str | None = typer.Option(None, help="PipelineConfig as JSON or a JSON file"),
-    registry: Path | None = typer.Option(None, help="local registry folder [default: $ECOMREC_REGISTRY_ROOT "
-                                                    "or .ecomrec/registry]"),
+    registry: Path | None = typer.Option(None, help="local registry folder (default: $ECOMREC_REGISTRY_ROOT "
+                                                    "or .ecomrec/registry)"),
     resume: bool = typer.Option(True, help="skip steps whose inputs and config did not change"),
     only: list[str] | None = typer.Option(None, help="run only these steps (repeatable)"),
 ) -> None:

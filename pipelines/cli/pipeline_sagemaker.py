@@ -25,14 +25,14 @@ ROLE = typer.Option(None, "--role", envvar="ECOMREC_SAGEMAKER_ROLE",
                     help="SageMaker execution role ARN the steps run as [env: ECOMREC_SAGEMAKER_ROLE]")
 BUCKET = typer.Option(None, "--bucket", envvar="ECOMREC_BUCKET",
                       help="S3 bucket for code, raw data and outputs (name only) [env: ECOMREC_BUCKET]")
-REGION = typer.Option(None, "--region", help="AWS region [default: AWS_REGION, AWS_DEFAULT_REGION or the "
-                                             "AWS config profile]")
+REGION = typer.Option(None, "--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the "
+                                             "AWS config profile)")
 PREFIX = typer.Option("ecomrec", "--prefix", help="key prefix in the bucket: code/, raw/, runs/")
 NAME = typer.Option("ecomrec", "--name", help="pipeline name")
 CONFIG = typer.Option(None, "--config", help="PipelineConfig as JSON or a JSON file (parameter defaults)")
 INFERENCE_IMAGE = typer.Option(None, "--inference-image", help="inference image of registered models "
-                                                               "[default: <account>.dkr.ecr.<region>."
-                                                               "amazonaws.com/<prefix>-inference:latest]")
+                                                               "(default: <account>.dkr.ecr.<region>."
+                                                               "amazonaws.com/<prefix>-inference:latest)")
 OUTPUT = typer.Option(None, "--output", "-o", help="write to a file instead of stdout")
 PARAM = typer.Option(None, "--param", help="override a parameter: NAME=VALUE (repeatable)")
 PIN_REGIONS = typer.Option(..., "--region", help="region to pin (repeatable)")
@@ -194,7 +194,7 @@ def _watch(arn: str, client: object, every: float = 30.0) -> None:
 
 
 def status(name: str = NAME, region: str | None = REGION,
-           execution: str | None = typer.Option(None, "--execution", help="execution ARN [default: latest]"),
+           execution: str | None = typer.Option(None, "--execution", help="execution ARN (default: latest)"),
            watch: bool = typer.Option(False, "--watch", help="poll until it finishes")) -> None:
     """Status of an execution and of each of its steps."""
     import boto3
@@ -214,8 +214,8 @@ def status(name: str = NAME, region: str | None = REGION,
 
 def refresh_jumpstart(region: list[str] = PIN_REGIONS,
                       model_version: str = typer.Option(None, "--model-version",
-                                                        help="JumpStart model version [default: the pinned "
-                                                             "one]")) -> None:
+                                                        help="JumpStart model version (default: the pinned "
+                                                             "one)")) -> None:
     """Re-pin the built-in CatBoost URIs with the SDK's JumpStart retrieval (needs AWS access)."""
     from pipelines.sagemaker.jumpstart import PINS_FILE, load_pins, refresh_pins
 

@@ -19,7 +19,7 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); serve HTTPS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
     registry: Annotated[Path | None, typer.Option(
-        help="local model registry folder to follow [default: $ECOMREC_REGISTRY_ROOT or .ecomrec/registry]")]
+        help="local model registry folder to follow (default: $ECOMREC_REGISTRY_ROOT or .ecomrec/registry)")]
     = None,
     group: Annotated[str | None, typer.Option(help="model package group in the registry")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",

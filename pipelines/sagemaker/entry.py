@@ -29,6 +29,7 @@ import zipfile
 CODE_ARCHIVE = "ecomrec-code.zip"
 CODE_INPUT_DIR = "/opt/ml/processing/input/ecomrec-code"
 log = logging.getLogger("ecomrec.entry")
+MIN_PYTHON = (3, 11)
 
 
 def find_code_archive(search_dirs: list[str], path_entries: list[str]) -> str | None:
@@ -74,6 +75,10 @@ def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: entry.py <module> [step arguments]")
     module_name, step_argv = argv[0], argv[1:]
+    if sys.version_info < MIN_PYTHON:
+        # e.g. the Spark image's /usr/bin/python3 (3.9) instead of its /usr/local/bin/python3 (3.12)
+        raise SystemExit(f"ecomrec needs Python {'.'.join(map(str, MIN_PYTHON))}+, this is {sys.executable} "
+                         f"{sys.version.split()[0]}")
     archive = find_code_archive([os.environ.get("ECOMREC_CODE_DIR", CODE_INPUT_DIR)], list(sys.path))
     if archive is None:
         raise SystemExit(f"{CODE_ARCHIVE} not found in {CODE_INPUT_DIR} nor on sys.path")

@@ -1,8 +1,8 @@
 """Pipeline parameters: what a SageMaker execution can change without a new definition.
 
-Parameters that mirror a PipelineConfig field carry its path: the ``--config`` JSON every step receives
-is assembled at run time with those values (``config_argument``), so the steps read the execution's
-values through the one config document, exactly as locally.
+Parameters that mirror a PipelineConfig field carry its path: every step receives the config as
+``--set section.field=value`` arguments with those values spliced in at run time (``config_settings``),
+so the steps read the execution's values through the one config model, exactly as locally.
 """
 
 from __future__ import annotations
@@ -134,33 +134,31 @@ def make_parameters(specs: list[ParamSpec]) -> dict[str, Any]:
     return made
 
 
-def _marker(name: str) -> str:
-    return f"@@ecomrec-param:{name}@@"
+def _leaves(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def config_argument(config: PipelineConfig, specs: list[ParamSpec], parameters: dict[str, Any]) -> Any:
-    """The ``--config`` value: the config JSON with each config-backed parameter spliced in at run time
-    (``Std:Join``). Numbers go in bare, strings inside their quotes, so the result is the same JSON the
-    local runner passes when the parameters keep their defaults."""
+def config_settings(config: PipelineConfig, specs: list[ParamSpec], parameters: dict[str, Any]) -> list[Any]:
+    """The config as ``--set section.field=value`` arguments for :meth:`PipelineConfig.with_settings`:
+    every field that differs from the defaults (the container runs the same code, so the same defaults),
+    then each config-backed parameter spliced in at run time (``Std:Join``). SageMaker caps a container
+    argument at 256 characters; one JSON document of the whole config is about 1,270."""
     from sagemaker.core.workflow.functions import Join
 
-    document = config.model_dump(mode="json")
-    backed = [spec for spec in specs if spec.config_path]
-    for spec in backed:
-        node = document
-        for key in spec.config_path[:-1]:
-            node = node[key]
-        node[spec.config_path[-1]] = _marker(spec.name)
-    text = json.dumps(document, separators=(",", ":"))
-    pieces: list[Any] = [text]
-    for spec in backed:
-        token = json.dumps(_marker(spec.name)) if spec.kind != "string" else _marker(spec.name)
-        split: list[Any] = []
-        for piece in pieces:
-            if isinstance(piece, str) and token in piece:
-                before, after = piece.split(token)
-                split += [before, parameters[spec.name], after]
-            else:
-                split.append(piece)
-        pieces = split
-    return Join(on="", values=[piece for piece in pieces if not (isinstance(piece, str) and piece == "")])
+    defaults = _leaves(PipelineConfig().model_dump(mode="json"))
+    backed = {".".join(spec.config_path): spec for spec in specs if spec.config_path}
+    settings: list[Any] = []
+    for path, value in sorted(_leaves(config.model_dump(mode="json")).items()):
+        if path in backed or value == defaults.get(path):
+            continue
+        text = value if isinstance(defaults.get(path), str) else json.dumps(value, separators=(",", ":"))
+        settings += ["--set", f"{path}={text}"]
+    for path, spec in sorted(backed.items()):
+        settings += ["--set", Join(on="", values=[f"{path}=", parameters[spec.name]])]
+    return settings

@@ -49,6 +49,7 @@ SPARK_CONTAINER_VERSION = "v1.4"
 CONTAINER_INPUT = "/opt/ml/processing/input"
 CONTAINER_OUTPUT = "/opt/ml/processing/output"
 CODE_INPUT_NAME = "ecomrec-code"
+PROCESSING_PYTHON = "/usr/local/bin/python3"  # the Spark 3.5 py312 image's Python
 EVALUATION_PROPERTY_FILE = "EvaluationReport"
 # The ECR repository the inference image is pushed to, <prefix>-inference as the CDK ml stack names it.
 INFERENCE_REPOSITORY_SUFFIX = "-inference"
@@ -198,7 +199,7 @@ class _Builder:
         self.session = session
         self.specs = p.param_specs(settings.config, parameter_defaults(settings))
         self.params = p.make_parameters(self.specs)
-        self.config_json = p.config_argument(settings.config, self.specs, self.params)
+        self.config_settings = p.config_settings(settings.config, self.specs, self.params)
         self.execution_id = ExecutionVariables.PIPELINE_EXECUTION_ID
         self.code = settings.code
         self.sm_steps: dict[str, Any] = {}
@@ -267,16 +268,16 @@ class _Builder:
             base_job_name=f"ecomrec-{step.name}", sagemaker_session=self.session, env=self.environment(),
         )
         inputs, outputs, argv = self.processing_io(step)
-        # smspark-submit joins its arguments into one shell command line: quote the JSON for /bin/sh.
+        # smspark-submit joins its arguments into one shell command line: quote each setting for /bin/sh.
         # Single quotes hold anything but a single quote; the parameters spliced in (numbers, a model
-        # package group name) cannot contain one, the fixed parts are checked here.
-        if any("'" in piece for piece in self.config_json.values if isinstance(piece, str)):
+        # package group name) cannot contain one, the fixed settings are checked here.
+        if any(isinstance(arg, str) and "'" in arg for arg in self.config_settings):
             raise EcomrecError("the pipeline config holds a single quote, which the Spark steps' shell "
                                "command line cannot carry; remove it from the config")
-        config = Join(on="", values=["'", self.config_json, "'"])
+        settings = [arg if arg == "--set" else Join(on="", values=["'", arg, "'"]) for arg in self.config_settings]
         step_args = processor.run(
             submit_app=self.code.launcher_uri, submit_py_files=[self.code.archive_uri],
-            inputs=inputs, outputs=outputs, arguments=[step.entry_point, *argv, "--config", config],
+            inputs=inputs, outputs=outputs, arguments=[step.entry_point, *argv, *settings],
         )
         return ProcessingStep(name=step.name, step_args=step_args, description=step.summary)
 
@@ -285,7 +286,10 @@ class _Builder:
         from sagemaker.mlops.workflow.steps import ProcessingStep
 
         processor = ScriptProcessor(
-            role=self.settings.role, image_uri=self.params[p.PROCESSING_IMAGE_URI], command=["python3"],
+            # The Spark image's PATH starts with /usr/bin, whose python3 is the OS's 3.9; its 3.12 (the one
+            # PYSPARK_PYTHON names) is /usr/local/bin/python3.
+            role=self.settings.role, image_uri=self.params[p.PROCESSING_IMAGE_URI],
+            command=[PROCESSING_PYTHON],
             instance_type=self.params[p.PROCESSING_INSTANCE_TYPE],
             instance_count=self.params[p.PROCESSING_INSTANCE_COUNT],
             base_job_name=f"ecomrec-{step.name}", sagemaker_session=self.session,
@@ -293,7 +297,7 @@ class _Builder:
         )
         inputs, outputs, argv = self.processing_io(step)
         step_args = processor.run(code=self.code.launcher_uri, inputs=inputs, outputs=outputs,
-                                  arguments=[step.entry_point, *argv, "--config", self.config_json])
+                                  arguments=[step.entry_point, *argv, *self.config_settings])
         return ProcessingStep(name=step.name, step_args=step_args, description=step.summary,
                               property_files=property_files)
 
@@ -328,7 +332,9 @@ class _Builder:
                                s3_data_type="S3Prefix", s3_uri=uri,
                                s3_data_distribution_type="FullyReplicated")))
 
-        channels = [channel(name, Join(on="/", values=[self.input_uri(source), name]), "text/csv")
+        # The trailing "/": an S3Prefix channel takes every key under the prefix, and "validation" alone
+        # would also take ranker_data's validation_ranking/ Parquet files.
+        channels = [channel(name, Join(on="/", values=[self.input_uri(source), f"{name}/"]), "text/csv")
                     for name in s.CHANNELS]
         # The JumpStart model artefact, as the SDK's JumpStart estimator mounts it.
         channels.append(channel("model", self.params[p.CATBOOST_MODEL_URI], "application/x-sagemaker-model"))
