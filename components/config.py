@@ -134,6 +134,15 @@ class PipelineConfig(_Strict):
         text = Path(value).read_text() if not value.lstrip().startswith("{") else value
         return cls.model_validate(json.loads(text))
 
+    def settings(self) -> dict[str, str]:
+        """``{section.field: value}`` of every field that differs from the defaults, encoded as
+        :meth:`with_settings` reads them (a string as is, anything else JSON):
+        ``PipelineConfig().with_settings([f"{k}={v}" for k, v in c.settings().items()]) == c``."""
+        defaults = _leaves(type(self)().model_dump(mode="json"))
+        return {path: value if isinstance(defaults.get(path), str) else json.dumps(value, separators=(",", ":"))
+                for path, value in sorted(_leaves(self.model_dump(mode="json")).items())
+                if value != defaults.get(path)}
+
     def with_settings(self, settings: Sequence[str]) -> PipelineConfig:
         """This config with ``section.field=value`` settings applied in order (``--set``): a value is read
         as the field's current type (a string field takes the text as is, others JSON). SageMaker caps a
@@ -154,3 +163,14 @@ class PipelineConfig(_Strict):
             except json.JSONDecodeError as error:
                 raise ValueError(f"--set {setting!r}: {raw!r} is not a JSON value") from error
         return type(self).model_validate(document)
+
+
+def _leaves(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested document's scalar (or empty / list) values by dotted path."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

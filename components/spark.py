@@ -22,6 +22,11 @@ def _check_java() -> None:
     )
 
 
+def _in_sagemaker() -> bool:
+    """A SageMaker processing or training container, where the platform sets master and memory."""
+    return os.path.exists("/opt/ml/processing") or os.path.exists("/opt/ml/config")
+
+
 # Raw input from which the local JVM keeps its full tiered JIT. Measured on this 2-core machine (ETL step
 # alone, wall): Online Retail (2.7 MB of raw Parquet) 22.7-24.7 s with C1 only vs 26.7-30.3 s with the full
 # JIT; 1M synthetic events (18 MB) a wash (35-40 s either way, but the JVM grew to 4.3 GB PSS instead of 2.6
@@ -33,7 +38,7 @@ def _local_jit_options(master: str | None, input_bytes: int | None) -> str:
     """Most Spark jobs on one machine are short, and C1 alone compiles them sooner (the first ETL run on
     Online Retail: ~65 s -> ~42 s of CPU); a large input's long jobs want C2's optimised loops.
     ECOMREC_SPARK_JIT=c1|full overrides the choice made from ``input_bytes`` (None: assume small)."""
-    local = master is not None or not (os.path.exists("/opt/ml/processing") or os.path.exists("/opt/ml/config"))
+    local = master is not None or not _in_sagemaker()
     choice = os.environ.get("ECOMREC_SPARK_JIT", "auto")
     if choice not in ("auto", "c1", "full"):
         raise EcomrecError(f"ECOMREC_SPARK_JIT={choice!r}: expected auto, c1 or full")
@@ -78,8 +83,7 @@ def get_spark(app_name: str = "ecomrec", *, master: str | None = None, driver_me
                 f"-Duser.timezone=UTC -XX:G1PeriodicGCInterval=10000 {_local_jit_options(master, input_bytes)}".strip())
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
     )
-    in_sagemaker = os.path.exists("/opt/ml/processing") or os.path.exists("/opt/ml/config")
-    if master or not in_sagemaker:
+    if master or not _in_sagemaker():
         builder = builder.master(master or os.environ.get("ECOMREC_SPARK_MASTER", f"local[{cores}]"))
         # one machine: bind to loopback instead of whatever the hostname resolves to
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from components.serving import metric_names as m
+from components.serving.engine import FALLBACK_REASONS
 
 # The routes that answer users: the fallback counter's route label, the same values as ecomrec_requests_total's.
 RECOMMENDATIONS_ROUTE = "/recommendations"
@@ -47,5 +48,5 @@ class ServiceMetrics:
         for result in ("success", "refused"):
             self.loads.labels(result=result)  # export zeros so alert rules see the series from the start
         for route in ANSWERING_ROUTES:
-            for reason in ("unknown_user", "no_candidates"):  # engine.FALLBACK_REASONS
+            for reason in FALLBACK_REASONS:
                 self.fallbacks.labels(route=route, reason=reason)

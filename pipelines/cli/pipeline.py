@@ -36,7 +36,7 @@ def _raw_input(data: Path | None, dataset: str, source: Path | None, output: Pat
     found = ensure_online_retail(source).resolve()  # a local copy when given or found, else the download
     console.print(f"importing Online Retail from [cyan]{found}[/cyan]")
     import_online_retail(found, raw, overwrite=True)
-    (raw / "_SUCCESS").write_text(str(found))
+    imported.write_text(str(found))
     return raw
 
 

@@ -7,7 +7,6 @@ so the steps read the execution's values through the one config model, exactly a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,16 +133,6 @@ def make_parameters(specs: list[ParamSpec]) -> dict[str, Any]:
     return made
 
 
-def _leaves(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, dict) and value:
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_settings(config: PipelineConfig, specs: list[ParamSpec], parameters: dict[str, Any]) -> list[Any]:
     """The config as ``--set section.field=value`` arguments for :meth:`PipelineConfig.with_settings`:
     every field that differs from the defaults (the container runs the same code, so the same defaults),
@@ -151,14 +140,11 @@ def config_settings(config: PipelineConfig, specs: list[ParamSpec], parameters: 
     argument at 256 characters; one JSON document of the whole config is about 1,270."""
     from sagemaker.core.workflow.functions import Join
 
-    defaults = _leaves(PipelineConfig().model_dump(mode="json"))
     backed = {".".join(spec.config_path): spec for spec in specs if spec.config_path}
     settings: list[Any] = []
-    for path, value in sorted(_leaves(config.model_dump(mode="json")).items()):
-        if path in backed or value == defaults.get(path):
-            continue
-        text = value if isinstance(defaults.get(path), str) else json.dumps(value, separators=(",", ":"))
-        settings += ["--set", f"{path}={text}"]
+    for path, text in config.settings().items():
+        if path not in backed:
+            settings += ["--set", f"{path}={text}"]
     for path, spec in sorted(backed.items()):
         settings += ["--set", Join(on="", values=[f"{path}=", parameters[spec.name]])]
     return settings
