@@ -401,7 +401,7 @@ def test_cli_errors_name_what_is_missing(network_attempts: list[object]) -> None
         (["--role", ROLE, "--region", REGION], "no bucket"),
         (["--role", "EcomrecSageMaker", "--bucket", BUCKET, "--region", REGION], "not an IAM role ARN"),
         (["--role", ROLE, "--bucket", "s3://x/y", "--region", REGION], "not an S3 bucket name"),
-        (["--role", ROLE, "--bucket", BUCKET, "--region", "ap-east-1"], "refresh-jumpstart"),
+        (["--role", ROLE, "--bucket", BUCKET, "--region", "ap-southeast-7"], "refresh-jumpstart"),
     ]
     for arguments, message in cases:
         result = runner.invoke(app, ["pipeline", "definition", *arguments],
