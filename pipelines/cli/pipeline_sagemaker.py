@@ -267,6 +267,46 @@ def images(region: str | None = REGION, prefix: str = PREFIX,
     typer.echo(json.dumps(listing, indent=2))
 
 
+def _doctor_clients(region: str) -> object:
+    import boto3
+
+    from pipelines.sagemaker.doctor import Clients
+
+    return Clients(iam=boto3.client("iam", region_name=region), s3=boto3.client("s3", region_name=region),
+                   ecr=boto3.client("ecr", region_name=region),
+                   sagemaker=boto3.client("sagemaker", region_name=region))
+
+
+def doctor(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
+           prefix: str = PREFIX, config: str | None = CONFIG, inference_image: str | None = INFERENCE_IMAGE,
+           steps_image: str | None = STEPS_IMAGE, pip_install: bool = PIP_INSTALL) -> None:
+    """Check the account before the first run (role, bucket, images, model package group); starts nothing.
+
+    Exit code 1 when a check finds a blocker (the first run would fail)."""
+    from pipelines.sagemaker.doctor import Clients, blockers, diagnose
+    from pipelines.sagemaker.pipeline import PipelineSettings
+
+    settings = _settings(role, bucket, region, prefix, "ecomrec", config, inference_image, steps_image, pip_install)
+    assert isinstance(settings, PipelineSettings)
+    clients = _doctor_clients(settings.region)
+    assert isinstance(clients, Clients)
+    try:
+        _quiet_sdk(settings.region)
+        findings = diagnose(settings, clients)
+    except EcomrecError as error:
+        raise _fail(str(error)) from error
+    colours = {"ok": "green", "warning": "yellow", "blocker": "bold red", "not checked": "magenta"}
+    table = Table(title=f"{settings.role} / s3://{settings.bucket} / {settings.region}")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for finding in findings:
+        table.add_row(finding.check, f"[{colours[finding.status]}]{finding.status}[/]", finding.detail)
+    console.print(table)
+    if blockers(findings):
+        console.print(f"[bold red]{len(blockers(findings))} blocker(s): the first run would fail[/bold red]")
+        raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the SageMaker commands to the `ecomrec pipeline` group."""
     app.command("definition")(definition)
@@ -275,3 +315,4 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("refresh-jumpstart")(refresh_jumpstart)
     app.command("images")(images)
+    app.command("doctor")(doctor)
