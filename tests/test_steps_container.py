@@ -270,3 +270,26 @@ def test_the_image_layout_runs_a_step_with_only_the_locked_libraries(tmp_path: P
     assert result.returncode != 0
     assert "quality gate failed" in result.stderr
     assert json.loads((out / "registration.json").read_text())["gate"]["passed"] is False
+
+
+def test_cd_re_pins_then_builds_the_steps_image_and_checks_the_account_before_the_upsert() -> None:
+    """The order that keeps one tag meaning one image: re-pin (the pins are part of the code), resolve the tag
+    and the region's Spark base, build FROM that base and push once per tag, check, then upsert."""
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "cd.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    runs = [step.get("run", "") for step in steps]
+
+    def first(text: str) -> int:
+        return next(i for i, run in enumerate(runs) if text in run)
+
+    order = [first("pipeline refresh-jumpstart"), first("pipeline images"), first("containers/steps/Dockerfile"),
+             first("pipeline doctor"), first("pipeline upsert")]
+    assert order == sorted(order)
+    resolve = runs[first("pipeline images")]
+    assert "set -euo pipefail" in resolve  # a pin that cannot be resolved fails the job
+    assert "imagetools inspect" in resolve and "head-object" in resolve
+    build = runs[first("containers/steps/Dockerfile")]
+    assert '--build-arg SPARK_IMAGE="${{ steps.images.outputs.spark }}"' in build
+    assert "docker push" in build
