@@ -266,11 +266,16 @@ def test_the_pip_install_is_an_explicit_opt_in_on_the_stock_spark_image(network_
     result = CliRunner().invoke(app, ["pipeline", "definition", "--role", ROLE, "--bucket", BUCKET,
                                       "--region", REGION, "--pip-install"])
     assert result.exit_code == 0, result.output
-    opted = {x["Name"]: x["DefaultValue"] for x in json.loads(result.stdout)["Parameters"]}
+    opted_in = json.loads(result.stdout)
+    opted = {x["Name"]: x["DefaultValue"] for x in opted_in["Parameters"]}
     assert opted["StepsImageUri"] == (
         f"571004829621.dkr.ecr.{REGION}.amazonaws.com/sagemaker-spark-processing:3.5-cpu-py312-v1.3")
-    assert opted["PipInstall"] == runtime_requirements()
     assert "catboost==1.2.10" in opted["PipInstall"].split()
+    processing = [step for step in opted_in["Steps"] if step["Type"] == "Processing"]
+    assert len(processing) == sum(step.kind in ("pyspark", "processing") for step in STEPS)
+    for step in processing:  # every job installs them, within the API's 256 characters per value
+        installed = render(step["Arguments"]["Environment"]["ECOMREC_PIP_INSTALL"], opted)
+        assert installed == runtime_requirements() and len(installed) <= API_STRING_LIMIT
     assert network_attempts == []
 
 
