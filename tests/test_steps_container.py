@@ -73,7 +73,10 @@ def test_the_closure_is_installed_from_the_lock_only_and_no_spark_over_the_base(
     assert not re.search(r"\bpyspark\b", runs)
     assert not [args for op, args in ops if op in ("ADD", "ENTRYPOINT", "USER")]  # the base's smspark-submit
     env = " ".join(args for op, args in ops if op == "ENV")
-    assert f'PATH="{VENV}/bin:${{PATH}}"' in env  # `python3` of the plain steps is the venv's
+    from pipelines.sagemaker.pipeline import PROCESSING_PYTHON
+
+    assert PROCESSING_PYTHON == "python3"  # found on PATH: the plain steps' interpreter is the venv's
+    assert f'PATH="{VENV}/bin:${{PATH}}"' in env
     assert f"PYSPARK_PYTHON={VENV}/bin/python3" in env  # Spark's driver and executors too
     assert 'ECOMREC_PIP_INSTALL=""' in env
     ignore = (CONTAINER / "Dockerfile.dockerignore").read_text().split()

@@ -245,20 +245,19 @@ def images(region: str | None = REGION, prefix: str = PREFIX,
     """Print the images and URIs a definition would use in REGION, as JSON (offline; CD builds from it)."""
     from dataclasses import asdict
 
-    from pipelines.sagemaker.images import spark_image, steps_image_tag, steps_repository
+    from pipelines.sagemaker.images import spark_image, steps_image_tag, steps_image_uri, steps_repository
     from pipelines.sagemaker.jumpstart import catboost_uris, load_pins
 
     resolved = _region(region)
     try:
         _quiet_sdk(resolved)
-        tag = steps_image_tag()
         pins = load_pins()
         listing = {
             "region": resolved,
             "spark_image": spark_image(resolved),
             "steps_repository": steps_repository(prefix),
-            "steps_tag": tag,
-            "steps_image": f"{account}.dkr.ecr.{resolved}.amazonaws.com/{steps_repository(prefix)}:{tag}",
+            "steps_tag": steps_image_tag(),
+            "steps_image": steps_image_uri(account, resolved, prefix),
             "catboost": {**asdict(catboost_uris(resolved)), "model_version": pins["model_version"],
                          "retrieved": pins["retrieved"]},
         }
@@ -267,29 +266,21 @@ def images(region: str | None = REGION, prefix: str = PREFIX,
     typer.echo(json.dumps(listing, indent=2))
 
 
-def _doctor_clients(region: str) -> object:
-    import boto3
-
-    from pipelines.sagemaker.doctor import Clients
-
-    return Clients(iam=boto3.client("iam", region_name=region), s3=boto3.client("s3", region_name=region),
-                   ecr=boto3.client("ecr", region_name=region),
-                   sagemaker=boto3.client("sagemaker", region_name=region))
-
-
 def doctor(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
            prefix: str = PREFIX, config: str | None = CONFIG, inference_image: str | None = INFERENCE_IMAGE,
            steps_image: str | None = STEPS_IMAGE, pip_install: bool = PIP_INSTALL) -> None:
     """Check the account before the first run (role, bucket, images, model package group); starts nothing.
 
     Exit code 1 when a check finds a blocker (the first run would fail)."""
+    import boto3
+
     from pipelines.sagemaker.doctor import Clients, blockers, diagnose
     from pipelines.sagemaker.pipeline import PipelineSettings
 
     settings = _settings(role, bucket, region, prefix, "ecomrec", config, inference_image, steps_image, pip_install)
     assert isinstance(settings, PipelineSettings)
-    clients = _doctor_clients(settings.region)
-    assert isinstance(clients, Clients)
+    clients = Clients(**{name: boto3.client(name, region_name=settings.region)
+                         for name in ("iam", "s3", "ecr", "sagemaker")})
     try:
         _quiet_sdk(settings.region)
         findings = diagnose(settings, clients)
