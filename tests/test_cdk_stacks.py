@@ -214,8 +214,9 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     assert repos == set(resources(raw, "AWS::ECR::Repository"))
     # The built-in images and JumpStart artifacts the definition names: exactly those, read-only.
     builtin = json.dumps(next(st for st in sts if st.get("Sid") == "PullBuiltInImages")["Resource"])
-    assert "repository/sagemaker-spark-processing" in builtin
     assert "repository/pytorch-training" in builtin
+    # the steps run this account's ecomrec-steps image (PullOurImages), not the stock Spark image
+    assert "repository/sagemaker-spark-processing" not in builtin
     artifacts = next(st for st in sts if st.get("Sid") == "ReadBuiltInArtifacts")
     assert artifacts["Action"] == "s3:GetObject"
     text = json.dumps(artifacts["Resource"])

@@ -29,6 +29,26 @@ def test_pinned_file_is_complete_and_says_where_values_come_from() -> None:
         assert uris["model_uri"].endswith(".tar.gz")
 
 
+def test_the_pins_are_the_published_spec_and_the_ranker_speaks_its_hyperparameters() -> None:
+    """catboost-classification-model 2.1.6 as the SageMaker SDK records its JumpStart spec (aws/sagemaker-python-sdk
+    v2.257.6, commit fc582aaa46faf7b7e16ab1e13840869712174cd0, tests/unit/sagemaker/jumpstart/constants.py):
+    training_script_key .../classification/v1.2.0/sourcedir.tar.gz, training_artifact_key
+    catboost-training/train-catboost-classification-model.tar.gz, m5 training image $cpu_ecr_uri_1 =
+    763104351884.dkr.ecr.<region>.amazonaws.com/pytorch-training:1.9.0-cpu-py38 (us-east-1, eu-west-1), and
+    its hyperparameter names, which are exactly the ones the ranker writes and parses."""
+    from components.ranker.hyperparameters import PARSERS
+
+    pins = load_pins()
+    assert pins["model_version"] == "2.1.6"
+    assert catboost_uris("eu-west-1") == CatBoostUris(
+        image_uri="763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:1.9.0-cpu-py38",
+        script_uri="s3://jumpstart-cache-prod-eu-west-1/source-directory-tarballs/catboost/transfer_learning/"
+                   "classification/v1.2.0/sourcedir.tar.gz",
+        model_uri="s3://jumpstart-cache-prod-eu-west-1/catboost-training/train-catboost-classification-model.tar.gz")
+    assert set(pins["sources"]) >= {"image_uri", "script_uri", "model_uri", "content_bucket"}
+    assert set(pins["hyperparameters"]) == set(PARSERS)
+
+
 def test_unknown_region_points_to_the_refresh_command(tmp_path: Path) -> None:
     with pytest.raises(EcomrecError, match="refresh-jumpstart --region mars-north-1"):
         catboost_uris("mars-north-1")
@@ -50,6 +70,7 @@ def test_refresh_repins_and_never_mixes_derived_and_retrieved(tmp_path: Path) ->
     path.write_text(committed)
     pins = refresh_pins(["eu-west-1"], "2.0.1", path=path, retriever=_fake)
     assert pins["retrieved"] is True
+    assert pins["hyperparameters"] == load_pins()["hyperparameters"]
     assert pins["model_version"] == "2.0.1"
     assert set(pins["regions"]) == {"eu-west-1"}  # the derived pins of other regions are dropped
     assert catboost_uris("eu-west-1", path) == _fake("eu-west-1", "2.0.1", "")

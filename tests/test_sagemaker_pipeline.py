@@ -240,12 +240,43 @@ def test_code_is_the_versioned_zip_and_launcher(steps: dict[str, dict[str, Any]]
     assert launcher == archive.replace(CODE_ARCHIVE, LAUNCHER)
 
 
-def test_spark_steps_run_spark_3_5(steps: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> None:
+def test_every_step_runs_the_steps_image_and_installs_nothing_at_start(
+        steps: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> None:
+    """By default no job pip-installs anything: every processing step (PySpark and plain) runs this
+    account's steps image for this very code (containers/steps/Dockerfile), and PipInstall is empty."""
+    from pipelines.sagemaker.images import steps_image_tag
+
     for graph_step in STEPS:
-        if graph_step.kind == "pyspark":
-            app = steps[graph_step.name]["Arguments"]["AppSpecification"]
-            assert app["ImageUri"] == {"Get": "Parameters.SparkImageUri"}
-    assert "/sagemaker-spark-processing:3.5-cpu-py312" in defaults["SparkImageUri"]
+        if graph_step.kind in ("pyspark", "processing"):
+            arguments = steps[graph_step.name]["Arguments"]
+            assert arguments["AppSpecification"]["ImageUri"] == {"Get": "Parameters.StepsImageUri"}
+            assert arguments["Environment"]["ECOMREC_PIP_INSTALL"] == {"Get": "Parameters.PipInstall"}
+            assert render(arguments["Environment"]["ECOMREC_PIP_INSTALL"], defaults) == ""
+    assert defaults["StepsImageUri"] == (
+        f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-steps:{steps_image_tag()}")
+    assert defaults["PipInstall"] == ""
+
+
+def test_the_pip_install_is_an_explicit_opt_in_on_the_stock_spark_image(network_attempts: list[object]) -> None:
+    """--pip-install: the stock Spark 3.5 py312 image (the pinned, published tag) and the core dependencies
+    installed by every job at start."""
+    from pipelines.cli import app
+    from pipelines.sagemaker.code import runtime_requirements
+
+    result = CliRunner().invoke(app, ["pipeline", "definition", "--role", ROLE, "--bucket", BUCKET,
+                                      "--region", REGION, "--pip-install"])
+    assert result.exit_code == 0, result.output
+    opted_in = json.loads(result.stdout)
+    opted = {x["Name"]: x["DefaultValue"] for x in opted_in["Parameters"]}
+    assert opted["StepsImageUri"] == (
+        f"571004829621.dkr.ecr.{REGION}.amazonaws.com/sagemaker-spark-processing:3.5-cpu-py312-v1.3")
+    assert "catboost==1.2.10" in opted["PipInstall"].split()
+    processing = [step for step in opted_in["Steps"] if step["Type"] == "Processing"]
+    assert len(processing) == sum(step.kind in ("pyspark", "processing") for step in STEPS)
+    for step in processing:  # every job installs them, within the API's 256 characters per value
+        installed = render(step["Arguments"]["Environment"]["ECOMREC_PIP_INSTALL"], opted)
+        assert installed == runtime_requirements() and len(installed) <= API_STRING_LIMIT
+    assert network_attempts == []
 
 
 def test_parameters(definition: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -375,7 +406,7 @@ def test_cli_errors_name_what_is_missing(network_attempts: list[object]) -> None
         (["--role", ROLE, "--region", REGION], "no bucket"),
         (["--role", "EcomrecSageMaker", "--bucket", BUCKET, "--region", REGION], "not an IAM role ARN"),
         (["--role", ROLE, "--bucket", "s3://x/y", "--region", REGION], "not an S3 bucket name"),
-        (["--role", ROLE, "--bucket", BUCKET, "--region", "ap-east-1"], "refresh-jumpstart"),
+        (["--role", ROLE, "--bucket", BUCKET, "--region", "ap-southeast-7"], "refresh-jumpstart"),
     ]
     for arguments, message in cases:
         result = runner.invoke(app, ["pipeline", "definition", *arguments],

@@ -1,4 +1,5 @@
-"""`ecomrec pipeline definition | upsert | start | status | refresh-jumpstart`: the SageMaker side.
+"""`ecomrec pipeline definition | upsert | start | status | refresh-jumpstart | images | doctor`: the SageMaker
+side.
 
 boto3 clients are created here (the CLI layer) and injected into pipelines/sagemaker/runner.py; the
 SageMaker SDK is imported only by the commands that build a definition.
@@ -33,6 +34,12 @@ CONFIG = typer.Option(None, "--config", help="PipelineConfig as JSON or a JSON f
 INFERENCE_IMAGE = typer.Option(None, "--inference-image", help="inference image of registered models "
                                                                "(default: <account>.dkr.ecr.<region>."
                                                                "amazonaws.com/<prefix>-inference:latest)")
+STEPS_IMAGE = typer.Option(None, "--steps-image", help="image of every processing step (default: <account>"
+                                                        ".dkr.ecr.<region>.amazonaws.com/<prefix>-steps:<hash of "
+                                                        "the code and containers/steps>; `pipeline images`)")
+PIP_INSTALL = typer.Option(False, "--pip-install", help="opt-in: run the stock SageMaker Spark image and "
+                                                        "pip-install the dependencies at every job's start "
+                                                        "(needs internet egress; unpinned versions)")
 OUTPUT = typer.Option(None, "--output", "-o", help="write to a file instead of stdout")
 PARAM = typer.Option(None, "--param", help="override a parameter: NAME=VALUE (repeatable)")
 PIN_REGIONS = typer.Option(..., "--region", help="region to pin (repeatable)")
@@ -68,7 +75,8 @@ def _quiet_sdk(region: str) -> None:
 
 
 def _settings(role: str | None, bucket: str | None, region: str | None, prefix: str, name: str,
-              config: str | None, inference_image: str | None) -> object:
+              config: str | None, inference_image: str | None, steps_image: str | None = None,
+              pip_install: bool = False) -> object:
     from pipelines.sagemaker.pipeline import PipelineSettings
 
     if not role:
@@ -79,7 +87,8 @@ def _settings(role: str | None, bucket: str | None, region: str | None, prefix: 
     try:
         return PipelineSettings(role=role, bucket=bucket, region=_region(region), prefix=prefix, name=name,
                                 config=PipelineConfig.from_json_or_path(config),
-                                inference_image_uri=inference_image)
+                                inference_image_uri=inference_image, steps_image_uri=steps_image,
+                                pip_install=pip_install)
     except (EcomrecError, ValueError) as error:
         raise _fail(str(error)) from error
 
@@ -96,12 +105,12 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
 
 def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
                prefix: str = PREFIX, name: str = NAME, config: str | None = CONFIG,
-               inference_image: str | None = INFERENCE_IMAGE,
-               output: Path | None = OUTPUT) -> None:
+               inference_image: str | None = INFERENCE_IMAGE, steps_image: str | None = STEPS_IMAGE,
+               pip_install: bool = PIP_INSTALL, output: Path | None = OUTPUT) -> None:
     """Print the SageMaker pipeline definition JSON (built offline: no AWS call)."""
     from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
 
-    settings = _settings(role, bucket, region, prefix, name, config, inference_image)
+    settings = _settings(role, bucket, region, prefix, name, config, inference_image, steps_image, pip_install)
     assert isinstance(settings, PipelineSettings)
     try:
         _quiet_sdk(settings.region)
@@ -117,14 +126,15 @@ def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str
 
 def upsert(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
            prefix: str = PREFIX, name: str = NAME, config: str | None = CONFIG,
-           inference_image: str | None = INFERENCE_IMAGE) -> None:
+           inference_image: str | None = INFERENCE_IMAGE, steps_image: str | None = STEPS_IMAGE,
+           pip_install: bool = PIP_INSTALL) -> None:
     """Upload the code and create or update the pipeline on SageMaker."""
     import boto3
 
     from pipelines.sagemaker import runner
     from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
 
-    settings = _settings(role, bucket, region, prefix, name, config, inference_image)
+    settings = _settings(role, bucket, region, prefix, name, config, inference_image, steps_image, pip_install)
     assert isinstance(settings, PipelineSettings)
     try:
         _quiet_sdk(settings.region)
@@ -229,6 +239,65 @@ def refresh_jumpstart(region: list[str] = PIN_REGIONS,
     typer.echo(json.dumps({r: pins["regions"][r] for r in region}, indent=2))
 
 
+def images(region: str | None = REGION, prefix: str = PREFIX,
+           account: str = typer.Option(..., "--account", help="AWS account of the steps image's repository"),
+           ) -> None:
+    """Print the images and URIs a definition would use in REGION, as JSON (offline; CD builds from it)."""
+    from dataclasses import asdict
+
+    from pipelines.sagemaker.images import spark_image, steps_image_tag, steps_image_uri, steps_repository
+    from pipelines.sagemaker.jumpstart import catboost_uris, load_pins
+
+    resolved = _region(region)
+    try:
+        _quiet_sdk(resolved)
+        pins = load_pins()
+        listing = {
+            "region": resolved,
+            "spark_image": spark_image(resolved),
+            "steps_repository": steps_repository(prefix),
+            "steps_tag": steps_image_tag(),
+            "steps_image": steps_image_uri(account, resolved, prefix),
+            "catboost": {**asdict(catboost_uris(resolved)), "model_version": pins["model_version"],
+                         "retrieved": pins["retrieved"]},
+        }
+    except EcomrecError as error:
+        raise _fail(str(error)) from error
+    typer.echo(json.dumps(listing, indent=2))
+
+
+def doctor(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
+           prefix: str = PREFIX, config: str | None = CONFIG, inference_image: str | None = INFERENCE_IMAGE,
+           steps_image: str | None = STEPS_IMAGE, pip_install: bool = PIP_INSTALL) -> None:
+    """Check the account before the first run (role, bucket, images, model package group); starts nothing.
+
+    Exit code 1 when a check finds a blocker (the first run would fail)."""
+    import boto3
+
+    from pipelines.sagemaker.doctor import Clients, blockers, diagnose
+    from pipelines.sagemaker.pipeline import PipelineSettings
+
+    settings = _settings(role, bucket, region, prefix, "ecomrec", config, inference_image, steps_image, pip_install)
+    assert isinstance(settings, PipelineSettings)
+    clients = Clients(**{name: boto3.client(name, region_name=settings.region)
+                         for name in ("iam", "s3", "ecr", "sagemaker")})
+    try:
+        _quiet_sdk(settings.region)
+        findings = diagnose(settings, clients)
+    except EcomrecError as error:
+        raise _fail(str(error)) from error
+    colours = {"ok": "green", "warning": "yellow", "blocker": "bold red", "not checked": "magenta"}
+    table = Table(title=f"{settings.role} / s3://{settings.bucket} / {settings.region}")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for finding in findings:
+        table.add_row(finding.check, f"[{colours[finding.status]}]{finding.status}[/]", finding.detail)
+    console.print(table)
+    if blockers(findings):
+        console.print(f"[bold red]{len(blockers(findings))} blocker(s): the first run would fail[/bold red]")
+        raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the SageMaker commands to the `ecomrec pipeline` group."""
     app.command("definition")(definition)
@@ -236,3 +305,5 @@ def register(app: typer.Typer) -> None:
     app.command("start")(start)
     app.command("status")(status)
     app.command("refresh-jumpstart")(refresh_jumpstart)
+    app.command("images")(images)
+    app.command("doctor")(doctor)

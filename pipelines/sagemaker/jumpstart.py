@@ -1,5 +1,7 @@
 """The built-in SageMaker CatBoost (JumpStart ``catboost-classification-model``): training image, training
-script (sourcedir.tar.gz) and model URIs per region, pinned by model version in jumpstart_catboost.json.
+script (sourcedir.tar.gz) and model URIs per region, pinned by model version in jumpstart_catboost.json
+(its ``provenance`` and ``sources`` say where each value was read: the JumpStart spec of version 2.1.6 as the
+SageMaker SDK records it, and the SDK's region_config.json for the per-region content bucket).
 
 The pipeline takes the three URIs as parameters whose defaults come from that file, so building a
 definition never asks JumpStart (no network). ``refresh_pins`` (CLI: ``ecomrec pipeline
@@ -90,5 +92,7 @@ def refresh_pins(regions: Iterable[str], model_version: str, *, path: Path = PIN
         "retrieved": True,
         "regions": ({**current["regions"], **retrieved} if keep_others else retrieved),
     }
+    if "hyperparameters" in current:  # the names the built-in accepts (checked against the ranker's)
+        pins["hyperparameters"] = current["hyperparameters"]
     path.write_text(json.dumps(pins, indent=2) + "\n")
     return pins

@@ -18,10 +18,9 @@ ParamKind = Literal["string", "integer", "float"]
 # Parameter names (the keys of `ecomrec pipeline start --param NAME=VALUE` and of the definition).
 INPUT_DATA_URI = "InputDataUri"
 OUTPUT_URI = "OutputUri"
-SPARK_IMAGE_URI = "SparkImageUri"
+STEPS_IMAGE_URI = "StepsImageUri"  # every processing step's image (PySpark and plain)
 SPARK_INSTANCE_TYPE = "SparkInstanceType"
 SPARK_INSTANCE_COUNT = "SparkInstanceCount"
-PROCESSING_IMAGE_URI = "ProcessingImageUri"
 PROCESSING_INSTANCE_TYPE = "ProcessingInstanceType"
 PROCESSING_INSTANCE_COUNT = "ProcessingInstanceCount"
 PIP_INSTALL = "PipInstall"
@@ -61,8 +60,7 @@ class Defaults:
 
     input_data_uri: str
     output_uri: str
-    spark_image_uri: str
-    processing_image_uri: str
+    steps_image_uri: str
     pip_install: str
     catboost_image_uri: str
     catboost_script_uri: str
@@ -87,10 +85,9 @@ def param_specs(config: PipelineConfig, defaults: Defaults) -> list[ParamSpec]:
     return [
         ParamSpec(INPUT_DATA_URI, "string", defaults.input_data_uri),
         ParamSpec(OUTPUT_URI, "string", defaults.output_uri),
-        ParamSpec(SPARK_IMAGE_URI, "string", defaults.spark_image_uri),
+        ParamSpec(STEPS_IMAGE_URI, "string", defaults.steps_image_uri),
         ParamSpec(SPARK_INSTANCE_TYPE, "string", defaults.spark_instance_type),
         ParamSpec(SPARK_INSTANCE_COUNT, "integer", 1),
-        ParamSpec(PROCESSING_IMAGE_URI, "string", defaults.processing_image_uri),
         ParamSpec(PROCESSING_INSTANCE_TYPE, "string", defaults.processing_instance_type),
         ParamSpec(PROCESSING_INSTANCE_COUNT, "integer", 1),
         ParamSpec(PIP_INSTALL, "string", defaults.pip_install),
