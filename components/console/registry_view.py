@@ -71,7 +71,7 @@ def window(evaluation: dict[str, Any]) -> str:
     if not isinstance(split, dict) or "test_start" not in split:
         return "-"
     start, end = str(split["test_start"])[:10], str(split.get("end", ""))[:10]
-    return f"train < {start}, test {start} .. {end}" if end else f"train < {start}"
+    return f"train < {start}, test to {end}" if end else f"train < {start}"
 
 
 @dataclass(frozen=True)
