@@ -246,7 +246,7 @@ def test_the_explorer_shows_what_get_recommendations_answers(browser: Any, conso
 class _AttackerPage(http.server.BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         body = (f"<!doctype html><title>win a prize</title><form method='post' action='{self.target}'>"
                 f"<input type='hidden' name='{CSRF_FIELD}' value='guessed'>"
                 "<input type='hidden' name='reason' value='pwned'>"

@@ -100,7 +100,8 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
         pages = max(1, -(-len(shown) // per_page))
         page_number = min(max(1, page_number), pages)
         chunk = shown[(page_number - 1) * per_page: page_number * per_page]
-        return page(request, "registry.html", rows=rv.rows(chunk, live), live=rv.rows([live], live)[0] if live else None,
+        live_row = rv.rows([live], live)[0] if live else None
+        return page(request, "registry.html", rows=rv.rows(chunk, live), live=live_row,
                     headline=rv.HEADLINE, total=len(listed), shown=len(shown), page_number=page_number, pages=pages,
                     per_page=per_page, page_sizes=PAGE_SIZES, status=status,
                     statuses=sorted({v.status for v in listed}))

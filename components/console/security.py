@@ -54,7 +54,7 @@ def check_unsafe_request(request: Request, form: Mapping[str, str]) -> None:
 async def session_and_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """Give every browser session its token (request.state.csrf_token, for the forms) and every answer
     the security headers."""
-    token = request.cookies.get(CSRF_COOKIE)
+    token = request.cookies.get(CSRF_COOKIE, "")
     fresh = not token or len(token) > 128
     if fresh:
         token = secrets.token_urlsafe(32)
