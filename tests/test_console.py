@@ -87,8 +87,8 @@ def test_versions_side_by_side_with_the_live_one(console: str, registry: LocalRe
     page = httpx.get(console + "/registry").text
     rows = {int(n): body for n, body in re.findall(r'<tr data-version="(\d+)" class="[^"]*">(.*?)</tr>', page, re.S)}
     assert sorted(rows) == [1, 2, 3]
-    assert 'class="num worse">0.2500<small>-0.0500 (-16.7%)</small>' in rows[2]
-    assert 'class="num better">0.3500<small>+0.0500 (+16.7%)</small>' in rows[3]
+    assert 'class="num worse" title="-16.7% vs live">0.2500<small>-0.0500</small>' in rows[2]
+    assert 'class="num better" title="+16.7% vs live">0.3500<small>+0.0500</small>' in rows[3]
     assert "train &lt; 2011-11-09" in rows[3]
     assert '<tr class="live" data-version="1">' in page
 

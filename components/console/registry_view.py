@@ -50,6 +50,7 @@ class Cell:
     text: str
     delta: str  # "" when there is nothing to compare with
     tone: str  # "better", "worse", "same" or "" (CSS class: the colour of the difference)
+    relative: str = ""  # the difference relative to the live value (the cell's tooltip)
 
 
 def compare(metric: Metric, value: float | None, live: float | None) -> Cell:
@@ -61,8 +62,8 @@ def compare(metric: Metric, value: float | None, live: float | None) -> Cell:
     diff = value - live
     if abs(diff) <= SAME:
         return Cell(text, "=", "same")
-    relative = f" ({diff / live:+.1%})" if live else ""
-    return Cell(text, f"{diff:+.4f}{relative}", "better" if diff > 0 else "worse")  # every metric: higher is better
+    relative = f"{diff / live:+.1%} vs live" if live else ""
+    return Cell(text, f"{diff:+.4f}", "better" if diff > 0 else "worse", relative)  # every metric: higher is better
 
 
 def window(evaluation: dict[str, Any]) -> str:
