@@ -179,3 +179,43 @@ def test_explorer_on_a_synthetic_bundle(registry: LocalRegistry, tmp_path: Path)
     assert len(ranked) == 25 and top_items == ranked[:5]  # the top K is the head of the ranked candidates
     assert "Personal answer: 25 candidates" in warm
     assert 'id="fallback"' in cold and "unknown_user" in cold
+
+
+def test_the_list_is_read_again_only_after_a_change(registry: LocalRegistry, dummy_bundle: Path) -> None:
+    """Parsing every version is the pages' main cost at 1,000 versions; a change made elsewhere (the CLI,
+    the pipeline's register step) must still show on the next page."""
+    from components.console.versions import VersionList
+
+    reads: list[int] = []
+
+    class Counting(LocalRegistry):
+        def list_versions(self, group: str) -> list:
+            reads.append(1)
+            return super().list_versions(group)
+
+    registry.register(GROUP, str(dummy_bundle), evaluation(0.3))
+    versions = VersionList(Counting(registry.root), GROUP)
+    assert [v.status for v in versions.get()] == ["PendingManualApproval"]
+    versions.get()
+    assert len(reads) == 1
+    registry.set_status(GROUP, 1, "Approved")  # another process: the console is not told
+    assert [v.status for v in versions.get()] == ["Approved"]
+    registry.register(GROUP, str(dummy_bundle), evaluation(0.4))
+    assert [v.version for v in versions.get()] == [1, 2]
+    assert len(reads) == 3
+
+
+def test_a_registry_without_change_token_is_reread_after_its_ttl(registry: LocalRegistry,
+                                                                 dummy_bundle: Path) -> None:
+    from components.console.versions import VersionList
+
+    class Plain:  # the port's methods only, as SageMakerRegistry has
+        list_versions = registry.list_versions
+
+    registry.register(GROUP, str(dummy_bundle), evaluation(0.3))
+    versions = VersionList(Plain(), GROUP, ttl_s=3600)  # type: ignore[arg-type]
+    assert len(versions.get()) == 1
+    registry.register(GROUP, str(dummy_bundle), evaluation(0.3))
+    assert len(versions.get()) == 1  # within the TTL
+    versions.invalidate()  # the console's own change, or "re-read the registry"
+    assert len(versions.get()) == 2

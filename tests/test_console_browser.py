@@ -44,12 +44,12 @@ GROUP = "ecomrec"
 
 
 def scaled(evaluation: dict[str, Any], factor: float) -> dict[str, Any]:
-    """The run's evaluation with every ranking metric scaled: a second and third version to compare."""
+    """The run's evaluation with every ranking metric scaled (at most 1): a second and third version to compare."""
     out = copy.deepcopy(evaluation)
     for metrics in out["ranking_metrics"].values():
         for value in metrics.values():
             if isinstance(value, dict) and isinstance(value.get("value"), float):
-                value["value"] *= factor
+                value["value"] = min(1.0, value["value"] * factor)  # shares stay shares
     return out
 
 

@@ -31,6 +31,7 @@ from components.console import registry_view as rv
 from components.console.explorer import ExplorerCache
 from components.console.reports import REPORT_NAME, ReportFiles
 from components.console.security import CSRF_FIELD, REPORT_CSP, CsrfError, check_unsafe_request, session_and_headers
+from components.console.versions import VersionList
 from components.errors import EcomrecError
 from components.registry.base import APPROVED, REJECTED, ModelRegistry, ModelVersion
 from components.serving.source import BundleFetcher
@@ -64,6 +65,7 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
     config = config or ConsoleConfig()
     env = _templates()
     explorer_cache = ExplorerCache(fetcher)
+    version_list = VersionList(registry, config.group)
     app = FastAPI(title="ecomrec console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console_config = config
 
@@ -79,7 +81,7 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
         return page(request, "error.html", status_code=status_code, title=title, message=message)
 
     def versions() -> tuple[list[ModelVersion], ModelVersion | None]:
-        listed = registry.list_versions(config.group)
+        listed = version_list.get()
         return listed, rv.live_version(listed)
 
     def version_or_404(number: int) -> ModelVersion:
@@ -91,7 +93,10 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
         return RedirectResponse("/registry", status_code=303)
 
     @app.get("/registry", response_class=HTMLResponse)
-    def registry_page(request: Request, page_number: int = 1, per_page: int = 50, status: str = "") -> HTMLResponse:
+    def registry_page(request: Request, page_number: int = 1, per_page: int = 50, status: str = "",
+                      refresh: bool = False) -> HTMLResponse:
+        if refresh:
+            version_list.invalidate()
         listed, live = versions()
         if not listed:
             return page(request, "empty.html", create_hint=config.create_hint)
@@ -151,6 +156,7 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
         from anyio import to_thread
 
         updated = await to_thread.run_sync(lambda: registry.set_status(config.group, number, ACTIONS[action], reason))
+        version_list.invalidate()
         log.info("version %d of %s set to %s from the console", updated.version, config.group, updated.status)
         return RedirectResponse(f"/registry/{updated.version}?done={updated.status}", status_code=303)
 
@@ -162,7 +168,7 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
             return page(request, "empty.html", create_hint=config.create_hint)
         chosen = version_or_404(version) if version is not None else (live or listed[-1])
         choices = [v for v in reversed(listed)][:50]
-        if chosen not in choices:
+        if chosen.version not in {v.version for v in choices}:
             choices.append(chosen)
         k = min(max(1, k), MAX_TOP_K)
         model = explorer_cache.get(f"{config.group}/{chosen.version}", chosen.model_data_url,

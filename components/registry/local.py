@@ -114,6 +114,15 @@ class LocalRegistry:
         approved = [v for v in self.list_versions(group) if v.status == "Approved"]
         return approved[-1] if approved else None
 
+    def change_token(self, group: str) -> tuple[int, int]:
+        """Changes whenever a version is registered or changes status (both append to events.jsonl):
+        lets a reader keep its parsed list of versions until then."""
+        try:
+            stat = (self._group_dir(group) / "events.jsonl").stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (stat.st_size, stat.st_mtime_ns)
+
     def evaluation_dir(self, group: str, version: int) -> Path:
         """Where the version's evaluation report (report.html, its plots, evaluation.json) is kept."""
         return self._group_dir(group) / "artifacts" / str(version) / EVALUATION_DIR
