@@ -4,6 +4,7 @@ bundle. The browser-driven tests on a real pipeline run are in test_console_brow
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,46 @@ def test_a_registry_without_change_token_is_reread_after_its_ttl(registry: Local
     assert len(versions.get()) == 1  # within the TTL
     versions.invalidate()  # the console's own change, or "re-read the registry"
     assert len(versions.get()) == 2
+
+
+def test_with_sagemaker_the_console_reads_and_approves_through_the_model_registry(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`ecomrec console --sagemaker` wiring against moto's SageMaker and S3 (moto stands in for AWS, as in
+    test_sagemaker_registry.py): metrics from the evaluation.json the package's ModelMetrics points to,
+    the report beside it (the evaluation step writes both into one S3 folder), approval recorded by
+    UpdateModelPackage."""
+    import boto3
+    from moto import mock_aws
+
+    from components.console.reports import S3Reports
+    from components.registry.sagemaker import SageMakerRegistry
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    with mock_aws():
+        sm, s3 = boto3.client("sagemaker", region_name="eu-west-1"), boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(Bucket="shop", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.put_object(Bucket="shop", Key="runs/7/evaluation/evaluation.json", Body=json.dumps(evaluation(0.31)))
+        s3.put_object(Bucket="shop", Key="runs/7/evaluation/report.html", Body=b"<html>report of run 7</html>")
+        sm.create_model_package_group(ModelPackageGroupName=GROUP)
+        sm.create_model_package(
+            ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
+            InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/i:1",
+                                                    "ModelDataUrl": "s3://shop/runs/7/bundle/model.tar.gz"}],
+                                    "SupportedContentTypes": ["application/json"],
+                                    "SupportedResponseMIMETypes": ["application/json"]},
+            ModelMetrics={"ModelQuality": {"Statistics": {
+                "ContentType": "application/json", "S3Uri": "s3://shop/runs/7/evaluation/evaluation.json"}}})
+        registry = SageMakerRegistry(sm, s3)
+        app = create_console_app(registry, S3Reports(s3), BundleFetcher(tmp_path / "work", s3_client=s3),
+                                 ConsoleConfig(group=GROUP, where="SageMaker Model Registry (eu-west-1)"))
+        with serve_in_thread(app) as url:
+            listing = httpx.get(url + "/registry").text
+            assert re.search(r'<tr data-version="1".*?0\.3100', listing, re.S)
+            assert "report of run 7" in httpx.get(url + "/registry/1/report/report.html").text
+            client, token = session(url)
+            done = client.post("/registry/1/approve", data={CSRF_FIELD: token},
+                               headers={"origin": url, "sec-fetch-site": "same-origin"})
+            assert done.status_code == 303
+        arn = sm.list_model_packages(ModelPackageGroupName=GROUP)["ModelPackageSummaryList"][0]["ModelPackageArn"]
+        assert sm.describe_model_package(ModelPackageName=arn)["ModelApprovalStatus"] == "Approved"

@@ -5,8 +5,8 @@ report.html and its plots into the same S3 folder)."""
 
 from __future__ import annotations
 
+import posixpath
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from components import schema as s
@@ -52,7 +52,8 @@ class S3Reports:
             return None
         bucket, key = split_s3_uri(uri)
         try:
-            body: bytes = self.s3.get_object(Bucket=bucket, Key=str(Path(key).parent / name))["Body"].read()
+            body: bytes = self.s3.get_object(Bucket=bucket, Key=posixpath.join(posixpath.dirname(key), name))[
+                "Body"].read()
         except (ClientError, BotoCoreError):
             return None
         return body
