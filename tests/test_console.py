@@ -180,6 +180,7 @@ def test_explorer_on_a_synthetic_bundle(registry: LocalRegistry, tmp_path: Path)
     assert len(ranked) == 25 and top_items == ranked[:5]  # the top K is the head of the ranked candidates
     assert "Personal answer: 25 candidates" in warm
     assert 'id="fallback"' in cold and "unknown_user" in cold
+    assert cold.count('<span class="gen popular-list">popular list</span>') == 5
 
 
 def test_the_list_is_read_again_only_after_a_change(registry: LocalRegistry, dummy_bundle: Path) -> None:

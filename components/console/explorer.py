@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -141,9 +141,10 @@ class ExplorerModel:
                           enumerate(zip(ranked_items.tolist(), ranked_scores.tolist(), strict=True), start=1)]
         top = [self._row(n, int(i), float(v), masks.get(int(i), 0), bought) for n, (i, v) in
                enumerate(zip(rec.item_idx.tolist(), rec.scores.tolist(), strict=True), start=1)]
-        if rec.fallback is None:  # top-ups from the popular list were not proposed by a generator
-            top = [r if r.score is not None else Row(r.rank, r.item_id, None, ("popular top-up",), r.attributes,
-                                                     r.bought_before) for r in top]
+        if rec.fallback is not None:  # the popular list itself, not a candidate generator
+            top = [replace(r, generators=("popular list",)) for r in top]
+        else:  # a short personal list is topped up from the popular list
+            top = [r if r.score is not None else replace(r, generators=("popular top-up",)) for r in top]
         return Explanation(user_id=user_id, payload=payload, top=top, candidates=candidates, history=history,
                            history_total=history_total, fallback=rec.fallback)
 
