@@ -16,6 +16,7 @@ from components import schema as s
 from components.console.app import ConsoleConfig, create_console_app
 from components.console.reports import LocalReports
 from components.console.security import CSRF_COOKIE, CSRF_FIELD
+from components.registry.base import ModelVersion
 from components.registry.local import LocalRegistry
 from components.serving.source import BundleFetcher
 from components.serving.testing import serve_in_thread
@@ -183,31 +184,37 @@ def test_explorer_on_a_synthetic_bundle(registry: LocalRegistry, tmp_path: Path)
     assert cold.count('<span class="gen popular-list">popular list</span>') == 5
 
 
-def test_the_list_is_read_again_only_after_a_change(registry: LocalRegistry, dummy_bundle: Path) -> None:
-    """Parsing every version is the pages' main cost at 1,000 versions; a change made elsewhere (the CLI,
-    the pipeline's register step) must still show on the next page."""
+def test_only_changed_versions_are_read_again(registry: LocalRegistry, dummy_bundle: Path) -> None:
+    """Parsing every version is the pages' main cost at 1,000 versions: after the first page, only the
+    versions the registry's event log names are described again; a change made elsewhere (the CLI, the
+    pipeline's register step) still shows on the next page."""
     from components.console.versions import VersionList
 
-    reads: list[int] = []
+    calls: list[str] = []
 
     class Counting(LocalRegistry):
-        def list_versions(self, group: str) -> list:
-            reads.append(1)
+        def list_versions(self, group: str) -> list[ModelVersion]:
+            calls.append("list")
             return super().list_versions(group)
 
-    registry.register(GROUP, str(dummy_bundle), evaluation(0.3))
+        def describe(self, group: str, version: int) -> ModelVersion:
+            calls.append(f"describe {version}")
+            return super().describe(group, version)
+
+    for ndcg in (0.3, 0.31, 0.32):
+        registry.register(GROUP, str(dummy_bundle), evaluation(ndcg))
     versions = VersionList(Counting(registry.root), GROUP)
-    assert [v.status for v in versions.get()] == ["PendingManualApproval"]
+    assert [v.status for v in versions.get()] == ["PendingManualApproval"] * 3
     versions.get()
-    assert len(reads) == 1
-    registry.set_status(GROUP, 1, "Approved")  # another process: the console is not told
-    assert [v.status for v in versions.get()] == ["Approved"]
+    assert calls == ["list"]
+    registry.set_status(GROUP, 2, "Approved")  # another process: the console is not told
+    assert [v.status for v in versions.get()] == ["PendingManualApproval", "Approved", "PendingManualApproval"]
     registry.register(GROUP, str(dummy_bundle), evaluation(0.4))
-    assert [v.version for v in versions.get()] == [1, 2]
-    assert len(reads) == 3
+    assert [v.version for v in versions.get()] == [1, 2, 3, 4]
+    assert calls == ["list", "describe 2", "describe 4"]
 
 
-def test_a_registry_without_change_token_is_reread_after_its_ttl(registry: LocalRegistry,
+def test_a_registry_without_a_change_log_is_listed_again_after_its_ttl(registry: LocalRegistry,
                                                                  dummy_bundle: Path) -> None:
     from components.console.versions import VersionList
 
@@ -264,3 +271,17 @@ def test_with_sagemaker_the_console_reads_and_approves_through_the_model_registr
             assert done.status_code == 303
         arn = sm.list_model_packages(ModelPackageGroupName=GROUP)["ModelPackageSummaryList"][0]["ModelPackageArn"]
         assert sm.describe_model_package(ModelPackageName=arn)["ModelApprovalStatus"] == "Approved"
+
+
+def test_changes_since_reads_whole_lines_and_notices_a_replaced_log(registry: LocalRegistry,
+                                                                    dummy_bundle: Path) -> None:
+    assert registry.changes_since(GROUP, 0) == (0, set())
+    registry.register(GROUP, str(dummy_bundle), evaluation(0.3))
+    offset, changed = registry.changes_since(GROUP, 0) or (0, set())
+    assert changed == {1}
+    log = registry.root / GROUP / "events.jsonl"
+    with log.open("a") as handle:  # another process is half-way through appending a line
+        handle.write('{"detail-type": "SageMaker Model Package State Change", "detail": {"ModelPackageVer')
+    assert registry.changes_since(GROUP, offset) == (offset, set())
+    log.write_text("")  # the registry folder was replaced
+    assert registry.changes_since(GROUP, offset) is None

@@ -1,10 +1,10 @@
-"""The group's versions, read through the registry port once per change rather than once per page.
+"""The group's versions, read through the registry port once, then kept up to date.
 
 Reading is the pages' main cost at scale: the local registry parses one record (with its whole
-evaluation.json) per version, ~1 ms each, and SageMaker answers one DescribeModelPackage call per version.
-A registry that can say cheaply whether anything changed (``LocalRegistry.change_token``) is re-read only
-then; any other (SageMaker) is re-read after ``ttl_s`` seconds, or at once after the console's own status
-change or a page's "refresh"."""
+evaluation.json) per version, and SageMaker answers one DescribeModelPackage call per version. A registry
+that can say which versions changed (``LocalRegistry.changes_since``: its event log) has only those
+described again; any other (SageMaker) is listed again after ``ttl_s`` seconds, or at once after the
+console's own status change or a page's "re-read"."""
 
 from __future__ import annotations
 
@@ -14,30 +14,43 @@ from collections.abc import Callable
 
 from components.registry.base import ModelRegistry, ModelVersion
 
+ChangesSince = Callable[[str, int], tuple[int, set[int]] | None]
+
 
 class VersionList:
     def __init__(self, registry: ModelRegistry, group: str, *, ttl_s: float = 30.0) -> None:
         self.registry = registry
         self.group = group
         self.ttl_s = ttl_s
-        token: Callable[[str], object] | None = getattr(registry, "change_token", None)
-        self._token = token
+        self._changes: ChangesSince | None = getattr(registry, "changes_since", None)
         self._lock = threading.Lock()
-        self._versions: list[ModelVersion] = []
-        self._seen: object = None
-        self._read_at = float("-inf")
+        self._versions: dict[int, ModelVersion] = {}
+        self._offset = 0
+        self._read_at: float | None = None  # None: read everything on the next get
 
     def invalidate(self) -> None:
+        """Make the next ``get`` see every change (a registry with a change log always does)."""
         with self._lock:
-            self._read_at, self._seen = float("-inf"), None
+            if self._changes is None:
+                self._read_at = None
 
     def get(self) -> list[ModelVersion]:
         """Every version, oldest first (as the port lists them)."""
         with self._lock:
-            current = self._token(self.group) if self._token is not None else None
-            fresh = (current == self._seen if self._token is not None
-                     else time.monotonic() - self._read_at < self.ttl_s)
-            if not fresh or self._read_at == float("-inf"):
-                self._versions = self.registry.list_versions(self.group)
-                self._seen, self._read_at = current, time.monotonic()
-            return self._versions
+            if self._read_at is not None and self._changes is not None:
+                changed = self._changes(self.group, self._offset)
+                if changed is not None:
+                    self._offset, numbers = changed
+                    for number in sorted(numbers):
+                        self._versions[number] = self.registry.describe(self.group, number)
+                    return [self._versions[n] for n in sorted(self._versions)]
+            elif self._read_at is not None and time.monotonic() - self._read_at < self.ttl_s:
+                return [self._versions[n] for n in sorted(self._versions)]
+            # everything: the first time, after invalidate(), a replaced log, or the TTL
+            if self._changes is not None:
+                # the log's end before listing: what changes while we list is described again next time
+                self._offset = (self._changes(self.group, 0) or (0, set()))[0]
+            listed = self.registry.list_versions(self.group)
+            self._versions = {v.version: v for v in listed}
+            self._read_at = time.monotonic()
+            return listed

@@ -114,14 +114,23 @@ class LocalRegistry:
         approved = [v for v in self.list_versions(group) if v.status == "Approved"]
         return approved[-1] if approved else None
 
-    def change_token(self, group: str) -> tuple[int, int]:
-        """Changes whenever a version is registered or changes status (both append to events.jsonl):
-        lets a reader keep its parsed list of versions until then."""
-        try:
-            stat = (self._group_dir(group) / "events.jsonl").stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return (stat.st_size, stat.st_mtime_ns)
+    def changes_since(self, group: str, offset: int) -> tuple[int, set[int]] | None:
+        """The versions registered or changed after byte ``offset`` of events.jsonl (every change appends
+        a line there) and the offset to ask from next time; None if the log is shorter than ``offset``
+        (the registry was replaced: read it all again). Lets a reader keep its parsed versions and
+        re-read only these."""
+        path = self._group_dir(group) / "events.jsonl"
+        if not path.exists():
+            return None if offset else (0, set())
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < offset:
+                return None
+            handle.seek(offset)
+            tail = handle.read()
+        complete = tail[:tail.rfind(b"\n") + 1]  # a line being appended right now is read next time
+        versions = {int(json.loads(line)["detail"]["ModelPackageVersion"]) for line in complete.splitlines() if line}
+        return offset + len(complete), versions
 
     def evaluation_dir(self, group: str, version: int) -> Path:
         """Where the version's evaluation report (report.html, its plots, evaluation.json) is kept."""
