@@ -175,7 +175,7 @@ def create_console_app(registry: ModelRegistry, reports: ReportFiles, fetcher: B
                                    label=f"version {chosen.version}", registry_version=chosen.version)
         explanation = model.explain(user_id.strip(), k) if user_id.strip() else None
         return page(request, "explorer.html", model=model, chosen=chosen, live=live, choices=choices, k=k,
-                    user_id=user_id.strip(), explanation=explanation, sample_users=model.sample_users(),
+                    user_id=user_id.strip(), explanation=explanation, sample_users=model.samples,
                     max_top_k=MAX_TOP_K)
 
     @app.get("/healthz", include_in_schema=False)

@@ -83,31 +83,34 @@ class ExplorerModel:
         self.generators = generators  # uint8 bit mask per candidate row, aligned with model.candidate_items
         self.label = label
         self.attribute_names = [c for c in items.columns if c not in (s.ITEM_IDX, s.ITEM_ID)]
-        # one list of display strings per item_idx: building them per request would cost more than the answer
-        columns = [items[c].tolist() for c in self.attribute_names]
-        self.attributes: list[dict[str, str]] = [
-            {name: _attribute_text(col[i]) for name, col in zip(self.attribute_names, columns, strict=True)}
-            for i in range(len(items))]
+        self._columns = [items[c].tolist() for c in self.attribute_names]  # item_idx order (Bundle.items)
         self.history = history
+        self.samples = self._sample_users()
 
     @property
     def version(self) -> str:
         return self.model.version
 
-    def sample_users(self, count: int = 40) -> list[str]:
+    def attributes(self, item: int) -> dict[str, str]:
+        if not 0 <= item < len(self._columns[0] if self._columns else ()):
+            return {}
+        return {name: _attribute_text(column[item]) for name, column in zip(self.attribute_names, self._columns,
+                                                                              strict=True)}
+
+    def _sample_users(self, count: int = 40) -> list[str]:
         """A spread of users with a personal list, for the picker."""
         with_rows = np.flatnonzero(np.diff(self.model.offsets) > 0)
         if not len(with_rows):
             return []
         picks = with_rows[np.linspace(0, len(with_rows) - 1, min(count, len(with_rows))).astype(np.int64)]
-        ids = list(self.model.user_index)  # dict order is user_idx order
-        return [ids[int(u)] for u in np.unique(picks)]
+        wanted = {int(u) for u in picks}
+        return [user for user, idx in self.model.user_index.items() if idx in wanted]
 
     def _row(self, rank: int, item: int, score: float, mask: int, bought: set[int]) -> Row:
         model = self.model
         return Row(rank=rank, item_id=model.item_ids[item], score=None if math.isnan(score) else score,
                    generators=tuple(name for bit, (name, _) in enumerate(GENERATORS) if mask & (1 << bit)),
-                   attributes=self.attributes[item] if item < len(self.attributes) else {},
+                   attributes=self.attributes(item),
                    bought_before=item in bought)
 
     def explain(self, user_id: str, k: int, *, history_limit: int = 50) -> Explanation:
@@ -131,7 +134,7 @@ class ExplorerModel:
                 item = int(h.items[start + j])
                 days, since = float(h.purchase_days[start + j]), float(h.days_since_last[start + j])
                 history.append(HistoryRow(model.item_ids[item], None if math.isnan(days) else days,
-                                          None if math.isnan(since) else since, self.attributes[item]))
+                                          None if math.isnan(since) else since, self.attributes(item)))
             rows = slice(int(model.offsets[user_idx]), int(model.offsets[user_idx + 1]))
             items, scores = model.candidate_items[rows], model.candidate_scores[rows]
             item_masks = self.generators[rows]
