@@ -140,6 +140,20 @@ def all_by_css(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def click_and_wait(driver: Any, element: Any) -> None:
+    """Click what navigates, and wait for the next page: Selenium's click returns before a form's POST
+    and its redirect have replaced the page, so reading at once could read the old one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(driver, 60)
+    wait.until(expected_conditions.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def table_statuses(driver: Any) -> dict[int, str]:
     rows = all_by_css(driver, "#versions tbody tr:not(.live)")
     return {int(row.get_attribute("data-version")): by_css(row, ".status").text for row in rows}
@@ -165,7 +179,7 @@ def test_the_registry_table_lists_the_versions(browser: Any, console: str, regis
     browser.save_screenshot(str(screenshots / "console-registry.png"))
     # the evaluation report, one click from the version's page: the copy the register step kept
     browser.get(console + "/registry/1")
-    by_css(browser, "#report-link").click()
+    click_and_wait(browser, by_css(browser, "#report-link"))
     assert browser.title == "ecomrec evaluation"
     assert all_by_css(browser, "img[alt^='Ranking metrics']")
 
@@ -173,10 +187,10 @@ def test_the_registry_table_lists_the_versions(browser: Any, console: str, regis
 def test_approving_from_the_page_shows_in_models_list(browser: Any, console: str, registry_dir: Path) -> None:
     assert cli_statuses(registry_dir)[3] == "PendingManualApproval"
     browser.get(console + "/registry")
-    by_css(browser, "tr[data-version='3']:not(.live) a.approve").click()
+    click_and_wait(browser, by_css(browser, "tr[data-version='3']:not(.live) a.approve"))
     assert by_css(browser, "#confirm h1").text == "Approve version 3 of ecomrec?"
     by_css(browser, "input[name='reason']").send_keys("better on every headline metric")
-    by_css(browser, "#confirm-button").click()
+    click_and_wait(browser, by_css(browser, "#confirm-button"))
     assert by_css(browser, "#done").text == "Version 3 is now Approved."
     assert cli_statuses(registry_dir)[3] == "Approved"
     record = LocalRegistry(registry_dir).describe(GROUP, 3)
@@ -226,7 +240,7 @@ def test_the_explorer_shows_what_get_recommendations_answers(browser: Any, conso
         field.clear()
         field.send_keys(user)
         Select(by_css(browser, "select[name='version']")).select_by_value("1")
-        by_css(browser, "#explore-button").click()
+        click_and_wait(browser, by_css(browser, "#explore-button"))
         assert by_css(browser, "#result-user").text == user
         answer = answers[user]
         expected = [(item["item_id"], "-" if item["score"] is None else f"{item['score']:.6f}")
@@ -272,7 +286,7 @@ def test_a_cross_site_post_is_refused(browser: Any, console: str, registry_dir: 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         browser.get(f"http://localhost:{server.server_address[1]}/")
-        by_css(browser, "#go").click()
+        click_and_wait(browser, by_css(browser, "#go"))
         assert by_css(browser, "#error h1").text == "Refused"
         assert "another site" in by_css(browser, "#error").text
     finally:
