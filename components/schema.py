@@ -193,7 +193,8 @@ BUNDLE_ITEM_FACTORS: Final = "als/item_factors.npy"
 BUNDLE_CANDIDATES: Final = "candidates"  # Parquet parts, ascending users: user_idx, item_idx, features
 BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fallback, best first
 BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
-BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff
+BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff (+ ui_purchase_days,
+# ui_days_since_last: the explorer's history)
 ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present
 # A categorical feature's value when unknown (CatBoost cannot take a NULL category); the ETL writes it, the
 # trainer and every scorer map an empty field to it.

@@ -187,3 +187,17 @@ def test_the_bundle_step_leaves_no_scratch_behind(tiny_run: Path, tmp_path: Path
     step.main([*argv, "--output", str(tmp_path / "bundle"), "--config", PipelineConfig().to_json()])
     assert list(scratch_root.iterdir()) == []
     assert (tmp_path / "bundle" / s.MODEL_ARCHIVE).is_file()
+
+
+def test_the_purchased_table_carries_how_often_and_how_recently(tiny_run: Path) -> None:
+    """The console's explorer shows a user's history from the bundle alone: each bought item with its
+    purchase days and days since the last event, as the test fold's user-item features have them."""
+    bundle = load_bundle(tiny_run / "bundle" / s.MODEL_ARCHIVE)
+    purchased = pd.read_parquet(bundle.root / s.BUNDLE_PURCHASED)
+    features = pd.read_parquet(tiny_run / "etl" / s.FOLDS_DIR / s.TEST_FOLD / s.USER_ITEM_FEATURES)
+    bought = features.loc[features[s.UI_PURCHASE_DAYS] > 0]
+    keys = [s.USER_IDX, s.ITEM_IDX]
+    merged = purchased.merge(bought[[*keys, s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST]], on=keys, suffixes=("", "_etl"))
+    assert len(purchased) == len(bought) == len(merged) > 0
+    for column in (s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST):
+        assert np.allclose(merged[column].astype(float), merged[f"{column}_etl"].astype(float))

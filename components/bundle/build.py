@@ -36,7 +36,7 @@ class BundleInputs:
     candidates: pd.DataFrame | Path  # user_idx, item_idx + features; or ranker_data's user-sorted scoring/
     popular: pd.DataFrame  # item_idx, score; best first
     items: pd.DataFrame  # item_idx, item_id + catalog attributes
-    purchased: pd.DataFrame  # user_idx, item_idx
+    purchased: pd.DataFrame  # user_idx, item_idx (+ ui_purchase_days, ui_days_since_last when known)
     feature_spec: dict[str, Any]
     model_file: Path  # native CatBoost file
     window: dict[str, Any]
@@ -79,7 +79,9 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         catalog = pd.read_parquet(catalog_path).drop(columns=[s.ITEM_IDX], errors="ignore")
         items = items.merge(catalog, on=s.ITEM_ID, how="left")
     ui = _read_table(fold / s.USER_ITEM_FEATURES)
-    purchased = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX]]
+    # with how often and how recently: the console's explorer shows a user's history from them
+    history = [c for c in (s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST) if c in ui.columns]
+    purchased = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX, *history]]
     archive = train / s.MODEL_ARCHIVE
     if not archive.is_file():
         raise BundleError(f"missing trained model {archive}")

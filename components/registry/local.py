@@ -1,7 +1,8 @@
 """The embedded model registry: a folder with SageMaker Model Registry semantics.
 
 Layout: ``ROOT/<group>/versions/<n>.json`` (one record per version), ``ROOT/<group>/artifacts/<n>/``
-(a copy of the registered bundle, so later runs cannot change what was approved) and
+(a copy of the registered bundle, so later runs cannot change what was approved, and its evaluation
+report under ``evaluation/``) and
 ``ROOT/<group>/events.jsonl``: one line per status change, shaped like the EventBridge
 "SageMaker Model Package State Change" detail, which the inference service's watcher reads.
 Writes are atomic (temp file + rename) and version numbers are taken under a file lock.
@@ -20,10 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from components import schema as s
 from components.errors import RegistryError
 from components.registry.base import APPROVAL_STATUSES, PENDING, ApprovalStatus, ModelVersion
 
 STATE_CHANGE_DETAIL_TYPE = "SageMaker Model Package State Change"
+EVALUATION_DIR = "evaluation"  # under artifacts/<n>/: the evaluation report of that version
 
 
 def _now() -> str:
@@ -110,6 +113,38 @@ class LocalRegistry:
     def latest_approved(self, group: str) -> ModelVersion | None:
         approved = [v for v in self.list_versions(group) if v.status == "Approved"]
         return approved[-1] if approved else None
+
+    def changes_since(self, group: str, offset: int) -> tuple[int, set[int]] | None:
+        """The versions registered or changed after byte ``offset`` of events.jsonl (every change appends
+        a line there) and the offset to ask from next time; None if the log is shorter than ``offset``
+        (the registry was replaced: read it all again). Lets a reader keep its parsed versions and
+        re-read only these."""
+        path = self._group_dir(group) / "events.jsonl"
+        if not path.exists():
+            return None if offset else (0, set())
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < offset:
+                return None
+            handle.seek(offset)
+            tail = handle.read()
+        complete = tail[:tail.rfind(b"\n") + 1]  # a line being appended right now is read next time
+        versions = {int(json.loads(line)["detail"]["ModelPackageVersion"]) for line in complete.splitlines() if line}
+        return offset + len(complete), versions
+
+    def evaluation_dir(self, group: str, version: int) -> Path:
+        """Where the version's evaluation report (report.html, its plots, evaluation.json) is kept."""
+        return self._group_dir(group) / "artifacts" / str(version) / EVALUATION_DIR
+
+    def attach_evaluation(self, group: str, version: int, source: Path) -> Path:
+        """Copy the evaluation step's report files beside the version's bundle copy, so the report a
+        reviewer opens is the one of this version even after the run folder is rerun or deleted."""
+        target = self.evaluation_dir(group, version)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(Path(source).iterdir()):
+            if path.is_file() and (path.suffix in (".html", ".png") or path.name == s.EVALUATION_FILE):
+                shutil.copyfile(path, target / path.name)
+        return target
 
     def events(self, group: str) -> list[dict[str, Any]]:
         path = self._group_dir(group) / "events.jsonl"

@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluation,
         description=f"bundle {bundle_manifest['version']}",
     )
+    registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])  # the console shows it
     record["registered"] = asdict(version) | {"metrics": "see evaluation.json"}
     (args.output / REGISTRATION_FILE).write_text(json.dumps(record, indent=2))
     log.info("registered %s version %d as %s", version.group, version.version, version.status)
