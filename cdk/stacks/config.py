@@ -21,7 +21,9 @@ class EcomrecConfig:
     prefix: str = "ecomrec"  # resource-name prefix
     account: str | None = None
     region: str | None = None
-    availability_zones: tuple[str, ...] = ()  # default with a region: <region>a, <region>b
+    # Empty: the first two zones CloudFormation's Fn::GetAZs lists at deploy time (no lookup at synth, no
+    # guessed names); set it (`-c ecomrec:availabilityZones=eu-west-1a,eu-west-1c`) to pin zones.
+    availability_zones: tuple[str, ...] = ()
     # ml
     model_package_group: str = "ecomrec"
     pipeline_name: str = "ecomrec"  # lowercase: SageMaker lowercases pipeline ARNs; = the CLI's default
@@ -89,12 +91,6 @@ class EcomrecConfig:
     @property
     def load_balancer_name(self) -> str:
         return f"{self.prefix}-inference"
-
-    @property
-    def azs(self) -> list[str] | None:
-        if self.availability_zones:
-            return list(self.availability_zones)
-        return [f"{self.region}a", f"{self.region}b"] if self.region else None
 
     @classmethod
     def from_context(cls, scope: Construct) -> EcomrecConfig:

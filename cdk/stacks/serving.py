@@ -149,6 +149,19 @@ class ServingStack(cdk.Stack):
         cdk.CfnOutput(self, "PodRoleArn", value=self.pod_role.role_arn)
 
     @property
+    def availability_zones(self) -> list[str]:
+        """The zones the VPC spans, never looked up at synth.
+
+        aws-cdk-lib's Stack looks zones up in the account (a context provider: credentials at synth) as soon
+        as account and region are known, and ec2.Vpc reads this property even when given zones. Default:
+        the first two zones of ``Fn::GetAZs``, resolved by CloudFormation at deploy time in the account
+        (only zones it can use), as CDK does for an environment-agnostic stack.
+        """
+        if self.config.availability_zones:
+            return list(self.config.availability_zones)
+        return [cdk.Fn.select(i, cdk.Fn.get_azs()) for i in range(2)]
+
+    @property
     def icluster(self) -> eks.ICluster:
         """The cluster as its interface (jsii's Python stubs miss a protocol member on Cluster)."""
         return cast(eks.ICluster, self.cluster)
@@ -157,8 +170,7 @@ class ServingStack(cdk.Stack):
         vpc = ec2.Vpc(
             self,
             "Vpc",
-            availability_zones=self.config.azs,
-            max_azs=None if self.config.azs else 2,
+            availability_zones=self.availability_zones,
             nat_gateways=self.config.nat_gateways,
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
