@@ -263,9 +263,10 @@ def test_cluster_is_private_logged_and_needs_no_kubectl_layer(synth: Synth) -> N
     assert {t["Type"] for t in enabled} == {"api", "audit", "authenticator", "controllerManager", "scheduler"}
     assert not resources(raw, "AWS::Lambda::LayerVersion")
     assert not [r for r in raw["Resources"].values() if "KubernetesResource" in r["Type"]]
-    [nodegroup] = resources(raw, "AWS::EKS::Nodegroup").values()
-    assert nodegroup["Properties"]["ScalingConfig"] == {"MinSize": 3, "MaxSize": 6, "DesiredSize": 3}
-    assert nodegroup["Properties"]["Labels"] == k8s.NODE_POOL_LABEL
+    # One compute model: Auto Mode's built-in node pools, no node group (tests/test_aws_constraints.py checks
+    # the rest of what Auto Mode requires).
+    assert not resources(raw, "AWS::EKS::Nodegroup")
+    assert cluster["Properties"]["ComputeConfig"]["NodePools"] == ["system", "general-purpose"]
 
 
 def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
@@ -289,7 +290,8 @@ def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
             "RoleArn": {"Fn::GetAtt": [Match.string_like_regexp("InferencePodRole"), "Arn"]},
         },
     )
-    t.has_resource_properties("AWS::EKS::Addon", {"AddonName": "eks-pod-identity-agent"})
+    # Auto Mode has the Pod Identity agent built in: no add-on for it.
+    assert "eks-pod-identity-agent" not in json.dumps(resources(raw, "AWS::EKS::Addon"))
 
 
 def _manifests(synth: Synth) -> list[dict[str, Any]]:
@@ -315,7 +317,7 @@ def test_deployment_rolls_out_without_losing_capacity(synth: Synth) -> None:
     # The rollout function patches exactly this container and this variable.
     assert c.MODEL_ENV_VAR == "ECOMREC_MODEL"
     assert pod["serviceAccountName"] == c.SERVICE_ACCOUNT
-    assert pod["nodeSelector"] == k8s.NODE_POOL_LABEL
+    assert "nodeSelector" not in pod  # Auto Mode's general-purpose pool (the system pool is tainted)
     # The service is built for a non-root, read-only container that writes to /tmp only.
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = container["securityContext"]
@@ -422,19 +424,43 @@ def test_approval_rule_matches_our_group_and_both_decisions(synth: Synth) -> Non
         "detail": {"ModelPackageGroupName": ["ecomrec"], "ModelApprovalStatus": ["Approved", "Rejected"]},
     }
     [target] = rule["Properties"]["Targets"]
-    fn_id = next(k for k in resources(raw, "AWS::Lambda::Function") if k.startswith("RolloutFn"))
-    dlq_id = next(iter(resources(raw, "AWS::SQS::Queue")))
-    assert target["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    queues = resources(raw, "AWS::SQS::Queue")
+    queue_id = next(k for k in queues if k.startswith("RolloutQueue"))
+    delivery_dlq = next(k for k in queues if k.startswith("RolloutDeliveryDlq"))
+    assert target["Arn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
     assert target["RetryPolicy"]["MaximumRetryAttempts"] == 4
-    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [dlq_id, "Arn"]}}
-    t = synth.template(synth.built.events)
-    t.has_resource_properties(
-        "AWS::Lambda::EventInvokeConfig",
-        {
-            "MaximumRetryAttempts": 2,
-            "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [dlq_id, "Arn"]}}},
-        },
-    )
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [delivery_dlq, "Arn"]}}
+
+
+def test_rollouts_are_serialised_by_one_fifo_message_group(synth: Synth) -> None:
+    """No reserved concurrency (a new account refuses it: tests/test_aws_constraints.py). One message group
+    of a FIFO queue: "Messages within the same message group are always processed one at a time, in strict
+    order" (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/using-messagegroupid-property.html),
+    and for FIFO sources "the maximum number of concurrent invocations is equal to the number of message
+    group IDs" (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html)."""
+    raw = synth.raw(synth.built.events)
+    queues = resources(raw, "AWS::SQS::Queue")
+    queue_id = next(k for k in queues if k.startswith("RolloutQueue"))
+    queue = queues[queue_id]["Properties"]
+    assert queue["FifoQueue"] is True
+    assert queue["ContentBasedDeduplication"] is True
+    dlq_id = queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+    assert queues[dlq_id]["Properties"]["FifoQueue"] is True  # a FIFO queue's DLQ must be FIFO
+    assert dlq_id.startswith("RolloutDlq")
+    [rule] = resources(raw, "AWS::Events::Rule").values()
+    [target] = rule["Properties"]["Targets"]
+    assert target["SqsParameters"]["MessageGroupId"]  # one constant group for every event
+    assert isinstance(target["SqsParameters"]["MessageGroupId"], str)
+    fn_id, fn = next((k, f) for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
+    assert "ReservedConcurrentExecutions" not in fn["Properties"]
+    [mapping] = resources(raw, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+    assert mapping["Properties"]["FunctionName"] == {"Ref": fn_id}
+    assert mapping["Properties"]["BatchSize"] == 1
+    # The Lambda docs: visibility timeout at least six times the function timeout.
+    assert queue["VisibilityTimeout"] >= 6 * fn["Properties"]["Timeout"]
+    # No async invocation config left over (the function is invoked by the queue, synchronously).
+    assert not resources(raw, "AWS::Lambda::EventInvokeConfig")
 
 
 def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> None:
@@ -442,7 +468,6 @@ def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> Non
     fn_id, fn = next((k, f) for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
     props = fn["Properties"]
     assert props["Handler"] == "ecomrec_rollout.handler.handler"
-    assert props["ReservedConcurrentExecutions"] == 1  # one rollout at a time
     env = props["Environment"]["Variables"]
     assert env[c.ENV_MODEL_PACKAGE_GROUP] == "ecomrec"
     assert env[c.ENV_NAMESPACE] == c.NAMESPACE
@@ -460,10 +485,12 @@ def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> Non
         "ssm:GetParameterHistory",
         "ssm:DescribeParameters",
         "ssm:PutParameter",
-        # on-failure destination: the DLQ
-        "sqs:SendMessage",
-        "sqs:GetQueueAttributes",
+        # the rollout queue (event source mapping)
+        "sqs:ReceiveMessage",
+        "sqs:ChangeMessageVisibility",
         "sqs:GetQueueUrl",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
     }
     put = next(st for st in sts if "s3:PutObject" in as_list(st["Action"]))
     assert "GetAttModels" in json.dumps(put["Resource"])
@@ -496,7 +523,9 @@ def test_retraining_schedule_starts_the_pipeline_with_parameters(synth: Synth) -
     sts = statements(raw, "RetrainSchedulerRole")
     start = next(st for st in sts if st["Action"] == "sagemaker:StartPipelineExecution")
     assert "pipeline/ecomrec" in json.dumps(start["Resource"])
-    assert "DeadLetterConfig" in target
+    # Its own DLQ, not the rollout's (a failed start is not a failed rollout; separate alarm text).
+    retrain_dlq = next(k for k in resources(raw, "AWS::SQS::Queue") if k.startswith("RetrainDlq"))
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [retrain_dlq, "Arn"]}}
 
 
 # ------------------------------------------------------------------ monitoring
@@ -507,7 +536,8 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
     alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()}
     assert set(alarms) == {
         f"ecomrec-{n}"
-        for n in ("Http5xxRate", "LatencyP99", "PipelineExecutionFailed", "RolloutFunctionErrors", "RolloutDeadLetters")
+        for n in ("Http5xxRate", "LatencyP99", "PipelineExecutionFailed", "RolloutFunctionErrors", "RolloutDeadLetters",
+                  "RolloutDeliveryDeadLetters", "RetrainDeadLetters")
     }
     [topic_id] = resources(raw, "AWS::SNS::Topic")
     for alarm in alarms.values():

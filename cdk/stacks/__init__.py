@@ -133,6 +133,8 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         pipeline_arn=ml.pipeline_arn,
         rollout_function=events.rollout_fn,
         rollout_dlq=events.dlq,
+        delivery_dlq=events.delivery_dlq,
+        retrain_dlq=events.retrain_dlq,
         env=env,
     )
     if ml.pipeline is not None:

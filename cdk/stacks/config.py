@@ -31,11 +31,9 @@ class EcomrecConfig:
     image_tag: str = "bootstrap"  # inference image tag the CD workflow just pushed (git SHA)
     raw_prefix: str = "raw/"  # the raw contract (events/, items/, users/) in the raw bucket
     # serving
-    kubernetes_version: str = "1.33"
-    node_instance_type: str = "m6i.large"
-    node_min: int = 3
-    node_max: int = 6
-    nat_gateways: int = 1
+    # In EKS standard support until 27 Mar 2027 (tests/test_aws_constraints.py holds the calendar).
+    kubernetes_version: str = "1.35"
+    nat_gateways: int = 2  # one per zone: losing a zone does not cut the other zone's egress
     replicas: int = 3
     max_replicas: int = 12
     # events: retraining

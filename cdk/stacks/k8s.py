@@ -16,7 +16,6 @@ from typing import Any
 from ecomrec_rollout import constants as c
 
 APP_LABEL = {"app.kubernetes.io/name": c.DEPLOYMENT, "app.kubernetes.io/part-of": "ecomrec"}
-NODE_POOL_LABEL = {"ecomrec.io/pool": "inference"}  # the managed node group carries this label
 READY_PATH = "/readyz"  # 200 once a bundle is loaded and smoke-scored, 503 before (routers/health.py)
 LIVE_PATH = "/healthz"  # 200 while the process answers
 METRICS_PATH = "/metrics"
@@ -128,7 +127,6 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
                 },
                 "spec": {
                     "serviceAccountName": c.SERVICE_ACCOUNT,
-                    "nodeSelector": NODE_POOL_LABEL,
                     "terminationGracePeriodSeconds": 45,
                     "securityContext": {
                         "runAsNonRoot": True,

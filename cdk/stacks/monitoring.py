@@ -42,6 +42,8 @@ class MonitoringStack(cdk.Stack):
         pipeline_arn: str,
         rollout_function: lambda_.IFunction,
         rollout_dlq: sqs.IQueue,
+        delivery_dlq: sqs.IQueue,
+        retrain_dlq: sqs.IQueue,
         env: cdk.Environment | None = None,
     ) -> None:
         super().__init__(scope, cid, env=env, description=f"{config.prefix} monitoring: alarms -> SNS")
@@ -175,13 +177,21 @@ class MonitoringStack(cdk.Stack):
             periods=1,
             description="The rollout function failed (it retries; see DLQ)",
         )
-        self._alarm(
-            "RolloutDeadLetters",
-            rollout_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
-            threshold=1,
-            periods=1,
-            description="An approval/rejection could not be rolled out: events in the rollout DLQ",
-        )
+        for cid, queue, description in (
+            ("RolloutDeadLetters", rollout_dlq,
+             "An approval/rejection could not be rolled out after every retry: events in the rollout DLQ"),
+            ("RolloutDeliveryDeadLetters", delivery_dlq,
+             "EventBridge could not queue an approval/rejection for the rollout function: events in its DLQ"),
+            ("RetrainDeadLetters", retrain_dlq,
+             "EventBridge Scheduler could not start the scheduled retraining run: events in the retrain DLQ"),
+        ):
+            self._alarm(
+                cid,
+                queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
+                threshold=1,
+                periods=1,
+                description=description,
+            )
         for alarm in self.alarms.values():
             alarm.add_alarm_action(action)
             alarm.add_ok_action(action)

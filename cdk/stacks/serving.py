@@ -1,5 +1,5 @@
-"""Serving stack: VPC, EKS cluster (native ``aws_eks_v2``), managed node group, pod identity for the
-inference pods, and the Kubernetes objects applied by a small custom resource.
+"""Serving stack: VPC, EKS Auto Mode cluster (native ``aws_eks_v2``, built-in node pools), pod identity for
+the inference pods, and the Kubernetes objects applied by a small custom resource.
 
 No kubectl Lambda layer: EKS Auto Mode's built-in load balancing serves the Ingress, EKS Pod Identity
 replaces the IRSA OIDC plumbing, and the manifests go through ``ecomrec_rollout.handler.apply_handler``,
@@ -29,6 +29,10 @@ from stacks import k8s, nag
 from stacks.config import EcomrecConfig
 from stacks.nag import acknowledge
 
+# Auto Mode's built-in NodePools (https://docs.aws.amazon.com/eks/latest/userguide/set-builtin-node-pools.html):
+# "system" (CriticalAddonsOnly taint) for cluster add-ons, "general-purpose" for the inference pods.
+AUTO_MODE_NODE_POOLS = ("system", "general-purpose")
+AUTO_MODE_NODE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
 ROLLOUT_CODE = Path(__file__).resolve().parents[1] / "rollout"
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14  # cdk-nag L1: the latest
 
@@ -73,6 +77,10 @@ class ServingStack(cdk.Stack):
         )
 
         self.vpc = self._vpc()
+        # One compute model: EKS Auto Mode with its built-in node pools. Auto Mode runs pod networking,
+        # cluster DNS, kube-proxy's job, the load balancer controller, Pod Identity and node autoscaling
+        # itself (https://docs.aws.amazon.com/eks/latest/userguide/automode.html), so nothing is bootstrapped:
+        # no self-managed vpc-cni/kube-proxy/CoreDNS, no node group, no add-ons for those.
         self.cluster = eks.Cluster(
             self,
             "Cluster",
@@ -80,9 +88,9 @@ class ServingStack(cdk.Stack):
             vpc=self.vpc,
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
             endpoint_access=eks.EndpointAccess.PRIVATE,
-            # Auto Mode only for its built-in ALB controller; no node pools: pods run on the node group.
             default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
-            compute=eks.ComputeConfig(node_pools=[]),
+            compute=eks.ComputeConfig(node_pools=list(AUTO_MODE_NODE_POOLS), node_role=self._node_role()),
+            bootstrap_self_managed_addons=False,
             cluster_logging=[
                 eks.ClusterLoggingTypes.API,
                 eks.ClusterLoggingTypes.AUDIT,
@@ -90,19 +98,6 @@ class ServingStack(cdk.Stack):
                 eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
                 eks.ClusterLoggingTypes.SCHEDULER,
             ],
-        )
-        self.nodegroup = self.cluster.add_nodegroup_capacity(
-            "Inference",
-            instance_types=[ec2.InstanceType(config.node_instance_type)],
-            min_size=config.node_min,
-            max_size=config.node_max,
-            desired_size=config.node_min,
-            labels=dict(k8s.NODE_POOL_LABEL),
-            max_unavailable=1,
-            subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-        )
-        pod_identity_agent = eks.Addon(
-            self, "PodIdentityAgent", cluster=self.icluster, addon_name="eks-pod-identity-agent"
         )
 
         self.pod_role = self._pod_role(models_bucket)
@@ -114,7 +109,7 @@ class ServingStack(cdk.Stack):
             service_account=c.SERVICE_ACCOUNT,
             role_arn=self.pod_role.role_arn,
         )
-        association.node.add_dependency(pod_identity_agent)
+        association.node.add_dependency(self.cluster)
 
         params = k8s.ManifestParams(
             image=f"{inference_repo.repository_uri}:{self.image_tag.value_as_string}",
@@ -130,7 +125,7 @@ class ServingStack(cdk.Stack):
 
         eks_managed = "EKS requires these AWS-managed policies on its cluster and node roles"
         acknowledge(
-            self.cluster,
+            self,
             {
                 nag.iam4(f"Policy::arn:<AWS::Partition>:iam::aws:policy/{name}"): eks_managed
                 for name in (
@@ -139,9 +134,8 @@ class ServingStack(cdk.Stack):
                     "AmazonEKSBlockStoragePolicy",
                     "AmazonEKSLoadBalancingPolicy",
                     "AmazonEKSNetworkingPolicy",
-                    "AmazonEKSWorkerNodePolicy",
-                    "AmazonEKS_CNI_Policy",
-                    "AmazonEC2ContainerRegistryReadOnly",
+                    "AmazonEKSWorkerNodeMinimalPolicy",
+                    "AmazonEC2ContainerRegistryPullOnly",
                 )
             },
         )
@@ -177,6 +171,8 @@ class ServingStack(cdk.Stack):
                 ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20),
             ],
         )
+        # S3 traffic (bundle downloads, image layers from ECR's S3) skips the NAT gateways: free and private.
+        vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         vpc.add_flow_log(
             "FlowLogs",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(
@@ -194,6 +190,20 @@ class ServingStack(cdk.Stack):
         for subnet in vpc.private_subnets:
             cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
         return vpc
+
+    def _node_role(self) -> iam.Role:
+        """The Auto Mode node role with the two policies the EKS docs name for it (aws-cdk-lib's default
+        role carries the broader AmazonEKSWorkerNodePolicy and ECR ReadOnly):
+        https://docs.aws.amazon.com/eks/latest/userguide/auto-create-node-role.html"""
+        return iam.Role(
+            self,
+            "AutoModeNodeRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="EKS Auto Mode nodes of the ecomrec cluster",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in AUTO_MODE_NODE_POLICIES
+            ],
+        )
 
     def _pod_role(self, models_bucket: s3.IBucket) -> iam.Role:
         """The inference pods read bundles from the models bucket: nothing else, no writes."""
@@ -282,7 +292,7 @@ class ServingStack(cdk.Stack):
             resource_type="Custom::EcomrecKubernetesManifests",
             properties={"Manifests": cdk.Stack.of(self).to_json_string(self.manifests)},
         )
-        for dep in (access, self.nodegroup, after):
+        for dep in (access, after):
             resource.node.add_dependency(dep)
         acknowledge(
             fn,

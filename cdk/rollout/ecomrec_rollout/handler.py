@@ -1,13 +1,15 @@
 """Lambda entry points.
 
-``handler``: an EventBridge "SageMaker Model Package State Change" for our group. Approved -> copy the
+``handler``: an EventBridge "SageMaker Model Package State Change" for our group, delivered through the
+rollout FIFO queue (one SQS record per invocation, its body the event). Approved -> copy the
 bundle into the models bucket, patch the Deployment (image, model URI, version annotation), wait for the
 rolling update, record the live version.
 Rejected while live, or while the Deployment is patched to it (a rollout that did not complete) -> the
 same with the newest other approved version. Everything else is logged and ignored. Duplicate events find
 the version already live and patch nothing.
 A rollout that does not complete is undone: the Deployment is patched back to the recorded live version,
-the failure is recorded next to it, and the function still fails (retries, DLQ, alarms).
+the failure is recorded next to it, and the function still fails (the message is retried, then goes to
+the DLQ; alarms).
 
 ``apply_handler``: the serving stack's custom resource that applies the Kubernetes manifests (server-side
 apply through the same client), keeping the live model on every re-apply.
@@ -239,6 +241,19 @@ def _kube_from_env() -> KubeClient:
                       ca_data_b64=os.environ.get(c.ENV_CLUSTER_CA))
 
 
+def events_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The EventBridge events in an invocation: the SQS records' bodies (the queue), or the event itself."""
+    if "Records" not in payload:
+        return [payload]
+    events = []
+    for record in payload["Records"]:
+        try:
+            events.append(json.loads(record["body"]))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise logic.RolloutError(f"SQS record {record.get('messageId', '?')}: body is not an event: {exc}") from exc
+    return events
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     import boto3  # in the Lambda runtime; imported here so importing this module creates no client
 
@@ -249,7 +264,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 deployment=os.environ.get(c.ENV_DEPLOYMENT, c.DEPLOYMENT),
                 timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")),
                 remaining_s=(lambda: context.get_remaining_time_in_millis() / 1000.0) if context else None)
-    return process(event, deps).as_dict()
+    # Batch size 1: one event per invocation; a failure retries exactly that message.
+    return {"outcomes": [process(e, deps).as_dict() for e in events_of(event)]}
 
 
 # ------------------------------------------------------------------ custom resource: apply manifests
