@@ -17,6 +17,7 @@ import copy
 import json
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,70 @@ RUNS_BUCKET = "processed-bucket"  # where the pipeline writes bundles
 MODELS_BUCKET = "models-bucket"  # where approved bundles are promoted and served from
 TOKEN = "k8s-aws-v1.test-token"
 DEP_PATH = deployment_path(c.NAMESPACE, c.DEPLOYMENT)
+
+
+# ------------------------------------------------------------------ events as SageMaker sends them
+
+# The "Model package state change" example of the SageMaker developer guide, verbatim apart from the
+# duplicated "source" key it shows (JSON keeps one): https://docs.aws.amazon.com/sagemaker/latest/dg/
+# automating-sagemaker-with-eventbridge.html#eventbridge-model-package
+DOC_EVENT: dict[str, Any] = {
+    "version": "0",
+    "id": "844e2571-85d4-695f-b930-0153b71dcb42",
+    "detail-type": "SageMaker Model Package State Change",
+    "source": "aws.sagemaker",
+    "account": "123456789012",
+    "time": "2021-02-24T17:00:14Z",
+    "region": "us-east-2",
+    "resources": ["arn:aws:sagemaker:us-east-2:123456789012:model-package/versionedmp-p-idy6c3e1fiqj/2"],
+    "detail": {
+        "ModelPackageGroupName": "versionedmp-p-idy6c3e1fiqj",
+        "ModelPackageVersion": 2,
+        "ModelPackageArn": "arn:aws:sagemaker:us-east-2:123456789012:model-package/versionedmp-p-idy6c3e1fiqj/2",
+        "CreationTime": "2021-02-24T17:00:14Z",
+        "InferenceSpecification": {
+            "Containers": [{
+                "Image": "257758044811.dkr.ecr.us-east-2.amazonaws.com/sagemaker-xgboost:1.0-1-cpu-py3",
+                "ImageDigest": "sha256:4dc8a7e4a010a19bb9e0a6b063f355393f6e623603361bd8b105f554d4f0c004",
+                "ModelDataUrl": "s3://sagemaker-project-p-idy6c3e1fiqj/versionedmp-p-idy6c3e1fiqj/AbaloneTrain/"
+                                "pipelines-4r83jejmhorv-TrainAbaloneModel-xw869y8C4a/output/model.tar.gz"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"]},
+        "ModelPackageStatus": "Completed",
+        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []},
+        "CertifyForMarketplace": False,
+        "ModelApprovalStatus": "Rejected",
+        "MetadataProperties": {"GeneratedBy": "arn:aws:sagemaker:us-east-2:123456789012:pipeline/"
+                                              "versionedmp-p-idy6c3e1fiqj/execution/4r83jejmhorv"},
+        "ModelMetrics": {"ModelQuality": {"Statistics": {
+            "ContentType": "application/json",
+            "S3Uri": "s3://sagemaker-project-p-idy6c3e1fiqj/versionedmp-p-idy6c3e1fiqj/"
+                     "script-2021-02-24-10-55-15-413/output/evaluation/evaluation.json"}}},
+        "LastModifiedTime": "2021-02-24T17:00:14Z",
+    },
+}
+
+
+def package_event(description: dict[str, Any], status: str) -> dict[str, Any]:
+    """DOC_EVENT for one of our packages: the registry's description in the detail, a fresh event id."""
+    event = copy.deepcopy(DOC_EVENT)
+    event.update(id=str(uuid.uuid4()), region=REGION, resources=[description["ModelPackageArn"]])
+    detail = event["detail"]
+    for key in ("ModelPackageGroupName", "ModelPackageVersion", "ModelPackageArn", "InferenceSpecification"):
+        detail[key] = description[key]
+    detail["ModelApprovalStatus"] = status
+    return event
+
+
+def sqs_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as the rollout FIFO queue hands it to the function (EventBridge puts the event JSON in the
+    body): https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html (example FIFO queue message event)."""
+    return {"Records": [{
+        "messageId": str(uuid.uuid4()), "receiptHandle": "AQEB...", "body": json.dumps(event),
+        "attributes": {"ApproximateReceiveCount": "1", "MessageGroupId": "rollouts",
+                       "MessageDeduplicationId": "content-hash", "SentTimestamp": "1573251510774"},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:rollouts.fifo", "awsRegion": REGION}]}
 
 
 # ------------------------------------------------------------------ fake Kubernetes API over real HTTP
@@ -245,10 +310,7 @@ class World:
     def set_status(self, arn: str, status: str, group: str = GROUP) -> dict[str, Any]:
         """Change the status in the (fake) registry and return the event SageMaker would emit."""
         self.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
-        d = self.sm.describe_model_package(ModelPackageName=arn)
-        return {"version": "0", "source": c.EVENT_SOURCE, "detail-type": c.EVENT_DETAIL_TYPE,
-                "detail": {"ModelPackageGroupName": group, "ModelPackageVersion": d["ModelPackageVersion"],
-                           "ModelPackageArn": arn, "ModelApprovalStatus": status}}
+        return package_event(self.sm.describe_model_package(ModelPackageName=arn), status)
 
     def live(self) -> dict[str, Any]:
         return json.loads(self.ssm.get_parameter(Name=LIVE_PARAM)["Parameter"]["Value"])
@@ -590,3 +652,90 @@ def test_manifests_create_in_order_and_delete_in_reverse(kube_api: tuple[FakeKub
     assert out["PhysicalResourceId"].startswith("ecomrec-manifests")
     # Deleting again (CloudFormation retries) finds nothing and does not fail.
     h.on_custom_resource(_cr_event("Delete", [ns, svc]), kube)
+
+
+# ------------------------------------------------------------------ never backwards: order and duplicates
+
+
+def test_doc_example_event_is_parsed() -> None:
+    """The documentation's example event itself (a Rejected of another group) parses field by field."""
+    from ecomrec_rollout import logic
+
+    parsed = logic.parse_event(DOC_EVENT)
+    assert parsed == logic.PackageEvent(group="versionedmp-p-idy6c3e1fiqj", version=2,
+                                        arn=DOC_EVENT["detail"]["ModelPackageArn"], status="Rejected")
+
+
+def test_approvals_delivered_out_of_order_never_roll_back(world: World) -> None:
+    """v1 and v2 approved; EventBridge delivers v2's event first. v1's event, arriving after, is recorded for
+    rollback (its bundle promoted) and does not replace v2: one rollout in all."""
+    v1 = world.register(1)
+    e1 = world.set_status(v1, "Approved")
+    v2 = world.register(1)
+    e2 = world.set_status(v2, "Approved")
+
+    assert h.process(e2, world.deps).action == "deployed"
+    out = h.process(e1, world.deps)
+
+    assert (out.action, out.version) == ("recorded", 1)
+    assert len(world.api.patches()) == 1
+    assert world.deployed()[0] == "2"
+    state = world.live()
+    assert state["live"]["version"] == 2
+    assert [r["version"] for r in state["previous"]] == [1]
+    assert state["previous"][0]["model_data_url"] == uri(1)  # promoted: a rollback can use it
+    assert world.s3.get_object(Bucket=MODELS_BUCKET, Key=f"{GROUP}/1/model.tar.gz")["Body"].read() == b"bundle 1"
+    # And rejecting v2 now goes back to v1, the recorded candidate.
+    assert h.process(world.set_status(v2, "Rejected"), world.deps).version == 1
+    assert world.deployed()[0] == "1"
+
+
+def test_late_duplicate_of_an_older_approval_does_not_redeploy_it(world: World) -> None:
+    """The issue's probe: v1 live, then v2 live; a late (redelivered) Approved for v1 arrives. v2 stays."""
+    v1 = world.register(1)
+    e1 = world.set_status(v1, "Approved")
+    h.process(e1, world.deps)
+    v2 = world.register(1)
+    h.process(world.set_status(v2, "Approved"), world.deps)
+    patches = len(world.api.patches())
+    before = world.live()
+
+    out = h.process(json.loads(sqs_record(e1)["Records"][0]["body"]), world.deps)  # through the queue's body
+
+    assert out.action == "ignored"
+    assert "already recorded" in out.detail
+    assert len(world.api.patches()) == patches
+    assert world.live() == before
+    assert world.deployed()[0] == "2"
+
+
+def test_duplicate_approvals_through_the_queue_roll_out_once(world: World) -> None:
+    """At-least-once delivery: the same event twice in a row (two SQS messages, as after a dedup window)."""
+    arn = world.register(1)
+    event = world.set_status(arn, "Approved")
+    outs = [h.process(e, world.deps) for e in h.events_of(sqs_record(event)) + h.events_of(sqs_record(event))]
+
+    assert [o.action for o in outs] == ["deployed", "already_live"]
+    assert len(world.api.patches()) == 1
+
+
+def test_older_approval_goes_live_when_the_live_version_is_rejected_meanwhile(world: World) -> None:
+    """v2 live and then rejected in the registry, its Rejected event not handled yet; an Approved for v1
+    arrives: the newest approved version is v1, so it goes live (nothing newer is approved)."""
+    v1 = world.register(1)
+    v2 = world.register(1)
+    e1 = world.set_status(v1, "Approved")
+    h.process(world.set_status(v2, "Approved"), world.deps)
+    world.sm.update_model_package(ModelPackageArn=v2, ModelApprovalStatus="Rejected")
+
+    out = h.process(e1, world.deps)
+
+    assert (out.action, out.version) == ("deployed", 1)
+    assert world.deployed()[0] == "1"
+    assert world.live()["live"]["version"] == 1
+    assert [r["version"] for r in world.live()["previous"]] == []  # the rejected v2 is not a candidate
+
+
+def test_sqs_record_without_an_event_body_fails_clearly() -> None:
+    with pytest.raises(RolloutError, match="body is not an event"):
+        h.events_of({"Records": [{"messageId": "m-1", "body": "not json"}]})

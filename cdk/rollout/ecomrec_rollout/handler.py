@@ -62,7 +62,7 @@ class Deps:
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # ignored | already_live | deployed | rolled_back | forgotten
+    action: str  # ignored | already_live | deployed | recorded | rolled_back | forgotten
     detail: str
     version: int | None = None
 
@@ -199,13 +199,18 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
     state = read_state(deps)
     description = None
     deployed = None
+    live_status = None
     if parsed.group == deps.group and parsed.status == c.APPROVED:
         description = _describe(deps, parsed.arn)
+        older = int(description.get("ModelPackageVersion", parsed.version)) < (state.live.version if state.live else 0)
+        if older and state.live is not None:
+            # An older approval goes live only over a live version the registry no longer approves.
+            live_status = str(_describe(deps, state.live.arn).get("ModelApprovalStatus"))
     if parsed.group == deps.group and parsed.status == c.REJECTED:
         # What the Deployment is patched to can differ from the record after a rollout that failed and
         # could not be restored; rejecting that version must still move the Deployment off it.
         deployed = logic.deployed_version(deps.kube.get(deployment_path(deps.namespace, deps.deployment)))
-    decision = logic.decide(parsed, deps.group, state, description, deployed)
+    decision = logic.decide(parsed, deps.group, state, description, deployed, live_status)
 
     if isinstance(decision, logic.Ignore):
         log.info("ignored: %s", decision.reason)
@@ -217,6 +222,13 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
         write_state(deps, decision.new_state)
         log.info("version %d rejected; removed from the rollback history", decision.version)
         return Outcome("forgotten", "rejected version is not live", decision.version)
+    if isinstance(decision, logic.Record):
+        # Promoted now, like a deployed version: a rollback to it months later must find its bundle.
+        release = promote(deps, decision.release)
+        kept = [release if r.version == release.version else r for r in decision.new_state.previous]
+        write_state(deps, replace(decision.new_state, previous=kept))
+        log.info("%s", decision.reason)
+        return Outcome("recorded", decision.reason, release.version)
     if isinstance(decision, logic.Deploy):
         release = promote(deps, decision.release)
         roll_out_or_restore(deps, release, state)
