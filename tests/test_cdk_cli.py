@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CDK_DIR = REPO / "cdk"
-STACKS = ("EcomrecData", "EcomrecMl", "EcomrecServing", "EcomrecEvents", "EcomrecMonitoring")
+STACKS = ("EcomrecData", "EcomrecMl", "EcomrecServing", "EcomrecEvents", "EcomrecMonitoring", "EcomrecGithub")
 
 
 def ci_synth_commands() -> list[list[str]]:

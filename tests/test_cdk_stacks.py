@@ -599,6 +599,114 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     assert rate(None, None, 50) == 100.0
 
 
+def test_prometheus_scrapes_the_pods_and_evaluates_the_rules(synth: Synth, tmp_path: Path) -> None:
+    """Monitoring that runs: an AMP workspace with containers/monitoring/prometheus-rules.yml loaded as its
+    rule groups, alerts routed to the SNS topic, and AMP's managed scraper on the EKS cluster whose
+    configuration keeps the pods that carry the Deployment's prometheus.io/* annotations. promtool (the real
+    Prometheus config parser) accepts the configuration."""
+    import base64
+    import shutil
+
+    from stacks.monitoring import RULES_FILE
+
+    raw = synth.raw(synth.built.monitoring)
+    [workspace_id] = resources(raw, "AWS::APS::Workspace")
+    [rules] = resources(raw, "AWS::APS::RuleGroupsNamespace").values()
+    assert rules["Properties"]["Data"] == RULES_FILE.read_text()
+    assert rules["Properties"]["Workspace"] == {"Fn::GetAtt": [workspace_id, "Arn"]}
+    alertmanager = json.dumps(raw["Resources"][workspace_id]["Properties"]["AlertManagerDefinition"])
+    [topic_id] = resources(raw, "AWS::SNS::Topic")
+    assert "sns_configs" in alertmanager and topic_id in alertmanager
+    [scraper] = resources(raw, "AWS::APS::Scraper").values()
+    eks_source = scraper["Properties"]["Source"]["EksConfiguration"]
+    assert "Cluster" in json.dumps(eks_source["ClusterArn"])  # the serving stack's cluster
+    assert len(eks_source["SubnetIds"]) >= 2  # AMP: two subnets in two zones at least
+    assert scraper["Properties"]["Destination"]["AmpConfiguration"]["WorkspaceArn"] == {
+        "Fn::GetAtt": [workspace_id, "Arn"]}
+    # The configuration blob: base64 of a literal (no tokens inside), so it can be decoded here.
+    blob = scraper["Properties"]["ScrapeConfiguration"]["ConfigurationBlob"]["Fn::Base64"]
+    config = json.loads(blob if isinstance(blob, str) else base64.b64decode(blob))
+    [job] = config["scrape_configs"]
+    keep = job["relabel_configs"][0]
+    pod_annotations = k8s.find(_manifests(synth), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    # Prometheus turns the annotation prometheus.io/scrape into this meta label (non-alphanumerics -> _).
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], pod_annotations["prometheus.io/scrape"])
+    assert {r.get("target_label") for r in job["relabel_configs"]} >= {"pod", "namespace", "__metrics_path__"}
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    if shutil.which("promtool"):
+        # Debian's promtool is built without Kubernetes service discovery: it checks everything else (global
+        # settings, relabel rules and their regexes) with the discovery swapped for a static target.
+        checked = json.loads(json.dumps(config))
+        checked["scrape_configs"][0].pop("kubernetes_sd_configs")
+        checked["scrape_configs"][0]["static_configs"] = [{"targets": ["10.0.0.1:8080"]}]
+        path = tmp_path / "scrape.yml"
+        path.write_text(json.dumps(checked))
+        proc = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The scraper's role is the Kubernetes user the aps-collector ClusterRole is bound to.
+    [entry] = resources(raw, "AWS::EKS::AccessEntry").values()
+    assert entry["Properties"]["Username"] == k8s.SCRAPER_USER
+    applied = _applied_manifests(synth.raw(synth.built.serving))
+    binding = k8s.find(applied, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "User", "name": k8s.SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}]
+    assert k8s.find(applied, "ClusterRole")["metadata"]["name"] == binding["roleRef"]["name"]
+
+
+def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) -> None:
+    """Amazon Managed Grafana on the workspace; the amazon-cloudwatch-observability add-on (Container Insights
+    + Fluent Bit pod logs) with its agent role through Pod Identity; metrics-server, which the CPU-based HPA
+    reads (Auto Mode runs none)."""
+    raw = synth.raw(synth.built.monitoring)
+    [ws] = resources(raw, "AWS::Grafana::Workspace").values()
+    assert "PROMETHEUS" in ws["Properties"]["DataSources"]
+    assert ws["Properties"]["AuthenticationProviders"] == ["AWS_SSO"]
+    query = next(st for st in statements(raw, "GrafanaRole") if st.get("Sid") == "QueryPrometheus")
+    [workspace_id] = resources(raw, "AWS::APS::Workspace")
+    assert query["Resource"] == {"Fn::GetAtt": [workspace_id, "Arn"]}
+    serving = synth.raw(synth.built.serving)
+    addons = {a["Properties"]["AddonName"]: a["Properties"] for a in resources(serving, "AWS::EKS::Addon").values()}
+    assert set(addons) == {"amazon-cloudwatch-observability", "metrics-server"}
+    [assoc] = addons["amazon-cloudwatch-observability"]["PodIdentityAssociations"]
+    assert assoc["ServiceAccount"] == "cloudwatch-agent"
+    role = serving["Resources"][assoc["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    assert "CloudWatchAgentServerPolicy" in json.dumps(role["ManagedPolicyArns"])
+    hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"  # served by metrics-server's metrics.k8s.io
+
+
+# ------------------------------------------------------------------ github
+
+
+def test_deploy_role_trusts_the_environment_cd_yml_deploys_from(synth: Synth) -> None:
+    """A job that names an environment gets the subject repo:OWNER/REPO:environment:NAME
+    (https://docs.github.com/en/actions/reference/security/oidc#example-subject-claims): the trust condition
+    must be exactly that for cd.yml's deploy job, or every CD run is denied."""
+    import yaml
+
+    raw = synth.raw(synth.built.github)
+    [provider] = resources(raw, "AWS::IAM::OIDCProvider").values()
+    assert provider["Properties"]["Url"] == "https://token.actions.githubusercontent.com"
+    assert provider["Properties"]["ClientIdList"] == ["sts.amazonaws.com"]
+    role = next(r for k, r in resources(raw, "AWS::IAM::Role").items() if k.startswith("DeployRole"))
+    [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
+    cond = trust["Condition"]["StringEquals"]
+    assert cond["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    cd = yaml.safe_load((REPO / ".github" / "workflows" / "cd.yml").read_text())
+    environments = {job["environment"] for job in cd["jobs"].values()
+                    if any(s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+                           for s in job["steps"])}
+    subjects = {"".join(p if isinstance(p, str) else "OWNER/REPO" for p in cond_sub["Fn::Join"][1])
+                for cond_sub in [cond["token.actions.githubusercontent.com:sub"]]}
+    assert subjects == {f"repo:OWNER/REPO:environment:{env}" for env in environments}
+    assert cond["token.actions.githubusercontent.com:sub"]["Fn::Join"][1][1] == {"Ref": "GitHubRepo"}
+    # What CD does with it: push images, upload pipeline code, upsert the pipeline, deploy through CDK's roles.
+    actions = {a for st in statements(raw, "DeployRole") for a in as_list(st["Action"])}
+    assert {"sts:AssumeRole", "ecr:PutImage", "s3:PutObject", "sagemaker:UpdatePipeline", "iam:PassRole"} <= actions
+    assert not any(a.endswith(":*") or a == "*" for a in actions)
+
+
 # ------------------------------------------------------------------ cdk-nag and cfn-lint
 
 
@@ -640,7 +748,7 @@ def test_cdk_nag_fails_synth_on_an_unacknowledged_finding(tmp_path: Path) -> Non
 
 def test_cfn_lint_finds_no_errors_in_the_templates(synth: Synth) -> None:
     templates = sorted(synth.outdir.glob("*.template.json"))
-    assert len(templates) == 5
+    assert len(templates) == 6
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     proc = subprocess.run(
         [str(cfn_lint), "--format", "json", *map(str, templates)], capture_output=True, text=True, timeout=300

@@ -44,6 +44,8 @@ class EcomrecConfig:
     p99_budget_seconds: float = 0.1  # at the load balancer: service p99 (20 ms budget) + network
     error_rate_percent: float = 5.0
     alarm_email: str = ""  # optional e-mail subscription of the alarm topic
+    # github: an existing token.actions.githubusercontent.com provider (an account holds one per URL)
+    github_oidc_provider_arn: str = ""
 
     @property
     def inference_repo(self) -> str:

@@ -12,12 +12,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import aws_cdk as cdk
 from aws_cdk import Duration
+from aws_cdk import aws_aps as aps
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_events as events
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_grafana as grafana
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -26,9 +34,39 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from stacks import k8s, nag
 from stacks.config import EcomrecConfig
+from stacks.nag import acknowledge
 
+MONITORING_ASSETS = Path(__file__).resolve().parents[2] / "containers" / "monitoring"
+RULES_FILE = MONITORING_ASSETS / "prometheus-rules.yml"
+DASHBOARD_FILE = MONITORING_ASSETS / "grafana-dashboard.json"
+SCRAPE_INTERVAL = "30s"
 PIPELINE_NAMESPACE = "AWS/Sagemaker/ModelBuildingPipeline"
+
+
+def scrape_configuration() -> dict[str, Any]:
+    """The managed scraper's Prometheus configuration: every pod that carries the prometheus.io/* annotations
+    (stacks/k8s.py puts them on the inference pods), scraped on the annotated port and path, with the
+    namespace and pod labels the alert rules group by. JSON is YAML, so this dict is the file."""
+    return {
+        "global": {"scrape_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [{
+            "job_name": "kubernetes-pods",
+            "kubernetes_sd_configs": [{"role": "pod"}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                 "action": "keep", "regex": "true"},
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                 "action": "replace", "target_label": "__metrics_path__", "regex": "(.+)"},
+                {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                 "action": "replace", "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2",
+                 "target_label": "__address__"},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            ],
+        }],
+    }
 PIPELINE_STATUS_DETAIL_TYPE = "SageMaker Model Building Pipeline Execution Status Change"
 
 
@@ -41,6 +79,9 @@ class MonitoringStack(cdk.Stack):
         config: EcomrecConfig,
         pipeline_arn: str,
         rollout_function: lambda_.IFunction,
+        cluster: eks.ICluster,
+        cluster_security_group_id: str,
+        subnets: list[ec2.ISubnet],
         rollout_dlq: sqs.IQueue,
         delivery_dlq: sqs.IQueue,
         retrain_dlq: sqs.IQueue,
@@ -198,6 +239,133 @@ class MonitoringStack(cdk.Stack):
         if config.alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.topic.topic_arn)
+
+        self._prometheus(key, cluster, cluster_security_group_id, subnets)
+        self._grafana()
+
+    def _prometheus(
+        self, key: kms.IKey, cluster: eks.ICluster, cluster_sg: str, subnets: list[ec2.ISubnet]
+    ) -> None:
+        """Amazon Managed Service for Prometheus: a workspace, the managed scraper for the EKS cluster, the
+        alert rules of containers/monitoring/ (evaluated by the workspace), alerts to the SNS topic."""
+        aps_principal = iam.ServicePrincipal("aps.amazonaws.com")
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["sns:Publish", "sns:GetTopicAttributes"],
+                principals=[aps_principal],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                principals=[aps_principal],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-alertmanager-receiver-config.html
+        alertmanager = (
+            "alertmanager_config: |\n"
+            "  route:\n"
+            "    receiver: sns\n"
+            "    group_by: [alertname]\n"
+            "  receivers:\n"
+            "    - name: sns\n"
+            "      sns_configs:\n"
+            f"        - topic_arn: {self.topic.topic_arn}\n"
+            "          sigv4:\n"
+            f"            region: {cdk.Aws.REGION}\n"
+        )
+        self.workspace = aps.CfnWorkspace(
+            self, "Prometheus", alias=self.config.prefix, alert_manager_definition=alertmanager
+        )
+        self.rules = aps.CfnRuleGroupsNamespace(
+            self,
+            "PrometheusRules",
+            name=self.config.prefix,
+            workspace=self.workspace.attr_arn,
+            data=RULES_FILE.read_text(),
+        )
+        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html: the cluster's
+        # subnets (two zones at least) and security group; the configuration base64-encoded.
+        self.scraper = aps.CfnScraper(
+            self,
+            "Scraper",
+            alias=f"{self.config.prefix}-eks",
+            source=aps.CfnScraper.SourceProperty(
+                eks_configuration=aps.CfnScraper.EksConfigurationProperty(
+                    cluster_arn=cluster.cluster_arn,
+                    subnet_ids=[s.subnet_id for s in subnets],
+                    security_group_ids=[cluster_sg],
+                )
+            ),
+            destination=aps.CfnScraper.DestinationProperty(
+                amp_configuration=aps.CfnScraper.AmpConfigurationProperty(workspace_arn=self.workspace.attr_arn)
+            ),
+            scrape_configuration=aps.CfnScraper.ScrapeConfigurationProperty(
+                configuration_blob=cdk.Fn.base64(json.dumps(scrape_configuration(), indent=1))
+            ),
+        )
+        # The scraper's role becomes the Kubernetes user the aps-collector ClusterRole is bound to (k8s.py).
+        eks.CfnAccessEntry(
+            self,
+            "ScraperAccess",
+            cluster_name=cluster.cluster_name,
+            principal_arn=self.scraper.attr_role_arn,
+            username=k8s.SCRAPER_USER,
+        )
+        cdk.CfnOutput(self, "PrometheusWorkspaceId", value=self.workspace.attr_workspace_id)
+        cdk.CfnOutput(self, "PrometheusQueryUrl", value=f"{self.workspace.attr_prometheus_endpoint}api/v1/query")
+
+    def _grafana(self) -> None:
+        """Amazon Managed Grafana, signing in through IAM Identity Center, reading the Prometheus workspace and
+        CloudWatch. The dashboard (containers/monitoring/grafana-dashboard.json) is imported by
+        cdk/README.md's step (Grafana's HTTP API with a workspace service-account token)."""
+        role = iam.Role(
+            self,
+            "GrafanaRole",
+            assumed_by=iam.ServicePrincipal(
+                "grafana.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": self.account}}
+            ),
+            description="Amazon Managed Grafana: query the ecomrec Prometheus workspace and CloudWatch",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="QueryPrometheus",
+                actions=["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata",
+                         "aps:DescribeWorkspace"],
+                resources=[self.workspace.attr_arn],
+            )
+        )
+        role.add_to_policy(iam.PolicyStatement(sid="ListPrometheus", actions=["aps:ListWorkspaces"], resources=["*"]))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadCloudWatch",
+                actions=["cloudwatch:GetMetricData", "cloudwatch:ListMetrics", "cloudwatch:DescribeAlarms",
+                         "logs:StartQuery", "logs:GetQueryResults", "logs:DescribeLogGroups"],
+                resources=["*"],
+            )
+        )
+        acknowledge(
+            role,
+            {nag.iam5("Resource::*"): "aps:ListWorkspaces and the CloudWatch read/query actions have no "
+             "resource-level scope; the Prometheus queries are scoped to our workspace"},
+        )
+        self.grafana = grafana.CfnWorkspace(
+            self,
+            "Grafana",
+            name=self.config.prefix,
+            account_access_type="CURRENT_ACCOUNT",
+            authentication_providers=["AWS_SSO"],
+            permission_type="CUSTOMER_MANAGED",
+            role_arn=role.role_arn,
+            data_sources=["PROMETHEUS", "CLOUDWATCH"],
+            description="ecomrec: service dashboard (Prometheus) and CloudWatch",
+        )
+        cdk.CfnOutput(self, "GrafanaUrl", value=f"https://{self.grafana.attr_endpoint}")
+        cdk.CfnOutput(self, "GrafanaWorkspaceId", value=self.grafana.attr_id)
 
     def _alarm(
         self,

@@ -111,6 +111,8 @@ class ServingStack(cdk.Stack):
         )
         association.node.add_dependency(self.cluster)
 
+        self._observability_addons()
+
         params = k8s.ManifestParams(
             image=f"{inference_repo.repository_uri}:{self.image_tag.value_as_string}",
             model_uri="",
@@ -190,6 +192,53 @@ class ServingStack(cdk.Stack):
         for subnet in vpc.private_subnets:
             cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
         return vpc
+
+    def _observability_addons(self) -> None:
+        """Container Insights and pod logs to CloudWatch, and the resource metrics the HPA scales on.
+
+        - ``amazon-cloudwatch-observability`` (CloudWatch agent + Fluent Bit): Container Insights metrics
+          and every container's stdout/stderr in /aws/containerinsights/<cluster>/application; its agent
+          gets CloudWatchAgentServerPolicy through Pod Identity (service account cloudwatch-agent in
+          amazon-cloudwatch): https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/install-CloudWatch-Observability-EKS-addon.html
+        - ``metrics-server`` (EKS community add-on): the metrics.k8s.io API a CPU-based HPA reads. Auto
+          Mode does not run one (its components: automode.html); without it the HPA never scales:
+          https://docs.aws.amazon.com/eks/latest/userguide/community-addons.html
+        """
+        agent_role = iam.Role(
+            self,
+            "CloudWatchAgentRole",
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com"),
+            description="CloudWatch observability add-on agent (EKS Pod Identity)",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("CloudWatchAgentServerPolicy")],
+        )
+        assert agent_role.assume_role_policy is not None
+        agent_role.assume_role_policy.add_statements(
+            iam.PolicyStatement(actions=["sts:TagSession"], principals=[iam.ServicePrincipal("pods.eks.amazonaws.com")])
+        )
+        acknowledge(
+            agent_role,
+            {nag.iam4("Policy::arn:<AWS::Partition>:iam::aws:policy/CloudWatchAgentServerPolicy"):
+             "The policy the CloudWatch observability add-on documents for its agent"},
+        )
+        cloudwatch = eks.CfnAddon(
+            self,
+            "CloudWatchObservability",
+            cluster_name=self.cluster.cluster_name,
+            addon_name="amazon-cloudwatch-observability",
+            resolve_conflicts="OVERWRITE",
+            pod_identity_associations=[
+                eks.CfnAddon.PodIdentityAssociationProperty(
+                    service_account="cloudwatch-agent", role_arn=agent_role.role_arn
+                )
+            ],
+        )
+        metrics_server = eks.CfnAddon(
+            self, "MetricsServer", cluster_name=self.cluster.cluster_name, addon_name="metrics-server",
+            resolve_conflicts="OVERWRITE",
+        )
+        for addon in (cloudwatch, metrics_server):
+            addon.node.add_dependency(self.cluster)
+        self.addons = [cloudwatch, metrics_server]
 
     def _node_role(self) -> iam.Role:
         """The Auto Mode node role with the two policies the EKS docs name for it (aws-cdk-lib's default

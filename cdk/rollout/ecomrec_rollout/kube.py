@@ -36,6 +36,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("networking.k8s.io/v1", "Ingress"): ("ingresses", True),
     ("networking.k8s.io/v1", "IngressClass"): ("ingressclasses", False),
     ("eks.amazonaws.com/v1", "IngressClassParams"): ("ingressclassparams", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
 }
 
 
