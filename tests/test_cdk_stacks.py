@@ -301,7 +301,10 @@ def _manifests(synth: Synth) -> list[dict[str, Any]]:
 def test_deployment_rolls_out_without_losing_capacity(synth: Synth) -> None:
     dep = k8s.find(_manifests(synth), "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 3
+    # The HPA owns the replica count: a manifest that sets it would reset it to 3 on every `cdk deploy`
+    # (server-side apply with force), against the HPA's scale-out.
+    assert "replicas" not in spec
+    assert k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 3
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
@@ -409,7 +412,25 @@ def test_manifests_custom_resource_runs_the_rollout_package_in_the_vpc(synth: Sy
     assert fn["Properties"]["Handler"] == "ecomrec_rollout.handler.apply_handler"
     assert fn["Properties"]["VpcConfig"]["SubnetIds"]
     entries = resources(raw, "AWS::EKS::AccessEntry")
-    assert len(entries) == 1
+    assert len(entries) == 2  # this function and the operator role
+
+
+def test_operator_role_from_a_parameter_gets_cluster_admin(synth: Synth) -> None:
+    """The endpoint is private and only principals with an access entry get in: the operator role given as
+    the OperatorRoleArn parameter gets one (cluster admin); empty (the default) creates none."""
+    raw = synth.raw(synth.built.serving)
+    param = raw["Parameters"]["OperatorRoleArn"]
+    assert param["Default"] == ""
+    assert re.fullmatch(param["AllowedPattern"], "")
+    assert re.fullmatch(param["AllowedPattern"], "arn:aws:iam::123456789012:role/ops")
+    assert not re.fullmatch(param["AllowedPattern"], "arn:aws:iam::123456789012:user/ops")
+    entry = next(e for k, e in resources(raw, "AWS::EKS::AccessEntry").items() if k.startswith("OperatorAccess"))
+    assert entry["Properties"]["PrincipalArn"] == {"Ref": "OperatorRoleArn"}
+    [policy] = entry["Properties"]["AccessPolicies"]
+    assert policy["AccessScope"] == {"Type": "cluster"}
+    assert json.dumps(policy["PolicyArn"]).endswith('cluster-access-policy/AmazonEKSClusterAdminPolicy"]]}')
+    condition = raw["Conditions"][entry["Condition"]]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "OperatorRoleArn"}, ""]}]}
 
 
 # ------------------------------------------------------------------ events
@@ -478,6 +499,7 @@ def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> Non
     assert actions == {
         "sagemaker:DescribeModelPackage",
         "s3:GetObject",
+        "s3:ListBucket",  # a missing run output reads 404 (NoSuchKey), not 403
         "s3:PutObject",
         "s3:AbortMultipartUpload",
         "ssm:GetParameter",
@@ -548,19 +570,39 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
         "RequestCount",
         "HTTPCode_Target_5XX_Count",
         "HTTPCode_ELB_5XX_Count",
+        "HTTPCode_ELB_503_Count",
     }
     p99 = alarms["ecomrec-LatencyP99"]
     assert (p99["ExtendedStatistic"], p99["MetricName"]) == ("p99", "TargetResponseTime")
     failed = alarms["ecomrec-PipelineExecutionFailed"]
-    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Sagemaker/ModelBuildingPipeline", "ExecutionFailed")
-    assert failed["Dimensions"] == [{"Name": "PipelineName", "Value": "ecomrec"}]
+    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Events", "TriggeredRules")
     assert alarms["ecomrec-RolloutFunctionErrors"]["MetricName"] == "Errors"
     assert alarms["ecomrec-RolloutDeadLetters"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
     topic = raw["Resources"][topic_id]["Properties"]
     assert "KmsMasterKeyId" in topic
-    [rule] = resources(raw, "AWS::Events::Rule").values()
-    assert rule["Properties"]["EventPattern"]["detail"]["currentPipelineExecutionStatus"] == ["Failed"]
+    rule_id, rule = next(iter(resources(raw, "AWS::Events::Rule").items()))
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": topic_id}
+    assert failed["Dimensions"] == [{"Name": "RuleName", "Value": {"Ref": rule_id}}]
+
+
+def test_quality_gate_rejection_does_not_fire_the_pipeline_failure_alarm(synth: Synth) -> None:
+    """The gate rejects through its FailStep, which fails the execution: the alarm listens to failed steps
+    other than that one (the SageMaker guide's step-status event carries stepName and currentStepStatus)."""
+    from pipelines.sagemaker.pipeline import GATE_FAILED_STEP
+
+    raw = synth.raw(synth.built.monitoring)
+    [rule] = resources(raw, "AWS::Events::Rule").values()
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["detail-type"] == ["SageMaker Model Building Pipeline Execution Step Status Change"]
+    detail = pattern["detail"]
+    assert detail["currentStepStatus"] == ["Failed"]
+    assert detail["stepName"] == [{"anything-but": [GATE_FAILED_STEP]}]
+
+    def matches(step: str) -> bool:  # EventBridge's anything-but on the event the guide shows
+        return detail["currentStepStatus"] == ["Failed"] and step not in detail["stepName"][0]["anything-but"]
+
+    assert not matches(GATE_FAILED_STEP)
+    assert matches("train-ranker")
 
 
 def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: Synth) -> None:
@@ -575,7 +617,7 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     assert expression.get("ReturnData", True) is True
     assert all(m.get("ReturnData") is False for m in alarm["Metrics"] if "MetricStat" in m)
     text = expression["Expression"]
-    sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"]]
+    sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"], ids["HTTPCode_ELB_503_Count"]]
     for metric_id in sparse:
         filled = re.compile(rf"FILL\(\s*{metric_id}\s*,\s*0\s*\)")
         assert filled.search(text), text
@@ -584,11 +626,12 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     # no traffic is 0 %, and a total outage (no healthy pod: every request a load-balancer 503, which
     # RequestCount leaves out because no target answered) is 100 %, not "no requests".
     names = {ids["RequestCount"]: "req", ids["HTTPCode_Target_5XX_Count"]: "e5",
-             ids["HTTPCode_ELB_5XX_Count"]: "elb5"}
+             ids["HTTPCode_ELB_5XX_Count"]: "elb5", ids["HTTPCode_ELB_503_Count"]: "elb503"}
     python = re.sub(r"FILL\(\s*(\w+)\s*,\s*0\s*\)", r"fill(\1)", text).replace("IF(", "when(")
 
-    def rate(req: float | None, e5: float | None, elb5: float | None) -> float:
-        values = {metric_id: {"req": req, "e5": e5, "elb5": elb5}[name] for metric_id, name in names.items()}
+    def rate(req: float | None, e5: float | None, elb5: float | None, elb503: float | None = None) -> float:
+        given = {"req": req, "e5": e5, "elb5": elb5, "elb503": elb503}
+        values = {metric_id: given[name] for metric_id, name in names.items()}
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(eval(python, {"fill": lambda v: np.float64(0 if v is None else v),
                                        "when": lambda c, a, b: a if c else b}, values))
@@ -596,7 +639,10 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     assert rate(None, None, None) == 0.0
     assert rate(1000, None, None) == 0.0
     assert rate(100, 10, None) == 10.0
-    assert rate(None, None, 50) == 100.0
+    assert rate(None, None, 50, 50) == 100.0  # total outage: load-balancer 503s only
+    # 502/504: the load balancer chose a target (in RequestCount) and answered 5xx itself (in ELB_5XX, not in
+    # Target_5XX). 10 of 100 requests is 10 %, not 10 of 110 (the old formula counted them twice).
+    assert rate(100, None, 10) == 10.0
 
 
 def test_prometheus_scrapes_the_pods_and_evaluates_the_rules(synth: Synth, tmp_path: Path) -> None:

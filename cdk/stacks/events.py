@@ -101,6 +101,11 @@ class EventsStack(cdk.Stack):
                 sid="ReadRunBundles", actions=["s3:GetObject"], resources=[runs_bucket.arn_for_objects("*")]
             )
         )
+        # Without ListBucket S3 answers a missing key with 403, and an expired run output would read as a
+        # permissions problem instead of handler.promote's "no longer in the run outputs".
+        self.rollout_fn.add_to_role_policy(
+            iam.PolicyStatement(sid="ListRunBundles", actions=["s3:ListBucket"], resources=[runs_bucket.bucket_arn])
+        )
         self.rollout_fn.add_to_role_policy(
             iam.PolicyStatement(
                 sid="PromoteBundles",

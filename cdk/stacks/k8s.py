@@ -110,7 +110,9 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
         "spec": {
-            "replicas": p.replicas,
+            # No "replicas": the HPA owns the count (minReplicas = p.replicas). Server-side apply with force
+            # would otherwise set it back on every deploy, whatever the HPA had scaled to; a new Deployment
+            # starts at 1 and the HPA raises it to minReplicas at once.
             "revisionHistoryLimit": 5,
             "progressDeadlineSeconds": 480,  # the rollout function waits 540 s: it sees the deadline
             "minReadySeconds": 10,

@@ -21,9 +21,9 @@ from aws_cdk import Duration
 from aws_cdk import aws_aps as aps
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
-from aws_cdk import aws_events as events
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_grafana as grafana
 from aws_cdk import aws_iam as iam
@@ -42,7 +42,6 @@ MONITORING_ASSETS = Path(__file__).resolve().parents[2] / "containers" / "monito
 RULES_FILE = MONITORING_ASSETS / "prometheus-rules.yml"
 DASHBOARD_FILE = MONITORING_ASSETS / "grafana-dashboard.json"
 SCRAPE_INTERVAL = "30s"
-PIPELINE_NAMESPACE = "AWS/Sagemaker/ModelBuildingPipeline"
 
 
 def scrape_configuration() -> dict[str, Any]:
@@ -67,7 +66,8 @@ def scrape_configuration() -> dict[str, Any]:
             ],
         }],
     }
-PIPELINE_STATUS_DETAIL_TYPE = "SageMaker Model Building Pipeline Execution Status Change"
+PIPELINE_STEP_DETAIL_TYPE = "SageMaker Model Building Pipeline Execution Step Status Change"
+GATE_FAILED_STEP = "gate-failed"  # = pipelines.sagemaker.pipeline.GATE_FAILED_STEP (a test checks)
 
 
 class MonitoringStack(cdk.Stack):
@@ -149,15 +149,24 @@ class MonitoringStack(cdk.Stack):
             statistic="Sum",
             period=Duration.minutes(1),
         )
+        elb_503 = cw.Metric(
+            namespace="AWS/ApplicationELB",
+            metric_name="HTTPCode_ELB_503_Count",
+            dimensions_map=alb,
+            statistic="Sum",
+            period=Duration.minutes(1),
+        )
         # The 5xx counts are published only for minutes with a non-zero count, and arithmetic on a missing
         # operand gives no value for that minute (not breaching): FILL them with 0, or a minute with target
-        # 5xx but no load-balancer 5xx (the usual case) would count as no data. RequestCount holds only the
-        # requests a target answered: with no healthy pod every request is a load-balancer 503 outside it, so
-        # those join the denominator (a total outage is 100 %, not "no requests"). No traffic: 0 %.
+        # 5xx but no load-balancer 5xx (the usual case) would count as no data. Numerator: target 5xx (never
+        # the load balancer's own) + load-balancer 5xx. Denominator: RequestCount counts the requests the load
+        # balancer sent to a target, including those it then answered 502/504 (target reset or timed out), so
+        # only the 503s it answered without a target (no healthy pod) join it: a total outage is 100 %, and a
+        # 502/504 is counted once (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-cloudwatch-metrics.html).
         error_rate = cw.MathExpression(
-            expression="IF(FILL(req, 0) + FILL(elb5, 0) > 0, "
-                       "100 * (FILL(e5, 0) + FILL(elb5, 0)) / (FILL(req, 0) + FILL(elb5, 0)), 0)",
-            using_metrics={"req": requests, "e5": errors, "elb5": elb_errors},
+            expression="IF(FILL(req, 0) + FILL(elb503, 0) > 0, "
+                       "100 * (FILL(e5, 0) + FILL(elb5, 0)) / (FILL(req, 0) + FILL(elb503, 0)), 0)",
+            using_metrics={"req": requests, "e5": errors, "elb5": elb_errors, "elb503": elb_503},
             label="5xx rate (%)",
             period=Duration.minutes(1),
         )
@@ -185,30 +194,38 @@ class MonitoringStack(cdk.Stack):
             description=f"p99 target response time above {config.p99_budget_seconds}s",
         )
 
-        failed = cw.Metric(
-            namespace=PIPELINE_NAMESPACE,
-            metric_name="ExecutionFailed",
-            dimensions_map={"PipelineName": config.pipeline_name},
-            statistic="Sum",
-            period=Duration.minutes(5),
+        # A failed step, not a failed execution: the quality gate rejects a model through its FailStep
+        # ("gate-failed", pipelines/sagemaker/pipeline.py), which fails the execution (and SageMaker's
+        # ExecutionFailed metric) although nothing is broken. The step event names the step
+        # (https://docs.aws.amazon.com/sagemaker/latest/dg/automating-sagemaker-with-eventbridge.html#eventbridge-pipeline-step).
+        step_failed = events.Rule(
+            self,
+            "PipelineStepFailedEvent",
+            description="Failed ecomrec pipeline steps (not the quality gate's rejection) -> alarm topic",
+            event_pattern=events.EventPattern(
+                source=["aws.sagemaker"],
+                detail_type=[PIPELINE_STEP_DETAIL_TYPE],
+                detail={
+                    "pipelineArn": [pipeline_arn],
+                    "currentStepStatus": ["Failed"],
+                    "stepName": [{"anything-but": [GATE_FAILED_STEP]}],
+                },
+            ),
+            targets=[targets.SnsTopic(self.topic)],
         )
         self._alarm(
             "PipelineExecutionFailed",
-            failed,
+            cw.Metric(
+                namespace="AWS/Events",
+                metric_name="TriggeredRules",
+                dimensions_map={"RuleName": step_failed.rule_name},
+                statistic="Sum",
+                period=Duration.minutes(5),
+            ),
             threshold=1,
             periods=1,
-            description="A SageMaker pipeline execution (retraining) failed",
-        )
-        events.Rule(
-            self,
-            "PipelineFailedEvent",
-            description="Failed ecomrec pipeline executions -> alarm topic",
-            event_pattern=events.EventPattern(
-                source=["aws.sagemaker"],
-                detail_type=[PIPELINE_STATUS_DETAIL_TYPE],
-                detail={"pipelineArn": [pipeline_arn], "currentPipelineExecutionStatus": ["Failed"]},
-            ),
-            targets=[targets.SnsTopic(self.topic)],
+            description="A step of a SageMaker pipeline execution (retraining) failed; a quality-gate rejection "
+            "is not a failure",
         )
 
         self._alarm(

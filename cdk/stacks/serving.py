@@ -76,6 +76,16 @@ class ServingStack(cdk.Stack):
             description="Inference image tag for a new Deployment; approved packages set it afterwards",
         )
 
+        self.operator_role_arn = cdk.CfnParameter(
+            self,
+            "OperatorRoleArn",
+            type="String",
+            default="",
+            allowed_pattern=r"^$|^arn:aws[a-z-]*:iam::\d{12}:role/.+",
+            description="IAM role whose sessions get cluster-admin kubectl access (empty: none); "
+            "cdk/README.md: Operator access",
+        )
+
         self.vpc = self._vpc()
         # One compute model: EKS Auto Mode with its built-in node pools. Auto Mode runs pod networking,
         # cluster DNS, kube-proxy's job, the load balancer controller, Pod Identity and node autoscaling
@@ -112,6 +122,7 @@ class ServingStack(cdk.Stack):
         association.node.add_dependency(self.cluster)
 
         self._observability_addons()
+        self._operator_access()
 
         params = k8s.ManifestParams(
             image=f"{inference_repo.repository_uri}:{self.image_tag.value_as_string}",
@@ -192,6 +203,28 @@ class ServingStack(cdk.Stack):
         for subnet in vpc.private_subnets:
             cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
         return vpc
+
+    def _operator_access(self) -> None:
+        """The private endpoint admits only principals with an access entry: the operator role (a parameter)
+        gets one with cluster admin, so `aws eks update-kubeconfig --role-arn ...` + kubectl work from inside
+        the VPC. Without the parameter nothing is created."""
+        given = cdk.CfnCondition(
+            self, "HasOperatorRole", expression=cdk.Fn.condition_not(
+                cdk.Fn.condition_equals(self.operator_role_arn.value_as_string, ""))
+        )
+        entry = eks.CfnAccessEntry(
+            self,
+            "OperatorAccess",
+            cluster_name=self.cluster.cluster_name,
+            principal_arn=self.operator_role_arn.value_as_string,
+            access_policies=[
+                eks.CfnAccessEntry.AccessPolicyProperty(
+                    policy_arn=f"arn:{cdk.Aws.PARTITION}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                    access_scope=eks.CfnAccessEntry.AccessScopeProperty(type="cluster"),
+                )
+            ],
+        )
+        entry.cfn_options.condition = given
 
     def _observability_addons(self) -> None:
         """Container Insights and pod logs to CloudWatch, and the resource metrics the HPA scales on.
