@@ -585,6 +585,46 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
     assert failed["Dimensions"] == [{"Name": "RuleName", "Value": {"Ref": rule_id}}]
 
 
+def test_alb_alarms_watch_the_load_balancer_the_ingress_created(synth: Synth) -> None:
+    """No placeholder parameter: the LoadBalancer dimension is the manifests custom resource's AlbFullName,
+    read from the real ALB after the Ingress is applied (handler.load_balancer_dimension)."""
+    raw = synth.raw(synth.built.monitoring)
+    assert "AlbFullName" not in raw.get("Parameters", {})
+    serving = synth.raw(synth.built.serving)
+    [custom_id] = [k for k, r in serving["Resources"].items() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    assert serving["Resources"][custom_id]["Properties"]["LoadBalancerName"] == "ecomrec-inference"
+    export = next(o["Export"]["Name"] for o in serving["Outputs"].values()
+                  if o["Value"] == {"Fn::GetAtt": [custom_id, "AlbFullName"]})
+    for alarm in resources(raw, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        dims = [d for m in props.get("Metrics", []) if "MetricStat" in m for d in m["MetricStat"]["Metric"]["Dimensions"]]
+        dims += props.get("Dimensions", [])
+        for d in dims:
+            if d["Name"] == "LoadBalancer":
+                assert d["Value"] == {"Fn::ImportValue": export}, props["AlarmName"]
+    ingress = k8s.find(_manifests(synth), "Ingress")
+    assert ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/load-balancer-name"] == "ecomrec-inference"
+
+
+def test_rollout_wait_is_derived_from_the_progress_deadline_and_the_replica_count(synth: Synth) -> None:
+    """One invocation waits longer than the Deployment's progressDeadlineSeconds (Kubernetes' failure
+    verdict, the only thing that undoes a rollout, arrives within it), and the queue's attempts, a visibility
+    timeout apart, cover the longest healthy rolling update (maxReplicas pods, one at a time, each allowed the
+    startup probe's budget + minReadySeconds): a slow healthy rollout is resumed, never rolled back."""
+    raw = synth.raw(synth.built.events)
+    fn = next(f for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
+    wait = int(fn["Properties"]["Environment"]["Variables"][c.ENV_ROLLOUT_TIMEOUT_S])
+    dep = k8s.find(_manifests(synth), "Deployment")["spec"]
+    hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
+    startup = dep["template"]["spec"]["containers"][0]["startupProbe"]
+    assert dep["progressDeadlineSeconds"] + dep["minReadySeconds"] < wait
+    assert wait + 45 + 10 <= fn["Properties"]["Timeout"]  # handler.py: restore (45 s) + record (10 s)
+    queue = next(q["Properties"] for k, q in resources(raw, "AWS::SQS::Queue").items() if k.startswith("RolloutQueue"))
+    attempts = queue["RedrivePolicy"]["maxReceiveCount"]
+    healthy = hpa["maxReplicas"] * (startup["periodSeconds"] * startup["failureThreshold"] + dep["minReadySeconds"])
+    assert (attempts - 1) * queue["VisibilityTimeout"] + wait >= healthy
+
+
 def test_quality_gate_rejection_does_not_fire_the_pipeline_failure_alarm(synth: Synth) -> None:
     """The gate rejects through its FailStep, which fails the execution: the alarm listens to failed steps
     other than that one (the SageMaker guide's step-status event carries stepName and currentStepStatus)."""

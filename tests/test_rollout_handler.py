@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ import contextlib
 from ecomrec_rollout import constants as c
 from ecomrec_rollout import handler as h
 from ecomrec_rollout.kube import KubeApiError, KubeClient, deployment_path
-from ecomrec_rollout.logic import RolloutError
+from ecomrec_rollout.logic import RolloutError, RolloutStillProgressing
 
 REGION = "eu-west-1"
 GROUP = "ecomrec"
@@ -487,16 +488,29 @@ def test_failed_rollout_raises_and_does_not_record_the_version(world: World) -> 
     assert len(world.api.patches()) == 1
 
 
-def test_rollout_that_never_completes_times_out(world: World) -> None:
+def test_slow_but_healthy_rollout_is_not_undone_and_the_retry_resumes_it(world: World) -> None:
+    """The function's wait runs out while the Deployment still progresses (Kubernetes has not said
+    ProgressDeadlineExceeded): no patch back, nothing recorded as failed, an error that makes the queue
+    redeliver the event; the redelivered event finds the same template in and waits until it completes."""
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
     world.api.polls_to_complete = 10**6
     clock = iter(range(0, 10**6, 100))
     world.deps.clock = lambda: float(next(clock))
     world.deps.timeout_s = 300
-    arn = world.register(1)
-    with pytest.raises(RolloutError, match="not complete after 300s"):
-        h.process(world.set_status(arn, "Approved"), world.deps)
-    assert world.live()["live"] is None
-    assert world.live()["failed"]["version"] == 1
+    v2 = world.register(1)
+    event = world.set_status(v2, "Approved")
+    with pytest.raises(RolloutStillProgressing, match="not complete after 300s"):
+        h.process(event, world.deps)
+    assert world.served_uri() == uri(2)  # left rolling forward, not patched back
+    assert len(world.api.patches()) == 2
+    assert world.live()["live"]["version"] == 1
+    assert "failed" not in world.live()
+
+    world.api._pending[DEP_PATH] = 1  # the controller finishes the rollout meanwhile
+    assert h.process(event, world.deps).action == "deployed"
+    assert world.live()["live"]["version"] == 2
+    assert world.served_uri() == uri(2)
 
 
 # Fakes in the tests below: moto for SageMaker/SSM/S3 and FakeKubeApi (the local fake Kubernetes API
@@ -539,7 +553,8 @@ def test_failed_rollout_is_patched_back_to_the_live_version_recorded_and_still_f
 
 def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(world: World) -> None:
     """The Lambda context says 120 s remain (e.g. a slow promotion came first): the wait for the new
-    version is cut to 120 - 45 (restore) - 10 (record) s, so the restore still happens and is recorded."""
+    version is cut to 120 - 45 (restore) - 10 (record) s; when Kubernetes fails the new version, the
+    restore still happens within the 45 s and is recorded."""
     v1 = world.register(1)
     h.process(world.set_status(v1, "Approved"), world.deps)
     world.api.polls_to_complete = 10**6  # neither the new version nor the restore completes
@@ -547,8 +562,11 @@ def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(worl
     world.deps.clock = lambda: float(next(clock))
     world.deps.remaining_s = lambda: 120.0
     v2 = world.register(1)
+    with pytest.raises(RolloutStillProgressing, match="not complete after 65s"):
+        h.process(world.set_status(v2, "Approved"), world.deps)
 
-    with pytest.raises(RolloutError, match="not complete after 65s"):
+    world.api.bad_versions = {"2"}  # now Kubernetes gives up on it: ProgressDeadlineExceeded
+    with pytest.raises(RolloutError, match="progress deadline exceeded"):
         h.process(world.set_status(v2, "Approved"), world.deps)
 
     assert world.served_uri() == uri(1)  # the patch back went in
@@ -739,3 +757,40 @@ def test_older_approval_goes_live_when_the_live_version_is_rejected_meanwhile(wo
 def test_sqs_record_without_an_event_body_fails_clearly() -> None:
     with pytest.raises(RolloutError, match="body is not an event"):
         h.events_of({"Records": [{"messageId": "m-1", "body": "not json"}]})
+
+
+# ------------------------------------------------------------------ the alarms' load balancer
+
+
+def test_manifests_resource_returns_the_real_load_balancer_dimension(
+        kube_api: tuple[FakeKubeApi, KubeClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After applying the manifests the custom resource waits for the ALB the Ingress makes the controller
+    create and returns its CloudWatch dimension (app/<name>/<id>, from the real ARN: moto's ELBv2), which the
+    monitoring stack's alarms use. Before the ALB exists it waits; it never returns a placeholder."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    _, kube = kube_api
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=REGION)
+        elbv2 = boto3.client("elbv2", region_name=REGION)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{z}")
+                   ["Subnet"]["SubnetId"] for i, z in enumerate("ab")]
+        created: list[str] = []
+
+        def controller_creates_it(_: float) -> None:  # the "sleep" during which the ALB appears
+            if not created:
+                lb = elbv2.create_load_balancer(Name="ecomrec-inference", Subnets=subnets, Type="application")
+                created.append(lb["LoadBalancers"][0]["LoadBalancerArn"])
+
+        dimension = h.load_balancer_dimension(elbv2, "ecomrec-inference", wait_s=60, sleep=controller_creates_it)
+        assert created and dimension == created[0].split(":loadbalancer/")[1]
+        assert re.fullmatch(r"app/ecomrec-inference/[0-9a-f]+", dimension)
+
+        event = {"RequestType": "Create", "ResourceProperties": {
+            "Manifests": json.dumps([_deployment()]), "LoadBalancerName": "ecomrec-inference"}}
+        out = h.on_custom_resource(event, kube, elbv2)
+        assert out["Data"] == {"AlbFullName": dimension}
+
+        with pytest.raises(RolloutError, match="not created after 0s"):
+            h.load_balancer_dimension(elbv2, "no-such-alb", wait_s=0, sleep=lambda _: None)

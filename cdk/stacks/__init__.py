@@ -134,6 +134,7 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         config=config,
         pipeline_arn=ml.pipeline_arn,
         rollout_function=events.rollout_fn,
+        alb_full_name=serving.alb_full_name,
         cluster=serving.icluster,
         cluster_security_group_id=serving.cluster.cluster_security_group_id,
         subnets=serving.vpc.private_subnets,

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import math
+
 import aws_cdk as cdk
 from aws_cdk import Duration
 from aws_cdk import aws_ec2 as ec2
@@ -31,13 +33,20 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 from ecomrec_rollout import constants as c
 
-from stacks import nag
+from stacks import k8s, nag
 from stacks.config import EcomrecConfig, portable_arn
 from stacks.nag import acknowledge
 from stacks.serving import LAMBDA_RUNTIME, lambda_log_group, rollout_code
 
 ROLLOUT_TIMEOUT = Duration.minutes(10)
 ROLLOUT_MESSAGE_GROUP = "rollouts"  # ONE group: rollouts run one at a time, in order
+# One invocation's wait: the function's timeout less the restore (45 s) and the record (10 s) of
+# handler.py. It must outlast the Deployment's progress deadline so that Kubernetes' failure verdict (the
+# only thing that undoes a rollout) is seen within one invocation; a longer, healthy rollout (up to
+# k8s.healthy_rollout_s) is resumed by the redelivered message (ROLLOUT_ATTEMPTS, 6 x timeout apart).
+ROLLOUT_WAIT_S = int(ROLLOUT_TIMEOUT.to_seconds()) - 45 - 10
+assert ROLLOUT_WAIT_S > k8s.PROGRESS_DEADLINE_S + k8s.MIN_READY_S, "the function would not see the deadline"
+VISIBILITY_S = int(ROLLOUT_TIMEOUT.to_seconds()) * 6  # the Lambda docs: >= 6 x the function timeout
 
 
 class EventsStack(cdk.Stack):
@@ -78,11 +87,13 @@ class EventsStack(cdk.Stack):
             # duplicate within SQS's 5-minute window; later duplicates are no-ops for the rollout rules.
             content_based_deduplication=True,
             # The Lambda docs: at least six times the function timeout (a retry waits this long).
-            visibility_timeout=Duration.minutes(ROLLOUT_TIMEOUT.to_minutes() * 6),
+            visibility_timeout=Duration.seconds(VISIBILITY_S),
             retention_period=Duration.days(4),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
-            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=3, queue=self.dlq),
+            # Enough attempts to cover the longest healthy rollout (each attempt resumes the wait), + 2 for
+            # real failures (API errors) before the event is dead-lettered.
+            dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=self._attempts(), queue=self.dlq),
         )
 
         # The live version and the rollback history; the function owns the value after the seed.
@@ -162,6 +173,12 @@ class EventsStack(cdk.Stack):
         cdk.CfnOutput(self, "RetrainDlqUrl", value=self.retrain_dlq.queue_url)
         cdk.CfnOutput(self, "LiveModelParameter", value=self.live_parameter.parameter_name)
 
+    def _attempts(self) -> int:
+        params = k8s.ManifestParams(image="", model_uri="", model_group="", certificate_arn="",
+                                    load_balancer_name="", replicas=self.config.replicas,
+                                    max_replicas=self.config.max_replicas)
+        return 2 + math.ceil(k8s.healthy_rollout_s(params) / VISIBILITY_S)
+
     def _queue(self, cid: str, *, fifo: bool = False) -> sqs.Queue:
         queue = sqs.Queue(
             self,
@@ -217,7 +234,7 @@ class EventsStack(cdk.Stack):
                 c.ENV_CLUSTER_CA: cluster.cluster_certificate_authority_data,
                 c.ENV_NAMESPACE: c.NAMESPACE,
                 c.ENV_DEPLOYMENT: c.DEPLOYMENT,
-                c.ENV_ROLLOUT_TIMEOUT_S: "540",
+                c.ENV_ROLLOUT_TIMEOUT_S: str(ROLLOUT_WAIT_S),
                 c.ENV_MODELS_BUCKET: models_bucket.bucket_name,
             },
         )

@@ -27,6 +27,17 @@ METRICS_PATH = "/metrics"
 # ALB's default answer (404) without reaching a pod.
 PUBLIC_PATHS = ("/recommendations",)
 UID = 10001
+# A rolling update is judged by Kubernetes: no progress for this long -> ProgressDeadlineExceeded (the rollout
+# function's cue to undo it). Each new pod may take the startup probe's budget to load its bundle.
+PROGRESS_DEADLINE_S = 480
+STARTUP_PERIOD_S, STARTUP_FAILURES = 5, 60
+MIN_READY_S = 10
+
+
+def healthy_rollout_s(p: ManifestParams) -> int:
+    """The longest a healthy rolling update can take: maxSurge 1 replaces the pods one at a time (up to the
+    HPA's maxReplicas), each allowed the startup probe's budget plus minReadySeconds."""
+    return p.max_replicas * (STARTUP_PERIOD_S * STARTUP_FAILURES + MIN_READY_S)
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
             "limits": {"cpu": p.cpu_limit, "memory": p.memory_limit},
         },
         # Startup allows a slow bundle download; liveness only starts after it succeeded once.
-        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+        "startupProbe": {**probe, "periodSeconds": STARTUP_PERIOD_S, "failureThreshold": STARTUP_FAILURES},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2, "successThreshold": 1},
         "livenessProbe": {
             **probe,
@@ -114,8 +125,8 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
             # would otherwise set it back on every deploy, whatever the HPA had scaled to; a new Deployment
             # starts at 1 and the HPA raises it to minReplicas at once.
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": 480,  # the rollout function waits 540 s: it sees the deadline
-            "minReadySeconds": 10,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_S,
+            "minReadySeconds": MIN_READY_S,
             "selector": {"matchLabels": APP_LABEL},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {

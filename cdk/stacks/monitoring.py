@@ -1,7 +1,7 @@
 """Monitoring stack: CloudWatch alarms on what a user or the team would notice, all to one SNS topic.
 
 - 5xx rate and p99 latency at the load balancer (the ALB the Ingress creates; its CloudWatch dimension
-  ``app/<name>/<id>`` exists only after the first deploy, so it is a parameter the CD workflow fills in).
+  ``app/<name>/<id>`` is read from the real ALB by the serving stack's manifests custom resource).
   Service-level signals (fallbacks, model loads, coverage) are Prometheus rules and Grafana panels in
   containers/monitoring/, on the names in components/serving/metric_names.py; the CloudWatch agent
   drops Prometheus histograms, so p99 here comes from the ALB.
@@ -79,6 +79,7 @@ class MonitoringStack(cdk.Stack):
         config: EcomrecConfig,
         pipeline_arn: str,
         rollout_function: lambda_.IFunction,
+        alb_full_name: str,
         cluster: eks.ICluster,
         cluster_security_group_id: str,
         subnets: list[ec2.ISubnet],
@@ -89,14 +90,6 @@ class MonitoringStack(cdk.Stack):
     ) -> None:
         super().__init__(scope, cid, env=env, description=f"{config.prefix} monitoring: alarms -> SNS")
         self.config = config
-        self.alb_full_name = cdk.CfnParameter(
-            self,
-            "AlbFullName",
-            type="String",
-            default="app/ecomrec-inference/not-yet-created",
-            description="LoadBalancer dimension of the inference ALB (app/<name>/<id>); the CD workflow "
-            "looks it up by name after the Ingress created it",
-        )
 
         # Customer-managed key: CloudWatch alarms and EventBridge may only publish to topics whose key
         # policy lets them; the AWS-managed SNS key cannot be granted.
@@ -127,7 +120,7 @@ class MonitoringStack(cdk.Stack):
         )
         action = cw_actions.SnsAction(self.topic)
 
-        alb = {"LoadBalancer": self.alb_full_name.value_as_string}
+        alb = {"LoadBalancer": alb_full_name}
         requests = cw.Metric(
             namespace="AWS/ApplicationELB",
             metric_name="RequestCount",

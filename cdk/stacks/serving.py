@@ -335,7 +335,7 @@ class ServingStack(cdk.Stack):
             runtime=LAMBDA_RUNTIME,
             code=rollout_code(),
             handler="ecomrec_rollout.handler.apply_handler",
-            timeout=Duration.minutes(5),
+            timeout=Duration.minutes(10),  # applies, then waits up to 7 minutes for the Ingress's ALB
             memory_size=256,
             vpc=self.vpc,
             vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
@@ -372,7 +372,17 @@ class ServingStack(cdk.Stack):
             "InferenceManifests",
             service_token=provider.service_token,
             resource_type="Custom::EcomrecKubernetesManifests",
-            properties={"Manifests": cdk.Stack.of(self).to_json_string(self.manifests)},
+            properties={
+                "Manifests": cdk.Stack.of(self).to_json_string(self.manifests),
+                "LoadBalancerName": self.config.load_balancer_name,
+            },
+        )
+        # The alarms' LoadBalancer dimension, read from the ALB the Ingress created (monitoring stack).
+        self.alb_full_name = resource.get_att_string("AlbFullName")
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="FindLoadBalancer", actions=["elasticloadbalancing:DescribeLoadBalancers"], resources=["*"]
+            )
         )
         for dep in (access, after):
             resource.node.add_dependency(dep)
@@ -381,6 +391,7 @@ class ServingStack(cdk.Stack):
             {
                 nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON,
                 nag.iam4(nag.LAMBDA_VPC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam5("Resource::*"): "elasticloadbalancing:DescribeLoadBalancers has no resource-level scope",
             },
         )
         acknowledge(

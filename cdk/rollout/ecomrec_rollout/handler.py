@@ -46,7 +46,10 @@ class Deps:
     models_bucket: str | None = None
     namespace: str = c.NAMESPACE
     deployment: str = c.DEPLOYMENT
-    timeout_s: float = 540.0  # under the function's 10-minute timeout, so a stuck rollout fails loudly
+    # One invocation's wait (cdk/stacks/events.py derives it: longer than the Deployment's progress deadline,
+    # so Kubernetes' own failure verdict arrives within it; a rollout still progressing after it is resumed
+    # by the redelivered event, never undone).
+    timeout_s: float = 540.0
     # Waiting for the restore after a failed rollout. The old pods never went away (maxUnavailable 0), so
     # it normally completes in seconds; if it does not, the patch is in and Kubernetes finishes it after
     # the function has failed.
@@ -142,9 +145,9 @@ def roll_out(deps: Deps, release: logic.Release, timeout_s: float | None = None)
         if status == "failed":
             raise logic.RolloutError(f"rollout of version {release.version} failed: {why}")
         if deps.clock() >= deadline:
-            raise logic.RolloutError(
+            raise logic.RolloutStillProgressing(
                 f"rollout of version {release.version} not complete after {timeout_s:.0f}s: {why}; "
-                "old pods keep serving (maxUnavailable 0)")
+                "old pods keep serving (maxUnavailable 0); still progressing, the retry waits on")
         log.info("waiting for rollout of version %d: %s", release.version, why)
         deps.sleep(deps.poll_s)
 
@@ -182,6 +185,8 @@ def roll_out_or_restore(deps: Deps, release: logic.Release, state: logic.LiveSta
     """
     try:
         roll_out(deps, release, timeout_s=_budget(deps, deps.timeout_s, deps.restore_timeout_s + RESERVE_S))
+    except logic.RolloutStillProgressing:
+        raise  # slow but healthy: the redelivered event resumes the wait; nothing to undo
     except logic.RolloutError as exc:
         failure = restore(deps, release, state.live, str(exc))
         try:
@@ -303,16 +308,43 @@ def delete_manifests(manifests: list[dict[str, Any]], kube: KubeClient) -> list[
     return deleted
 
 
-def on_custom_resource(event: dict[str, Any], kube: KubeClient) -> dict[str, Any]:
+def load_balancer_dimension(elbv2: Any, name: str, *, wait_s: float, poll_s: float = 10.0,
+                            sleep: Callable[[float], None] = time.sleep,
+                            clock: Callable[[], float] = time.monotonic) -> str:
+    """The CloudWatch LoadBalancer dimension (app/<name>/<id>) of the ALB the Ingress makes the controller
+    create, once it exists. The alarms watch this real load balancer, not a name guessed before it exists."""
+    deadline = clock() + wait_s
+    while True:
+        try:
+            [lb] = elbv2.describe_load_balancers(Names=[name])["LoadBalancers"]
+            arn = str(lb["LoadBalancerArn"])
+            return arn.split(":loadbalancer/", 1)[1]
+        except elbv2.exceptions.LoadBalancerNotFoundException:
+            if clock() >= deadline:
+                raise logic.RolloutError(
+                    f"load balancer {name!r} of the Ingress not created after {wait_s:.0f}s: see the Ingress "
+                    "events (kubectl -n ecomrec describe ingress): certificate ARN, subnet tags") from None
+        log.info("waiting for the Ingress's load balancer %s", name)
+        sleep(poll_s)
+
+
+def on_custom_resource(event: dict[str, Any], kube: KubeClient, elbv2: Any = None,
+                       wait_s: float = 420.0) -> dict[str, Any]:
     manifests = json.loads(event["ResourceProperties"]["Manifests"])
     physical_id = event.get("PhysicalResourceId") or f"ecomrec-manifests-{c.NAMESPACE}"
     if event["RequestType"] == "Delete":
         delete_manifests(manifests, kube)
-    else:
-        apply_manifests(manifests, kube)
-    return {"PhysicalResourceId": physical_id}
+        return {"PhysicalResourceId": physical_id}
+    apply_manifests(manifests, kube)
+    out: dict[str, Any] = {"PhysicalResourceId": physical_id}
+    name = event["ResourceProperties"].get("LoadBalancerName")
+    if name and elbv2 is not None:
+        out["Data"] = {"AlbFullName": load_balancer_dimension(elbv2, name, wait_s=wait_s)}
+    return out
 
 
 def apply_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """onEvent handler for the CDK custom-resource Provider (it reports success or failure to CFN)."""
-    return on_custom_resource(event, _kube_from_env())
+    import boto3  # in the Lambda runtime
+
+    return on_custom_resource(event, _kube_from_env(), boto3.client("elbv2"))
