@@ -597,7 +597,8 @@ def test_alb_alarms_watch_the_load_balancer_the_ingress_created(synth: Synth) ->
                   if o["Value"] == {"Fn::GetAtt": [custom_id, "AlbFullName"]})
     for alarm in resources(raw, "AWS::CloudWatch::Alarm").values():
         props = alarm["Properties"]
-        dims = [d for m in props.get("Metrics", []) if "MetricStat" in m for d in m["MetricStat"]["Metric"]["Dimensions"]]
+        dims = [d for m in props.get("Metrics", []) if "MetricStat" in m
+                for d in m["MetricStat"]["Metric"]["Dimensions"]]
         dims += props.get("Dimensions", [])
         for d in dims:
             if d["Name"] == "LoadBalancer":

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -36,7 +36,7 @@ import contextlib
 from ecomrec_rollout import constants as c
 from ecomrec_rollout import handler as h
 from ecomrec_rollout.kube import KubeApiError, KubeClient, deployment_path
-from ecomrec_rollout.logic import RolloutError, RolloutStillProgressing
+from ecomrec_rollout.logic import RolloutError, StillProgressingError
 
 REGION = "eu-west-1"
 GROUP = "ecomrec"
@@ -500,7 +500,7 @@ def test_slow_but_healthy_rollout_is_not_undone_and_the_retry_resumes_it(world: 
     world.deps.timeout_s = 300
     v2 = world.register(1)
     event = world.set_status(v2, "Approved")
-    with pytest.raises(RolloutStillProgressing, match="not complete after 300s"):
+    with pytest.raises(StillProgressingError, match="not complete after 300s"):
         h.process(event, world.deps)
     assert world.served_uri() == uri(2)  # left rolling forward, not patched back
     assert len(world.api.patches()) == 2
@@ -562,7 +562,7 @@ def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(worl
     world.deps.clock = lambda: float(next(clock))
     world.deps.remaining_s = lambda: 120.0
     v2 = world.register(1)
-    with pytest.raises(RolloutStillProgressing, match="not complete after 65s"):
+    with pytest.raises(StillProgressingError, match="not complete after 65s"):
         h.process(world.set_status(v2, "Approved"), world.deps)
 
     world.api.bad_versions = {"2"}  # now Kubernetes gives up on it: ProgressDeadlineExceeded

@@ -145,7 +145,7 @@ def roll_out(deps: Deps, release: logic.Release, timeout_s: float | None = None)
         if status == "failed":
             raise logic.RolloutError(f"rollout of version {release.version} failed: {why}")
         if deps.clock() >= deadline:
-            raise logic.RolloutStillProgressing(
+            raise logic.StillProgressingError(
                 f"rollout of version {release.version} not complete after {timeout_s:.0f}s: {why}; "
                 "old pods keep serving (maxUnavailable 0); still progressing, the retry waits on")
         log.info("waiting for rollout of version %d: %s", release.version, why)
@@ -185,7 +185,7 @@ def roll_out_or_restore(deps: Deps, release: logic.Release, state: logic.LiveSta
     """
     try:
         roll_out(deps, release, timeout_s=_budget(deps, deps.timeout_s, deps.restore_timeout_s + RESERVE_S))
-    except logic.RolloutStillProgressing:
+    except logic.StillProgressingError:
         raise  # slow but healthy: the redelivered event resumes the wait; nothing to undo
     except logic.RolloutError as exc:
         failure = restore(deps, release, state.live, str(exc))

@@ -22,7 +22,7 @@ class RolloutError(RuntimeError):
     """The rollout cannot go on; raised so the Lambda fails, retries, then lands in the DLQ (alarmed)."""
 
 
-class RolloutStillProgressing(RolloutError):
+class StillProgressingError(RolloutError):
     """The function's wait ran out while the Deployment was still making progress (a slow, healthy rollout:
     Kubernetes has not reported ProgressDeadlineExceeded). Not undone: the queue redelivers the event and
     the next attempt finds the same template patched in and waits again."""
