@@ -68,6 +68,10 @@ AUTO_MODE_NODE_POLICIES = {"AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2Contain
 # "You do not need to install the EKS Pod Identity Agent on EKS Auto Mode Clusters."
 AUTO_MODE_BUILT_IN_ADDONS = {"vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-ebs-csi-driver"}
 
+# https://docs.aws.amazon.com/eks/latest/userguide/metrics-server.html: "The Kubernetes Metrics Server ... isn't
+# deployed by default in Amazon EKS clusters" and is what a Horizontal Pod Autoscaler on resource metrics reads.
+METRICS_SERVER_ADDON = "metrics-server"
+
 # https://docs.aws.amazon.com/lambda/latest/dg/limits.html: "New AWS accounts have reduced concurrency and
 # memory quotas" (Concurrent executions: default 1,000, lower for new accounts: 10 is what a new account
 # gets); https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html: "You can reserve up to
@@ -218,6 +222,18 @@ def test_auto_mode_cluster_is_whole(templates: dict[str, dict[str, Any]]) -> Non
     assert "BootstrapSelfManagedAddons" in found
     assert "no node pool" in found
     assert "managed node groups" in found
+
+
+def test_a_resource_metric_hpa_comes_with_metrics_server(templates: dict[str, dict[str, Any]]) -> None:
+    """metrics-server.html: not deployed by default; the HPA's CPU target needs it (Auto Mode included)."""
+    from stacks import k8s
+
+    manifests = k8s.inference_manifests(k8s.ManifestParams(image="i", model_uri="", model_group="g",
+                                                           certificate_arn="c", load_balancer_name="n"))
+    hpa = k8s.find(manifests, "HorizontalPodAutoscaler")
+    assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
+    addons = {a["Properties"]["AddonName"] for a in _resources(templates["EcomrecServing"], "AWS::EKS::Addon").values()}
+    assert METRICS_SERVER_ADDON in addons
 
 
 # ------------------------------------------------------------------ Lambda

@@ -233,8 +233,9 @@ class ServingStack(cdk.Stack):
           and every container's stdout/stderr in /aws/containerinsights/<cluster>/application; its agent
           gets CloudWatchAgentServerPolicy through Pod Identity (service account cloudwatch-agent in
           amazon-cloudwatch): https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/install-CloudWatch-Observability-EKS-addon.html
-        - ``metrics-server`` (EKS community add-on): the metrics.k8s.io API a CPU-based HPA reads. Auto
-          Mode does not run one (its components: automode.html); without it the HPA never scales:
+        - ``metrics-server`` (EKS community add-on): the metrics.k8s.io API a CPU-based HPA reads. "It isn't
+          deployed by default in Amazon EKS clusters" (https://docs.aws.amazon.com/eks/latest/userguide/metrics-server.html),
+          and Auto Mode's components do not include it; without it the HPA never scales:
           https://docs.aws.amazon.com/eks/latest/userguide/community-addons.html
         """
         agent_role = iam.Role(
