@@ -6,10 +6,12 @@ bundle into the models bucket, patch the Deployment (image, model URI, version a
 rolling update, record the live version.
 Rejected while live, or while the Deployment is patched to it (a rollout that did not complete) -> the
 same with the newest other approved version. Everything else is logged and ignored. Duplicate events find
-the version already live and patch nothing.
-A rollout that does not complete is undone: the Deployment is patched back to the recorded live version,
-the failure is recorded next to it, and the function still fails (the message is retried, then goes to
-the DLQ; alarms).
+the version already live and patch nothing; an approval older than the live version is recorded for
+rollback, not deployed (rollouts never go backwards).
+A rollout Kubernetes gives up on (ProgressDeadlineExceeded) is undone: the Deployment is patched back to
+the recorded live version, the failure is recorded next to it, and the function still fails (the message
+is retried, then goes to the DLQ; alarms). One still progressing when the wait ends is left rolling: the
+function fails without undoing it and the redelivered message resumes the wait.
 
 ``apply_handler``: the serving stack's custom resource that applies the Kubernetes manifests (server-side
 apply through the same client), keeping the live model on every re-apply.
