@@ -43,7 +43,7 @@ ROLLOUT_MESSAGE_GROUP = "rollouts"  # ONE group: rollouts run one at a time, in 
 # One invocation's wait: the function's timeout less the restore (45 s) and the record (10 s) of
 # handler.py. It must outlast the Deployment's progress deadline so that Kubernetes' failure verdict (the
 # only thing that undoes a rollout) is seen within one invocation; a longer, healthy rollout (up to
-# k8s.healthy_rollout_s) is resumed by the redelivered message (ROLLOUT_ATTEMPTS, 6 x timeout apart).
+# k8s.healthy_rollout_s) is resumed by the redelivered message (EventsStack._attempts, VISIBILITY_S apart).
 ROLLOUT_WAIT_S = int(ROLLOUT_TIMEOUT.to_seconds()) - 45 - 10
 assert ROLLOUT_WAIT_S > k8s.PROGRESS_DEADLINE_S + k8s.MIN_READY_S, "the function would not see the deadline"
 VISIBILITY_S = int(ROLLOUT_TIMEOUT.to_seconds()) * 6  # the Lambda docs: >= 6 x the function timeout
