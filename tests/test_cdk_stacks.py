@@ -174,6 +174,9 @@ def test_model_package_group_and_pipeline_from_the_step_graph(synth: Synth) -> N
     [group] = resources(raw, "AWS::SageMaker::ModelPackageGroup").values()
     assert group["Properties"]["ModelPackageGroupName"] == "ecomrec"
     [pipeline] = resources(raw, "AWS::SageMaker::Pipeline").values()
+    # Retained: CD lets `ecomrec pipeline upsert` own it (pipelineInStack=false); leaving the template
+    # must not delete the pipeline.
+    assert pipeline["DeletionPolicy"] == "Retain"
     props = pipeline["Properties"]
     assert props["PipelineName"] == "ecomrec"
     role_id = next(iter(resources(raw, "AWS::IAM::Role")))
@@ -267,6 +270,23 @@ def test_cluster_is_private_logged_and_needs_no_kubectl_layer(synth: Synth) -> N
     # the rest of what Auto Mode requires).
     assert not resources(raw, "AWS::EKS::Nodegroup")
     assert cluster["Properties"]["ComputeConfig"]["NodePools"] == ["system", "general-purpose"]
+
+
+def test_vpc_egress_survives_a_zone_and_s3_skips_the_nat(synth: Synth) -> None:
+    """A NAT gateway per zone (one NAT would cut the other zone's egress with its zone) and an S3 gateway
+    endpoint on the private route tables (bundle downloads and ECR layers do not pay NAT processing)."""
+    raw = synth.raw(synth.built.serving)
+    subnets = resources(raw, "AWS::EC2::Subnet")
+    nats = resources(raw, "AWS::EC2::NatGateway").values()
+    assert len({n["Properties"]["SubnetId"]["Ref"] for n in nats}) == 2
+    assert {json.dumps(subnets[n["Properties"]["SubnetId"]["Ref"]]["Properties"]["AvailabilityZone"]) for n in nats} \
+        == {json.dumps({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)}
+    [endpoint] = resources(raw, "AWS::EC2::VPCEndpoint").values()
+    assert endpoint["Properties"]["VpcEndpointType"] == "Gateway"
+    assert ".s3" in json.dumps(endpoint["Properties"]["ServiceName"])
+    private_tables = {k for k, r in resources(raw, "AWS::EC2::RouteTable").items() if "private" in k}
+    assert {t["Ref"] for t in endpoint["Properties"]["RouteTableIds"]} >= private_tables
+    assert len(private_tables) == 2
 
 
 def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
