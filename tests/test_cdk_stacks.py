@@ -174,6 +174,9 @@ def test_model_package_group_and_pipeline_from_the_step_graph(synth: Synth) -> N
     [group] = resources(raw, "AWS::SageMaker::ModelPackageGroup").values()
     assert group["Properties"]["ModelPackageGroupName"] == "ecomrec"
     [pipeline] = resources(raw, "AWS::SageMaker::Pipeline").values()
+    # Retained: CD lets `ecomrec pipeline upsert` own it (pipelineInStack=false); leaving the template
+    # must not delete the pipeline.
+    assert pipeline["DeletionPolicy"] == "Retain"
     props = pipeline["Properties"]
     assert props["PipelineName"] == "ecomrec"
     role_id = next(iter(resources(raw, "AWS::IAM::Role")))
@@ -264,9 +267,27 @@ def test_cluster_is_private_logged_and_needs_no_kubectl_layer(synth: Synth) -> N
     assert {t["Type"] for t in enabled} == {"api", "audit", "authenticator", "controllerManager", "scheduler"}
     assert not resources(raw, "AWS::Lambda::LayerVersion")
     assert not [r for r in raw["Resources"].values() if "KubernetesResource" in r["Type"]]
-    [nodegroup] = resources(raw, "AWS::EKS::Nodegroup").values()
-    assert nodegroup["Properties"]["ScalingConfig"] == {"MinSize": 3, "MaxSize": 6, "DesiredSize": 3}
-    assert nodegroup["Properties"]["Labels"] == k8s.NODE_POOL_LABEL
+    # One compute model: Auto Mode's built-in node pools, no node group (tests/test_aws_constraints.py checks
+    # the rest of what Auto Mode requires).
+    assert not resources(raw, "AWS::EKS::Nodegroup")
+    assert cluster["Properties"]["ComputeConfig"]["NodePools"] == ["system", "general-purpose"]
+
+
+def test_vpc_egress_survives_a_zone_and_s3_skips_the_nat(synth: Synth) -> None:
+    """A NAT gateway per zone (one NAT would cut the other zone's egress with its zone) and an S3 gateway
+    endpoint on the private route tables (bundle downloads and ECR layers do not pay NAT processing)."""
+    raw = synth.raw(synth.built.serving)
+    subnets = resources(raw, "AWS::EC2::Subnet")
+    nats = resources(raw, "AWS::EC2::NatGateway").values()
+    assert len({n["Properties"]["SubnetId"]["Ref"] for n in nats}) == 2
+    assert {json.dumps(subnets[n["Properties"]["SubnetId"]["Ref"]]["Properties"]["AvailabilityZone"]) for n in nats} \
+        == {json.dumps({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)}
+    [endpoint] = resources(raw, "AWS::EC2::VPCEndpoint").values()
+    assert endpoint["Properties"]["VpcEndpointType"] == "Gateway"
+    assert ".s3" in json.dumps(endpoint["Properties"]["ServiceName"])
+    private_tables = {k for k, r in resources(raw, "AWS::EC2::RouteTable").items() if "private" in k}
+    assert {t["Ref"] for t in endpoint["Properties"]["RouteTableIds"]} >= private_tables
+    assert len(private_tables) == 2
 
 
 def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
@@ -290,7 +311,8 @@ def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
             "RoleArn": {"Fn::GetAtt": [Match.string_like_regexp("InferencePodRole"), "Arn"]},
         },
     )
-    t.has_resource_properties("AWS::EKS::Addon", {"AddonName": "eks-pod-identity-agent"})
+    # Auto Mode has the Pod Identity agent built in: no add-on for it.
+    assert "eks-pod-identity-agent" not in json.dumps(resources(raw, "AWS::EKS::Addon"))
 
 
 def _manifests(synth: Synth) -> list[dict[str, Any]]:
@@ -300,7 +322,10 @@ def _manifests(synth: Synth) -> list[dict[str, Any]]:
 def test_deployment_rolls_out_without_losing_capacity(synth: Synth) -> None:
     dep = k8s.find(_manifests(synth), "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 3
+    # The HPA owns the replica count: a manifest that sets it would reset it to 3 on every `cdk deploy`
+    # (server-side apply with force), against the HPA's scale-out.
+    assert "replicas" not in spec
+    assert k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 3
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
@@ -316,7 +341,7 @@ def test_deployment_rolls_out_without_losing_capacity(synth: Synth) -> None:
     # The rollout function patches exactly this container and this variable.
     assert c.MODEL_ENV_VAR == "ECOMREC_MODEL"
     assert pod["serviceAccountName"] == c.SERVICE_ACCOUNT
-    assert pod["nodeSelector"] == k8s.NODE_POOL_LABEL
+    assert "nodeSelector" not in pod  # Auto Mode's general-purpose pool (the system pool is tainted)
     # The service is built for a non-root, read-only container that writes to /tmp only.
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = container["securityContext"]
@@ -408,7 +433,25 @@ def test_manifests_custom_resource_runs_the_rollout_package_in_the_vpc(synth: Sy
     assert fn["Properties"]["Handler"] == "ecomrec_rollout.handler.apply_handler"
     assert fn["Properties"]["VpcConfig"]["SubnetIds"]
     entries = resources(raw, "AWS::EKS::AccessEntry")
-    assert len(entries) == 1
+    assert len(entries) == 2  # this function and the operator role
+
+
+def test_operator_role_from_a_parameter_gets_cluster_admin(synth: Synth) -> None:
+    """The endpoint is private and only principals with an access entry get in: the operator role given as
+    the OperatorRoleArn parameter gets one (cluster admin); empty (the default) creates none."""
+    raw = synth.raw(synth.built.serving)
+    param = raw["Parameters"]["OperatorRoleArn"]
+    assert param["Default"] == ""
+    assert re.fullmatch(param["AllowedPattern"], "")
+    assert re.fullmatch(param["AllowedPattern"], "arn:aws:iam::123456789012:role/ops")
+    assert not re.fullmatch(param["AllowedPattern"], "arn:aws:iam::123456789012:user/ops")
+    entry = next(e for k, e in resources(raw, "AWS::EKS::AccessEntry").items() if k.startswith("OperatorAccess"))
+    assert entry["Properties"]["PrincipalArn"] == {"Ref": "OperatorRoleArn"}
+    [policy] = entry["Properties"]["AccessPolicies"]
+    assert policy["AccessScope"] == {"Type": "cluster"}
+    assert json.dumps(policy["PolicyArn"]).endswith('cluster-access-policy/AmazonEKSClusterAdminPolicy"]]}')
+    condition = raw["Conditions"][entry["Condition"]]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "OperatorRoleArn"}, ""]}]}
 
 
 # ------------------------------------------------------------------ events
@@ -423,19 +466,43 @@ def test_approval_rule_matches_our_group_and_both_decisions(synth: Synth) -> Non
         "detail": {"ModelPackageGroupName": ["ecomrec"], "ModelApprovalStatus": ["Approved", "Rejected"]},
     }
     [target] = rule["Properties"]["Targets"]
-    fn_id = next(k for k in resources(raw, "AWS::Lambda::Function") if k.startswith("RolloutFn"))
-    dlq_id = next(iter(resources(raw, "AWS::SQS::Queue")))
-    assert target["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    queues = resources(raw, "AWS::SQS::Queue")
+    queue_id = next(k for k in queues if k.startswith("RolloutQueue"))
+    delivery_dlq = next(k for k in queues if k.startswith("RolloutDeliveryDlq"))
+    assert target["Arn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
     assert target["RetryPolicy"]["MaximumRetryAttempts"] == 4
-    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [dlq_id, "Arn"]}}
-    t = synth.template(synth.built.events)
-    t.has_resource_properties(
-        "AWS::Lambda::EventInvokeConfig",
-        {
-            "MaximumRetryAttempts": 2,
-            "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [dlq_id, "Arn"]}}},
-        },
-    )
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [delivery_dlq, "Arn"]}}
+
+
+def test_rollouts_are_serialised_by_one_fifo_message_group(synth: Synth) -> None:
+    """No reserved concurrency (a new account refuses it: tests/test_aws_constraints.py). One message group
+    of a FIFO queue: "Messages within the same message group are always processed one at a time, in strict
+    order" (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/using-messagegroupid-property.html),
+    and for FIFO sources "the maximum number of concurrent invocations is equal to the number of message
+    group IDs" (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html)."""
+    raw = synth.raw(synth.built.events)
+    queues = resources(raw, "AWS::SQS::Queue")
+    queue_id = next(k for k in queues if k.startswith("RolloutQueue"))
+    queue = queues[queue_id]["Properties"]
+    assert queue["FifoQueue"] is True
+    assert queue["ContentBasedDeduplication"] is True
+    dlq_id = queue["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+    assert queues[dlq_id]["Properties"]["FifoQueue"] is True  # a FIFO queue's DLQ must be FIFO
+    assert dlq_id.startswith("RolloutDlq")
+    [rule] = resources(raw, "AWS::Events::Rule").values()
+    [target] = rule["Properties"]["Targets"]
+    assert target["SqsParameters"]["MessageGroupId"]  # one constant group for every event
+    assert isinstance(target["SqsParameters"]["MessageGroupId"], str)
+    fn_id, fn = next((k, f) for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
+    assert "ReservedConcurrentExecutions" not in fn["Properties"]
+    [mapping] = resources(raw, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+    assert mapping["Properties"]["FunctionName"] == {"Ref": fn_id}
+    assert mapping["Properties"]["BatchSize"] == 1
+    # The Lambda docs: visibility timeout at least six times the function timeout.
+    assert queue["VisibilityTimeout"] >= 6 * fn["Properties"]["Timeout"]
+    # No async invocation config left over (the function is invoked by the queue, synchronously).
+    assert not resources(raw, "AWS::Lambda::EventInvokeConfig")
 
 
 def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> None:
@@ -443,7 +510,6 @@ def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> Non
     fn_id, fn = next((k, f) for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
     props = fn["Properties"]
     assert props["Handler"] == "ecomrec_rollout.handler.handler"
-    assert props["ReservedConcurrentExecutions"] == 1  # one rollout at a time
     env = props["Environment"]["Variables"]
     assert env[c.ENV_MODEL_PACKAGE_GROUP] == "ecomrec"
     assert env[c.ENV_NAMESPACE] == c.NAMESPACE
@@ -454,6 +520,7 @@ def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> Non
     assert actions == {
         "sagemaker:DescribeModelPackage",
         "s3:GetObject",
+        "s3:ListBucket",  # a missing run output reads 404 (NoSuchKey), not 403
         "s3:PutObject",
         "s3:AbortMultipartUpload",
         "ssm:GetParameter",
@@ -461,10 +528,12 @@ def test_rollout_function_configuration_and_least_privilege(synth: Synth) -> Non
         "ssm:GetParameterHistory",
         "ssm:DescribeParameters",
         "ssm:PutParameter",
-        # on-failure destination: the DLQ
-        "sqs:SendMessage",
-        "sqs:GetQueueAttributes",
+        # the rollout queue (event source mapping)
+        "sqs:ReceiveMessage",
+        "sqs:ChangeMessageVisibility",
         "sqs:GetQueueUrl",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
     }
     put = next(st for st in sts if "s3:PutObject" in as_list(st["Action"]))
     assert "GetAttModels" in json.dumps(put["Resource"])
@@ -497,7 +566,9 @@ def test_retraining_schedule_starts_the_pipeline_with_parameters(synth: Synth) -
     sts = statements(raw, "RetrainSchedulerRole")
     start = next(st for st in sts if st["Action"] == "sagemaker:StartPipelineExecution")
     assert "pipeline/ecomrec" in json.dumps(start["Resource"])
-    assert "DeadLetterConfig" in target
+    # Its own DLQ, not the rollout's (a failed start is not a failed rollout; separate alarm text).
+    retrain_dlq = next(k for k in resources(raw, "AWS::SQS::Queue") if k.startswith("RetrainDlq"))
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [retrain_dlq, "Arn"]}}
 
 
 # ------------------------------------------------------------------ monitoring
@@ -508,7 +579,8 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
     alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in resources(raw, "AWS::CloudWatch::Alarm").values()}
     assert set(alarms) == {
         f"ecomrec-{n}"
-        for n in ("Http5xxRate", "LatencyP99", "PipelineExecutionFailed", "RolloutFunctionErrors", "RolloutDeadLetters")
+        for n in ("Http5xxRate", "LatencyP99", "PipelineExecutionFailed", "RolloutFunctionErrors", "RolloutDeadLetters",
+                  "RolloutDeliveryDeadLetters", "RetrainDeadLetters")
     }
     [topic_id] = resources(raw, "AWS::SNS::Topic")
     for alarm in alarms.values():
@@ -519,19 +591,80 @@ def test_alarms_cover_errors_latency_pipeline_and_rollout_and_notify_the_topic(s
         "RequestCount",
         "HTTPCode_Target_5XX_Count",
         "HTTPCode_ELB_5XX_Count",
+        "HTTPCode_ELB_503_Count",
     }
     p99 = alarms["ecomrec-LatencyP99"]
     assert (p99["ExtendedStatistic"], p99["MetricName"]) == ("p99", "TargetResponseTime")
     failed = alarms["ecomrec-PipelineExecutionFailed"]
-    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Sagemaker/ModelBuildingPipeline", "ExecutionFailed")
-    assert failed["Dimensions"] == [{"Name": "PipelineName", "Value": "ecomrec"}]
+    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Events", "TriggeredRules")
     assert alarms["ecomrec-RolloutFunctionErrors"]["MetricName"] == "Errors"
     assert alarms["ecomrec-RolloutDeadLetters"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
     topic = raw["Resources"][topic_id]["Properties"]
     assert "KmsMasterKeyId" in topic
-    [rule] = resources(raw, "AWS::Events::Rule").values()
-    assert rule["Properties"]["EventPattern"]["detail"]["currentPipelineExecutionStatus"] == ["Failed"]
+    rule_id, rule = next(iter(resources(raw, "AWS::Events::Rule").items()))
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": topic_id}
+    assert failed["Dimensions"] == [{"Name": "RuleName", "Value": {"Ref": rule_id}}]
+
+
+def test_alb_alarms_watch_the_load_balancer_the_ingress_created(synth: Synth) -> None:
+    """No placeholder parameter: the LoadBalancer dimension is the manifests custom resource's AlbFullName,
+    read from the real ALB after the Ingress is applied (handler.load_balancer_dimension)."""
+    raw = synth.raw(synth.built.monitoring)
+    assert "AlbFullName" not in raw.get("Parameters", {})
+    serving = synth.raw(synth.built.serving)
+    [custom_id] = [k for k, r in serving["Resources"].items() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    assert serving["Resources"][custom_id]["Properties"]["LoadBalancerName"] == "ecomrec-inference"
+    export = next(o["Export"]["Name"] for o in serving["Outputs"].values()
+                  if o["Value"] == {"Fn::GetAtt": [custom_id, "AlbFullName"]})
+    for alarm in resources(raw, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        dims = [d for m in props.get("Metrics", []) if "MetricStat" in m
+                for d in m["MetricStat"]["Metric"]["Dimensions"]]
+        dims += props.get("Dimensions", [])
+        for d in dims:
+            if d["Name"] == "LoadBalancer":
+                assert d["Value"] == {"Fn::ImportValue": export}, props["AlarmName"]
+    ingress = k8s.find(_manifests(synth), "Ingress")
+    assert ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/load-balancer-name"] == "ecomrec-inference"
+
+
+def test_rollout_wait_is_derived_from_the_progress_deadline_and_the_replica_count(synth: Synth) -> None:
+    """One invocation waits longer than the Deployment's progressDeadlineSeconds (Kubernetes' failure
+    verdict, the only thing that undoes a rollout, arrives within it), and the queue's attempts, a visibility
+    timeout apart, cover the longest healthy rolling update (maxReplicas pods, one at a time, each allowed the
+    startup probe's budget + minReadySeconds): a slow healthy rollout is resumed, never rolled back."""
+    raw = synth.raw(synth.built.events)
+    fn = next(f for k, f in resources(raw, "AWS::Lambda::Function").items() if k.startswith("RolloutFn"))
+    wait = int(fn["Properties"]["Environment"]["Variables"][c.ENV_ROLLOUT_TIMEOUT_S])
+    dep = k8s.find(_manifests(synth), "Deployment")["spec"]
+    hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
+    startup = dep["template"]["spec"]["containers"][0]["startupProbe"]
+    assert dep["progressDeadlineSeconds"] + dep["minReadySeconds"] < wait
+    assert wait + 45 + 10 <= fn["Properties"]["Timeout"]  # handler.py: restore (45 s) + record (10 s)
+    queue = next(q["Properties"] for k, q in resources(raw, "AWS::SQS::Queue").items() if k.startswith("RolloutQueue"))
+    attempts = queue["RedrivePolicy"]["maxReceiveCount"]
+    healthy = hpa["maxReplicas"] * (startup["periodSeconds"] * startup["failureThreshold"] + dep["minReadySeconds"])
+    assert (attempts - 1) * queue["VisibilityTimeout"] + wait >= healthy
+
+
+def test_quality_gate_rejection_does_not_fire_the_pipeline_failure_alarm(synth: Synth) -> None:
+    """The gate rejects through its FailStep, which fails the execution: the alarm listens to failed steps
+    other than that one (the SageMaker guide's step-status event carries stepName and currentStepStatus)."""
+    from pipelines.sagemaker.pipeline import GATE_FAILED_STEP
+
+    raw = synth.raw(synth.built.monitoring)
+    [rule] = resources(raw, "AWS::Events::Rule").values()
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["detail-type"] == ["SageMaker Model Building Pipeline Execution Step Status Change"]
+    detail = pattern["detail"]
+    assert detail["currentStepStatus"] == ["Failed"]
+    assert detail["stepName"] == [{"anything-but": [GATE_FAILED_STEP]}]
+
+    def matches(step: str) -> bool:  # EventBridge's anything-but on the event the guide shows
+        return detail["currentStepStatus"] == ["Failed"] and step not in detail["stepName"][0]["anything-but"]
+
+    assert not matches(GATE_FAILED_STEP)
+    assert matches("train-ranker")
 
 
 def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: Synth) -> None:
@@ -546,7 +679,7 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     assert expression.get("ReturnData", True) is True
     assert all(m.get("ReturnData") is False for m in alarm["Metrics"] if "MetricStat" in m)
     text = expression["Expression"]
-    sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"]]
+    sparse = [ids["HTTPCode_Target_5XX_Count"], ids["HTTPCode_ELB_5XX_Count"], ids["HTTPCode_ELB_503_Count"]]
     for metric_id in sparse:
         filled = re.compile(rf"FILL\(\s*{metric_id}\s*,\s*0\s*\)")
         assert filled.search(text), text
@@ -555,11 +688,12 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     # no traffic is 0 %, and a total outage (no healthy pod: every request a load-balancer 503, which
     # RequestCount leaves out because no target answered) is 100 %, not "no requests".
     names = {ids["RequestCount"]: "req", ids["HTTPCode_Target_5XX_Count"]: "e5",
-             ids["HTTPCode_ELB_5XX_Count"]: "elb5"}
+             ids["HTTPCode_ELB_5XX_Count"]: "elb5", ids["HTTPCode_ELB_503_Count"]: "elb503"}
     python = re.sub(r"FILL\(\s*(\w+)\s*,\s*0\s*\)", r"fill(\1)", text).replace("IF(", "when(")
 
-    def rate(req: float | None, e5: float | None, elb5: float | None) -> float:
-        values = {metric_id: {"req": req, "e5": e5, "elb5": elb5}[name] for metric_id, name in names.items()}
+    def rate(req: float | None, e5: float | None, elb5: float | None, elb503: float | None = None) -> float:
+        given = {"req": req, "e5": e5, "elb5": elb5, "elb503": elb503}
+        values = {metric_id: given[name] for metric_id, name in names.items()}
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(eval(python, {"fill": lambda v: np.float64(0 if v is None else v),
                                        "when": lambda c, a, b: a if c else b}, values))
@@ -567,7 +701,118 @@ def test_5xx_rate_counts_minutes_where_only_one_kind_of_5xx_was_reported(synth: 
     assert rate(None, None, None) == 0.0
     assert rate(1000, None, None) == 0.0
     assert rate(100, 10, None) == 10.0
-    assert rate(None, None, 50) == 100.0
+    assert rate(None, None, 50, 50) == 100.0  # total outage: load-balancer 503s only
+    # 502/504: the load balancer chose a target (in RequestCount) and answered 5xx itself (in ELB_5XX, not in
+    # Target_5XX). 10 of 100 requests is 10 %, not 10 of 110 (the old formula counted them twice).
+    assert rate(100, None, 10) == 10.0
+
+
+def test_prometheus_scrapes_the_pods_and_evaluates_the_rules(synth: Synth, tmp_path: Path) -> None:
+    """Monitoring that runs: an AMP workspace with containers/monitoring/prometheus-rules.yml loaded as its
+    rule groups, alerts routed to the SNS topic, and AMP's managed scraper on the EKS cluster whose
+    configuration keeps the pods that carry the Deployment's prometheus.io/* annotations. promtool (the real
+    Prometheus config parser) accepts the configuration."""
+    import base64
+    import shutil
+
+    from stacks.monitoring import RULES_FILE
+
+    raw = synth.raw(synth.built.monitoring)
+    [workspace_id] = resources(raw, "AWS::APS::Workspace")
+    [rules] = resources(raw, "AWS::APS::RuleGroupsNamespace").values()
+    assert rules["Properties"]["Data"] == RULES_FILE.read_text()
+    assert rules["Properties"]["Workspace"] == {"Fn::GetAtt": [workspace_id, "Arn"]}
+    alertmanager = json.dumps(raw["Resources"][workspace_id]["Properties"]["AlertManagerDefinition"])
+    [topic_id] = resources(raw, "AWS::SNS::Topic")
+    assert "sns_configs" in alertmanager and topic_id in alertmanager
+    [scraper] = resources(raw, "AWS::APS::Scraper").values()
+    eks_source = scraper["Properties"]["Source"]["EksConfiguration"]
+    assert "Cluster" in json.dumps(eks_source["ClusterArn"])  # the serving stack's cluster
+    assert len(eks_source["SubnetIds"]) >= 2  # AMP: two subnets in two zones at least
+    assert scraper["Properties"]["Destination"]["AmpConfiguration"]["WorkspaceArn"] == {
+        "Fn::GetAtt": [workspace_id, "Arn"]}
+    # The configuration blob: base64 of a literal (no tokens inside), so it can be decoded here.
+    blob = scraper["Properties"]["ScrapeConfiguration"]["ConfigurationBlob"]["Fn::Base64"]
+    config = json.loads(blob if isinstance(blob, str) else base64.b64decode(blob))
+    [job] = config["scrape_configs"]
+    keep = job["relabel_configs"][0]
+    pod_annotations = k8s.find(_manifests(synth), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    # Prometheus turns the annotation prometheus.io/scrape into this meta label (non-alphanumerics -> _).
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], pod_annotations["prometheus.io/scrape"])
+    assert {r.get("target_label") for r in job["relabel_configs"]} >= {"pod", "namespace", "__metrics_path__"}
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    if shutil.which("promtool"):
+        # Debian's promtool is built without Kubernetes service discovery: it checks everything else (global
+        # settings, relabel rules and their regexes) with the discovery swapped for a static target.
+        checked = json.loads(json.dumps(config))
+        checked["scrape_configs"][0].pop("kubernetes_sd_configs")
+        checked["scrape_configs"][0]["static_configs"] = [{"targets": ["10.0.0.1:8080"]}]
+        path = tmp_path / "scrape.yml"
+        path.write_text(json.dumps(checked))
+        proc = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The scraper's role is the Kubernetes user the aps-collector ClusterRole is bound to.
+    [entry] = resources(raw, "AWS::EKS::AccessEntry").values()
+    assert entry["Properties"]["Username"] == k8s.SCRAPER_USER
+    applied = _applied_manifests(synth.raw(synth.built.serving))
+    binding = k8s.find(applied, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "User", "name": k8s.SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}]
+    assert k8s.find(applied, "ClusterRole")["metadata"]["name"] == binding["roleRef"]["name"]
+
+
+def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) -> None:
+    """Amazon Managed Grafana on the workspace; the amazon-cloudwatch-observability add-on (Container Insights
+    + Fluent Bit pod logs) with its agent role through Pod Identity; metrics-server, which the CPU-based HPA
+    reads (Auto Mode runs none)."""
+    raw = synth.raw(synth.built.monitoring)
+    [ws] = resources(raw, "AWS::Grafana::Workspace").values()
+    assert "PROMETHEUS" in ws["Properties"]["DataSources"]
+    assert ws["Properties"]["AuthenticationProviders"] == ["AWS_SSO"]
+    query = next(st for st in statements(raw, "GrafanaRole") if st.get("Sid") == "QueryPrometheus")
+    [workspace_id] = resources(raw, "AWS::APS::Workspace")
+    assert query["Resource"] == {"Fn::GetAtt": [workspace_id, "Arn"]}
+    serving = synth.raw(synth.built.serving)
+    addons = {a["Properties"]["AddonName"]: a["Properties"] for a in resources(serving, "AWS::EKS::Addon").values()}
+    assert set(addons) == {"amazon-cloudwatch-observability", "metrics-server"}
+    [assoc] = addons["amazon-cloudwatch-observability"]["PodIdentityAssociations"]
+    assert assoc["ServiceAccount"] == "cloudwatch-agent"
+    role = serving["Resources"][assoc["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    assert "CloudWatchAgentServerPolicy" in json.dumps(role["ManagedPolicyArns"])
+    hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"  # served by metrics-server's metrics.k8s.io
+
+
+# ------------------------------------------------------------------ github
+
+
+def test_deploy_role_trusts_the_environment_cd_yml_deploys_from(synth: Synth) -> None:
+    """A job that names an environment gets the subject repo:OWNER/REPO:environment:NAME
+    (https://docs.github.com/en/actions/reference/security/oidc#example-subject-claims): the trust condition
+    must be exactly that for cd.yml's deploy job, or every CD run is denied."""
+    import yaml
+
+    raw = synth.raw(synth.built.github)
+    [provider] = resources(raw, "AWS::IAM::OIDCProvider").values()
+    assert provider["Properties"]["Url"] == "https://token.actions.githubusercontent.com"
+    assert provider["Properties"]["ClientIdList"] == ["sts.amazonaws.com"]
+    role = next(r for k, r in resources(raw, "AWS::IAM::Role").items() if k.startswith("DeployRole"))
+    [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
+    cond = trust["Condition"]["StringEquals"]
+    assert cond["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    cd = yaml.safe_load((REPO / ".github" / "workflows" / "cd.yml").read_text())
+    environments = {job["environment"] for job in cd["jobs"].values()
+                    if any(s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+                           for s in job["steps"])}
+    subjects = {"".join(p if isinstance(p, str) else "OWNER/REPO" for p in cond_sub["Fn::Join"][1])
+                for cond_sub in [cond["token.actions.githubusercontent.com:sub"]]}
+    assert subjects == {f"repo:OWNER/REPO:environment:{env}" for env in environments}
+    assert cond["token.actions.githubusercontent.com:sub"]["Fn::Join"][1][1] == {"Ref": "GitHubRepo"}
+    # What CD does with it: push images, upload pipeline code, upsert the pipeline, deploy through CDK's roles.
+    actions = {a for st in statements(raw, "DeployRole") for a in as_list(st["Action"])}
+    assert {"sts:AssumeRole", "ecr:PutImage", "s3:PutObject", "sagemaker:UpdatePipeline", "iam:PassRole"} <= actions
+    assert not any(a.endswith(":*") or a == "*" for a in actions)
 
 
 # ------------------------------------------------------------------ cdk-nag and cfn-lint
@@ -611,7 +856,7 @@ def test_cdk_nag_fails_synth_on_an_unacknowledged_finding(tmp_path: Path) -> Non
 
 def test_cfn_lint_finds_no_errors_in_the_templates(synth: Synth) -> None:
     templates = sorted(synth.outdir.glob("*.template.json"))
-    assert len(templates) == 5
+    assert len(templates) == 6
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     proc = subprocess.run(
         [str(cfn_lint), "--format", "json", *map(str, templates)], capture_output=True, text=True, timeout=300

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +36,7 @@ import contextlib
 from ecomrec_rollout import constants as c
 from ecomrec_rollout import handler as h
 from ecomrec_rollout.kube import KubeApiError, KubeClient, deployment_path
-from ecomrec_rollout.logic import RolloutError
+from ecomrec_rollout.logic import RolloutError, StillProgressingError
 
 REGION = "eu-west-1"
 GROUP = "ecomrec"
@@ -43,6 +45,70 @@ RUNS_BUCKET = "processed-bucket"  # where the pipeline writes bundles
 MODELS_BUCKET = "models-bucket"  # where approved bundles are promoted and served from
 TOKEN = "k8s-aws-v1.test-token"
 DEP_PATH = deployment_path(c.NAMESPACE, c.DEPLOYMENT)
+
+
+# ------------------------------------------------------------------ events as SageMaker sends them
+
+# The "Model package state change" example of the SageMaker developer guide, verbatim apart from the
+# duplicated "source" key it shows (JSON keeps one): https://docs.aws.amazon.com/sagemaker/latest/dg/
+# automating-sagemaker-with-eventbridge.html#eventbridge-model-package
+DOC_EVENT: dict[str, Any] = {
+    "version": "0",
+    "id": "844e2571-85d4-695f-b930-0153b71dcb42",
+    "detail-type": "SageMaker Model Package State Change",
+    "source": "aws.sagemaker",
+    "account": "123456789012",
+    "time": "2021-02-24T17:00:14Z",
+    "region": "us-east-2",
+    "resources": ["arn:aws:sagemaker:us-east-2:123456789012:model-package/versionedmp-p-idy6c3e1fiqj/2"],
+    "detail": {
+        "ModelPackageGroupName": "versionedmp-p-idy6c3e1fiqj",
+        "ModelPackageVersion": 2,
+        "ModelPackageArn": "arn:aws:sagemaker:us-east-2:123456789012:model-package/versionedmp-p-idy6c3e1fiqj/2",
+        "CreationTime": "2021-02-24T17:00:14Z",
+        "InferenceSpecification": {
+            "Containers": [{
+                "Image": "257758044811.dkr.ecr.us-east-2.amazonaws.com/sagemaker-xgboost:1.0-1-cpu-py3",
+                "ImageDigest": "sha256:4dc8a7e4a010a19bb9e0a6b063f355393f6e623603361bd8b105f554d4f0c004",
+                "ModelDataUrl": "s3://sagemaker-project-p-idy6c3e1fiqj/versionedmp-p-idy6c3e1fiqj/AbaloneTrain/"
+                                "pipelines-4r83jejmhorv-TrainAbaloneModel-xw869y8C4a/output/model.tar.gz"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"]},
+        "ModelPackageStatus": "Completed",
+        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []},
+        "CertifyForMarketplace": False,
+        "ModelApprovalStatus": "Rejected",
+        "MetadataProperties": {"GeneratedBy": "arn:aws:sagemaker:us-east-2:123456789012:pipeline/"
+                                              "versionedmp-p-idy6c3e1fiqj/execution/4r83jejmhorv"},
+        "ModelMetrics": {"ModelQuality": {"Statistics": {
+            "ContentType": "application/json",
+            "S3Uri": "s3://sagemaker-project-p-idy6c3e1fiqj/versionedmp-p-idy6c3e1fiqj/"
+                     "script-2021-02-24-10-55-15-413/output/evaluation/evaluation.json"}}},
+        "LastModifiedTime": "2021-02-24T17:00:14Z",
+    },
+}
+
+
+def package_event(description: dict[str, Any], status: str) -> dict[str, Any]:
+    """DOC_EVENT for one of our packages: the registry's description in the detail, a fresh event id."""
+    event = copy.deepcopy(DOC_EVENT)
+    event.update(id=str(uuid.uuid4()), region=REGION, resources=[description["ModelPackageArn"]])
+    detail = event["detail"]
+    for key in ("ModelPackageGroupName", "ModelPackageVersion", "ModelPackageArn", "InferenceSpecification"):
+        detail[key] = description[key]
+    detail["ModelApprovalStatus"] = status
+    return event
+
+
+def sqs_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as the rollout FIFO queue hands it to the function (EventBridge puts the event JSON in the
+    body): https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html (example FIFO queue message event)."""
+    return {"Records": [{
+        "messageId": str(uuid.uuid4()), "receiptHandle": "AQEB...", "body": json.dumps(event),
+        "attributes": {"ApproximateReceiveCount": "1", "MessageGroupId": "rollouts",
+                       "MessageDeduplicationId": "content-hash", "SentTimestamp": "1573251510774"},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:rollouts.fifo", "awsRegion": REGION}]}
 
 
 # ------------------------------------------------------------------ fake Kubernetes API over real HTTP
@@ -245,10 +311,7 @@ class World:
     def set_status(self, arn: str, status: str, group: str = GROUP) -> dict[str, Any]:
         """Change the status in the (fake) registry and return the event SageMaker would emit."""
         self.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
-        d = self.sm.describe_model_package(ModelPackageName=arn)
-        return {"version": "0", "source": c.EVENT_SOURCE, "detail-type": c.EVENT_DETAIL_TYPE,
-                "detail": {"ModelPackageGroupName": group, "ModelPackageVersion": d["ModelPackageVersion"],
-                           "ModelPackageArn": arn, "ModelApprovalStatus": status}}
+        return package_event(self.sm.describe_model_package(ModelPackageName=arn), status)
 
     def live(self) -> dict[str, Any]:
         return json.loads(self.ssm.get_parameter(Name=LIVE_PARAM)["Parameter"]["Value"])
@@ -425,16 +488,29 @@ def test_failed_rollout_raises_and_does_not_record_the_version(world: World) -> 
     assert len(world.api.patches()) == 1
 
 
-def test_rollout_that_never_completes_times_out(world: World) -> None:
+def test_slow_but_healthy_rollout_is_not_undone_and_the_retry_resumes_it(world: World) -> None:
+    """The function's wait runs out while the Deployment still progresses (Kubernetes has not said
+    ProgressDeadlineExceeded): no patch back, nothing recorded as failed, an error that makes the queue
+    redeliver the event; the redelivered event finds the same template in and waits until it completes."""
+    v1 = world.register(1)
+    h.process(world.set_status(v1, "Approved"), world.deps)
     world.api.polls_to_complete = 10**6
     clock = iter(range(0, 10**6, 100))
     world.deps.clock = lambda: float(next(clock))
     world.deps.timeout_s = 300
-    arn = world.register(1)
-    with pytest.raises(RolloutError, match="not complete after 300s"):
-        h.process(world.set_status(arn, "Approved"), world.deps)
-    assert world.live()["live"] is None
-    assert world.live()["failed"]["version"] == 1
+    v2 = world.register(1)
+    event = world.set_status(v2, "Approved")
+    with pytest.raises(StillProgressingError, match="not complete after 300s"):
+        h.process(event, world.deps)
+    assert world.served_uri() == uri(2)  # left rolling forward, not patched back
+    assert len(world.api.patches()) == 2
+    assert world.live()["live"]["version"] == 1
+    assert "failed" not in world.live()
+
+    world.api._pending[DEP_PATH] = 1  # the controller finishes the rollout meanwhile
+    assert h.process(event, world.deps).action == "deployed"
+    assert world.live()["live"]["version"] == 2
+    assert world.served_uri() == uri(2)
 
 
 # Fakes in the tests below: moto for SageMaker/SSM/S3 and FakeKubeApi (the local fake Kubernetes API
@@ -477,7 +553,8 @@ def test_failed_rollout_is_patched_back_to_the_live_version_recorded_and_still_f
 
 def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(world: World) -> None:
     """The Lambda context says 120 s remain (e.g. a slow promotion came first): the wait for the new
-    version is cut to 120 - 45 (restore) - 10 (record) s, so the restore still happens and is recorded."""
+    version is cut to 120 - 45 (restore) - 10 (record) s; when Kubernetes fails the new version, the
+    restore still happens within the 45 s and is recorded."""
     v1 = world.register(1)
     h.process(world.set_status(v1, "Approved"), world.deps)
     world.api.polls_to_complete = 10**6  # neither the new version nor the restore completes
@@ -485,8 +562,11 @@ def test_rollout_wait_leaves_time_to_restore_before_the_function_is_stopped(worl
     world.deps.clock = lambda: float(next(clock))
     world.deps.remaining_s = lambda: 120.0
     v2 = world.register(1)
+    with pytest.raises(StillProgressingError, match="not complete after 65s"):
+        h.process(world.set_status(v2, "Approved"), world.deps)
 
-    with pytest.raises(RolloutError, match="not complete after 65s"):
+    world.api.bad_versions = {"2"}  # now Kubernetes gives up on it: ProgressDeadlineExceeded
+    with pytest.raises(RolloutError, match="progress deadline exceeded"):
         h.process(world.set_status(v2, "Approved"), world.deps)
 
     assert world.served_uri() == uri(1)  # the patch back went in
@@ -590,3 +670,127 @@ def test_manifests_create_in_order_and_delete_in_reverse(kube_api: tuple[FakeKub
     assert out["PhysicalResourceId"].startswith("ecomrec-manifests")
     # Deleting again (CloudFormation retries) finds nothing and does not fail.
     h.on_custom_resource(_cr_event("Delete", [ns, svc]), kube)
+
+
+# ------------------------------------------------------------------ never backwards: order and duplicates
+
+
+def test_doc_example_event_is_parsed() -> None:
+    """The documentation's example event itself (a Rejected of another group) parses field by field."""
+    from ecomrec_rollout import logic
+
+    parsed = logic.parse_event(DOC_EVENT)
+    assert parsed == logic.PackageEvent(group="versionedmp-p-idy6c3e1fiqj", version=2,
+                                        arn=DOC_EVENT["detail"]["ModelPackageArn"], status="Rejected")
+
+
+def test_approvals_delivered_out_of_order_never_roll_back(world: World) -> None:
+    """v1 and v2 approved; EventBridge delivers v2's event first. v1's event, arriving after, is recorded for
+    rollback (its bundle promoted) and does not replace v2: one rollout in all."""
+    v1 = world.register(1)
+    e1 = world.set_status(v1, "Approved")
+    v2 = world.register(1)
+    e2 = world.set_status(v2, "Approved")
+
+    assert h.process(e2, world.deps).action == "deployed"
+    out = h.process(e1, world.deps)
+
+    assert (out.action, out.version) == ("recorded", 1)
+    assert len(world.api.patches()) == 1
+    assert world.deployed()[0] == "2"
+    state = world.live()
+    assert state["live"]["version"] == 2
+    assert [r["version"] for r in state["previous"]] == [1]
+    assert state["previous"][0]["model_data_url"] == uri(1)  # promoted: a rollback can use it
+    assert world.s3.get_object(Bucket=MODELS_BUCKET, Key=f"{GROUP}/1/model.tar.gz")["Body"].read() == b"bundle 1"
+    # And rejecting v2 now goes back to v1, the recorded candidate.
+    assert h.process(world.set_status(v2, "Rejected"), world.deps).version == 1
+    assert world.deployed()[0] == "1"
+
+
+def test_late_duplicate_of_an_older_approval_does_not_redeploy_it(world: World) -> None:
+    """The issue's probe: v1 live, then v2 live; a late (redelivered) Approved for v1 arrives. v2 stays."""
+    v1 = world.register(1)
+    e1 = world.set_status(v1, "Approved")
+    h.process(e1, world.deps)
+    v2 = world.register(1)
+    h.process(world.set_status(v2, "Approved"), world.deps)
+    patches = len(world.api.patches())
+    before = world.live()
+
+    out = h.process(json.loads(sqs_record(e1)["Records"][0]["body"]), world.deps)  # through the queue's body
+
+    assert out.action == "ignored"
+    assert "already recorded" in out.detail
+    assert len(world.api.patches()) == patches
+    assert world.live() == before
+    assert world.deployed()[0] == "2"
+
+
+def test_duplicate_approvals_through_the_queue_roll_out_once(world: World) -> None:
+    """At-least-once delivery: the same event twice in a row (two SQS messages, as after a dedup window)."""
+    arn = world.register(1)
+    event = world.set_status(arn, "Approved")
+    outs = [h.process(e, world.deps) for e in h.events_of(sqs_record(event)) + h.events_of(sqs_record(event))]
+
+    assert [o.action for o in outs] == ["deployed", "already_live"]
+    assert len(world.api.patches()) == 1
+
+
+def test_older_approval_goes_live_when_the_live_version_is_rejected_meanwhile(world: World) -> None:
+    """v2 live and then rejected in the registry, its Rejected event not handled yet; an Approved for v1
+    arrives: the newest approved version is v1, so it goes live (nothing newer is approved)."""
+    v1 = world.register(1)
+    v2 = world.register(1)
+    e1 = world.set_status(v1, "Approved")
+    h.process(world.set_status(v2, "Approved"), world.deps)
+    world.sm.update_model_package(ModelPackageArn=v2, ModelApprovalStatus="Rejected")
+
+    out = h.process(e1, world.deps)
+
+    assert (out.action, out.version) == ("deployed", 1)
+    assert world.deployed()[0] == "1"
+    assert world.live()["live"]["version"] == 1
+    assert [r["version"] for r in world.live()["previous"]] == []  # the rejected v2 is not a candidate
+
+
+def test_sqs_record_without_an_event_body_fails_clearly() -> None:
+    with pytest.raises(RolloutError, match="body is not an event"):
+        h.events_of({"Records": [{"messageId": "m-1", "body": "not json"}]})
+
+
+# ------------------------------------------------------------------ the alarms' load balancer
+
+
+def test_manifests_resource_returns_the_real_load_balancer_dimension(
+        kube_api: tuple[FakeKubeApi, KubeClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After applying the manifests the custom resource waits for the ALB the Ingress makes the controller
+    create and returns its CloudWatch dimension (app/<name>/<id>, from the real ARN: moto's ELBv2), which the
+    monitoring stack's alarms use. Before the ALB exists it waits; it never returns a placeholder."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    _, kube = kube_api
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=REGION)
+        elbv2 = boto3.client("elbv2", region_name=REGION)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{z}")
+                   ["Subnet"]["SubnetId"] for i, z in enumerate("ab")]
+        created: list[str] = []
+
+        def controller_creates_it(_: float) -> None:  # the "sleep" during which the ALB appears
+            if not created:
+                lb = elbv2.create_load_balancer(Name="ecomrec-inference", Subnets=subnets, Type="application")
+                created.append(lb["LoadBalancers"][0]["LoadBalancerArn"])
+
+        dimension = h.load_balancer_dimension(elbv2, "ecomrec-inference", wait_s=60, sleep=controller_creates_it)
+        assert created and dimension == created[0].split(":loadbalancer/")[1]
+        assert re.fullmatch(r"app/ecomrec-inference/[0-9a-f]+", dimension)
+
+        event = {"RequestType": "Create", "ResourceProperties": {
+            "Manifests": json.dumps([_deployment()]), "LoadBalancerName": "ecomrec-inference"}}
+        out = h.on_custom_resource(event, kube, elbv2)
+        assert out["Data"] == {"AlbFullName": dimension}
+
+        with pytest.raises(RolloutError, match="not created after 0s"):
+            h.load_balancer_dimension(elbv2, "no-such-alb", wait_s=0, sleep=lambda _: None)

@@ -90,3 +90,20 @@ def test_cd_uses_oidc_and_no_stored_keys() -> None:
 def test_retraining_is_not_a_workflow_cron() -> None:
     for path in WORKFLOWS.glob("*.yml"):
         assert "schedule" not in yaml.safe_load(path.read_text())[True], path.name
+
+
+def test_cd_deploys_from_main_only_and_lets_upsert_own_the_pipeline() -> None:
+    """The deploy job's environment is what the OIDC role trusts (tests/test_cdk_stacks.py checks the trust
+    against this file); the job itself runs for main only, whatever branch a workflow_dispatch names.
+    The pipeline has one owner in CD: `ecomrec pipeline upsert` uploads the code and then points the
+    definition at it, so no `cdk deploy` may carry an in-stack definition (it would point the pipeline at
+    code not uploaded yet)."""
+    cd = _load("cd.yml")
+    for job in cd["jobs"].values():
+        if any(s.get("uses", "").startswith("aws-actions/configure-aws-credentials@") for s in job["steps"]):
+            assert job["environment"] == "production"
+            assert job["if"] == "github.ref == 'refs/heads/main'"
+    runs = [step.get("run", "") for step in _steps(cd)]
+    deploys = [r for r in runs if "cdk deploy" in r]
+    assert deploys and all("-c ecomrec:pipelineInStack=false" in r for r in deploys)
+    assert any("EcomrecGithub:GitHubRepo=${{ github.repository }}" in r for r in deploys)

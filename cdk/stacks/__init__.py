@@ -1,7 +1,7 @@
 """The ecomrec CDK app: one stack per concern, wired in data-flow order.
 
 data (buckets) -> ml (ECR, SageMaker role, model package group, pipeline) -> serving (EKS + Deployment)
--> events (approval -> rollout, scheduled retraining) -> monitoring (alarms -> SNS).
+-> events (approval -> rollout, scheduled retraining) -> monitoring (alarms -> SNS); github (the CD role).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from stacks import nag  # noqa: E402
 from stacks.config import EcomrecConfig  # noqa: E402
 from stacks.data import DataStack  # noqa: E402
 from stacks.events import EventsStack  # noqa: E402
+from stacks.github import GithubStack  # noqa: E402
 from stacks.ml import MlStack  # noqa: E402
 from stacks.monitoring import MonitoringStack  # noqa: E402
 from stacks.serving import ServingStack  # noqa: E402
@@ -40,10 +41,11 @@ class EcomrecApp:
     serving: ServingStack
     events: EventsStack
     monitoring: MonitoringStack
+    github: GithubStack
 
     @property
     def stacks(self) -> list[cdk.Stack]:
-        return [self.data, self.ml, self.serving, self.events, self.monitoring]
+        return [self.data, self.ml, self.serving, self.events, self.monitoring, self.github]
 
 
 def cdk_json_context(**overrides: object) -> dict[str, object]:
@@ -132,13 +134,28 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         config=config,
         pipeline_arn=ml.pipeline_arn,
         rollout_function=events.rollout_fn,
+        alb_full_name=serving.alb_full_name,
+        cluster=serving.icluster,
+        cluster_security_group_id=serving.cluster.cluster_security_group_id,
+        subnets=serving.vpc.private_subnets,
         rollout_dlq=events.dlq,
+        delivery_dlq=events.delivery_dlq,
+        retrain_dlq=events.retrain_dlq,
+        env=env,
+    )
+    github = GithubStack(
+        app,
+        "EcomrecGithub",
+        config=config,
+        processed_bucket=data.processed_bucket,
+        repositories=[ml.inference_repo, ml.steps_repo],
+        sagemaker_role=ml.role,
         env=env,
     )
     if ml.pipeline is not None:
         events.node.add_dependency(ml)  # the schedule targets the pipeline the ml stack creates
-    for stack in (data, ml, serving, events, monitoring):
+    for stack in (data, ml, serving, events, monitoring, github):
         cdk.Tags.of(stack).add("project", config.prefix)
     if with_nag:
         nag.enable(app)
-    return EcomrecApp(config, data, ml, serving, events, monitoring)
+    return EcomrecApp(config, data, ml, serving, events, monitoring, github)

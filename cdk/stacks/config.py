@@ -21,7 +21,9 @@ class EcomrecConfig:
     prefix: str = "ecomrec"  # resource-name prefix
     account: str | None = None
     region: str | None = None
-    availability_zones: tuple[str, ...] = ()  # default with a region: <region>a, <region>b
+    # Empty: the first two zones CloudFormation's Fn::GetAZs lists at deploy time (no lookup at synth, no
+    # guessed names); set it (`-c ecomrec:availabilityZones=eu-west-1a,eu-west-1c`) to pin zones.
+    availability_zones: tuple[str, ...] = ()
     # ml
     model_package_group: str = "ecomrec"
     pipeline_name: str = "ecomrec"  # lowercase: SageMaker lowercases pipeline ARNs; = the CLI's default
@@ -29,11 +31,9 @@ class EcomrecConfig:
     image_tag: str = "bootstrap"  # inference image tag the CD workflow just pushed (git SHA)
     raw_prefix: str = "raw/"  # the raw contract (events/, items/, users/) in the raw bucket
     # serving
-    kubernetes_version: str = "1.33"
-    node_instance_type: str = "m6i.large"
-    node_min: int = 3
-    node_max: int = 6
-    nat_gateways: int = 1
+    # In EKS standard support until 27 Mar 2027 (tests/test_aws_constraints.py holds the calendar).
+    kubernetes_version: str = "1.35"
+    nat_gateways: int = 2  # one per zone: losing a zone does not cut the other zone's egress
     replicas: int = 3
     max_replicas: int = 12
     # events: retraining
@@ -44,6 +44,8 @@ class EcomrecConfig:
     p99_budget_seconds: float = 0.1  # at the load balancer: service p99 (20 ms budget) + network
     error_rate_percent: float = 5.0
     alarm_email: str = ""  # optional e-mail subscription of the alarm topic
+    # github: an existing token.actions.githubusercontent.com provider (an account holds one per URL)
+    github_oidc_provider_arn: str = ""
 
     @property
     def inference_repo(self) -> str:
@@ -89,12 +91,6 @@ class EcomrecConfig:
     @property
     def load_balancer_name(self) -> str:
         return f"{self.prefix}-inference"
-
-    @property
-    def azs(self) -> list[str] | None:
-        if self.availability_zones:
-            return list(self.availability_zones)
-        return [f"{self.region}a", f"{self.region}b"] if self.region else None
 
     @classmethod
     def from_context(cls, scope: Construct) -> EcomrecConfig:

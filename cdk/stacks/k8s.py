@@ -16,7 +16,6 @@ from typing import Any
 from ecomrec_rollout import constants as c
 
 APP_LABEL = {"app.kubernetes.io/name": c.DEPLOYMENT, "app.kubernetes.io/part-of": "ecomrec"}
-NODE_POOL_LABEL = {"ecomrec.io/pool": "inference"}  # the managed node group carries this label
 READY_PATH = "/readyz"  # 200 once a bundle is loaded and smoke-scored, 503 before (routers/health.py)
 LIVE_PATH = "/healthz"  # 200 while the process answers
 METRICS_PATH = "/metrics"
@@ -28,6 +27,17 @@ METRICS_PATH = "/metrics"
 # ALB's default answer (404) without reaching a pod.
 PUBLIC_PATHS = ("/recommendations",)
 UID = 10001
+# A rolling update is judged by Kubernetes: no progress for this long -> ProgressDeadlineExceeded (the rollout
+# function's cue to undo it). Each new pod may take the startup probe's budget to load its bundle.
+PROGRESS_DEADLINE_S = 480
+STARTUP_PERIOD_S, STARTUP_FAILURES = 5, 60
+MIN_READY_S = 10
+
+
+def healthy_rollout_s(p: ManifestParams) -> int:
+    """The longest a healthy rolling update can take: maxSurge 1 replaces the pods one at a time (up to the
+    HPA's maxReplicas), each allowed the startup probe's budget plus minReadySeconds."""
+    return p.max_replicas * (STARTUP_PERIOD_S * STARTUP_FAILURES + MIN_READY_S)
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
             "limits": {"cpu": p.cpu_limit, "memory": p.memory_limit},
         },
         # Startup allows a slow bundle download; liveness only starts after it succeeded once.
-        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+        "startupProbe": {**probe, "periodSeconds": STARTUP_PERIOD_S, "failureThreshold": STARTUP_FAILURES},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2, "successThreshold": 1},
         "livenessProbe": {
             **probe,
@@ -111,10 +121,12 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
         "spec": {
-            "replicas": p.replicas,
+            # No "replicas": the HPA owns the count (minReplicas = p.replicas). Server-side apply with force
+            # would otherwise set it back on every deploy, whatever the HPA had scaled to; a new Deployment
+            # starts at 1 and the HPA raises it to minReplicas at once.
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": 480,  # the rollout function waits 540 s: it sees the deadline
-            "minReadySeconds": 10,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_S,
+            "minReadySeconds": MIN_READY_S,
             "selector": {"matchLabels": APP_LABEL},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
@@ -128,7 +140,6 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
                 },
                 "spec": {
                     "serviceAccountName": c.SERVICE_ACCOUNT,
-                    "nodeSelector": NODE_POOL_LABEL,
                     "terminationGracePeriodSeconds": 45,
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -258,10 +269,45 @@ def ingress(p: ManifestParams) -> dict[str, Any]:
     }
 
 
+# The Kubernetes user the Amazon Managed Service for Prometheus scraper's access entry maps to, and the
+# read-only role it needs for service discovery and scraping, as the AMP guide gives them:
+# https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html (cluster configuration).
+SCRAPER_USER = "aps-collector-user"
+SCRAPER_ROLE = "aps-collector-role"
+
+
+def scraper_rbac() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": SCRAPER_ROLE},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes", "nodes/proxy", "nodes/metrics", "services", "endpoints",
+                                                  "pods", "ingresses", "configmaps"],
+                 "verbs": ["describe", "get", "list", "watch"]},
+                {"apiGroups": ["extensions", "networking.k8s.io"], "resources": ["ingresses/status", "ingresses"],
+                 "verbs": ["describe", "get", "list", "watch"]},
+                {"apiGroups": ["metrics.eks.amazonaws.com"], "resources": ["kcm/metrics", "ksh/metrics"],
+                 "verbs": ["get"]},
+                {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": SCRAPER_ROLE + "-binding"},
+            "subjects": [{"kind": "User", "name": SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}],
+            "roleRef": {"kind": "ClusterRole", "name": SCRAPER_ROLE, "apiGroup": "rbac.authorization.k8s.io"},
+        },
+    ]
+
+
 def inference_manifests(p: ManifestParams) -> list[dict[str, Any]]:
     """All objects in apply order (namespace first; deletion runs in reverse)."""
     return [
         namespace(),
+        *scraper_rbac(),
         service_account(),
         *ingress_class(),
         deployment(p),

@@ -128,6 +128,9 @@ class MlStack(cdk.Stack):
                 pipeline_description="raw events -> ETL -> ALS -> CatBoost -> evaluation -> bundle",
             )
             self.pipeline.node.add_dependency(self.role)
+            # `ecomrec pipeline upsert` owns the pipeline in CD (pipelineInStack=false): switching an account
+            # over must not delete it when it leaves the template.
+            self.pipeline.apply_removal_policy(cdk.RemovalPolicy.RETAIN)
 
         cdk.CfnOutput(self, "ExecutionRoleArn", value=self.role.role_arn)
         cdk.CfnOutput(self, "InferenceRepositoryUri", value=self.inference_repo.repository_uri)

@@ -1,7 +1,7 @@
 """Monitoring stack: CloudWatch alarms on what a user or the team would notice, all to one SNS topic.
 
 - 5xx rate and p99 latency at the load balancer (the ALB the Ingress creates; its CloudWatch dimension
-  ``app/<name>/<id>`` exists only after the first deploy, so it is a parameter the CD workflow fills in).
+  ``app/<name>/<id>`` is read from the real ALB by the serving stack's manifests custom resource).
   Service-level signals (fallbacks, model loads, coverage) are Prometheus rules and Grafana panels in
   containers/monitoring/, on the names in components/serving/metric_names.py; the CloudWatch agent
   drops Prometheus histograms, so p99 here comes from the ALB.
@@ -12,12 +12,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import aws_cdk as cdk
 from aws_cdk import Duration
+from aws_cdk import aws_aps as aps
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_grafana as grafana
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -26,10 +34,40 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from stacks import k8s, nag
 from stacks.config import EcomrecConfig
+from stacks.nag import acknowledge
 
-PIPELINE_NAMESPACE = "AWS/Sagemaker/ModelBuildingPipeline"
-PIPELINE_STATUS_DETAIL_TYPE = "SageMaker Model Building Pipeline Execution Status Change"
+MONITORING_ASSETS = Path(__file__).resolve().parents[2] / "containers" / "monitoring"
+RULES_FILE = MONITORING_ASSETS / "prometheus-rules.yml"
+DASHBOARD_FILE = MONITORING_ASSETS / "grafana-dashboard.json"
+SCRAPE_INTERVAL = "30s"
+
+
+def scrape_configuration() -> dict[str, Any]:
+    """The managed scraper's Prometheus configuration: every pod that carries the prometheus.io/* annotations
+    (stacks/k8s.py puts them on the inference pods), scraped on the annotated port and path, with the
+    namespace and pod labels the alert rules group by. JSON is YAML, so this dict is the file."""
+    return {
+        "global": {"scrape_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [{
+            "job_name": "kubernetes-pods",
+            "kubernetes_sd_configs": [{"role": "pod"}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                 "action": "keep", "regex": "true"},
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                 "action": "replace", "target_label": "__metrics_path__", "regex": "(.+)"},
+                {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                 "action": "replace", "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2",
+                 "target_label": "__address__"},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            ],
+        }],
+    }
+PIPELINE_STEP_DETAIL_TYPE = "SageMaker Model Building Pipeline Execution Step Status Change"
+GATE_FAILED_STEP = "gate-failed"  # = pipelines.sagemaker.pipeline.GATE_FAILED_STEP (a test checks)
 
 
 class MonitoringStack(cdk.Stack):
@@ -41,19 +79,17 @@ class MonitoringStack(cdk.Stack):
         config: EcomrecConfig,
         pipeline_arn: str,
         rollout_function: lambda_.IFunction,
+        alb_full_name: str,
+        cluster: eks.ICluster,
+        cluster_security_group_id: str,
+        subnets: list[ec2.ISubnet],
         rollout_dlq: sqs.IQueue,
+        delivery_dlq: sqs.IQueue,
+        retrain_dlq: sqs.IQueue,
         env: cdk.Environment | None = None,
     ) -> None:
         super().__init__(scope, cid, env=env, description=f"{config.prefix} monitoring: alarms -> SNS")
         self.config = config
-        self.alb_full_name = cdk.CfnParameter(
-            self,
-            "AlbFullName",
-            type="String",
-            default="app/ecomrec-inference/not-yet-created",
-            description="LoadBalancer dimension of the inference ALB (app/<name>/<id>); the CD workflow "
-            "looks it up by name after the Ingress created it",
-        )
 
         # Customer-managed key: CloudWatch alarms and EventBridge may only publish to topics whose key
         # policy lets them; the AWS-managed SNS key cannot be granted.
@@ -84,7 +120,7 @@ class MonitoringStack(cdk.Stack):
         )
         action = cw_actions.SnsAction(self.topic)
 
-        alb = {"LoadBalancer": self.alb_full_name.value_as_string}
+        alb = {"LoadBalancer": alb_full_name}
         requests = cw.Metric(
             namespace="AWS/ApplicationELB",
             metric_name="RequestCount",
@@ -106,15 +142,24 @@ class MonitoringStack(cdk.Stack):
             statistic="Sum",
             period=Duration.minutes(1),
         )
+        elb_503 = cw.Metric(
+            namespace="AWS/ApplicationELB",
+            metric_name="HTTPCode_ELB_503_Count",
+            dimensions_map=alb,
+            statistic="Sum",
+            period=Duration.minutes(1),
+        )
         # The 5xx counts are published only for minutes with a non-zero count, and arithmetic on a missing
         # operand gives no value for that minute (not breaching): FILL them with 0, or a minute with target
-        # 5xx but no load-balancer 5xx (the usual case) would count as no data. RequestCount holds only the
-        # requests a target answered: with no healthy pod every request is a load-balancer 503 outside it, so
-        # those join the denominator (a total outage is 100 %, not "no requests"). No traffic: 0 %.
+        # 5xx but no load-balancer 5xx (the usual case) would count as no data. Numerator: target 5xx (never
+        # the load balancer's own) + load-balancer 5xx. Denominator: RequestCount counts the requests the load
+        # balancer sent to a target, including those it then answered 502/504 (target reset or timed out), so
+        # only the 503s it answered without a target (no healthy pod) join it: a total outage is 100 %, and a
+        # 502/504 is counted once (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-cloudwatch-metrics.html).
         error_rate = cw.MathExpression(
-            expression="IF(FILL(req, 0) + FILL(elb5, 0) > 0, "
-                       "100 * (FILL(e5, 0) + FILL(elb5, 0)) / (FILL(req, 0) + FILL(elb5, 0)), 0)",
-            using_metrics={"req": requests, "e5": errors, "elb5": elb_errors},
+            expression="IF(FILL(req, 0) + FILL(elb503, 0) > 0, "
+                       "100 * (FILL(e5, 0) + FILL(elb5, 0)) / (FILL(req, 0) + FILL(elb503, 0)), 0)",
+            using_metrics={"req": requests, "e5": errors, "elb5": elb_errors, "elb503": elb_503},
             label="5xx rate (%)",
             period=Duration.minutes(1),
         )
@@ -142,30 +187,38 @@ class MonitoringStack(cdk.Stack):
             description=f"p99 target response time above {config.p99_budget_seconds}s",
         )
 
-        failed = cw.Metric(
-            namespace=PIPELINE_NAMESPACE,
-            metric_name="ExecutionFailed",
-            dimensions_map={"PipelineName": config.pipeline_name},
-            statistic="Sum",
-            period=Duration.minutes(5),
+        # A failed step, not a failed execution: the quality gate rejects a model through its FailStep
+        # ("gate-failed", pipelines/sagemaker/pipeline.py), which fails the execution (and SageMaker's
+        # ExecutionFailed metric) although nothing is broken. The step event names the step
+        # (https://docs.aws.amazon.com/sagemaker/latest/dg/automating-sagemaker-with-eventbridge.html#eventbridge-pipeline-step).
+        step_failed = events.Rule(
+            self,
+            "PipelineStepFailedEvent",
+            description="Failed ecomrec pipeline steps (not the quality gate's rejection) -> alarm topic",
+            event_pattern=events.EventPattern(
+                source=["aws.sagemaker"],
+                detail_type=[PIPELINE_STEP_DETAIL_TYPE],
+                detail={
+                    "pipelineArn": [pipeline_arn],
+                    "currentStepStatus": ["Failed"],
+                    "stepName": [{"anything-but": [GATE_FAILED_STEP]}],
+                },
+            ),
+            targets=[targets.SnsTopic(self.topic)],
         )
         self._alarm(
             "PipelineExecutionFailed",
-            failed,
+            cw.Metric(
+                namespace="AWS/Events",
+                metric_name="TriggeredRules",
+                dimensions_map={"RuleName": step_failed.rule_name},
+                statistic="Sum",
+                period=Duration.minutes(5),
+            ),
             threshold=1,
             periods=1,
-            description="A SageMaker pipeline execution (retraining) failed",
-        )
-        events.Rule(
-            self,
-            "PipelineFailedEvent",
-            description="Failed ecomrec pipeline executions -> alarm topic",
-            event_pattern=events.EventPattern(
-                source=["aws.sagemaker"],
-                detail_type=[PIPELINE_STATUS_DETAIL_TYPE],
-                detail={"pipelineArn": [pipeline_arn], "currentPipelineExecutionStatus": ["Failed"]},
-            ),
-            targets=[targets.SnsTopic(self.topic)],
+            description="A step of a SageMaker pipeline execution (retraining) failed; a quality-gate rejection "
+            "is not a failure",
         )
 
         self._alarm(
@@ -175,19 +228,154 @@ class MonitoringStack(cdk.Stack):
             periods=1,
             description="The rollout function failed (it retries; see DLQ)",
         )
-        self._alarm(
-            "RolloutDeadLetters",
-            rollout_dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
-            threshold=1,
-            periods=1,
-            description="An approval/rejection could not be rolled out: events in the rollout DLQ",
-        )
+        for cid, queue, description in (
+            ("RolloutDeadLetters", rollout_dlq,
+             "An approval/rejection could not be rolled out after every retry: events in the rollout DLQ"),
+            ("RolloutDeliveryDeadLetters", delivery_dlq,
+             "EventBridge could not queue an approval/rejection for the rollout function: events in its DLQ"),
+            ("RetrainDeadLetters", retrain_dlq,
+             "EventBridge Scheduler could not start the scheduled retraining run: events in the retrain DLQ"),
+        ):
+            self._alarm(
+                cid,
+                queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
+                threshold=1,
+                periods=1,
+                description=description,
+            )
         for alarm in self.alarms.values():
             alarm.add_alarm_action(action)
             alarm.add_ok_action(action)
         if config.alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.topic.topic_arn)
+
+        self._prometheus(key, cluster, cluster_security_group_id, subnets)
+        self._grafana()
+
+    def _prometheus(
+        self, key: kms.IKey, cluster: eks.ICluster, cluster_sg: str, subnets: list[ec2.ISubnet]
+    ) -> None:
+        """Amazon Managed Service for Prometheus: a workspace, the managed scraper for the EKS cluster, the
+        alert rules of containers/monitoring/ (evaluated by the workspace), alerts to the SNS topic."""
+        aps_principal = iam.ServicePrincipal("aps.amazonaws.com")
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["sns:Publish", "sns:GetTopicAttributes"],
+                principals=[aps_principal],
+                resources=[self.topic.topic_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                principals=[aps_principal],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-alertmanager-receiver-config.html
+        alertmanager = (
+            "alertmanager_config: |\n"
+            "  route:\n"
+            "    receiver: sns\n"
+            "    group_by: [alertname]\n"
+            "  receivers:\n"
+            "    - name: sns\n"
+            "      sns_configs:\n"
+            f"        - topic_arn: {self.topic.topic_arn}\n"
+            "          sigv4:\n"
+            f"            region: {cdk.Aws.REGION}\n"
+        )
+        self.workspace = aps.CfnWorkspace(
+            self, "Prometheus", alias=self.config.prefix, alert_manager_definition=alertmanager
+        )
+        self.rules = aps.CfnRuleGroupsNamespace(
+            self,
+            "PrometheusRules",
+            name=self.config.prefix,
+            workspace=self.workspace.attr_arn,
+            data=RULES_FILE.read_text(),
+        )
+        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html: the cluster's
+        # subnets (two zones at least) and security group; the configuration base64-encoded.
+        self.scraper = aps.CfnScraper(
+            self,
+            "Scraper",
+            alias=f"{self.config.prefix}-eks",
+            source=aps.CfnScraper.SourceProperty(
+                eks_configuration=aps.CfnScraper.EksConfigurationProperty(
+                    cluster_arn=cluster.cluster_arn,
+                    subnet_ids=[s.subnet_id for s in subnets],
+                    security_group_ids=[cluster_sg],
+                )
+            ),
+            destination=aps.CfnScraper.DestinationProperty(
+                amp_configuration=aps.CfnScraper.AmpConfigurationProperty(workspace_arn=self.workspace.attr_arn)
+            ),
+            scrape_configuration=aps.CfnScraper.ScrapeConfigurationProperty(
+                configuration_blob=cdk.Fn.base64(json.dumps(scrape_configuration(), indent=1))
+            ),
+        )
+        # The scraper's role becomes the Kubernetes user the aps-collector ClusterRole is bound to (k8s.py).
+        eks.CfnAccessEntry(
+            self,
+            "ScraperAccess",
+            cluster_name=cluster.cluster_name,
+            principal_arn=self.scraper.attr_role_arn,
+            username=k8s.SCRAPER_USER,
+        )
+        cdk.CfnOutput(self, "PrometheusWorkspaceId", value=self.workspace.attr_workspace_id)
+        cdk.CfnOutput(self, "PrometheusQueryUrl", value=f"{self.workspace.attr_prometheus_endpoint}api/v1/query")
+
+    def _grafana(self) -> None:
+        """Amazon Managed Grafana, signing in through IAM Identity Center, reading the Prometheus workspace and
+        CloudWatch. The dashboard (containers/monitoring/grafana-dashboard.json) is imported by
+        cdk/README.md's step (Grafana's HTTP API with a workspace service-account token)."""
+        role = iam.Role(
+            self,
+            "GrafanaRole",
+            assumed_by=iam.ServicePrincipal(
+                "grafana.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": self.account}}
+            ),
+            description="Amazon Managed Grafana: query the ecomrec Prometheus workspace and CloudWatch",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="QueryPrometheus",
+                actions=["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata",
+                         "aps:DescribeWorkspace"],
+                resources=[self.workspace.attr_arn],
+            )
+        )
+        role.add_to_policy(iam.PolicyStatement(sid="ListPrometheus", actions=["aps:ListWorkspaces"], resources=["*"]))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadCloudWatch",
+                actions=["cloudwatch:GetMetricData", "cloudwatch:ListMetrics", "cloudwatch:DescribeAlarms",
+                         "logs:StartQuery", "logs:GetQueryResults", "logs:DescribeLogGroups"],
+                resources=["*"],
+            )
+        )
+        acknowledge(
+            role,
+            {nag.iam5("Resource::*"): "aps:ListWorkspaces and the CloudWatch read/query actions have no "
+             "resource-level scope; the Prometheus queries are scoped to our workspace"},
+        )
+        self.grafana = grafana.CfnWorkspace(
+            self,
+            "Grafana",
+            name=self.config.prefix,
+            account_access_type="CURRENT_ACCOUNT",
+            authentication_providers=["AWS_SSO"],
+            permission_type="CUSTOMER_MANAGED",
+            role_arn=role.role_arn,
+            data_sources=["PROMETHEUS", "CLOUDWATCH"],
+            description="ecomrec: service dashboard (Prometheus) and CloudWatch",
+        )
+        cdk.CfnOutput(self, "GrafanaUrl", value=f"https://{self.grafana.attr_endpoint}")
+        cdk.CfnOutput(self, "GrafanaWorkspaceId", value=self.grafana.attr_id)
 
     def _alarm(
         self,

@@ -1,5 +1,5 @@
-"""Serving stack: VPC, EKS cluster (native ``aws_eks_v2``), managed node group, pod identity for the
-inference pods, and the Kubernetes objects applied by a small custom resource.
+"""Serving stack: VPC, EKS Auto Mode cluster (native ``aws_eks_v2``, built-in node pools), pod identity for
+the inference pods, and the Kubernetes objects applied by a small custom resource.
 
 No kubectl Lambda layer: EKS Auto Mode's built-in load balancing serves the Ingress, EKS Pod Identity
 replaces the IRSA OIDC plumbing, and the manifests go through ``ecomrec_rollout.handler.apply_handler``,
@@ -29,6 +29,10 @@ from stacks import k8s, nag
 from stacks.config import EcomrecConfig
 from stacks.nag import acknowledge
 
+# Auto Mode's built-in NodePools (https://docs.aws.amazon.com/eks/latest/userguide/set-builtin-node-pools.html):
+# "system" (CriticalAddonsOnly taint) for cluster add-ons, "general-purpose" for the inference pods.
+AUTO_MODE_NODE_POOLS = ("system", "general-purpose")
+AUTO_MODE_NODE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
 ROLLOUT_CODE = Path(__file__).resolve().parents[1] / "rollout"
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14  # cdk-nag L1: the latest
 
@@ -72,7 +76,21 @@ class ServingStack(cdk.Stack):
             description="Inference image tag for a new Deployment; approved packages set it afterwards",
         )
 
+        self.operator_role_arn = cdk.CfnParameter(
+            self,
+            "OperatorRoleArn",
+            type="String",
+            default="",
+            allowed_pattern=r"^$|^arn:aws[a-z-]*:iam::\d{12}:role/.+",
+            description="IAM role whose sessions get cluster-admin kubectl access (empty: none); "
+            "cdk/README.md: Operator access",
+        )
+
         self.vpc = self._vpc()
+        # One compute model: EKS Auto Mode with its built-in node pools. Auto Mode runs pod networking,
+        # cluster DNS, kube-proxy's job, the load balancer controller, Pod Identity and node autoscaling
+        # itself (https://docs.aws.amazon.com/eks/latest/userguide/automode.html), so nothing is bootstrapped:
+        # no self-managed vpc-cni/kube-proxy/CoreDNS, no node group, no add-ons for those.
         self.cluster = eks.Cluster(
             self,
             "Cluster",
@@ -80,9 +98,9 @@ class ServingStack(cdk.Stack):
             vpc=self.vpc,
             vpc_subnets=[ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)],
             endpoint_access=eks.EndpointAccess.PRIVATE,
-            # Auto Mode only for its built-in ALB controller; no node pools: pods run on the node group.
             default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
-            compute=eks.ComputeConfig(node_pools=[]),
+            compute=eks.ComputeConfig(node_pools=list(AUTO_MODE_NODE_POOLS), node_role=self._node_role()),
+            bootstrap_self_managed_addons=False,
             cluster_logging=[
                 eks.ClusterLoggingTypes.API,
                 eks.ClusterLoggingTypes.AUDIT,
@@ -90,19 +108,6 @@ class ServingStack(cdk.Stack):
                 eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
                 eks.ClusterLoggingTypes.SCHEDULER,
             ],
-        )
-        self.nodegroup = self.cluster.add_nodegroup_capacity(
-            "Inference",
-            instance_types=[ec2.InstanceType(config.node_instance_type)],
-            min_size=config.node_min,
-            max_size=config.node_max,
-            desired_size=config.node_min,
-            labels=dict(k8s.NODE_POOL_LABEL),
-            max_unavailable=1,
-            subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-        )
-        pod_identity_agent = eks.Addon(
-            self, "PodIdentityAgent", cluster=self.icluster, addon_name="eks-pod-identity-agent"
         )
 
         self.pod_role = self._pod_role(models_bucket)
@@ -114,7 +119,10 @@ class ServingStack(cdk.Stack):
             service_account=c.SERVICE_ACCOUNT,
             role_arn=self.pod_role.role_arn,
         )
-        association.node.add_dependency(pod_identity_agent)
+        association.node.add_dependency(self.cluster)
+
+        self._observability_addons()
+        self._operator_access()
 
         params = k8s.ManifestParams(
             image=f"{inference_repo.repository_uri}:{self.image_tag.value_as_string}",
@@ -130,7 +138,7 @@ class ServingStack(cdk.Stack):
 
         eks_managed = "EKS requires these AWS-managed policies on its cluster and node roles"
         acknowledge(
-            self.cluster,
+            self,
             {
                 nag.iam4(f"Policy::arn:<AWS::Partition>:iam::aws:policy/{name}"): eks_managed
                 for name in (
@@ -139,14 +147,26 @@ class ServingStack(cdk.Stack):
                     "AmazonEKSBlockStoragePolicy",
                     "AmazonEKSLoadBalancingPolicy",
                     "AmazonEKSNetworkingPolicy",
-                    "AmazonEKSWorkerNodePolicy",
-                    "AmazonEKS_CNI_Policy",
-                    "AmazonEC2ContainerRegistryReadOnly",
+                    "AmazonEKSWorkerNodeMinimalPolicy",
+                    "AmazonEC2ContainerRegistryPullOnly",
                 )
             },
         )
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(self, "PodRoleArn", value=self.pod_role.role_arn)
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """The zones the VPC spans, never looked up at synth.
+
+        aws-cdk-lib's Stack looks zones up in the account (a context provider: credentials at synth) as soon
+        as account and region are known, and ec2.Vpc reads this property even when given zones. Default:
+        the first two zones of ``Fn::GetAZs``, resolved by CloudFormation at deploy time in the account
+        (only zones it can use), as CDK does for an environment-agnostic stack.
+        """
+        if self.config.availability_zones:
+            return list(self.config.availability_zones)
+        return [cdk.Fn.select(i, cdk.Fn.get_azs()) for i in range(2)]
 
     @property
     def icluster(self) -> eks.ICluster:
@@ -157,14 +177,15 @@ class ServingStack(cdk.Stack):
         vpc = ec2.Vpc(
             self,
             "Vpc",
-            availability_zones=self.config.azs,
-            max_azs=None if self.config.azs else 2,
+            availability_zones=self.availability_zones,
             nat_gateways=self.config.nat_gateways,
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
                 ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20),
             ],
         )
+        # S3 traffic (bundle downloads, image layers from ECR's S3) skips the NAT gateways: free and private.
+        vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         vpc.add_flow_log(
             "FlowLogs",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(
@@ -182,6 +203,90 @@ class ServingStack(cdk.Stack):
         for subnet in vpc.private_subnets:
             cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
         return vpc
+
+    def _operator_access(self) -> None:
+        """The private endpoint admits only principals with an access entry: the operator role (a parameter)
+        gets one with cluster admin, so `aws eks update-kubeconfig --role-arn ...` + kubectl work from inside
+        the VPC. Without the parameter nothing is created."""
+        given = cdk.CfnCondition(
+            self, "HasOperatorRole", expression=cdk.Fn.condition_not(
+                cdk.Fn.condition_equals(self.operator_role_arn.value_as_string, ""))
+        )
+        entry = eks.CfnAccessEntry(
+            self,
+            "OperatorAccess",
+            cluster_name=self.cluster.cluster_name,
+            principal_arn=self.operator_role_arn.value_as_string,
+            access_policies=[
+                eks.CfnAccessEntry.AccessPolicyProperty(
+                    policy_arn=f"arn:{cdk.Aws.PARTITION}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                    access_scope=eks.CfnAccessEntry.AccessScopeProperty(type="cluster"),
+                )
+            ],
+        )
+        entry.cfn_options.condition = given
+
+    def _observability_addons(self) -> None:
+        """Container Insights and pod logs to CloudWatch, and the resource metrics the HPA scales on.
+
+        - ``amazon-cloudwatch-observability`` (CloudWatch agent + Fluent Bit): Container Insights metrics
+          and every container's stdout/stderr in /aws/containerinsights/<cluster>/application; its agent
+          gets CloudWatchAgentServerPolicy through Pod Identity (service account cloudwatch-agent in
+          amazon-cloudwatch): https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/install-CloudWatch-Observability-EKS-addon.html
+        - ``metrics-server`` (EKS community add-on): the metrics.k8s.io API a CPU-based HPA reads. "It isn't
+          deployed by default in Amazon EKS clusters" (https://docs.aws.amazon.com/eks/latest/userguide/metrics-server.html),
+          and Auto Mode's components do not include it; without it the HPA never scales:
+          https://docs.aws.amazon.com/eks/latest/userguide/community-addons.html
+        """
+        agent_role = iam.Role(
+            self,
+            "CloudWatchAgentRole",
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com"),
+            description="CloudWatch observability add-on agent (EKS Pod Identity)",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("CloudWatchAgentServerPolicy")],
+        )
+        assert agent_role.assume_role_policy is not None
+        agent_role.assume_role_policy.add_statements(
+            iam.PolicyStatement(actions=["sts:TagSession"], principals=[iam.ServicePrincipal("pods.eks.amazonaws.com")])
+        )
+        acknowledge(
+            agent_role,
+            {nag.iam4("Policy::arn:<AWS::Partition>:iam::aws:policy/CloudWatchAgentServerPolicy"):
+             "The policy the CloudWatch observability add-on documents for its agent"},
+        )
+        cloudwatch = eks.CfnAddon(
+            self,
+            "CloudWatchObservability",
+            cluster_name=self.cluster.cluster_name,
+            addon_name="amazon-cloudwatch-observability",
+            resolve_conflicts="OVERWRITE",
+            pod_identity_associations=[
+                eks.CfnAddon.PodIdentityAssociationProperty(
+                    service_account="cloudwatch-agent", role_arn=agent_role.role_arn
+                )
+            ],
+        )
+        metrics_server = eks.CfnAddon(
+            self, "MetricsServer", cluster_name=self.cluster.cluster_name, addon_name="metrics-server",
+            resolve_conflicts="OVERWRITE",
+        )
+        for addon in (cloudwatch, metrics_server):
+            addon.node.add_dependency(self.cluster)
+        self.addons = [cloudwatch, metrics_server]
+
+    def _node_role(self) -> iam.Role:
+        """The Auto Mode node role with the two policies the EKS docs name for it (aws-cdk-lib's default
+        role carries the broader AmazonEKSWorkerNodePolicy and ECR ReadOnly):
+        https://docs.aws.amazon.com/eks/latest/userguide/auto-create-node-role.html"""
+        return iam.Role(
+            self,
+            "AutoModeNodeRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="EKS Auto Mode nodes of the ecomrec cluster",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in AUTO_MODE_NODE_POLICIES
+            ],
+        )
 
     def _pod_role(self, models_bucket: s3.IBucket) -> iam.Role:
         """The inference pods read bundles from the models bucket: nothing else, no writes."""
@@ -231,7 +336,7 @@ class ServingStack(cdk.Stack):
             runtime=LAMBDA_RUNTIME,
             code=rollout_code(),
             handler="ecomrec_rollout.handler.apply_handler",
-            timeout=Duration.minutes(5),
+            timeout=Duration.minutes(10),  # applies, then waits up to 7 minutes for the Ingress's ALB
             memory_size=256,
             vpc=self.vpc,
             vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
@@ -268,15 +373,26 @@ class ServingStack(cdk.Stack):
             "InferenceManifests",
             service_token=provider.service_token,
             resource_type="Custom::EcomrecKubernetesManifests",
-            properties={"Manifests": cdk.Stack.of(self).to_json_string(self.manifests)},
+            properties={
+                "Manifests": cdk.Stack.of(self).to_json_string(self.manifests),
+                "LoadBalancerName": self.config.load_balancer_name,
+            },
         )
-        for dep in (access, self.nodegroup, after):
+        # The alarms' LoadBalancer dimension, read from the ALB the Ingress created (monitoring stack).
+        self.alb_full_name = resource.get_att_string("AlbFullName")
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="FindLoadBalancer", actions=["elasticloadbalancing:DescribeLoadBalancers"], resources=["*"]
+            )
+        )
+        for dep in (access, after):
             resource.node.add_dependency(dep)
         acknowledge(
             fn,
             {
                 nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON,
                 nag.iam4(nag.LAMBDA_VPC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam5("Resource::*"): "elasticloadbalancing:DescribeLoadBalancers has no resource-level scope",
             },
         )
         acknowledge(

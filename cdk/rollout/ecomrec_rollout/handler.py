@@ -1,13 +1,17 @@
 """Lambda entry points.
 
-``handler``: an EventBridge "SageMaker Model Package State Change" for our group. Approved -> copy the
+``handler``: an EventBridge "SageMaker Model Package State Change" for our group, delivered through the
+rollout FIFO queue (one SQS record per invocation, its body the event). Approved -> copy the
 bundle into the models bucket, patch the Deployment (image, model URI, version annotation), wait for the
 rolling update, record the live version.
 Rejected while live, or while the Deployment is patched to it (a rollout that did not complete) -> the
 same with the newest other approved version. Everything else is logged and ignored. Duplicate events find
-the version already live and patch nothing.
-A rollout that does not complete is undone: the Deployment is patched back to the recorded live version,
-the failure is recorded next to it, and the function still fails (retries, DLQ, alarms).
+the version already live and patch nothing; an approval older than the live version is recorded for
+rollback, not deployed (rollouts never go backwards).
+A rollout Kubernetes gives up on (ProgressDeadlineExceeded) is undone: the Deployment is patched back to
+the recorded live version, the failure is recorded next to it, and the function still fails (the message
+is retried, then goes to the DLQ; alarms). One still progressing when the wait ends is left rolling: the
+function fails without undoing it and the redelivered message resumes the wait.
 
 ``apply_handler``: the serving stack's custom resource that applies the Kubernetes manifests (server-side
 apply through the same client), keeping the live model on every re-apply.
@@ -44,7 +48,10 @@ class Deps:
     models_bucket: str | None = None
     namespace: str = c.NAMESPACE
     deployment: str = c.DEPLOYMENT
-    timeout_s: float = 540.0  # under the function's 10-minute timeout, so a stuck rollout fails loudly
+    # One invocation's wait (cdk/stacks/events.py derives it: longer than the Deployment's progress deadline,
+    # so Kubernetes' own failure verdict arrives within it; a rollout still progressing after it is resumed
+    # by the redelivered event, never undone).
+    timeout_s: float = 540.0
     # Waiting for the restore after a failed rollout. The old pods never went away (maxUnavailable 0), so
     # it normally completes in seconds; if it does not, the patch is in and Kubernetes finishes it after
     # the function has failed.
@@ -60,7 +67,7 @@ class Deps:
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # ignored | already_live | deployed | rolled_back | forgotten
+    action: str  # ignored | already_live | deployed | recorded | rolled_back | forgotten
     detail: str
     version: int | None = None
 
@@ -140,9 +147,9 @@ def roll_out(deps: Deps, release: logic.Release, timeout_s: float | None = None)
         if status == "failed":
             raise logic.RolloutError(f"rollout of version {release.version} failed: {why}")
         if deps.clock() >= deadline:
-            raise logic.RolloutError(
+            raise logic.StillProgressingError(
                 f"rollout of version {release.version} not complete after {timeout_s:.0f}s: {why}; "
-                "old pods keep serving (maxUnavailable 0)")
+                "old pods keep serving (maxUnavailable 0); still progressing, the retry waits on")
         log.info("waiting for rollout of version %d: %s", release.version, why)
         deps.sleep(deps.poll_s)
 
@@ -180,6 +187,8 @@ def roll_out_or_restore(deps: Deps, release: logic.Release, state: logic.LiveSta
     """
     try:
         roll_out(deps, release, timeout_s=_budget(deps, deps.timeout_s, deps.restore_timeout_s + RESERVE_S))
+    except logic.StillProgressingError:
+        raise  # slow but healthy: the redelivered event resumes the wait; nothing to undo
     except logic.RolloutError as exc:
         failure = restore(deps, release, state.live, str(exc))
         try:
@@ -197,13 +206,18 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
     state = read_state(deps)
     description = None
     deployed = None
+    live_status = None
     if parsed.group == deps.group and parsed.status == c.APPROVED:
         description = _describe(deps, parsed.arn)
+        older = int(description.get("ModelPackageVersion", parsed.version)) < (state.live.version if state.live else 0)
+        if older and state.live is not None:
+            # An older approval goes live only over a live version the registry no longer approves.
+            live_status = str(_describe(deps, state.live.arn).get("ModelApprovalStatus"))
     if parsed.group == deps.group and parsed.status == c.REJECTED:
         # What the Deployment is patched to can differ from the record after a rollout that failed and
         # could not be restored; rejecting that version must still move the Deployment off it.
         deployed = logic.deployed_version(deps.kube.get(deployment_path(deps.namespace, deps.deployment)))
-    decision = logic.decide(parsed, deps.group, state, description, deployed)
+    decision = logic.decide(parsed, deps.group, state, description, deployed, live_status)
 
     if isinstance(decision, logic.Ignore):
         log.info("ignored: %s", decision.reason)
@@ -215,6 +229,13 @@ def process(event: dict[str, Any], deps: Deps) -> Outcome:
         write_state(deps, decision.new_state)
         log.info("version %d rejected; removed from the rollback history", decision.version)
         return Outcome("forgotten", "rejected version is not live", decision.version)
+    if isinstance(decision, logic.Record):
+        # Promoted now, like a deployed version: a rollback to it months later must find its bundle.
+        release = promote(deps, decision.release)
+        kept = [release if r.version == release.version else r for r in decision.new_state.previous]
+        write_state(deps, replace(decision.new_state, previous=kept))
+        log.info("%s", decision.reason)
+        return Outcome("recorded", decision.reason, release.version)
     if isinstance(decision, logic.Deploy):
         release = promote(deps, decision.release)
         roll_out_or_restore(deps, release, state)
@@ -239,6 +260,19 @@ def _kube_from_env() -> KubeClient:
                       ca_data_b64=os.environ.get(c.ENV_CLUSTER_CA))
 
 
+def events_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The EventBridge events in an invocation: the SQS records' bodies (the queue), or the event itself."""
+    if "Records" not in payload:
+        return [payload]
+    events = []
+    for record in payload["Records"]:
+        try:
+            events.append(json.loads(record["body"]))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise logic.RolloutError(f"SQS record {record.get('messageId', '?')}: body is not an event: {exc}") from exc
+    return events
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     import boto3  # in the Lambda runtime; imported here so importing this module creates no client
 
@@ -249,7 +283,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 deployment=os.environ.get(c.ENV_DEPLOYMENT, c.DEPLOYMENT),
                 timeout_s=float(os.environ.get(c.ENV_ROLLOUT_TIMEOUT_S, "540")),
                 remaining_s=(lambda: context.get_remaining_time_in_millis() / 1000.0) if context else None)
-    return process(event, deps).as_dict()
+    # Batch size 1: one event per invocation; a failure retries exactly that message.
+    return {"outcomes": [process(e, deps).as_dict() for e in events_of(event)]}
 
 
 # ------------------------------------------------------------------ custom resource: apply manifests
@@ -275,16 +310,43 @@ def delete_manifests(manifests: list[dict[str, Any]], kube: KubeClient) -> list[
     return deleted
 
 
-def on_custom_resource(event: dict[str, Any], kube: KubeClient) -> dict[str, Any]:
+def load_balancer_dimension(elbv2: Any, name: str, *, wait_s: float, poll_s: float = 10.0,
+                            sleep: Callable[[float], None] = time.sleep,
+                            clock: Callable[[], float] = time.monotonic) -> str:
+    """The CloudWatch LoadBalancer dimension (app/<name>/<id>) of the ALB the Ingress makes the controller
+    create, once it exists. The alarms watch this real load balancer, not a name guessed before it exists."""
+    deadline = clock() + wait_s
+    while True:
+        try:
+            [lb] = elbv2.describe_load_balancers(Names=[name])["LoadBalancers"]
+            arn = str(lb["LoadBalancerArn"])
+            return arn.split(":loadbalancer/", 1)[1]
+        except elbv2.exceptions.LoadBalancerNotFoundException:
+            if clock() >= deadline:
+                raise logic.RolloutError(
+                    f"load balancer {name!r} of the Ingress not created after {wait_s:.0f}s: see the Ingress "
+                    "events (kubectl -n ecomrec describe ingress): certificate ARN, subnet tags") from None
+        log.info("waiting for the Ingress's load balancer %s", name)
+        sleep(poll_s)
+
+
+def on_custom_resource(event: dict[str, Any], kube: KubeClient, elbv2: Any = None,
+                       wait_s: float = 420.0) -> dict[str, Any]:
     manifests = json.loads(event["ResourceProperties"]["Manifests"])
     physical_id = event.get("PhysicalResourceId") or f"ecomrec-manifests-{c.NAMESPACE}"
     if event["RequestType"] == "Delete":
         delete_manifests(manifests, kube)
-    else:
-        apply_manifests(manifests, kube)
-    return {"PhysicalResourceId": physical_id}
+        return {"PhysicalResourceId": physical_id}
+    apply_manifests(manifests, kube)
+    out: dict[str, Any] = {"PhysicalResourceId": physical_id}
+    name = event["ResourceProperties"].get("LoadBalancerName")
+    if name and elbv2 is not None:
+        out["Data"] = {"AlbFullName": load_balancer_dimension(elbv2, name, wait_s=wait_s)}
+    return out
 
 
 def apply_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """onEvent handler for the CDK custom-resource Provider (it reports success or failure to CFN)."""
-    return on_custom_resource(event, _kube_from_env())
+    import boto3  # in the Lambda runtime
+
+    return on_custom_resource(event, _kube_from_env(), boto3.client("elbv2"))

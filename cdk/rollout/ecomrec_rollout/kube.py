@@ -36,6 +36,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("networking.k8s.io/v1", "Ingress"): ("ingresses", True),
     ("networking.k8s.io/v1", "IngressClass"): ("ingressclasses", False),
     ("eks.amazonaws.com/v1", "IngressClassParams"): ("ingressclassparams", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
 }
 
 
@@ -136,8 +138,10 @@ def eks_token_provider(cluster_name: str, region: str, session: Any = None,
 
         sess = session or boto3.session.Session()
         sts = sess.client("sts", region_name=region)
-        signer = RequestSigner(sts.meta.service_model.service_id, region, "sts", "v4",
-                               sess.get_credentials(), sess.events)
+        credentials = sess.get_credentials()
+        if credentials is None:
+            raise RuntimeError(f"no AWS credentials to sign the EKS token for cluster {cluster_name}")
+        signer = RequestSigner(sts.meta.service_model.service_id, region, "sts", "v4", credentials, sess.events)
         url = signer.generate_presigned_url(
             {"method": "GET", "url": f"https://sts.{region}.amazonaws.com/?Action=GetCallerIdentity"
                                      "&Version=2011-06-15",

@@ -22,6 +22,12 @@ class RolloutError(RuntimeError):
     """The rollout cannot go on; raised so the Lambda fails, retries, then lands in the DLQ (alarmed)."""
 
 
+class StillProgressingError(RolloutError):
+    """The function's wait ran out while the Deployment was still making progress (a slow, healthy rollout:
+    Kubernetes has not reported ProgressDeadlineExceeded). Not undone: the queue redelivers the event and
+    the next attempt finds the same template patched in and waits again."""
+
+
 @dataclass(frozen=True)
 class PackageEvent:
     group: str
@@ -106,6 +112,16 @@ class Deploy:
 
 
 @dataclass(frozen=True)
+class Record:
+    """An approval older than the live version: kept as a rollback candidate, not deployed."""
+
+    release: Release
+    new_state: LiveState
+    reason: str
+    kind: Literal["record"] = "record"
+
+
+@dataclass(frozen=True)
 class Rollback:
     """Move the Deployment off a rejected version: to the first candidate the registry still approves."""
 
@@ -124,7 +140,7 @@ class Forget:
     kind: Literal["forget"] = "forget"
 
 
-Decision = Ignore | AlreadyLive | Deploy | Rollback | Forget
+Decision = Ignore | AlreadyLive | Deploy | Record | Rollback | Forget
 
 
 def parse_event(event: dict[str, Any]) -> PackageEvent | None:
@@ -170,17 +186,46 @@ def release_from_package(description: dict[str, Any]) -> Release:
                    model_data_url=str(first["ModelDataUrl"]), image=str(first.get("Image", "")))
 
 
-def decide_approved(event: PackageEvent, description: dict[str, Any], state: LiveState) -> Decision:
-    """Approved: deploy it unless it is already live or no longer approved (events can arrive late)."""
+def _newest_first(releases: list[Release]) -> list[Release]:
+    return sorted(releases, key=lambda r: r.version, reverse=True)[:MAX_HISTORY]
+
+
+def decide_approved(event: PackageEvent, description: dict[str, Any], state: LiveState,
+                    live_status: str | None = None) -> Decision:
+    """Approved: the newest approved version wins; rollouts never go backwards.
+
+    - no longer Approved in the registry (a late event): ignored;
+    - the live version: already live (a duplicate event);
+    - newer than the live version: deployed;
+    - older than the live version (late, out of order or re-approved), while the registry still approves
+      the live one (``live_status``): recorded as a rollback candidate, not deployed. Only when the live
+      version is no longer approved (rejected, its own event not handled yet) does an older approval go
+      live, and then only if no newer approved candidate is recorded (the rejection rolls back to that).
+    """
     current = description.get("ModelApprovalStatus")
     if current != c.APPROVED:
         return Ignore(f"{event.arn} is {current} now (event said {event.status}): not deploying")
     release = release_from_package(description)
-    if state.live is not None and state.live.version == release.version:
+    live = state.live
+    if live is not None and live.version == release.version:
         return AlreadyLive(release)
-    history = [state.live] if state.live else []
-    history += [r for r in state.previous if r.version != release.version]
-    return Deploy(release, LiveState(live=release, previous=history[:MAX_HISTORY]),
+    others = [r for r in state.previous if r.version != release.version]
+    if live is not None and release.version < live.version:
+        newer_recorded = any(r.version > release.version for r in others)
+        if live_status == c.APPROVED or newer_recorded:
+            why = (f"version {release.version} approved, but live version {live.version} is newer and still "
+                   "approved" if live_status == c.APPROVED else
+                   f"version {release.version} approved, but a newer approved version is recorded to roll back to")
+            if len(others) < len(state.previous):
+                return Ignore(f"{why}; already recorded for rollback (duplicate event)")
+            return Record(release, LiveState(live=live, previous=_newest_first([*others, release]),
+                                             failed=state.failed),
+                          reason=f"{why}: recorded for rollback, not deployed")
+        return Deploy(release, LiveState(live=release, previous=_newest_first(others)),
+                      reason=f"version {release.version} approved; live version {live.version} is {live_status}")
+    history = [live] if live else []
+    history += others
+    return Deploy(release, LiveState(live=release, previous=_newest_first(history)),
                   reason=f"version {release.version} approved")
 
 
@@ -235,14 +280,16 @@ def plan_rollback(rejected: int, candidates: list[Release],
 
 
 def decide(event: PackageEvent, group: str, state: LiveState,
-           description: dict[str, Any] | None, deployed: int | None = None) -> Decision:
-    """What to do about ``event``; ``deployed`` is the Deployment's version annotation (Rejected only)."""
+           description: dict[str, Any] | None, deployed: int | None = None,
+           live_status: str | None = None) -> Decision:
+    """What to do about ``event``; ``deployed`` is the Deployment's version annotation (Rejected only);
+    ``live_status`` the registry's current status of the live version (Approved of an older version only)."""
     if event.group != group:
         return Ignore(f"package {event.arn} belongs to group {event.group!r}, not {group!r}")
     if event.status == c.APPROVED:
         if description is None:
             raise RolloutError(f"approved package {event.arn} could not be described")
-        return decide_approved(event, description, state)
+        return decide_approved(event, description, state, live_status)
     if event.status == c.REJECTED:
         return decide_rejected(event, state, deployed)
     return Ignore(f"package {event.arn} is {event.status}: only Approved and Rejected act")

@@ -1,0 +1,251 @@
+"""AWS facts the stacks depend on, each from the documentation page named in its docstring, checked against
+the synthesised templates (and, where a fact forbids something, against a template that breaks it, so each
+check is seen to fail).
+
+Nothing here can be run against the real services offline; the facts are written down once, with their
+source, so a template that a real account would refuse fails here instead of half-way through a deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "18,20,22")
+pytest.importorskip("aws_cdk", reason="the cdk extra is not installed")
+
+import aws_cdk as cdk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "cdk"), str(REPO / "cdk" / "rollout")]
+
+from stacks import build, cdk_json_context  # noqa: E402
+
+AS_OF = date(2026, 12, 4)  # the day these facts were read; refresh the calendar below when it moves on
+
+# ------------------------------------------------------------------ the facts
+
+# https://docs.aws.amazon.com/eks/latest/userguide/kubernetes-versions.html ("A minor version is under
+# standard support in Amazon EKS for the first 14 months after it's released", release calendar):
+# version -> (EKS release, end of standard support).
+EKS_STANDARD_SUPPORT = {
+    "1.32": (date(2025, 1, 23), date(2026, 3, 23)),
+    "1.33": (date(2025, 5, 29), date(2026, 7, 29)),
+    "1.34": (date(2025, 10, 2), date(2026, 12, 2)),
+    "1.35": (date(2026, 1, 27), date(2027, 3, 27)),
+}
+
+# https://docs.aws.amazon.com/eks/latest/userguide/eks-ami-build-scripts.html: "Kubernetes version 1.32 is the
+# last version for which Amazon EKS will release AL2 AMIs. From version 1.33 onwards, Amazon EKS will continue
+# to release AL2023 and Bottlerocket based AMIs."
+LAST_AL2_VERSION = (1, 32)
+
+# https://docs.aws.amazon.com/eks/latest/userguide/set-builtin-node-pools.html: the two built-in NodePools;
+# "Enabling at least one built-in NodePool is required for EKS to provision the "default" NodeClass".
+AUTO_MODE_BUILTIN_POOLS = {"system", "general-purpose"}
+
+# https://docs.aws.amazon.com/eks/latest/userguide/auto-cluster-iam-role.html: the cluster role of an Auto Mode
+# cluster carries these managed policies and its trust policy allows sts:AssumeRole and sts:TagSession.
+AUTO_MODE_CLUSTER_POLICIES = {
+    "AmazonEKSClusterPolicy",
+    "AmazonEKSComputePolicy",
+    "AmazonEKSBlockStoragePolicy",
+    "AmazonEKSLoadBalancingPolicy",
+    "AmazonEKSNetworkingPolicy",
+}
+# https://docs.aws.amazon.com/eks/latest/userguide/auto-create-node-role.html: the node role's policies.
+AUTO_MODE_NODE_POLICIES = {"AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly"}
+
+# https://docs.aws.amazon.com/eks/latest/userguide/automode.html: Auto Mode runs "compute autoscaling, pod and
+# service networking, application load balancing, cluster DNS, block storage, and GPU support" as core
+# components, "as opposed to add-ons"; https://docs.aws.amazon.com/eks/latest/userguide/pod-id-agent-setup.html:
+# "You do not need to install the EKS Pod Identity Agent on EKS Auto Mode Clusters."
+AUTO_MODE_BUILT_IN_ADDONS = {"vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-ebs-csi-driver"}
+
+# https://docs.aws.amazon.com/eks/latest/userguide/metrics-server.html: "The Kubernetes Metrics Server ... isn't
+# deployed by default in Amazon EKS clusters" and is what a Horizontal Pod Autoscaler on resource metrics reads.
+METRICS_SERVER_ADDON = "metrics-server"
+
+# https://docs.aws.amazon.com/lambda/latest/dg/limits.html: "New AWS accounts have reduced concurrency and
+# memory quotas" (Concurrent executions: default 1,000, lower for new accounts: 10 is what a new account
+# gets); https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html: "You can reserve up to
+# the Unreserved account concurrency value that is shown, minus 100 for functions that don't have reserved
+# concurrency."
+NEW_ACCOUNT_CONCURRENCY = 10
+UNRESERVED_MINIMUM = 100
+
+
+# ------------------------------------------------------------------ checkers (pure, on template dicts)
+
+
+def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template.get("Resources", {}).items() if v["Type"] == kind}
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int(minor)
+
+
+def nodegroup_ami_problems(template: dict[str, Any]) -> list[str]:
+    """Managed node groups whose AMI type EKS does not publish for the cluster's Kubernetes version."""
+    clusters = _resources(template, "AWS::EKS::Cluster")
+    problems = []
+    for lid, ng in _resources(template, "AWS::EKS::Nodegroup").items():
+        props = ng["Properties"]
+        ref = props["ClusterName"].get("Ref") if isinstance(props["ClusterName"], dict) else None
+        version = props.get("Version") or (clusters[ref]["Properties"].get("Version") if ref in clusters else None)
+        ami = props.get("AmiType", "AL2_x86_64")  # EKS's default AMI type for a node group without one
+        if version and ami.startswith("AL2_") and _version(version) > LAST_AL2_VERSION:
+            problems.append(f"{lid}: AmiType {ami} on Kubernetes {version} (AL2 AMIs end with 1.32)")
+    return problems
+
+
+def auto_mode_problems(template: dict[str, Any]) -> list[str]:
+    """What an Auto Mode cluster in this template lacks (or mixes in) against the EKS docs above."""
+    problems = []
+    roles = _resources(template, "AWS::IAM::Role")
+    addons = {a["Properties"]["AddonName"] for a in _resources(template, "AWS::EKS::Addon").values()}
+
+    def policies(role_ref: Any) -> set[str]:
+        role = roles[role_ref["Fn::GetAtt"][0]]["Properties"]
+        return {json.dumps(p).rsplit("/", 1)[-1].split('"')[0] for p in role.get("ManagedPolicyArns", [])}
+
+    for lid, cluster in _resources(template, "AWS::EKS::Cluster").items():
+        props = cluster["Properties"]
+        compute = props.get("ComputeConfig", {})
+        if not compute.get("Enabled"):
+            continue
+        if props.get("BootstrapSelfManagedAddons", True) is not False:
+            problems.append(f"{lid}: Auto Mode with BootstrapSelfManagedAddons not false")
+        if not props.get("KubernetesNetworkConfig", {}).get("ElasticLoadBalancing", {}).get("Enabled"):
+            problems.append(f"{lid}: Auto Mode without its load balancing capability")
+        if not props.get("StorageConfig", {}).get("BlockStorage", {}).get("Enabled"):
+            problems.append(f"{lid}: Auto Mode without its block storage capability")
+        pools = set(compute.get("NodePools", []))
+        if not pools:
+            problems.append(f"{lid}: Auto Mode with no node pool: no default NodeClass, no node ever starts")
+        if pools - AUTO_MODE_BUILTIN_POOLS:
+            problems.append(f"{lid}: unknown built-in node pools {sorted(pools - AUTO_MODE_BUILTIN_POOLS)}")
+        if pools and "NodeRoleArn" not in compute:
+            problems.append(f"{lid}: node pools without a node role")
+        elif pools and not policies(compute["NodeRoleArn"]) >= AUTO_MODE_NODE_POLICIES:
+            problems.append(f"{lid}: node role lacks {sorted(AUTO_MODE_NODE_POLICIES)}")
+        missing = AUTO_MODE_CLUSTER_POLICIES - policies(props["RoleArn"])
+        if missing:
+            problems.append(f"{lid}: cluster role lacks {sorted(missing)}")
+        trust = roles[props["RoleArn"]["Fn::GetAtt"][0]]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        if not any("sts:TagSession" in json.dumps(st["Action"]) for st in trust):
+            problems.append(f"{lid}: cluster role trust lacks sts:TagSession")
+        if _resources(template, "AWS::EKS::Nodegroup"):
+            problems.append(f"{lid}: Auto Mode mixed with managed node groups (two compute models)")
+        if addons & AUTO_MODE_BUILT_IN_ADDONS:
+            problems.append(f"{lid}: add-ons Auto Mode runs itself: {sorted(addons & AUTO_MODE_BUILT_IN_ADDONS)}")
+    return problems
+
+
+def lambda_concurrency_problems(template: dict[str, Any], account_quota: int) -> list[str]:
+    """Functions whose reserved concurrency an account with ``account_quota`` concurrent executions refuses."""
+    problems = []
+    for lid, fn in _resources(template, "AWS::Lambda::Function").items():
+        reserved = fn["Properties"].get("ReservedConcurrentExecutions")
+        if reserved is not None and account_quota - int(reserved) < UNRESERVED_MINIMUM:
+            problems.append(f"{lid}: ReservedConcurrentExecutions {reserved} leaves less than "
+                            f"{UNRESERVED_MINIMUM} unreserved of {account_quota}")
+    return problems
+
+
+# ------------------------------------------------------------------ the app
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every stack's template, synthesised once (named, offline; no pipeline definition: not needed here)."""
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    context = cdk_json_context(account="123456789012", region="eu-west-1", **{"ecomrec:pipelineInStack": False})
+    app = cdk.App(outdir=str(outdir), context=context)
+    built = build(app, with_nag=False)
+    app.synth()
+    return {s.stack_name: json.loads((outdir / f"{s.stack_name}.template.json").read_text()) for s in built.stacks}
+
+
+# ------------------------------------------------------------------ EKS
+
+
+def test_kubernetes_version_is_in_standard_support(templates: dict[str, dict[str, Any]]) -> None:
+    """https://docs.aws.amazon.com/eks/latest/userguide/kubernetes-versions.html: the cluster's version is
+    released and in standard support on AS_OF (extended support costs extra per cluster hour)."""
+    [cluster] = _resources(templates["EcomrecServing"], "AWS::EKS::Cluster").values()
+    version = cluster["Properties"]["Version"]
+    assert version in EKS_STANDARD_SUPPORT, f"{version} is not in the calendar above (refresh it)"
+    released, end = EKS_STANDARD_SUPPORT[version]
+    assert released <= AS_OF < end, f"Kubernetes {version}: standard support {released}..{end}, today {AS_OF}"
+
+
+def test_node_groups_use_an_ami_type_eks_publishes_for_the_version(templates: dict[str, dict[str, Any]]) -> None:
+    """https://docs.aws.amazon.com/eks/latest/userguide/eks-ami-build-scripts.html: no AL2 AMI after 1.32."""
+    for name, template in templates.items():
+        assert nodegroup_ami_problems(template) == [], name
+    # The check itself: the node group this app had (AL2_x86_64 on 1.33) is refused.
+    old: dict[str, Any] = {"Resources": {
+        "C": {"Type": "AWS::EKS::Cluster", "Properties": {"Version": "1.33"}},
+        "N": {"Type": "AWS::EKS::Nodegroup", "Properties": {"ClusterName": {"Ref": "C"}, "AmiType": "AL2_x86_64"}},
+    }}
+    assert nodegroup_ami_problems(old) == ["N: AmiType AL2_x86_64 on Kubernetes 1.33 (AL2 AMIs end with 1.32)"]
+    old["Resources"]["N"]["Properties"]["AmiType"] = "AL2023_x86_64_STANDARD"
+    assert nodegroup_ami_problems(old) == []
+
+
+def test_auto_mode_cluster_is_whole(templates: dict[str, dict[str, Any]]) -> None:
+    """Auto Mode with its built-in node pools, a node role, the cluster-role policies and TagSession trust,
+    no bootstrapped self-managed add-ons (Auto Mode runs networking, DNS, kube-proxy's job and Pod Identity
+    itself), no managed node group beside it: see the pages cited at AUTO_MODE_* above."""
+    serving = templates["EcomrecServing"]
+    [cluster] = _resources(serving, "AWS::EKS::Cluster").values()
+    assert cluster["Properties"]["ComputeConfig"]["Enabled"] is True
+    assert auto_mode_problems(serving) == []
+    # The check itself, on the cluster this app had: Auto Mode with no node pools beside an AL2 node group.
+    broken = json.loads(json.dumps(serving))
+    [lid] = _resources(broken, "AWS::EKS::Cluster")
+    props = broken["Resources"][lid]["Properties"]
+    props["ComputeConfig"] = {"Enabled": True, "NodePools": []}
+    del props["BootstrapSelfManagedAddons"]
+    broken["Resources"]["Ng"] = {"Type": "AWS::EKS::Nodegroup",
+                                 "Properties": {"ClusterName": {"Ref": lid}, "AmiType": "AL2_x86_64"}}
+    found = "\n".join(auto_mode_problems(broken))
+    assert "BootstrapSelfManagedAddons" in found
+    assert "no node pool" in found
+    assert "managed node groups" in found
+
+
+def test_a_resource_metric_hpa_comes_with_metrics_server(templates: dict[str, dict[str, Any]]) -> None:
+    """metrics-server.html: not deployed by default; the HPA's CPU target needs it (Auto Mode included)."""
+    from stacks import k8s
+
+    manifests = k8s.inference_manifests(k8s.ManifestParams(image="i", model_uri="", model_group="g",
+                                                           certificate_arn="c", load_balancer_name="n"))
+    hpa = k8s.find(manifests, "HorizontalPodAutoscaler")
+    assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
+    addons = {a["Properties"]["AddonName"] for a in _resources(templates["EcomrecServing"], "AWS::EKS::Addon").values()}
+    assert METRICS_SERVER_ADDON in addons
+
+
+# ------------------------------------------------------------------ Lambda
+
+
+def test_no_function_reserves_concurrency_a_new_account_cannot_give(templates: dict[str, dict[str, Any]]) -> None:
+    """https://docs.aws.amazon.com/lambda/latest/dg/limits.html (new accounts: reduced concurrency quota) and
+    configuration-concurrency.html (100 must stay unreserved): on a 10-execution account any reserved
+    concurrency is refused, so no function may set it (rollouts are serialised by a FIFO queue instead)."""
+    for name, template in templates.items():
+        assert lambda_concurrency_problems(template, NEW_ACCOUNT_CONCURRENCY) == [], name
+        assert "ReservedConcurrentExecutions" not in json.dumps(template), name
+    one = {"Resources": {"F": {"Type": "AWS::Lambda::Function", "Properties": {"ReservedConcurrentExecutions": 1}}}}
+    assert lambda_concurrency_problems(one, NEW_ACCOUNT_CONCURRENCY)
+    assert lambda_concurrency_problems(one, 1000) == []
