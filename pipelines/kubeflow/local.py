@@ -1,0 +1,100 @@
+"""``run_kubeflow_local()``: the compiled pipeline run by KFP's local runner (``kfp.local``), no cluster.
+
+kfp.local's SubprocessRunner (kfp 2.17.3, kfp/local/subprocess_task_handler.py) runs each task's command
+as a subprocess: with ``use_venv=True`` (its default) it creates a virtualenv per task and pip-installs
+the component's packages into it; with ``use_venv=False`` it runs the command with ``sys.executable``
+(``replace_python_executable``), and our components install nothing (``install_kfp_package=False``, no
+``packages_to_install``): so the run is offline and uses this interpreter's ecomrec and dependencies.
+
+KFP writes each task's outputs under ``PIPELINE_ROOT/<pipeline>-<timestamp>/<task>/<output>``
+(kfp/local/executor_input_utils.py); at the end each step's output directory is moved to
+``OUTPUT/<step>/``, the local runner's layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from components.config import PipelineConfig
+from components.errors import EcomrecError, QualityGateError
+from pipelines.graph import STEPS
+from pipelines.kubeflow import pipeline as k
+from pipelines.kubeflow.runtime import GATE_FILE
+
+PIPELINE_ROOT = ".kfp"  # under OUTPUT: KFP's own layout, emptied once the outputs are moved
+
+
+@contextmanager
+def _this_code_on_path() -> Iterator[None]:
+    """Tasks are subprocesses: make them import the ecomrec this process imported (a checkout, not
+    necessarily the installed package)."""
+    import pipelines
+
+    code_root = str(Path(pipelines.__file__).resolve().parents[1])
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([code_root, *([previous] if previous else [])])
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+def _task_dirs() -> dict[str, str]:
+    """OUTPUT/<name> for each KFP task whose output artifact is kept: every step, and the gate."""
+    return {**{k.task_name(step): step.name for step in STEPS}, k.GATE_TASK: k.GATE_TASK}
+
+
+def _collect(root: Path, output: Path) -> None:
+    runs = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    for run in runs[-1:]:
+        for task, name in _task_dirs().items():
+            produced = run / task / k.OUTPUT
+            if produced.is_dir():
+                produced.rename(output / name)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_kubeflow_local(raw: Path, output: Path, config: PipelineConfig, *, registry: Path) -> None:
+    """Run the pipeline with ``kfp.local``; raise ``QualityGateError`` when the gate stopped it (nothing
+    registered), ``EcomrecError`` naming the step for any other failure."""
+    try:
+        from kfp import local
+    except ImportError as error:
+        raise EcomrecError(f'Kubeflow Pipelines is not installed ({error}): pip install -e ".[kubeflow]"') from error
+    if not raw.is_dir():
+        raise EcomrecError(f"--data {raw}: no such folder (the raw contract: events/, items/, users/)")
+    output = output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    for name in _task_dirs().values():  # no caching locally: every step runs, stale outputs go first
+        shutil.rmtree(output / name, ignore_errors=True)
+    root = output / PIPELINE_ROOT
+    shutil.rmtree(root, ignore_errors=True)
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    pipeline = k.get_kfp_pipeline(k.KubeflowSettings(config=config))
+    failure: RuntimeError | None = None
+    with _this_code_on_path(), warnings.catch_warnings():
+        # the steps image is not a "python" image, which the SubprocessRunner warns about; it is unused here
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        try:
+            pipeline(**{k.INPUT_DATA_URI: str(raw.resolve()), k.REGISTRY: str(registry.resolve())})
+        except RuntimeError as error:  # kfp.local: "Pipeline ... finished with status FAILURE ..."
+            failure = error
+        finally:
+            _collect(root, output)
+    if failure is None:
+        return
+    gate = output / k.GATE_TASK / GATE_FILE
+    if gate.exists() and not json.loads(gate.read_text())["passed"]:
+        reasons = "; ".join(json.loads(gate.read_text())["reasons"])
+        raise QualityGateError(f"quality gate failed, nothing registered: {reasons}") from failure
+    failed = next((step.name for step in STEPS if not (output / step.name).is_dir()), "?")
+    raise EcomrecError(f"the Kubeflow local run failed at step {failed} (its log is above): {failure}") from failure
