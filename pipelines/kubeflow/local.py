@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from components.config import PipelineConfig
 from components.errors import EcomrecError, QualityGateError
@@ -49,8 +50,10 @@ def _this_code_on_path() -> Iterator[None]:
 
 
 def _task_dirs() -> dict[str, str]:
-    """OUTPUT/<name> for each KFP task whose output artifact is kept: every step, and the gate."""
-    return {**{k.task_name(step): step.name for step in STEPS}, k.GATE_TASK: k.GATE_TASK}
+    """OUTPUT/<name> for each KFP task whose output artifact is kept: every step (the register step's is
+    its register-model task's), and the gate."""
+    return {**{k.REGISTER_MODEL_TASK if step.kind == "register" else k.task_name(step): step.name
+               for step in STEPS}, k.GATE_TASK: k.GATE_TASK}
 
 
 def _collect(root: Path, output: Path) -> None:
@@ -64,14 +67,21 @@ def _collect(root: Path, output: Path) -> None:
 
 
 def run_kubeflow_local(raw: Path, output: Path, config: PipelineConfig, *, registry: Path) -> None:
-    """Run the pipeline with ``kfp.local``; raise ``QualityGateError`` when the gate stopped it (nothing
+    """Run the pipeline with ``kfp.local``, each step's outputs left under ``OUTPUT/<step>/``."""
+    if not raw.is_dir():
+        raise EcomrecError(f"--data {raw}: no such folder (the raw contract: events/, items/, users/)")
+    run_locally(k.get_kfp_pipeline(k.KubeflowSettings(config=config)),
+                {k.INPUT_DATA_URI: str(raw.resolve()), k.REGISTRY: str(registry.resolve())}, output)
+
+
+def run_locally(pipeline: Any, arguments: dict[str, Any], output: Path) -> None:
+    """Run a pipeline built here with ``kfp.local`` (SubprocessRunner, this interpreter) and move its tasks'
+    outputs to ``OUTPUT/<step>/``. Raises ``QualityGateError`` when the gate stopped the run (nothing
     registered), ``EcomrecError`` naming the step for any other failure."""
     try:
         from kfp import local
     except ImportError as error:
         raise EcomrecError(f'Kubeflow Pipelines is not installed ({error}): pip install -e ".[kubeflow]"') from error
-    if not raw.is_dir():
-        raise EcomrecError(f"--data {raw}: no such folder (the raw contract: events/, items/, users/)")
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     for name in _task_dirs().values():  # no caching locally: every step runs, stale outputs go first
@@ -79,13 +89,12 @@ def run_kubeflow_local(raw: Path, output: Path, config: PipelineConfig, *, regis
     root = output / PIPELINE_ROOT
     shutil.rmtree(root, ignore_errors=True)
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    pipeline = k.get_kfp_pipeline(k.KubeflowSettings(config=config))
     failure: RuntimeError | None = None
     with _this_code_on_path(), warnings.catch_warnings():
         # the steps image is not a "python" image, which the SubprocessRunner warns about; it is unused here
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         try:
-            pipeline(**{k.INPUT_DATA_URI: str(raw.resolve()), k.REGISTRY: str(registry.resolve())})
+            pipeline(**arguments)
         except RuntimeError as error:  # kfp.local: "Pipeline ... finished with status FAILURE ..."
             failure = error
         finally:
@@ -93,8 +102,8 @@ def run_kubeflow_local(raw: Path, output: Path, config: PipelineConfig, *, regis
     if failure is None:
         return
     gate = output / k.GATE_TASK / GATE_FILE
-    if gate.exists() and not json.loads(gate.read_text())["passed"]:
-        reasons = "; ".join(json.loads(gate.read_text())["reasons"])
-        raise QualityGateError(f"quality gate failed, nothing registered: {reasons}") from failure
+    verdict = json.loads(gate.read_text()) if gate.exists() else {}
+    if verdict.get("passed") is False:
+        raise QualityGateError("quality gate failed, nothing registered: " + "; ".join(verdict["reasons"])) from failure
     failed = next((step.name for step in STEPS if not (output / step.name).is_dir()), "?")
     raise EcomrecError(f"the Kubeflow local run failed at step {failed} (its log is above): {failure}") from failure

@@ -20,9 +20,8 @@ memory requests by step kind; Spark steps run Spark in local mode inside their p
 from __future__ import annotations
 
 import inspect
-import json
 import linecache
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +40,8 @@ OUTPUT = "output"  # every step component's output artifact: the step's director
 CONFIG_TASK = "config"
 GATE_TASK = "gate"
 GATE_FAILED_TASK = "gate-failed"
-RAW_TASK = "importer"
+REGISTER_MODEL_TASK = "register-model"  # inside the register step, as on SageMaker
+REGISTER_OPTIONS = ("registry",)  # the register step's wiring flags, given by the Registry parameter
 _PARAMETER_TYPES: dict[p.ParamKind, type] = {"string": str, "integer": int, "float": float}
 
 
@@ -86,6 +86,10 @@ def task_name(step: Step) -> str:
     return step.name.replace("_", "-")
 
 
+def _python_name(name: str) -> str:
+    return name.replace("-", "_")
+
+
 def _function(name: str, source: str) -> Callable[..., Any]:
     """A component function from its source. KFP ships a lightweight component's function as its source
     text (``inspect.getsource``), so the source of a generated function is registered with linecache."""
@@ -101,14 +105,15 @@ def _function(name: str, source: str) -> Callable[..., Any]:
     return function
 
 
-def _step_source(step: Step, options: Mapping[str, str]) -> str:
-    """``def <step>(<input>: Input[Artifact], ..., config: str, [<option>: str, ...] output)``."""
+def _step_source(step: Step, function_name: str, options: Sequence[str] = ()) -> str:
+    """``def <name>(<input>: Input[Artifact], ..., config: str, [<option>: str, ...], output)``: the step's
+    ``main(argv)`` through ``runtime.run_step``; an empty option is left out of the argv."""
     inputs = [f"{name}: Input[Artifact]" for name in step.inputs]
     paths = ", ".join(f"{name!r}: {name}.path" for name in step.inputs)
     extra = " + ".join(f"([{'--' + option!r}, {option}] if {option} else [])" for option in options) or "[]"
     signature = ", ".join([*inputs, "config: str", *(f"{option}: str" for option in options),
                            f"{OUTPUT}: Output[Artifact]"])
-    return (f"def {step.name}({signature}):\n"
+    return (f"def {function_name}({signature}):\n"
             f"    from pipelines.kubeflow.runtime import run_step\n"
             f"    run_step({step.entry_point!r}, {{{paths}}}, {OUTPUT}.path, config, {extra})\n")
 
@@ -130,7 +135,7 @@ def {GATE_TASK}(evaluation: Input[Artifact], config: str, {OUTPUT}: Output[Artif
 """
 
 _GATE_FAILED_SOURCE = f"""\
-def {GATE_FAILED_TASK.replace("-", "_")}(reasons: str):
+def {_python_name(GATE_FAILED_TASK)}(reasons: str):
     from pipelines.kubeflow import runtime
     runtime.gate_failed(reasons)
 """
@@ -149,8 +154,57 @@ def _configure(task: Any, resources: Resources, image: Any) -> Any:
     task.set_memory_limit(resources.memory)
     for name, value in resources.env.items():
         task.set_env_variable(name, value)
-    # Steps resume by artifact: KFP's cache reuses a task whose inputs and parameters did not change.
     return task
+
+
+def _graph_component(name: str, parameters: list[tuple[str, Any, Any]], body: Callable[[dict[str, Any]], None],
+                     description: str) -> Any:
+    """A ``dsl.pipeline`` whose inputs are ``parameters`` (name, annotation, default): KFP reads a
+    pipeline's interface from its signature and calls it with one channel per input, in order."""
+    from kfp import dsl
+
+    def pipeline(*values: Any) -> None:
+        body(dict(zip((parameter for parameter, _, _ in parameters), values, strict=True)))
+
+    pipeline.__name__ = _python_name(name)
+    pipeline.__doc__ = description
+    pipeline.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(parameter, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+        for parameter, kind, default in parameters])
+    return dsl.pipeline(name=name, description=description)(pipeline)
+
+
+def register_component(step: Step, settings: KubeflowSettings) -> Any:
+    """The register step as a sub-pipeline, like SageMaker's ConditionStep: ``gate`` runs the registry's gate
+    on the evaluation the step reads (its last input), then ``dsl.If(passed)`` runs the register step's
+    ``main(argv)`` (task ``register-model``) and ``dsl.Else`` fails with the gate's reasons (``gate-failed``).
+    Inputs: the step's input artifacts, ``config`` (JSON), ``registry`` and ``image``."""
+    from kfp import dsl
+
+    small = settings.resources[step.kind]
+    gate_component = _component(GATE_TASK, _GATE_SOURCE, settings.image)
+    failed_component = _component(_python_name(GATE_FAILED_TASK), _GATE_FAILED_SOURCE, settings.image)
+    model_component = _component(_python_name(REGISTER_MODEL_TASK),
+                                 _step_source(step, _python_name(REGISTER_MODEL_TASK), REGISTER_OPTIONS),
+                                 settings.image)
+
+    def body(arguments: dict[str, Any]) -> None:
+        image = arguments["image"]
+        gate = _configure(gate_component(evaluation=arguments[step.inputs[-1]], config=arguments["config"]),
+                          small, image)
+        with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+            _configure(model_component(**{name: arguments[name] for name in (*step.inputs, "config",
+                                                                               *REGISTER_OPTIONS)}),
+                       small, image)
+        with dsl.Else(name="gate-failed"):
+            _configure(failed_component(reasons=gate.outputs["reasons"]), small, image)
+
+    from kfp.dsl import Artifact, Input
+
+    parameters = [*((name, Input[Artifact], inspect.Parameter.empty) for name in step.inputs),
+                  ("config", str, inspect.Parameter.empty),
+                  *((option, str, "") for option in REGISTER_OPTIONS), ("image", str, settings.image)]
+    return _graph_component(task_name(step), parameters, body, step.summary)
 
 
 def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
@@ -159,8 +213,7 @@ def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
 
     settings = settings or KubeflowSettings()
     config_specs = p.config_param_specs(settings.config)
-    register_options = {"registry": REGISTRY}  # the register step's wiring flag -> its pipeline parameter
-    parameters: list[tuple[str, type, Any]] = [
+    parameters: list[tuple[str, Any, Any]] = [
         (INPUT_DATA_URI, str, settings.input_data_uri or inspect.Parameter.empty),
         (STEPS_IMAGE_URI, str, settings.image),
         (REGISTRY, str, ""),
@@ -168,49 +221,27 @@ def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
     ]
     base_config = settings.config.to_json()
     config_component = _component(CONFIG_TASK, _config_source(config_specs), settings.image)
-    gate_component = _component(GATE_TASK, _GATE_SOURCE, settings.image)
-    gate_failed_component = _component(GATE_FAILED_TASK.replace("-", "_"), _GATE_FAILED_SOURCE, settings.image)
-    step_components = {
-        step.name: _component(step.name, _step_source(step, register_options if step.kind == "register" else {}),
-                              settings.image)
-        for step in STEPS
-    }
-    (register_step,) = [step for step in STEPS if step.kind == "register"]
-    small = settings.resources["register"]
+    step_components = {step.name: (register_component(step, settings) if step.kind == "register" else
+                                   _component(step.name, _step_source(step, step.name), settings.image))
+                       for step in STEPS}
 
-    def pipeline(*values: Any) -> None:
-        arguments = dict(zip((name for name, _, _ in parameters), values, strict=True))
+    def body(arguments: dict[str, Any]) -> None:
         image = arguments[STEPS_IMAGE_URI]
         raw = dsl.importer(artifact_uri=arguments[INPUT_DATA_URI], artifact_class=dsl.Artifact, reimport=False)
-        raw.set_display_name("raw")
         config = _configure(config_component(base=base_config, **{
-            spec.name: arguments[spec.name] for spec in config_specs}), small, image).output
+            spec.name: arguments[spec.name] for spec in config_specs}), settings.resources["register"], image)
         artifacts: dict[str, Any] = {"raw": raw.output}
         for step in STEPS:
-            def run(step: Step = step) -> Any:
-                options = {option: arguments[parameter] for option, parameter in register_options.items()}
-                task = step_components[step.name](
-                    **{name: artifacts[name] for name in step.inputs}, config=config,
-                    **(options if step.kind == "register" else {}))
-                return _configure(task, settings.resources[step.kind], image)
+            inputs = {name: artifacts[name] for name in step.inputs}
+            if step.kind == "register":
+                step_components[step.name](**inputs, config=config.output, registry=arguments[REGISTRY],
+                                           image=image)
+                continue
+            task = step_components[step.name](**inputs, config=config.output)
+            artifacts[step.name] = _configure(task, settings.resources[step.kind], image).outputs[OUTPUT]
 
-            if step is register_step:
-                # the gate reads the evaluation that the register step reads (its last input)
-                gate = _configure(gate_component(evaluation=artifacts[step.inputs[-1]], config=config),
-                                  small, image)
-                with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                    run()
-                with dsl.Else(name="gate-failed"):
-                    _configure(gate_failed_component(reasons=gate.outputs["reasons"]), small, image)
-            else:
-                artifacts[step.name] = run().outputs[OUTPUT]
-
-    pipeline.__name__ = settings.name.replace("-", "_")
-    pipeline.__doc__ = "ecomrec: raw shop events to a registered recommender bundle (pipelines/graph.py)."
-    pipeline.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
-        for name, kind, default in parameters])
-    return dsl.pipeline(name=settings.name, description=pipeline.__doc__)(pipeline)
+    return _graph_component(settings.name, parameters, body,
+                            "ecomrec: raw shop events to a registered recommender bundle (pipelines/graph.py)")
 
 
 def compile_pipeline(settings: KubeflowSettings, output: str) -> None:
@@ -218,12 +249,3 @@ def compile_pipeline(settings: KubeflowSettings, output: str) -> None:
     from kfp import compiler
 
     compiler.Compiler().compile(get_kfp_pipeline(settings), package_path=output)
-
-
-def parameter_names(settings: KubeflowSettings | None = None) -> list[str]:
-    specs = p.config_param_specs((settings or KubeflowSettings()).config)
-    return [INPUT_DATA_URI, STEPS_IMAGE_URI, REGISTRY, *(spec.name for spec in specs)]
-
-
-def dumps_settings(settings: KubeflowSettings) -> str:  # for logs
-    return json.dumps({"name": settings.name, "image": settings.image})
