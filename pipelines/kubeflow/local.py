@@ -93,6 +93,8 @@ def run_locally(pipeline: Any, arguments: dict[str, Any], output: Path) -> None:
     with _this_code_on_path(), warnings.catch_warnings():
         # the steps image is not a "python" image, which the SubprocessRunner warns about; it is unused here
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # nor do requests and limits mean anything to a subprocess (kfp/local/orchestrator/task_executor.py)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             pipeline(**arguments)
         except RuntimeError as error:  # kfp.local: "Pipeline ... finished with status FAILURE ..."
