@@ -78,7 +78,10 @@ def test_compiled_pipeline_loads_with_kfp_and_its_dag_is_the_step_graph(tmp_path
         by_inner_task[inner] = condition.trigger_policy.condition
     passed = "inputs.parameter_values['pipelinechannel--gate-passed'] == true"
     assert by_inner_task == {k.REGISTER_MODEL_TASK: passed, k.GATE_FAILED_TASK: f"!({passed})"}
-    assert "run_step('components.registry.step'" in _executor(spec, executors, "comp-register-model")["command"][-1]
+    register_model = _executor(spec, executors, "comp-register-model")["command"][-1]
+    assert "run_step('components.registry.step'" in register_model
+    # the SageMaker registry records the bundle artifact's URI (s3:// on a cluster), not the pod's copy
+    assert "['--model-data-url', bundle.uri.rstrip('/') + '/model.tar.gz']" in register_model
     assert "check_gate(" in _executor(spec, executors, "comp-gate")["command"][-1]
 
     # parameters: SageMaker's config-backed ones with the same defaults, plus the data, image and registry
@@ -87,6 +90,7 @@ def test_compiled_pipeline_loads_with_kfp_and_its_dag_is_the_step_graph(tmp_path
         assert parameters[param.name].default_value == json_format_value(param.default), param.name
     assert not parameters[k.INPUT_DATA_URI].is_optional  # a run must say where the data is
     assert parameters[k.STEPS_IMAGE_URI].default_value.string_value == k.DEFAULT_IMAGE
+    assert {k.REGISTRY, k.INFERENCE_IMAGE_URI} <= set(parameters)
     # nothing is pip-installed when a task starts (the image has it all; kfp.local runs offline)
     assert not any("pip install" in " ".join(e["container"]["command"]) for e in executors.values()
                    if "container" in e)
@@ -180,3 +184,44 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
     run_locally(_register_only(tiny_run), {**arguments, "config": passing.to_json()}, tmp_path / "out")
     assert [v.status for v in LocalRegistry(tmp_path / "registry").list_versions("ecomrec")] == [PENDING]
     assert (tmp_path / "out" / "register" / "registration.json").exists()
+
+
+def _fake_run(root: Path) -> tuple[Path, Path]:
+    """A bundle and an evaluation folder as the register step reads them; two_stage beats every baseline."""
+    bundle, evaluation = root / "bundle", root / "evaluation"
+    bundle.mkdir(parents=True)
+    evaluation.mkdir()
+    (bundle / s.BUNDLE_MANIFEST).write_text(json.dumps({"version": "2011-11-09-abc"}))
+    (bundle / s.MODEL_ARCHIVE).write_bytes(b"bundle")
+    ranking = {r: {s.metric_key(m, n): {"value": 0.1} for m in s.METRICS for n in s.KS} for r in s.RECOMMENDERS}
+    ranking[s.TWO_STAGE][s.metric_key("ndcg", 10)] = {"value": 0.5}
+    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking}))
+    return bundle, evaluation
+
+
+def test_the_register_step_registers_into_sagemaker_through_the_same_port(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--registry sagemaker` (a Kubeflow run on AWS): the SageMaker Model Registry (moto's) gets a
+    PendingManualApproval package pointing at the bundle's S3 URI with the inference image."""
+    import boto3
+    from moto import mock_aws
+
+    from components.errors import RegistryError
+    from components.registry import step as register_step
+    from components.registry.sagemaker import SageMakerRegistry
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "eu-west-1")):
+        monkeypatch.setenv(name, value)
+    bundle, evaluation = _fake_run(tmp_path)
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecomrec-inference:1"
+    argv = ["--bundle", str(bundle), "--evaluation", str(evaluation), "--output", str(tmp_path / "register"),
+            "--set", "gate.ndcg_at_10_floor=0.0", "--registry", "sagemaker", "--image-uri", image]
+    with mock_aws():
+        with pytest.raises(RegistryError, match="needs the bundle in S3"):  # the pod's copy is not enough
+            register_step.main(argv)
+        register_step.main([*argv, "--model-data-url", "s3://runs/exec-1/bundle/model.tar.gz"])
+        (version,) = SageMakerRegistry(boto3.client("sagemaker")).list_versions("ecomrec")
+    assert (version.status, version.model_data_url, version.image_uri) == (
+        PENDING, "s3://runs/exec-1/bundle/model.tar.gz", image)
+    assert version.description == "bundle 2011-11-09-abc"

@@ -26,6 +26,8 @@ def compile_pipeline(
                                                 "amazonaws.com/ecomrec-steps:<tag>)"),
     input_data_uri: str = typer.Option("", help="the InputDataUri default (s3://... or a path the pods "
                                                 "see); empty: each run must give it"),
+    inference_image: str = typer.Option("", help="the InferenceImageUri default: the image of SageMaker model "
+                                                 "packages when a run registers with Registry=sagemaker"),
     name: str = typer.Option("ecomrec", help="pipeline name"),
 ) -> None:
     """Write the pipeline's IR YAML: upload it in the KFP UI or with `kfp pipeline create`."""
@@ -37,6 +39,7 @@ def compile_pipeline(
         from pipelines.kubeflow.pipeline import compile_pipeline as compile_kfp
 
         settings = KubeflowSettings(name=name, image=image or DEFAULT_IMAGE, input_data_uri=input_data_uri,
+                                    inference_image_uri=inference_image,
                                     config=PipelineConfig.from_json_or_path(config))
         compile_kfp(settings, str(output))
     except (EcomrecError, ImportError, ValueError) as error:

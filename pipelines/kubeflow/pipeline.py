@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from components import schema as s
 from components.config import PipelineConfig
 from components.errors import EcomrecError
 from pipelines.graph import STEPS, Step
@@ -36,12 +37,16 @@ DEFAULT_IMAGE = f"{STEPS_REPOSITORY}:latest"
 INPUT_DATA_URI = p.INPUT_DATA_URI
 STEPS_IMAGE_URI = "StepsImageUri"
 REGISTRY = "Registry"
+INFERENCE_IMAGE_URI = p.INFERENCE_IMAGE_URI
 OUTPUT = "output"  # every step component's output artifact: the step's directory
 CONFIG_TASK = "config"
 GATE_TASK = "gate"
 GATE_FAILED_TASK = "gate-failed"
 REGISTER_MODEL_TASK = "register-model"  # inside the register step, as on SageMaker
-REGISTER_OPTIONS = ("registry",)  # the register step's wiring flags, given by the Registry parameter
+# The register step's wiring flags, from pipeline parameters: where to register, and for the SageMaker
+# registry the inference image; plus --model-data-url, the bundle artifact's URI (s3:// on a cluster).
+REGISTER_OPTIONS = {"registry": REGISTRY, "image_uri": INFERENCE_IMAGE_URI}
+REGISTER_URIS = {"model_data_url": ("bundle", s.MODEL_ARCHIVE)}
 _PARAMETER_TYPES: dict[p.ParamKind, type] = {"string": str, "integer": int, "float": float}
 
 
@@ -72,6 +77,7 @@ class KubeflowSettings:
     name: str = "ecomrec"
     image: str = DEFAULT_IMAGE
     input_data_uri: str = ""
+    inference_image_uri: str = ""  # the InferenceImageUri default (a SageMaker model package's image)
     config: PipelineConfig = field(default_factory=PipelineConfig)
     resources: Mapping[str, Resources] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
 
@@ -105,17 +111,25 @@ def _function(name: str, source: str) -> Callable[..., Any]:
     return function
 
 
-def _step_source(step: Step, function_name: str, options: Sequence[str] = ()) -> str:
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _step_source(step: Step, function_name: str, options: Sequence[str] = (),
+                 uris: Mapping[str, tuple[str, str]] | None = None) -> str:
     """``def <name>(<input>: Input[Artifact], ..., config: str, [<option>: str, ...], output)``: the step's
-    ``main(argv)`` through ``runtime.run_step``; an empty option is left out of the argv."""
+    ``main(argv)`` through ``runtime.run_step``; an empty option is left out of the argv; ``uris`` adds
+    ``--<flag> <input artifact's URI>/<file>``."""
     inputs = [f"{name}: Input[Artifact]" for name in step.inputs]
     paths = ", ".join(f"{name!r}: {name}.path" for name in step.inputs)
-    extra = " + ".join(f"([{'--' + option!r}, {option}] if {option} else [])" for option in options) or "[]"
+    extra = [f"([{_flag(option)!r}, {option}] if {option} else [])" for option in options]
+    extra += [f"[{_flag(option)!r}, {name}.uri.rstrip('/') + {'/' + file!r}]"
+              for option, (name, file) in (uris or {}).items()]
     signature = ", ".join([*inputs, "config: str", *(f"{option}: str" for option in options),
                            f"{OUTPUT}: Output[Artifact]"])
     return (f"def {function_name}({signature}):\n"
             f"    from pipelines.kubeflow.runtime import run_step\n"
-            f"    run_step({step.entry_point!r}, {{{paths}}}, {OUTPUT}.path, config, {extra})\n")
+            f"    run_step({step.entry_point!r}, {{{paths}}}, {OUTPUT}.path, config, {' + '.join(extra) or '[]'})\n")
 
 
 def _config_source(specs: list[p.ParamSpec]) -> str:
@@ -185,7 +199,8 @@ def register_component(step: Step, settings: KubeflowSettings) -> Any:
     gate_component = _component(GATE_TASK, _GATE_SOURCE, settings.image)
     failed_component = _component(_python_name(GATE_FAILED_TASK), _GATE_FAILED_SOURCE, settings.image)
     model_component = _component(_python_name(REGISTER_MODEL_TASK),
-                                 _step_source(step, _python_name(REGISTER_MODEL_TASK), REGISTER_OPTIONS),
+                                 _step_source(step, _python_name(REGISTER_MODEL_TASK), tuple(REGISTER_OPTIONS),
+                                              REGISTER_URIS),
                                  settings.image)
 
     def body(arguments: dict[str, Any]) -> None:
@@ -217,6 +232,7 @@ def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
         (INPUT_DATA_URI, str, settings.input_data_uri or inspect.Parameter.empty),
         (STEPS_IMAGE_URI, str, settings.image),
         (REGISTRY, str, ""),
+        (INFERENCE_IMAGE_URI, str, settings.inference_image_uri),
         *((spec.name, _PARAMETER_TYPES[spec.kind], spec.default) for spec in config_specs),
     ]
     base_config = settings.config.to_json()
@@ -234,8 +250,8 @@ def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
         for step in STEPS:
             inputs = {name: artifacts[name] for name in step.inputs}
             if step.kind == "register":
-                step_components[step.name](**inputs, config=config.output, registry=arguments[REGISTRY],
-                                           image=image)
+                step_components[step.name](**inputs, config=config.output, image=image, **{
+                    option: arguments[parameter] for option, parameter in REGISTER_OPTIONS.items()})
                 continue
             task = step_components[step.name](**inputs, config=config.output)
             artifacts[step.name] = _configure(task, settings.resources[step.kind], image).outputs[OUTPUT]
