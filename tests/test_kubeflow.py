@@ -64,6 +64,8 @@ def test_compiled_pipeline_loads_with_kfp_and_its_dag_is_the_step_graph(tmp_path
             assert container["image"] == "{{$.inputs.parameters['pipelinechannel--StepsImageUri']}}"
             assert container["resources"]["resourceMemoryRequest"] == k.DEFAULT_RESOURCES[step.kind].memory
     assert tasks["importer"].inputs.parameters["uri"].component_input_parameter == k.INPUT_DATA_URI
+    # no KFP cache: it keys the raw data by its URI, and new data under the same URI must rerun the ETL
+    assert not any(task.caching_options.enable_cache for task in tasks.values())
     spark_env = _executor(spec, executors, "comp-etl").get("env", [])
     assert {"name": "ECOMREC_SPARK_DRIVER_MEMORY", "value": "8g"} in spark_env  # Spark in local mode, in the pod
 

@@ -164,6 +164,9 @@ def _component(name: str, source: str, image: str) -> Any:
 
 
 def _configure(task: Any, resources: Resources, image: Any) -> Any:
+    # No KFP cache, as SageMaker steps have none by default: KFP keys an input artifact by its URI, so a run
+    # on new data under the same InputDataUri would reuse the last run's ETL.
+    task.set_caching_options(False)
     task.set_container_image(image).set_cpu_request(resources.cpu).set_memory_request(resources.memory)
     task.set_memory_limit(resources.memory)
     for name, value in resources.env.items():
@@ -243,7 +246,8 @@ def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
 
     def body(arguments: dict[str, Any]) -> None:
         image = arguments[STEPS_IMAGE_URI]
-        raw = dsl.importer(artifact_uri=arguments[INPUT_DATA_URI], artifact_class=dsl.Artifact, reimport=False)
+        raw = dsl.importer(artifact_uri=arguments[INPUT_DATA_URI], artifact_class=dsl.Artifact, reimport=True)
+        raw.set_caching_options(False)
         config = _configure(config_component(base=base_config, **{
             spec.name: arguments[spec.name] for spec in config_specs}), settings.resources["register"], image)
         artifacts: dict[str, Any] = {"raw": raw.output}
@@ -251,7 +255,8 @@ def get_kfp_pipeline(settings: KubeflowSettings | None = None) -> Any:
             inputs = {name: artifacts[name] for name in step.inputs}
             if step.kind == "register":
                 step_components[step.name](**inputs, config=config.output, image=image, **{
-                    option: arguments[parameter] for option, parameter in REGISTER_OPTIONS.items()})
+                    option: arguments[parameter] for option, parameter in REGISTER_OPTIONS.items()},
+                ).set_caching_options(False)
                 continue
             task = step_components[step.name](**inputs, config=config.output)
             artifacts[step.name] = _configure(task, settings.resources[step.kind], image).outputs[OUTPUT]
