@@ -23,7 +23,7 @@ import inspect
 import linecache
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from components import schema as s
 from components.config import PipelineConfig
@@ -52,7 +52,8 @@ _PARAMETER_TYPES: dict[p.ParamKind, type] = {"string": str, "integer": int, "flo
 
 @dataclass(frozen=True)
 class Resources:
-    """A task's requests (Kubernetes quantities; memory is also the limit, so a step never gets less)."""
+    """A task's requests (Kubernetes quantities). Memory is also the limit: a node is only given a step it
+    has the memory for, and a step that outgrows it fails there instead of starving its neighbours."""
 
     cpu: str
     memory: str
@@ -104,7 +105,7 @@ def _function(name: str, source: str) -> Callable[..., Any]:
     filename = f"<ecomrec-kubeflow-{name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {"__name__": __name__, "Input": Input, "Output": Output, "Artifact": Artifact,
-                                 "NamedTuple": __import__("typing").NamedTuple}
+                                 "NamedTuple": NamedTuple}
     # dont_inherit: not this module's `from __future__ import annotations` (KFP reads real annotations)
     exec(compile(source, filename, "exec", dont_inherit=True), namespace)
     function: Callable[..., Any] = namespace[name]
