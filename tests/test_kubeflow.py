@@ -227,3 +227,22 @@ def test_the_register_step_registers_into_sagemaker_through_the_same_port(
     assert (version.status, version.model_data_url, version.image_uri) == (
         PENDING, "s3://runs/exec-1/bundle/model.tar.gz", image)
     assert version.description == "bundle 2011-11-09-abc"
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_kubeflow_local_run_matches_run_local_on_online_retail(online_retail_run: Path, tmp_path: Path) -> None:
+    """The session's Online Retail run (run_local) against the Kubeflow pipeline under kfp.local on the
+    same imported log: the same evaluation.json and bundle version, registered PendingManualApproval."""
+    from pipelines.kubeflow.local import run_kubeflow_local
+
+    raw = online_retail_run.parent / "raw"
+    if not raw.is_dir():  # ECOMREC_RUN_DIR may name a run folder without its raw/ beside it
+        pytest.skip(f"no imported Online Retail at {raw}")
+    run_kubeflow_local(raw, tmp_path / "run", PipelineConfig(), registry=tmp_path / "registry")
+    evaluation = json.loads((tmp_path / "run" / "evaluation" / s.EVALUATION_FILE).read_text())
+    assert evaluation == json.loads((online_retail_run / "evaluation" / s.EVALUATION_FILE).read_text())
+    manifest = json.loads((tmp_path / "run" / "bundle" / s.BUNDLE_MANIFEST).read_text())
+    assert manifest["version"] == json.loads((online_retail_run / "bundle" / s.BUNDLE_MANIFEST).read_text())["version"]
+    (version,) = LocalRegistry(tmp_path / "registry").list_versions("ecomrec")
+    assert (version.status, version.description) == (PENDING, f"bundle {manifest['version']}")
