@@ -42,7 +42,10 @@ def compile_pipeline(
                                     inference_image_uri=inference_image,
                                     config=PipelineConfig.from_json_or_path(config))
         compile_kfp(settings, str(output))
-    except (EcomrecError, ImportError, ValueError) as error:
+    except ImportError as error:
+        console.print(f'[bold red]error:[/bold red] {error}: install the kubeflow extra (pip install -e ".[kubeflow]")')
+        raise typer.Exit(code=2) from error
+    except (EcomrecError, ValueError) as error:
         console.print(f"[bold red]error:[/bold red] {error}")
         raise typer.Exit(code=2) from error
     console.print(f"wrote {output} (Kubeflow Pipelines v2 IR, image {settings.image})")
