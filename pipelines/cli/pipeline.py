@@ -63,6 +63,8 @@ def print_evaluation(evaluation_dir: Path) -> None:
 @app.command("run")
 def run(
     local: bool = typer.Option(True, "--local/--no-local", help="run on this machine (the embedded default)"),
+    kubeflow_local: bool = typer.Option(False, "--kubeflow-local", help="run the Kubeflow pipeline with KFP's "
+                                        "local runner (kfp.local, one subprocess per step; no resume)"),
     data: Path | None = typer.Option(None, help="raw contract folder (events/, items/, users/)"),
     dataset: str = typer.Option("online-retail", help="public dataset to use when --data is not given"),
     source: Path | None = typer.Option(None, help="a local copy of the dataset file (csv, csv.gz, xlsx, zip)"),
@@ -73,11 +75,18 @@ def run(
     resume: bool = typer.Option(True, help="skip steps whose inputs and config did not change"),
     only: list[str] | None = typer.Option(None, help="run only these steps (repeatable)"),
 ) -> None:
-    """Run every step in order with one Spark session, showing progress and time per step."""
+    """Run every step in order with one Spark session, showing progress and time per step (or, with
+    --kubeflow-local, the Kubeflow pipeline under kfp.local)."""
     if not local:
         raise typer.BadParameter("use `ecomrec pipeline upsert` and `start` to run on SageMaker",
                                  param_hint="--local")
-    from components.registry.step import REGISTRATION_FILE, default_registry_dir
+    if kubeflow_local:
+        if only:
+            raise typer.BadParameter("--only is not available with --kubeflow-local (KFP runs the whole graph)",
+                                     param_hint="--only")
+        _run_kubeflow_local(data, dataset, source, output, config, registry)
+        return
+    from components.registry.step import default_registry_dir
     from pipelines.graph import STEPS
     from pipelines.local import run_local
 
@@ -108,6 +117,27 @@ def run(
                         summaries[result.step])
     console.print(timings)
     console.print(f"total {sum(r.seconds for r in results):.1f} s")
+    _print_results(output, registry_dir)
+
+
+def _run_kubeflow_local(data: Path | None, dataset: str, source: Path | None, output: Path, config: str | None,
+                        registry: Path | None) -> None:
+    from components.registry.step import default_registry_dir
+    from pipelines.kubeflow.local import run_kubeflow_local
+
+    registry_dir = (registry or default_registry_dir()).resolve()
+    try:
+        raw = _raw_input(data, dataset, source, output)
+        run_kubeflow_local(raw, output, PipelineConfig.from_json_or_path(config), registry=registry_dir)
+    except EcomrecError as error:
+        console.print(f"[bold red]{type(error).__name__}:[/bold red] {error}")
+        raise typer.Exit(code=1) from error
+    _print_results(output, registry_dir)
+
+
+def _print_results(output: Path, registry_dir: Path) -> None:
+    from components.registry.step import REGISTRATION_FILE
+
     if (output / "evaluation" / s.EVALUATION_FILE).exists():
         print_evaluation(output / "evaluation")
     registration = output / "register" / REGISTRATION_FILE
@@ -124,3 +154,7 @@ def run(
 from pipelines.cli import pipeline_sagemaker  # noqa: E402
 
 pipeline_sagemaker.register(app)
+# Kubeflow: compile (run --kubeflow-local is above).
+from pipelines.cli import pipeline_kubeflow  # noqa: E402
+
+pipeline_kubeflow.register(app)

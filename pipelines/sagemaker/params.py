@@ -78,10 +78,30 @@ def _config_value(config: PipelineConfig, path: tuple[str, ...]) -> Any:
     return node
 
 
-def param_specs(config: PipelineConfig, defaults: Defaults) -> list[ParamSpec]:
+def config_param_specs(config: PipelineConfig) -> list[ParamSpec]:
+    """The parameters that set a PipelineConfig field (also the Kubeflow pipeline's parameters)."""
     def from_config(name: str, kind: ParamKind, *path: str, hyperparameter: str = "") -> ParamSpec:
         return ParamSpec(name, kind, _config_value(config, path), path, hyperparameter)
 
+    return [
+        from_config(MODEL_PACKAGE_GROUP, "string", "model_package_group"),
+        from_config(TEST_DAYS, "integer", "etl", "test_days"),
+        from_config(LABEL_DAYS, "integer", "etl", "label_days"),
+        from_config(ALS_RANK, "integer", "als", "factors"),
+        from_config(ALS_ITERATIONS, "integer", "als", "iterations"),
+        from_config(CATBOOST_ITERATIONS, "integer", "ranker", "iterations", hyperparameter="iterations"),
+        from_config(CATBOOST_LEARNING_RATE, "float", "ranker", "learning_rate",
+                    hyperparameter="learning_rate"),
+        from_config(CATBOOST_DEPTH, "integer", "ranker", "depth", hyperparameter="depth"),
+        from_config(CATBOOST_L2_LEAF_REG, "integer", "ranker", "l2_leaf_reg", hyperparameter="l2_leaf_reg"),
+        from_config(CATBOOST_EARLY_STOPPING_ROUNDS, "integer", "ranker", "early_stopping_rounds",
+                    hyperparameter="early_stopping_rounds"),
+        from_config(NDCG_AT_10_FLOOR, "float", "gate", "ndcg_at_10_floor"),
+    ]
+
+
+def param_specs(config: PipelineConfig, defaults: Defaults) -> list[ParamSpec]:
+    group, *tuning = config_param_specs(config)
     return [
         ParamSpec(INPUT_DATA_URI, "string", defaults.input_data_uri),
         ParamSpec(OUTPUT_URI, "string", defaults.output_uri),
@@ -97,20 +117,9 @@ def param_specs(config: PipelineConfig, defaults: Defaults) -> list[ParamSpec]:
         ParamSpec(CATBOOST_SCRIPT_URI, "string", defaults.catboost_script_uri),
         ParamSpec(CATBOOST_MODEL_URI, "string", defaults.catboost_model_uri),
         ParamSpec(INFERENCE_IMAGE_URI, "string", defaults.inference_image_uri),
-        from_config(MODEL_PACKAGE_GROUP, "string", "model_package_group"),
+        group,
         ParamSpec(MODEL_APPROVAL_STATUS, "string", PENDING, enum=APPROVAL_STATUSES),
-        from_config(TEST_DAYS, "integer", "etl", "test_days"),
-        from_config(LABEL_DAYS, "integer", "etl", "label_days"),
-        from_config(ALS_RANK, "integer", "als", "factors"),
-        from_config(ALS_ITERATIONS, "integer", "als", "iterations"),
-        from_config(CATBOOST_ITERATIONS, "integer", "ranker", "iterations", hyperparameter="iterations"),
-        from_config(CATBOOST_LEARNING_RATE, "float", "ranker", "learning_rate",
-                    hyperparameter="learning_rate"),
-        from_config(CATBOOST_DEPTH, "integer", "ranker", "depth", hyperparameter="depth"),
-        from_config(CATBOOST_L2_LEAF_REG, "integer", "ranker", "l2_leaf_reg", hyperparameter="l2_leaf_reg"),
-        from_config(CATBOOST_EARLY_STOPPING_ROUNDS, "integer", "ranker", "early_stopping_rounds",
-                    hyperparameter="early_stopping_rounds"),
-        from_config(NDCG_AT_10_FLOOR, "float", "gate", "ndcg_at_10_floor"),
+        *tuning,
     ]
 
 
