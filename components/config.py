@@ -112,6 +112,10 @@ class RankerConfig(_Strict):
 class GateConfig(_Strict):
     ndcg_at_10_floor: float = Field(0.05, ge=0.0, le=1.0)
     must_beat_als: bool = True
+    # two_stage NDCG@10 must be >= (1 + baseline_margin) x the strongest of popular, repurchase, tifu_knn
+    # and itemknn in the same run (EVALUATION.md's bar); 0 = must not be worse, 0.05 = must lead by 5 %.
+    must_beat_baselines: bool = True
+    baseline_margin: float = Field(0.0, ge=-1.0, le=10.0)
 
 
 class PipelineConfig(_Strict):
