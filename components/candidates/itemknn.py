@@ -9,6 +9,7 @@ recommenders) and the lists with excluded pairs (EVALUATION.md's exclude_purchas
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,7 +35,9 @@ class ItemKnn:
              (positive[s.USER_IDX].to_numpy(np.int64), positive[s.ITEM_IDX].to_numpy(np.int64))),
             shape=(n_users, n_items))
         self.model = BM25Recommender(K=neighbours, K1=k1, B=b, num_threads=1)
-        self.model.fit(self.user_items, show_progress=False)
+        with warnings.catch_warnings():  # implicit converts its own BM25-weighted COO matrix and says so
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            self.model.fit(self.user_items, show_progress=False)
         self.similarity: sp.csr_matrix = self.model.similarity.tocsr()
 
     def score_blocks(self, users: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:

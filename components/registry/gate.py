@@ -48,10 +48,7 @@ def baseline_comparison(ranking_metrics: Mapping[str, Any]) -> dict[str, Any]:
         raise QualityGateError(f"ranking_metrics has none of the baselines {list(s.BASELINE_PEERS)}")
     strongest = max(peers, key=lambda name: peers[name])
     two_stage, bar = metric_value(document, s.TWO_STAGE, "ndcg", 10), peers[strongest]
-    if bar > 0:
-        ratio = two_stage / bar
-    else:
-        ratio = RATIO_WHEN_BASELINE_ZERO if two_stage > 0 else 1.0
+    ratio = two_stage / bar if bar > 0 else RATIO_WHEN_BASELINE_ZERO if two_stage > 0 else 1.0
     return {"metric": GATE_METRIC, "two_stage_value": two_stage, "strongest_baseline": strongest,
             "strongest_baseline_value": bar, "two_stage_over_strongest_baseline": ratio, "baselines": peers}
 
