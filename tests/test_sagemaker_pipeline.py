@@ -340,8 +340,9 @@ def test_quality_gate_reads_what_the_evaluation_writes(steps: dict[str, dict[str
 
 
 def _conditions_hold(conditions: list[dict[str, Any]], evaluation: dict[str, Any], floor: float) -> bool:
-    """A ConditionStep's verdict as the service computes it: every condition holds (JsonGet resolves the
-    path in the property file; docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-steps.html#step-type-condition)."""
+    """A ConditionStep's verdict as the service computes it: every condition holds, JsonGet resolving its
+    path in the property file (https://docs.aws.amazon.com/sagemaker/latest/dg/
+    build-and-manage-steps-types.html#step-type-condition)."""
     def value(expr: Any) -> float:
         if isinstance(expr, dict) and "Std:JsonGet" in expr:
             node: Any = evaluation
