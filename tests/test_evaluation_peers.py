@@ -187,3 +187,22 @@ def test_gate_refuses_a_weakened_ranker_that_tifu_knn_beats(shop: dict[str, Path
 def test_pairs_matrix_is_binary() -> None:
     m = tifu.pairs_matrix(pd.DataFrame({s.USER_IDX: [0, 0, 1], s.ITEM_IDX: [2, 2, 0]}), 2, 3)
     assert isinstance(m, sp.csr_matrix) and m.toarray().tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_pair_scores_are_the_model_scores_of_those_pairs() -> None:
+    rng = np.random.default_rng(2)
+    n_users, n_items = 30, 20
+    rows = pd.DataFrame({s.USER_IDX: rng.integers(0, n_users, 300), tifu.BASKET: rng.integers(0, 5, 300),
+                         s.ITEM_IDX: rng.integers(0, n_items, 300)}).drop_duplicates()
+    params = tifu.TifuParams(k=5, alpha=0.7, group_size=2)
+    users = np.array([4, 1, 9])
+    model = tifu.TifuModel(rows, users, n_users, n_items, params)
+    pairs = pd.DataFrame({s.USER_IDX: np.repeat(users, n_items), s.ITEM_IDX: np.tile(np.arange(n_items), 3)})
+    scored = tifu.with_pair_scores(model, pairs)
+    blend = 0.7 * scored[tifu.OWN] + 0.3 * scored[tifu.NEIGHBOURS]
+    top = model.recommend(n_items)
+    merged = pairs.assign(blend=blend).merge(top, on=[s.USER_IDX, s.ITEM_IDX])
+    assert len(merged) == len(top)
+    np.testing.assert_allclose(merged["blend"], merged[s.SCORE], rtol=1e-5)
+    with pytest.raises(ValueError, match="no neighbours"):
+        model.pair_scores(np.array([2]), np.array([0]))

@@ -17,6 +17,7 @@ window of the train fold, never the test window).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -87,6 +88,14 @@ def read_purchases(events: Path, before: str) -> pd.DataFrame:
         return dataset.to_table(columns=present, filter=wanted).to_pandas()
     except (OSError, ValueError, KeyError, pa.ArrowException) as error:
         raise DataContractError(f"cannot read purchase events from {events}: {error}") from error
+
+
+# Ranker features (components/ranker/features.py): the settings the evaluation chose on Online Retail's train
+# fold (its label window; benchmarks/results/quality_peers.md), fixed so the ranker_data step needs no search.
+FEATURE_PARAMS = TifuParams(k=300, alpha=0.7, group_size=3, within_decay=1.0, group_decay=0.6)
+OWN = "x_tifu_own"  # the user's own decayed item frequency u[item]
+NEIGHBOURS = "x_tifu_neighbours"  # the k nearest users' mean u[item]
+PAIR_COLUMNS = (OWN, NEIGHBOURS)
 
 
 def baskets(purchases: pd.DataFrame) -> pd.DataFrame:
@@ -235,6 +244,25 @@ class TifuModel:
         """user_idx, item_idx, score: each target user's top ``n`` (zero scores left out)."""
         return top_pairs(score_blocks(self.vectors, self.neighbours, self.params), n, exclude=exclude)
 
+    def pair_scores(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(own u value, neighbours' mean value) of each (user, item) pair; users must be targets. The
+        neighbours' means are built a chunk of users at a time (they are dense-ish rows)."""
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        own = np.asarray(self.vectors[users, items]).ravel().astype(np.float64)
+        targets = self.neighbours.users
+        order = np.argsort(targets, kind="stable")
+        found = np.searchsorted(targets[order], users)
+        if len(users) and (found.max() >= len(targets) or (targets[order][found] != users).any()):
+            raise ValueError("tifu_knn: pair_scores got users the model has no neighbours for")
+        rows = order[found]
+        neighbours = np.zeros(len(users), dtype=np.float64)
+        for start in range(0, len(targets), CHUNK_USERS):
+            pick = np.flatnonzero((rows >= start) & (rows < start + CHUNK_USERS))
+            if len(pick):
+                mean = _neighbour_mean(self.vectors, self.neighbours.index[start:start + CHUNK_USERS], self.params.k)
+                neighbours[pick] = np.asarray(mean[rows[pick] - start, items[pick]]).ravel()
+        return own, neighbours
+
 
 def ndcg_at(items: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
     """Per-row NDCG@k (EVALUATION.md) of top lists ``items`` (-1 = empty slot) against the dense boolean
@@ -245,6 +273,22 @@ def ndcg_at(items: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
     dcg = (rel * discounts[: top.shape[1]]).sum(axis=1)
     ideal = np.cumsum(discounts)[np.minimum(relevant.sum(axis=1), k) - 1]
     return dcg / ideal
+
+
+def fold_model(etl: Path, fold: str, users: np.ndarray, n_users: int, n_items: int,
+               params: TifuParams = FEATURE_PARAMS) -> TifuModel:
+    """The model of a fold (history = purchases before its cutoff: label_start for train, test_start for
+    test) for ``users``, from ETL's clean events and windows.json."""
+    windows = json.loads((etl / s.WINDOWS_FILE).read_text())
+    cut = windows["label_start" if fold == s.TRAIN_FOLD else "test_start"]
+    rows = before(baskets(read_purchases(etl / s.CLEAN_DIR / s.EVENTS, cut)), cut)
+    return TifuModel(rows, np.unique(np.asarray(users, dtype=np.int64)), n_users, n_items, params)
+
+
+def with_pair_scores(model: TifuModel, candidates: pd.DataFrame) -> pd.DataFrame:
+    """``candidates`` plus the :data:`PAIR_COLUMNS` of each (user_idx, item_idx) row."""
+    own, neighbours = model.pair_scores(candidates[s.USER_IDX].to_numpy(), candidates[s.ITEM_IDX].to_numpy())
+    return candidates.assign(**{OWN: own, NEIGHBOURS: neighbours})
 
 
 @dataclass(frozen=True)
