@@ -92,7 +92,8 @@ def main() -> None:
               f"- tifu_knn settings {run['tifu_knn'].get('params')}, chosen on {run['tifu_knn'].get('chosen_on')}.",
               "", "| step | this run s | " + ("base run s |" if base else "") , "|---|---|" + ("---|" if base else "")]
     for step, seconds in run["steps"].items():
-        lines.append(f"| {step} | {seconds:.1f} | " + (f"{base['steps'].get(step, float('nan')):.1f} |" if base else ""))
+        before = f"{base['steps'].get(step, float('nan')):.1f} |" if base else ""
+        lines.append(f"| {step} | {seconds:.1f} | {before}")
     total = sum(run["steps"].values())
     lines.append(f"| total | {total:.1f} | " + (f"{sum(base['steps'].values()):.1f} |" if base else ""))
     (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
+from components.candidates import tifu
 from components.config import RankerConfig
 from components.memory import release_memory
 from components.ranker.data import (
@@ -37,7 +38,6 @@ from components.ranker.data import (
     validation_mask,
     write_scoring,
 )
-from components.candidates import tifu
 from components.ranker.features import ITEM_HISTORY_INPUTS, build_features, item_history_stats
 from components.ranker.io import feature_lists, horizon_days, load_fold, read_table, user_chunks, user_row_counts
 from components.ranker.model import FeatureSpec

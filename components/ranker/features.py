@@ -367,7 +367,8 @@ def _build_features(
         frame[s.UC_SHARE] = merged[s.UC_SHARE].astype(np.float64).fillna(0.0).to_numpy()
         derived.append(s.UC_SHARE)
 
-    numeric = [s.ALS_SCORE, s.ALS_RANK, s.COOC_SCORE, *_SOURCE_FLAGS, N_SOURCES, ALS_SCORE_GAP, COOC_RANK, *tifu_features,
+    numeric = [s.ALS_SCORE, s.ALS_RANK, s.COOC_SCORE, *_SOURCE_FLAGS, N_SOURCES, ALS_SCORE_GAP, COOC_RANK,
+               *tifu_features,
                *[n for n in ui_names if n not in categorical_declared], UI_KNOWN, *derived,
                *[n for n in user_names if n not in categorical_declared], *numeric_items]
     numeric = list(dict.fromkeys(numeric))  # the same name from two tables is one column anyway
