@@ -245,22 +245,25 @@ class TifuModel:
         return top_pairs(score_blocks(self.vectors, self.neighbours, self.params), n, exclude=exclude)
 
     def pair_scores(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(own u value, neighbours' mean value) of each (user, item) pair; users must be targets. The
-        neighbours' means are built a chunk of users at a time (they are dense-ish rows)."""
+        """(own u value, neighbours' mean value) of each (user, item) pair; users must be targets. Built
+        a chunk of users at a time as dense rows (sampling a sparse matrix pair by pair is ~10x slower)."""
         users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
-        own = np.asarray(self.vectors[users, items]).ravel().astype(np.float64)
         targets = self.neighbours.users
         order = np.argsort(targets, kind="stable")
-        found = np.searchsorted(targets[order], users)
-        if len(users) and (found.max() >= len(targets) or (targets[order][found] != users).any()):
+        found = np.minimum(np.searchsorted(targets[order], users), max(len(targets) - 1, 0))
+        if len(users) and (not len(targets) or (targets[order][found] != users).any()):
             raise ValueError("tifu_knn: pair_scores got users the model has no neighbours for")
-        rows = order[found]
+        rows = order[found] if len(users) else found
+        own = np.zeros(len(users), dtype=np.float64)
         neighbours = np.zeros(len(users), dtype=np.float64)
         for start in range(0, len(targets), CHUNK_USERS):
             pick = np.flatnonzero((rows >= start) & (rows < start + CHUNK_USERS))
             if len(pick):
+                chunk = targets[start:start + CHUNK_USERS]
+                at = (rows[pick] - start, items[pick])
+                own[pick] = self.vectors[chunk].toarray()[at]
                 mean = _neighbour_mean(self.vectors, self.neighbours.index[start:start + CHUNK_USERS], self.params.k)
-                neighbours[pick] = np.asarray(mean[rows[pick] - start, items[pick]]).ravel()
+                neighbours[pick] = mean.toarray()[at]
         return own, neighbours
 
 
