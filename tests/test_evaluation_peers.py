@@ -223,3 +223,17 @@ def test_ranker_reads_tifu_pair_scores_on_both_folds(shop: dict[str, Path]) -> N
     np.testing.assert_allclose(scoring[tifu.OWN], own, rtol=1e-6)
     np.testing.assert_allclose(scoring[tifu.NEIGHBOURS], neighbours, rtol=1e-6)
     assert (scoring[tifu.OWN] > 0).any() and (scoring[tifu.NEIGHBOURS] > 0).any()
+
+
+def test_history_baskets_follow_a_rewritten_etl(shop: dict[str, Path], tmp_path: Path) -> None:
+    """The cache of ranker_data's baskets is keyed by the clean events' files: a rerun ETL is read again."""
+    etl = tmp_path / "etl"
+    shutil.copytree(shop["etl"], etl)
+    first = tifu.history_baskets(etl)
+    assert tifu.history_baskets(etl) is first
+    events_dir = etl / s.CLEAN_DIR / s.EVENTS
+    events = pd.read_parquet(events_dir)
+    shutil.rmtree(events_dir)
+    events_dir.mkdir()
+    events.iloc[: len(events) // 2].to_parquet(events_dir / "part-00001.parquet", index=False)
+    assert len(tifu.history_baskets(etl)) < len(first)

@@ -17,6 +17,7 @@ window of the train fold, never the test window).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -278,13 +279,27 @@ def ndcg_at(items: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
     return dcg / ideal
 
 
+def history_baskets(etl: Path) -> pd.DataFrame:
+    """:func:`baskets` of every purchase before test_start from ETL's clean events, cached per version of
+    those files (ranker_data needs both folds' baskets: the train fold's are the rows before label_start;
+    a rerun of the ETL in the same process writes new files, so a new key)."""
+    files = [etl / s.WINDOWS_FILE, *sorted((etl / s.CLEAN_DIR / s.EVENTS).glob("*.parquet"))]
+    return _history_baskets(etl, tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.lru_cache(maxsize=2)
+def _history_baskets(etl: Path, version: tuple[tuple[str, int, int], ...]) -> pd.DataFrame:
+    windows = json.loads((etl / s.WINDOWS_FILE).read_text())
+    return baskets(read_purchases(etl / s.CLEAN_DIR / s.EVENTS, windows["test_start"]))
+
+
 def fold_model(etl: Path, fold: str, users: np.ndarray, n_users: int, n_items: int,
                params: TifuParams = FEATURE_PARAMS) -> TifuModel:
     """The model of a fold (history = purchases before its cutoff: label_start for train, test_start for
     test) for ``users``, from ETL's clean events and windows.json."""
     windows = json.loads((etl / s.WINDOWS_FILE).read_text())
     cut = windows["label_start" if fold == s.TRAIN_FOLD else "test_start"]
-    rows = before(baskets(read_purchases(etl / s.CLEAN_DIR / s.EVENTS, cut)), cut)
+    rows = before(history_baskets(etl), cut)
     return TifuModel(rows, np.unique(np.asarray(users, dtype=np.int64)), n_users, n_items, params)
 
 
