@@ -115,7 +115,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fake shop (seed 5: tifu_knn is its strongest baseline) through ranker_data and train."""
     root = tmp_path_factory.mktemp("peers")
     etl, als = make_fake_outputs(root, seed=5)
-    config = PipelineConfig(ranker=RankerConfig(iterations=80, negatives_per_user=20)).to_json()
+    config = PipelineConfig(ranker=RankerConfig(iterations=80, negatives_per_user=20, tifu_features=True)).to_json()
     data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(root / "ranker_data"),
                     "--config", config])
     train_step.main(["--ranker_data", str(root / "ranker_data"), "--output", str(root / "train"),
