@@ -237,3 +237,10 @@ def test_history_baskets_follow_a_rewritten_etl(shop: dict[str, Path], tmp_path:
     events_dir.mkdir()
     events.iloc[: len(events) // 2].to_parquet(events_dir / "part-00001.parquet", index=False)
     assert len(tifu.history_baskets(etl)) < len(first)
+
+
+def test_choose_without_tuning_users_takes_the_first_grid_point() -> None:
+    rows = pd.DataFrame({s.USER_IDX: [0], tifu.BASKET: [0], s.ITEM_IDX: [1]})
+    choice = tifu.choose(rows, pd.DataFrame({s.USER_IDX: [1], s.ITEM_IDX: [2]}), 2, 3)
+    assert choice.users == 0 and choice.scores == []
+    assert choice.params == tifu.TifuParams(k=100, alpha=0.5, group_size=3, within_decay=0.9, group_decay=0.6)

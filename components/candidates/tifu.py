@@ -312,7 +312,7 @@ def with_pair_scores(model: TifuModel, candidates: pd.DataFrame) -> pd.DataFrame
 @dataclass(frozen=True)
 class Choice:
     params: TifuParams
-    ndcg_at_10: float  # mean over the tuning users
+    ndcg_at_10: float | None  # mean over the tuning users (None: there were none)
     users: int
     grid: dict[str, list[float | int]]
     scores: list[dict[str, float | int]]  # every grid point tried, with its NDCG@10
@@ -331,11 +331,15 @@ def choose(basket_rows: pd.DataFrame, targets: pd.DataFrame, n_users: int, n_ite
     truth = pairs_matrix(targets, n_users, n_items)
     with_history = np.unique(basket_rows[s.USER_IDX].to_numpy(np.int64))
     users = np.intersect1d(np.flatnonzero(np.diff(truth.indptr)), with_history)
-    if not len(users):
-        raise ValueError("tifu_knn: no user with both baskets and target purchases to choose settings on")
     for key in ("k", "alpha", *VECTOR_KEYS):
         if not grid.get(key):
             raise ValueError(f"tifu_knn grid: {key!r} needs at least one value")
+    if not len(users):  # nothing to choose on (a tiny shop): the first grid point, said so in the record
+        log.warning("tifu_knn: no user with both baskets and target purchases; using the grid's first values")
+        first = TifuParams(k=int(grid["k"][0]), alpha=float(grid["alpha"][0]), group_size=int(grid["group_size"][0]),
+                           within_decay=float(grid["within_decay"][0]), group_decay=float(grid["group_decay"][0]))
+        return Choice(params=first, ndcg_at_10=None, users=0,
+                      grid={key: list(values) for key, values in grid.items()}, scores=[])
     k_max = max(int(v) for v in grid["k"])
     scores: list[dict[str, float | int]] = []
     tried: dict[tuple[float, ...], tuple[float, TifuParams]] = {}

@@ -165,7 +165,7 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
             "<h3>tifu_knn settings</h3><p class='note'>"
             + html.escape(", ".join(f"{k} {v}" for k, v in tifu.get("params", {}).items())
                           + f": chosen on the {chosen.get('fold', '?')} fold, {chosen.get('targets', '')}, "
-                          f"NDCG@10 {chosen.get('value', 0.0):.4f} over {chosen.get('users', 0):,} users; grid "
+                          f"NDCG@10 {chosen.get('value') or 0.0:.4f} over {chosen.get('users', 0):,} users; grid "
                           + ", ".join(f"{k} {v}" for k, v in tifu.get("grid", {}).items())) + "</p>")
     training = (f"best iteration {training_report.get('best_iteration', '-')}, "
                 f"{training_report.get('tree_count', '-')} trees, validation "
