@@ -64,9 +64,9 @@ def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float, *, tifu_f
     candidates = tables.candidates
     if tifu_features:
         from components.candidates import tifu
-        from components.ranker.data_step import _tifu_model
+        from components.ranker.data_step import fold_tifu_model
 
-        candidates = tifu.with_pair_scores(_tifu_model(etl, fold, candidates[s.USER_IDX].unique()), candidates)
+        candidates = tifu.with_pair_scores(fold_tifu_model(etl, fold, candidates[s.USER_IDX].unique()), candidates)
     frame, spec = build_features(candidates, tables.user_features, tables.item_features,
                                  tables.user_item_features, feature_lists(etl), user_category=tables.user_category,
                                  horizon_days=horizon)

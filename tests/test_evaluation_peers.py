@@ -211,14 +211,14 @@ def test_pair_scores_are_the_model_scores_of_those_pairs() -> None:
 def test_ranker_reads_tifu_pair_scores_on_both_folds(shop: dict[str, Path]) -> None:
     """ranker.tifu_features: the train fold's rows and the scoring rows carry the same TIFU-KNN columns,
     the scoring rows' values those of a model over the history before test_start."""
-    from components.ranker.data_step import _tifu_model
+    from components.ranker.data_step import fold_tifu_model
     from components.ranker.features import TIFU_RANK, TIFU_SCORE
     from components.ranker.model import FeatureSpec
 
     spec = FeatureSpec.load(shop["ranker_data"] / s.FEATURE_SPEC_FILE)
     assert {*tifu.PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK} <= set(spec.features)
     scoring = pd.read_parquet(shop["ranker_data"] / s.SCORING_DIR)
-    model = _tifu_model(shop["etl"], s.TEST_FOLD, scoring[s.USER_IDX].unique())
+    model = fold_tifu_model(shop["etl"], s.TEST_FOLD, scoring[s.USER_IDX].unique())
     own, neighbours = model.pair_scores(scoring[s.USER_IDX].to_numpy(), scoring[s.ITEM_IDX].to_numpy())
     np.testing.assert_allclose(scoring[tifu.OWN], own, rtol=1e-6)
     np.testing.assert_allclose(scoring[tifu.NEIGHBOURS], neighbours, rtol=1e-6)

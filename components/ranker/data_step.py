@@ -87,7 +87,7 @@ def _train_fold(etl: Path, als: Path, config: RankerConfig) -> tuple[FoldCounts,
         users_with_positive=counts["users_with_positive"], users_dropped_without_positive=counts["dropped"],
         users_capped=counts["capped"], target_pairs=int(fold.targets[s.USER_IDX].isin(candidate_users).sum()))
     chosen = replace(fold, candidates=fold.candidates.loc[fold.candidates[s.USER_IDX].isin(users)])
-    model = _tifu_model(etl, s.TRAIN_FOLD, users) if config.tifu_features else None
+    model = fold_tifu_model(etl, s.TRAIN_FOLD, users) if config.tifu_features else None
 
     def chunks() -> Iterator[TrainingChunk]:
         spec: FeatureSpec | None = None
@@ -143,7 +143,7 @@ def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig
     return spec, SampleReport.combine(fold_counts, sum_counts(channel_counts))
 
 
-def _tifu_model(etl: Path, fold: s.Fold, users: np.ndarray) -> tifu.TifuModel:
+def fold_tifu_model(etl: Path, fold: s.Fold, users: np.ndarray) -> tifu.TifuModel:
     """TIFU-KNN over the fold's history for ``users`` (the neighbours come from every user with a basket)."""
     sizes = [len(read_table(etl / s.ID_MAPS_DIR / name, [idx])) for name, idx in ((s.USERS, s.USER_IDX),
                                                                                    (s.ITEMS, s.ITEM_IDX))]
@@ -174,7 +174,7 @@ def score_shard(shard: ScoringShard) -> tuple[int, int]:
     fold = load_fold(shard.etl, shard.als, s.TEST_FOLD, users=(shard.first, shard.stop))
     lists, horizon = feature_lists(shard.etl), horizon_days(shard.etl, s.TEST_FOLD)
     warm = fold.target_users.loc[fold.target_users[s.SEGMENT] == s.WARM, s.USER_IDX]
-    model = (_tifu_model(shard.etl, s.TEST_FOLD, fold.candidates[s.USER_IDX].unique())
+    model = (fold_tifu_model(shard.etl, s.TEST_FOLD, fold.candidates[s.USER_IDX].unique())
              if set(tifu.PAIR_COLUMNS) <= set(shard.spec.features) else None)
     rows = users = 0
     for number, chunk in enumerate(user_chunks(fold, shard.chunk_rows)):
