@@ -107,9 +107,8 @@ class RankerConfig(_Strict):
     # Feature rows built at once (whole users per chunk): bounds ranker_data's memory at any data size.
     chunk_rows: int = Field(500_000, ge=1)
     workers: int = Field(0, ge=0)  # processes building the test fold's rows; 0 = one per core
-    # TIFU-KNN's pair scores (own decayed frequency, neighbours' mean, blend, rank) as features: +0.004 NDCG@10
-    # on the Online Retail train fold's user-grouped CV, on every fold, but early stopping then keeps ~1/3 more
-    # trees: with ranker_data's share the pipeline would grow ~18 % (budget 15 %). Off until that is paid for
+    # TIFU-KNN's pair scores (own decayed frequency, neighbours' mean, blend, rank) as features: train-fold CV
+    # NDCG@10 +0.001 to +0.004 (within noise), ~1/3 more trees, ~18 % more pipeline time (budget 15 %): off
     # (README, issue 17; benchmarks/results/ranker_cv_tifu.md).
     tifu_features: bool = False
 
