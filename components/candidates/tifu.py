@@ -55,7 +55,7 @@ class TifuParams:
             raise ValueError(f"tifu_knn: alpha in [0, 1] and decays in (0, 1] expected, got {self}")
 
 
-# A small grid (paper Table 3's ranges around its Ta-Feng / Dunnhumby optima): the decays and group size
+# A small grid around the settings the paper reports as best on its data sets: the decays and group size
 # change the vectors, k the neighbours, alpha only the blend (cheap).
 GRID: Mapping[str, Sequence[float | int]] = {
     "k": (100, 300),
@@ -152,7 +152,8 @@ class Neighbours:
 
 
 def nearest_users(vectors: sp.csr_matrix, users: np.ndarray, k_max: int) -> Neighbours:
-    """The ``k_max`` nearest users (Euclidean, among users with a basket, the user excluded) of ``users``."""
+    """The ``k_max`` nearest users (Euclidean, among users with a basket, the user excluded) of ``users``;
+    a user without a basket has none (every other vector would be equally far from nowhere)."""
     users = np.asarray(users, dtype=np.int64)
     norms = np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel()
     has = np.diff(vectors.indptr) > 0
@@ -170,7 +171,7 @@ def nearest_users(vectors: sp.csr_matrix, users: np.ndarray, k_max: int) -> Neig
         part = np.argpartition(dist, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(dist, part, axis=1), axis=1, kind="stable")
         nearest = np.take_along_axis(part, order, axis=1)
-        out[start:start + len(chunk), :k] = pool[nearest]
+        out[start:start + len(chunk), :k] = np.where(has[chunk][:, None], pool[nearest], -1)
     return Neighbours(users, out)
 
 
