@@ -56,10 +56,18 @@ from components.ranker.io import feature_lists, load_fold
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """One fold's candidates with features, label and n_targets (the pipeline's build_features)."""
+def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float, *, tifu_features: bool = False
+                   ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """One fold's candidates with features, label and n_targets (the pipeline's build_features; with
+    ``tifu_features``, TIFU-KNN's pair scores as ranker_data adds them)."""
     tables = load_fold(etl, als, fold)
-    frame, spec = build_features(tables.candidates, tables.user_features, tables.item_features,
+    candidates = tables.candidates
+    if tifu_features:
+        from components.candidates import tifu
+        from components.ranker.data_step import fold_tifu_model
+
+        candidates = tifu.with_pair_scores(fold_tifu_model(etl, fold, candidates[s.USER_IDX].unique()), candidates)
+    frame, spec = build_features(candidates, tables.user_features, tables.item_features,
                                  tables.user_item_features, feature_lists(etl), user_category=tables.user_category,
                                  horizon_days=horizon)
     frame[s.LABEL] = label_candidates(frame, tables.targets)
@@ -244,6 +252,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tag", default="ranker_cv")
+    parser.add_argument("--tifu", action="store_true",
+                        help="add TIFU-KNN's pair features (compare with an experiment that drops them)")
     args = parser.parse_args()
     info = machine()
     if args.als_configs:
@@ -255,13 +265,14 @@ def main() -> None:
         raise SystemExit("--als is required for ranker experiments")
     windows = json.loads((args.etl / s.WINDOWS_FILE).read_text())
     started = time.perf_counter()
-    frame, features, cats = labelled_frame(args.etl, args.als, s.TRAIN_FOLD, float(windows["label_days"]))
+    frame, features, cats = labelled_frame(args.etl, args.als, s.TRAIN_FOLD, float(windows["label_days"]),
+                                           tifu_features=args.tifu)
     extra = []
     for spec in args.extra:
         etl, als, fold = spec.split(":")
         extra_windows = json.loads((Path(etl) / s.WINDOWS_FILE).read_text())
         horizon = float(extra_windows["label_days" if fold == s.TRAIN_FOLD else "test_days"])
-        extra_frame, extra_features, _ = labelled_frame(Path(etl), Path(als), fold, horizon)
+        extra_frame, extra_features, _ = labelled_frame(Path(etl), Path(als), fold, horizon, tifu_features=args.tifu)
         missing = set(features) - set(extra_features)
         if missing:
             raise SystemExit(f"extra window {spec} lacks features {sorted(missing)}")

@@ -107,11 +107,19 @@ class RankerConfig(_Strict):
     # Feature rows built at once (whole users per chunk): bounds ranker_data's memory at any data size.
     chunk_rows: int = Field(500_000, ge=1)
     workers: int = Field(0, ge=0)  # processes building the test fold's rows; 0 = one per core
+    # TIFU-KNN's pair scores (own decayed frequency, neighbours' mean, blend, rank) as features: train-fold CV
+    # NDCG@10 +0.001 to +0.004 (within noise), ~1/3 more trees, ~18 % more pipeline time (budget 15 %): off
+    # (README, issue 17; benchmarks/results/ranker_cv_tifu.md).
+    tifu_features: bool = False
 
 
 class GateConfig(_Strict):
     ndcg_at_10_floor: float = Field(0.05, ge=0.0, le=1.0)
     must_beat_als: bool = True
+    # two_stage NDCG@10 must be >= (1 + baseline_margin) x the strongest of popular, repurchase, tifu_knn
+    # and itemknn in the same run (EVALUATION.md's bar); 0 = must not be worse, 0.05 = must lead by 5 %.
+    must_beat_baselines: bool = True
+    baseline_margin: float = Field(0.0, ge=-1.0, le=10.0)
 
 
 class PipelineConfig(_Strict):

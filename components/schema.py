@@ -170,7 +170,15 @@ POPULAR: Final = "popular"
 REPURCHASE: Final = "repurchase"
 ALS: Final = "als"
 TWO_STAGE: Final = "two_stage"
-RECOMMENDERS: Final = (POPULAR, REPURCHASE, ALS, TWO_STAGE)
+TIFU_KNN: Final = "tifu_knn"
+ITEMKNN: Final = "itemknn"
+RECOMMENDERS: Final = (POPULAR, REPURCHASE, ALS, TWO_STAGE, TIFU_KNN, ITEMKNN)
+# The bar a trained model must clear (EVALUATION.md): the strongest of these on the same run.
+BASELINE_PEERS: Final = (POPULAR, REPURCHASE, TIFU_KNN, ITEMKNN)
+# evaluation.json's gate block (the quality gate and SageMaker's JsonGet read these paths)
+GATE_RATIO_PATH: Final = "gate.two_stage_over_strongest_baseline"
+GATE_STRONGEST_PATH: Final = "gate.strongest_baseline"
+GATE_STRONGEST_VALUE_PATH: Final = "gate.strongest_baseline_value"
 METRICS: Final = ("precision", "recall", "hit_rate", "ndcg", "map", "coverage")
 KS: Final = (10, 20)
 

@@ -33,7 +33,7 @@ STEPS: tuple[Step, ...] = (
     Step("train", "components.ranker.train_step", "training", ("ranker_data",),
          "CatBoost ranker (the built-in SageMaker algorithm's formats)", ("ranker",)),
     Step("evaluation", "components.evaluation.step", "processing", ("etl", "als", "ranker_data", "train"),
-         "EVALUATION.md: popular, repurchase, als, two_stage"),
+         "EVALUATION.md: popular, repurchase, als, two_stage, tifu_knn, itemknn"),
     Step("bundle", "components.bundle.step", "processing", ("etl", "als", "ranker_data", "train", "evaluation"),
          "versioned model.tar.gz with everything serving needs", ("model_package_group",)),
     Step("register", "components.registry.step", "register", ("bundle", "evaluation"),

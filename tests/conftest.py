@@ -82,7 +82,7 @@ def tiny_raw(tmp_path: Path) -> Path:
     return make_tiny_raw(tmp_path / "raw")
 
 
-TINY_RUN_CONFIG_GATE = {"ndcg_at_10_floor": 0.0, "must_beat_als": False}
+TINY_RUN_CONFIG_GATE = {"ndcg_at_10_floor": 0.0, "must_beat_als": False, "must_beat_baselines": False}
 
 
 @pytest.fixture(scope="session")

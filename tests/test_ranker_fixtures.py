@@ -141,6 +141,16 @@ def make_fake_outputs(root: Path, *, n_users: int = 120, n_items: int = 50,
     _write(pd.DataFrame({s.ITEM_ID: [f"sku-{i:03d}" for i in range(n_items)],
                          s.ITEM_IDX: np.arange(n_items, dtype=np.int32)}), etl / s.ID_MAPS_DIR / s.ITEMS)
     day = pd.Timedelta(days=1)
+    # clean/events as the ETL writes it (Spark: UTC timestamps without a zone); one row per purchase
+    _write(pd.DataFrame({
+        s.USER_ID: [f"u{u:04d}" for u in purchases[s.USER_IDX]],
+        s.ITEM_ID: [f"sku-{i:03d}" for i in purchases[s.ITEM_IDX]],
+        s.EVENT_TYPE: s.PURCHASE,
+        s.TIMESTAMP: pd.DatetimeIndex(START + pd.to_timedelta(purchases["day"], unit="D")
+                                      + pd.Timedelta(hours=10)).tz_localize(None),
+        s.QUANTITY: purchases[s.QUANTITY].astype(np.int32), s.SESSION_ID: None,
+        s.USER_IDX: purchases[s.USER_IDX].astype(np.int32), s.ITEM_IDX: purchases[s.ITEM_IDX].astype(np.int32),
+    }), etl / s.CLEAN_DIR / s.EVENTS)
     windows = {"end": (START + DAYS * day - pd.Timedelta(seconds=1)).isoformat(),
                "test_start": (START + test_start * day).isoformat(),
                "label_start": (START + label_start * day).isoformat(),

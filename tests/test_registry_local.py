@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from components.config import GateConfig
 from components.errors import QualityGateError, RegistryError
-from components.registry.gate import check_gate
+from components.registry.gate import baseline_comparison, check_gate
 from components.registry.local import STATE_CHANGE_DETAIL_TYPE, LocalRegistry
 from pipelines.cli import app
 
 
-def _evaluation(two_stage: float, als: float) -> dict[str, object]:
-    return {"ranking_metrics": {"two_stage": {"ndcg_at_10": {"value": two_stage}},
-                                "als": {"ndcg_at_10": {"value": als}}}}
+def _evaluation(two_stage: float, als: float, **peers: float) -> dict[str, Any]:
+    """evaluation.json's gate inputs: ranking_metrics and the gate block the evaluation step derives from them."""
+    ranking = {name: {"ndcg_at_10": {"value": value}}
+               for name, value in {"two_stage": two_stage, "als": als, "popular": 0.01, **peers}.items()}
+    return {"ranking_metrics": ranking, "gate": baseline_comparison(ranking)}
 
 
 @pytest.fixture
@@ -95,6 +98,28 @@ def test_gate_passes_and_fails_with_reasons() -> None:
     assert check_gate(_evaluation(0.2, 0.3), GateConfig(ndcg_at_10_floor=0.1, must_beat_als=False)).passed
     with pytest.raises(QualityGateError, match=r"ranking_metrics\.two_stage\.ndcg_at_10\.value"):
         check_gate({"ranking_metrics": {}}, gate)
+
+
+def test_gate_compares_with_the_strongest_baseline_of_the_run() -> None:
+    gate = GateConfig(ndcg_at_10_floor=0.0, must_beat_als=False)
+    evaluation = _evaluation(0.30, 0.2, repurchase=0.28, tifu_knn=0.32, itemknn=0.25)
+    assert evaluation["gate"]["strongest_baseline"] == "tifu_knn"
+    verdict = check_gate(evaluation, gate)
+    assert not verdict.passed
+    assert verdict.strongest_baseline == "tifu_knn"
+    assert verdict.two_stage_over_strongest_baseline == pytest.approx(0.30 / 0.32)
+    assert verdict.reasons == ["baseline tifu_knn (0.3200 ndcg_at_10) leads by 0.0200: two_stage (0.3000) is "
+                               "0.938x it, the gate needs >= 1.000x (baseline_margin 0.0)"]
+    # equal is "not worse"; a margin asks for a lead; the check can be switched off
+    assert check_gate(_evaluation(0.32, 0.2, tifu_knn=0.32), gate).passed
+    margin = GateConfig(ndcg_at_10_floor=0.0, must_beat_als=False, baseline_margin=0.05)
+    assert not check_gate(_evaluation(0.33, 0.2, tifu_knn=0.32), margin).passed
+    assert check_gate(_evaluation(0.34, 0.2, tifu_knn=0.32), margin).passed
+    off = GateConfig(ndcg_at_10_floor=0.0, must_beat_als=False, must_beat_baselines=False)
+    assert check_gate(evaluation, off).passed
+    # an evaluation.json without the gate block cannot pass silently
+    with pytest.raises(QualityGateError, match=r"gate\.two_stage_over_strongest_baseline"):
+        check_gate({"ranking_metrics": evaluation["ranking_metrics"]}, gate)
 
 
 def test_models_cli_lists_approves_and_rejects(tmp_path: Path, bundle_file: Path) -> None:

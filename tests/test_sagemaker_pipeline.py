@@ -30,6 +30,7 @@ from components import schema as s
 from components.config import PipelineConfig
 from components.ranker.hyperparameters import PARSERS, hyperparameters_from_config, parse_hyperparameters
 from components.registry.base import APPROVAL_STATUSES, PENDING
+from components.registry.gate import baseline_comparison, check_gate
 from pipelines.graph import STEPS
 from pipelines.local import step_argv
 from pipelines.sagemaker.code import CODE_ARCHIVE, LAUNCHER
@@ -348,21 +349,57 @@ def test_quality_gate_reads_what_the_evaluation_writes(steps: dict[str, dict[str
     rows = [{s.RECOMMENDER: r, s.USER_ID: u, s.RANK: rank, s.ITEM_ID: item, s.SCORE: 1.0 / rank}
             for r in s.RECOMMENDERS for u in ("u1", "u2") for rank, item in enumerate("abcd", start=1)]
     evaluation = recompute_metrics(truth, pd.DataFrame(rows), catalog_items=4)
+    evaluation["gate"] = baseline_comparison(evaluation["ranking_metrics"])  # as the evaluation step writes it
 
     register = steps["register"]["Arguments"]
     gets = [condition["LeftValue"]["Std:JsonGet"] for condition in register["Conditions"]]
     gets.append(register["Conditions"][1]["RightValue"]["Std:JsonGet"])
     assert [g["Path"] for g in gets] == [s.metric_json_path(s.TWO_STAGE, "ndcg", 10),
                                          s.metric_json_path(s.TWO_STAGE, "ndcg", 10),
+                                         s.GATE_RATIO_PATH,
                                          s.metric_json_path(s.ALS, "ndcg", 10)]
     assert {g["PropertyFile"]["Get"] for g in gets} == {"Steps.evaluation.PropertyFiles.EvaluationReport"}
-    assert [c["Type"] for c in register["Conditions"]] == ["GreaterThanOrEqualTo", "GreaterThan"]
+    assert [c["Type"] for c in register["Conditions"]] == ["GreaterThanOrEqualTo", "GreaterThan",
+                                                           "GreaterThanOrEqualTo"]
     assert register["Conditions"][0]["RightValue"] == {"Get": "Parameters.NdcgAt10Floor"}
+    assert register["Conditions"][2]["RightValue"] == 1.0 + PipelineConfig().gate.baseline_margin
     for get in gets:
         node: Any = evaluation
         for key in get["Path"].split("."):
             node = node[key]
         assert isinstance(node, float)
+
+
+def _conditions_hold(conditions: list[dict[str, Any]], evaluation: dict[str, Any], floor: float) -> bool:
+    """A ConditionStep's verdict as the service computes it: every condition holds, JsonGet resolving its
+    path in the property file (https://docs.aws.amazon.com/sagemaker/latest/dg/
+    build-and-manage-steps-types.html#step-type-condition)."""
+    def value(expr: Any) -> float:
+        if isinstance(expr, dict) and "Std:JsonGet" in expr:
+            node: Any = evaluation
+            for key in expr["Std:JsonGet"]["Path"].split("."):
+                node = node[key]
+            return float(node)
+        return float(render(expr, {"NdcgAt10Floor": floor}))
+
+    compare = {"GreaterThanOrEqualTo": lambda a, b: a >= b, "GreaterThan": lambda a, b: a > b}
+    return all(compare[c["Type"]](value(c["LeftValue"]), value(c["RightValue"])) for c in conditions)
+
+
+def test_sagemaker_gate_follows_the_local_rule(steps: dict[str, dict[str, Any]]) -> None:
+    """One rule (components/registry/gate.py): the ConditionStep passes exactly when check_gate does."""
+    conditions = steps["register"]["Arguments"]["Conditions"]
+    gate = PipelineConfig().gate
+    cases = [(0.40, 0.30, 0.35), (0.34, 0.30, 0.35), (0.35, 0.30, 0.35), (0.40, 0.41, 0.35), (0.01, 0.0, 0.0)]
+    verdicts = []
+    for two_stage, als, tifu_knn in cases:
+        ranking = {name: {"ndcg_at_10": {"value": value}} for name, value in
+                   {s.TWO_STAGE: two_stage, s.ALS: als, s.TIFU_KNN: tifu_knn, s.POPULAR: 0.1}.items()}
+        evaluation = {"ranking_metrics": ranking, "gate": baseline_comparison(ranking)}
+        local = check_gate(evaluation, gate).passed
+        assert _conditions_hold(conditions, evaluation, gate.ndcg_at_10_floor) == local, (two_stage, als, tifu_knn)
+        verdicts.append(local)
+    assert verdicts == [True, False, True, False, False]
     (property_file,) = steps["evaluation"]["PropertyFiles"]
     assert property_file == {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation",
                              "FilePath": s.EVALUATION_FILE}
@@ -394,6 +431,7 @@ def test_registration_when_the_gate_passes_else_fail(steps: dict[str, dict[str, 
     assert len(metadata) <= 50
     message = render(fail_step["Arguments"]["ErrorMessage"], defaults, lambda ref: "0.01")
     assert message.startswith("quality gate failed, nothing registered: two_stage ndcg_at_10")
+    assert "the strongest baseline" in message
     assert str(defaults["NdcgAt10Floor"]) in message
 
 

@@ -1,4 +1,4 @@
-"""The four recommenders EVALUATION.md compares, as top-K lists per user (index space: user_idx, item_idx).
+"""The six recommenders EVALUATION.md compares, as top-K lists per user (index space: user_idx, item_idx).
 
 Each takes a pool of (user_idx, item_idx, score, order keys) rows, keeps the recommender's top K per
 user, and tops short lists up with the popular list (:class:`PopularFallback`). Cold users (no history
@@ -113,11 +113,17 @@ def als_lists(users: np.ndarray, candidates: pd.DataFrame, fallback: PopularFall
     return ranked_lists(pool, [s.ALS_RANK], [True], users, fallback, k, exclude=exclude)
 
 
+def scored_lists(users: np.ndarray, scored: pd.DataFrame, fallback: PopularFallback, k: int, *,
+                 exclude: pd.DataFrame | None = None) -> pd.DataFrame:
+    """(user_idx, item_idx, score) rows by score desc, ties item_idx asc: tifu_knn's and itemknn's lists."""
+    return ranked_lists(scored[[s.USER_IDX, s.ITEM_IDX, s.SCORE]], [s.SCORE], [False], users, fallback, k,
+                        exclude=exclude)
+
+
 def two_stage_lists(users: np.ndarray, scored: pd.DataFrame, fallback: PopularFallback, k: int, *,
                     exclude: pd.DataFrame | None = None) -> pd.DataFrame:
     """All candidates by the ranker's score desc, ties item_idx asc (= :func:`rank_top_k`)."""
-    return ranked_lists(scored[[s.USER_IDX, s.ITEM_IDX, s.SCORE]], [s.SCORE], [False], users, fallback, k,
-                        exclude=exclude)
+    return scored_lists(users, scored, fallback, k, exclude=exclude)
 
 
 def with_cold_policy(lists: pd.DataFrame, cold_lists: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 
 from components import schema as s
 
-COLORS = {s.POPULAR: "#9aa5b1", s.REPURCHASE: "#e0a458", s.ALS: "#5b8def", s.TWO_STAGE: "#2f9e6b"}
+COLORS = {s.POPULAR: "#9aa5b1", s.REPURCHASE: "#e0a458", s.ALS: "#5b8def", s.TWO_STAGE: "#2f9e6b",
+          s.TIFU_KNN: "#b5589b", s.ITEMKNN: "#6c5ce7"}
 METRIC_LABELS = {"precision": "Precision", "recall": "Recall", "hit_rate": "HitRate", "ndcg": "NDCG",
                  "map": "MAP", "coverage": "Coverage"}
 
@@ -125,12 +126,17 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
     headline = evaluation.get("headline", {})
     ratio = headline.get("two_stage_over_best_baseline")
     over_als = headline.get("two_stage_over_als")
+    strongest = headline.get("two_stage_over_strongest_baseline")
+    new_over_als = headline.get("exclude_purchased", {}).get("two_stage_over_als")
     users = evaluation["users"]
     split = evaluation["split"]
     cards = [
         ("two_stage NDCG@10", f"{headline.get('two_stage', 0.0):.4f}"),
         ("vs best of popular, repurchase", f"{ratio:.2f}x" if ratio else "-"),
+        (f"vs the strongest baseline ({headline.get('strongest_baseline', '-')})",
+         f"{strongest:.2f}x" if strongest else "-"),
         ("vs als", f"{over_als:.2f}x" if over_als else "-"),
+        ("exclude_purchased: vs als", f"{new_over_als:.2f}x" if new_over_als else "-"),
         ("candidate recall", f"{ceiling:.3f}" if ceiling is not None else "-"),
         ("candidates / user", f"{two_stage.get('candidates_per_user', {}).get('value', 0.0):.0f}"),
         ("evaluated users", f"{users['evaluated']:,} ({users['warm']:,} warm)"),
@@ -152,6 +158,15 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
         sections.append(f"<h3>exclude_purchased (warm users with a new item: {excluded['users']:,})</h3>"
                         f"<p class='note'>{html.escape(excluded.get('note', ''))}</p>"
                         + _table(excluded["ranking_metrics"], min(s.KS)))
+    tifu = evaluation.get(s.TIFU_KNN, {})
+    if tifu:
+        chosen = tifu.get("chosen_on", {})
+        sections.append(
+            "<h3>tifu_knn settings</h3><p class='note'>"
+            + html.escape(", ".join(f"{k} {v}" for k, v in tifu.get("params", {}).items())
+                          + f": chosen on the {chosen.get('fold', '?')} fold, {chosen.get('targets', '')}, "
+                          f"NDCG@10 {chosen.get('value') or 0.0:.4f} over {chosen.get('users', 0):,} users; grid "
+                          + ", ".join(f"{k} {v}" for k, v in tifu.get("grid", {}).items())) + "</p>")
     training = (f"best iteration {training_report.get('best_iteration', '-')}, "
                 f"{training_report.get('tree_count', '-')} trees, validation "
                 + ", ".join(f"{k} {v:.4f}" for k, v in training_report.get("validation", {}).items())

@@ -40,11 +40,13 @@ def run(etl: Path, als: Path, ranker_data: Path, train: Path, output: Path) -> E
     two_stage = evaluation["ranking_metrics"].get(s.TWO_STAGE, {})
     headline = evaluation["headline"]
     log.info("two_stage candidate recall %.4f with %.1f candidates/user; NDCG@10 %.4f = %s x the best of "
-             "popular and repurchase, %s x als (%.1f s)",
+             "popular and repurchase, %s x the strongest baseline (%s), %s x als; exclude_purchased: %s x als "
+             "(%.1f s)",
              two_stage.get("candidate_recall", {}).get("value", float("nan")),
              two_stage.get("candidates_per_user", {}).get("value", float("nan")), headline["two_stage"],
-             _ratio(headline["two_stage_over_best_baseline"]), _ratio(headline["two_stage_over_als"]),
-             time.perf_counter() - started)
+             _ratio(headline["two_stage_over_best_baseline"]), _ratio(headline["two_stage_over_strongest_baseline"]),
+             headline["strongest_baseline"], _ratio(headline["two_stage_over_als"]),
+             _ratio(headline["exclude_purchased"]["two_stage_over_als"]), time.perf_counter() - started)
     return result
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
+from components.candidates import tifu
 from components.config import RankerConfig
 from components.memory import release_memory
 from components.ranker.data import (
@@ -86,11 +87,13 @@ def _train_fold(etl: Path, als: Path, config: RankerConfig) -> tuple[FoldCounts,
         users_with_positive=counts["users_with_positive"], users_dropped_without_positive=counts["dropped"],
         users_capped=counts["capped"], target_pairs=int(fold.targets[s.USER_IDX].isin(candidate_users).sum()))
     chosen = replace(fold, candidates=fold.candidates.loc[fold.candidates[s.USER_IDX].isin(users)])
+    model = fold_tifu_model(etl, s.TRAIN_FOLD, users) if config.tifu_features else None
 
     def chunks() -> Iterator[TrainingChunk]:
         spec: FeatureSpec | None = None
         for chunk in user_chunks(chosen, config.chunk_rows):
-            frame, spec = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
+            candidates = tifu.with_pair_scores(model, chunk.candidates) if model else chunk.candidates
+            frame, spec = build_features(candidates, chunk.user_features, chunk.item_features,
                                          chunk.user_item_features, lists, user_category=chunk.user_category,
                                          horizon_days=horizon, spec=spec, item_history=item_history)
             frame[s.LABEL] = label_candidates(frame, fold.targets)
@@ -140,6 +143,13 @@ def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig
     return spec, SampleReport.combine(fold_counts, sum_counts(channel_counts))
 
 
+def fold_tifu_model(etl: Path, fold: s.Fold, users: np.ndarray) -> tifu.TifuModel:
+    """TIFU-KNN over the fold's history for ``users`` (the neighbours come from every user with a basket)."""
+    sizes = [len(read_table(etl / s.ID_MAPS_DIR / name, [idx])) for name, idx in ((s.USERS, s.USER_IDX),
+                                                                                   (s.ITEMS, s.ITEM_IDX))]
+    return tifu.fold_model(etl, fold, users, sizes[0], sizes[1])
+
+
 @dataclass(frozen=True)
 class ScoringShard:
     """Test-fold users first <= user_idx < stop, scored by one process into parts numbered from ``part``."""
@@ -164,9 +174,12 @@ def score_shard(shard: ScoringShard) -> tuple[int, int]:
     fold = load_fold(shard.etl, shard.als, s.TEST_FOLD, users=(shard.first, shard.stop))
     lists, horizon = feature_lists(shard.etl), horizon_days(shard.etl, s.TEST_FOLD)
     warm = fold.target_users.loc[fold.target_users[s.SEGMENT] == s.WARM, s.USER_IDX]
+    model = (fold_tifu_model(shard.etl, s.TEST_FOLD, fold.candidates[s.USER_IDX].unique())
+             if set(tifu.PAIR_COLUMNS) <= set(shard.spec.features) else None)
     rows = users = 0
     for number, chunk in enumerate(user_chunks(fold, shard.chunk_rows)):
-        frame, _ = build_features(chunk.candidates, chunk.user_features, chunk.item_features,
+        candidates = tifu.with_pair_scores(model, chunk.candidates) if model else chunk.candidates
+        frame, _ = build_features(candidates, chunk.user_features, chunk.item_features,
                                   chunk.user_item_features, lists, user_category=chunk.user_category,
                                   spec=shard.spec, horizon_days=horizon, item_history=shard.item_history)
         write_scoring(frame, shard.spec, shard.output, part=shard.part + number)

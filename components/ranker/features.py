@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
+from components.candidates import tifu
 from components.ranker.model import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ _UNDEFINED_TOKENS = ("interval", "ratio", "avg", "mean", "between")
 
 # Derived feature names (only this module and the feature spec use them).
 UI_KNOWN: Final = "ui_known"
+TIFU_SCORE: Final = "x_tifu_score"  # alpha-blend of the two TIFU-KNN pair columns (components/candidates/tifu.py)
+TIFU_RANK: Final = "x_tifu_rank"  # the candidate's position by x_tifu_score within the user's list
 HIST_RANK: Final = "x_hist_rank"  # position in the `repurchase` baseline's order for this user
 UI_PURCHASE_DAYS_REL: Final = "x_ui_purchase_days_rel"  # / the user's top item's purchase days
 UI_PURCHASE_SHARE: Final = "x_ui_purchase_share"  # / the user's total item-purchase-days
@@ -264,7 +267,8 @@ def _build_features(
     item_names = [n for n in feature_lists.get("item", []) if n in item_features.columns]
     ui_names = [n for n in feature_lists.get("user_item", []) if n in user_item_features.columns]
 
-    frame = candidates[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS]].copy()
+    tifu_columns = [c for c in tifu.PAIR_COLUMNS if c in candidates.columns]  # ranker_data adds them
+    frame = candidates[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS, *tifu_columns]].copy()
     frame = frame.drop_duplicates([s.USER_IDX, s.ITEM_IDX]).reset_index(drop=True)
     for flag in _SOURCE_FLAGS:
         frame[flag] = frame[flag].fillna(False).astype(np.float64)
@@ -277,6 +281,13 @@ def _build_features(
     frame[s.COOC_SCORE] = frame[s.COOC_SCORE].astype(np.float64).fillna(0.0)
     cooc_rank = _rank_within_user(frame, [s.COOC_SCORE], [False])
     frame[COOC_RANK] = cooc_rank.where(frame[s.COOC_SCORE] > 0, RANK_SENTINEL)
+    tifu_features: list[str] = []
+    if len(tifu_columns) == len(tifu.PAIR_COLUMNS):  # TIFU-KNN's score (Hu et al. 2020) and its rank
+        alpha = tifu.FEATURE_PARAMS.alpha
+        frame[TIFU_SCORE] = alpha * frame[tifu.OWN].astype(np.float64) + (1 - alpha) * frame[tifu.NEIGHBOURS]
+        frame[TIFU_RANK] = _rank_within_user(frame, [TIFU_SCORE], [False]).where(frame[TIFU_SCORE] > 0,
+                                                                                 RANK_SENTINEL)
+        tifu_features = [*tifu.PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK]
 
     ui = user_item_features[[s.USER_IDX, s.ITEM_IDX, *ui_names]].copy()
     ui[UI_KNOWN] = 1.0
@@ -357,6 +368,7 @@ def _build_features(
         derived.append(s.UC_SHARE)
 
     numeric = [s.ALS_SCORE, s.ALS_RANK, s.COOC_SCORE, *_SOURCE_FLAGS, N_SOURCES, ALS_SCORE_GAP, COOC_RANK,
+               *tifu_features,
                *[n for n in ui_names if n not in categorical_declared], UI_KNOWN, *derived,
                *[n for n in user_names if n not in categorical_declared], *numeric_items]
     numeric = list(dict.fromkeys(numeric))  # the same name from two tables is one column anyway

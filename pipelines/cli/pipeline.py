@@ -55,6 +55,12 @@ def print_evaluation(evaluation_dir: Path) -> None:
     if "candidate_recall" in two_stage:
         console.print(f"candidate recall {two_stage['candidate_recall']['value']:.4f} with "
                       f"{two_stage['candidates_per_user']['value']:.1f} candidates per user")
+    headline = evaluation.get("headline", {})
+    if headline.get("two_stage_over_strongest_baseline") is not None:
+        excluded = headline.get("exclude_purchased", {}).get("two_stage_over_als")
+        console.print(f"two_stage ndcg@10 = {headline['two_stage_over_strongest_baseline']:.3f}x the strongest "
+                      f"baseline ({headline['strongest_baseline']}); exclude_purchased: "
+                      + (f"{excluded:.3f}x als" if excluded is not None else "-"))
     users = evaluation.get("users", {})
     console.print("evaluated users: " + ", ".join(f"{k} {v}" for k, v in users.items()))
     console.print(f"report: {evaluation_dir / s.REPORT_FILE}")

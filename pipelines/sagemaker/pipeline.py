@@ -363,15 +363,21 @@ class _Builder:
         bundle, evaluation = step.inputs
         evaluation_step = self.sm_steps[evaluation]
 
+        def json_get(path: str) -> Any:
+            return JsonGet(step_name=evaluation_step.name, property_file=self.evaluation_file, json_path=path)
+
         def metric(recommender: str, metric_name: str, k: int) -> Any:
-            return JsonGet(step_name=evaluation_step.name, property_file=self.evaluation_file,
-                           json_path=s.metric_json_path(recommender, metric_name, k))
+            return json_get(s.metric_json_path(recommender, metric_name, k))
 
         two_stage, als = metric(s.TWO_STAGE, "ndcg", 10), metric(s.ALS, "ndcg", 10)
         floor = self.params[p.NDCG_AT_10_FLOOR]
         conditions: list[Any] = [ConditionGreaterThanOrEqualTo(left=two_stage, right=floor)]
         if self.settings.config.gate.must_beat_als:
             conditions.append(ConditionGreaterThan(left=two_stage, right=als))
+        gate = self.settings.config.gate  # components/registry/gate.py's rule, on the evaluation's gate block
+        if gate.must_beat_baselines:
+            conditions.append(ConditionGreaterThanOrEqualTo(left=json_get(s.GATE_RATIO_PATH),
+                                                            right=1.0 + gate.baseline_margin))
 
         evaluation_uri = Join(on="/", values=[self.input_uri(evaluation), s.EVALUATION_FILE])
         builder = ModelBuilder(
@@ -400,6 +406,10 @@ class _Builder:
                    self.params[p.NDCG_AT_10_FLOOR].to_string()]
         if self.settings.config.gate.must_beat_als:
             reasons += [" and beat als ndcg_at_10 ", als.to_string()]
+        if gate.must_beat_baselines:
+            reasons += [f" and be >= {1.0 + gate.baseline_margin:.3f}x the strongest baseline, ",
+                        json_get(s.GATE_STRONGEST_PATH).to_string(), " (", json_get(s.GATE_STRONGEST_VALUE_PATH)
+                        .to_string(), "): it is ", json_get(s.GATE_RATIO_PATH).to_string(), "x"]
         fail = FailStep(name=GATE_FAILED_STEP, error_message=Join(on="", values=[
             "quality gate failed, nothing registered: ", *reasons]))
         return ConditionStep(name=step.name, conditions=conditions, if_steps=[register_model],
