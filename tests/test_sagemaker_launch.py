@@ -49,7 +49,7 @@ def tiny_settings() -> Any:
 
 
 @pytest.fixture(scope="module")
-def launched(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LaunchResult, dict[str, Any]]]:
+def launched(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[LaunchResult, dict[str, Any]]:
     from pipelines.sagemaker.code import code_objects
     from pipelines.sagemaker.pipeline import definition_json
 
@@ -67,7 +67,7 @@ def launched(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                  defaults["CatBoostModelUri"]: b"stand-in for the JumpStart model artefact"}
     result = run_definition(definition, make_tiny_raw(root / "raw"), root, code_objects(settings.code),
                             stand_in_objects=stand_ins)
-    yield result, definition
+    return result, definition
 
 
 # ------------------------------------------------------------------------------------------------ comparisons
@@ -100,7 +100,7 @@ def _json_files(root: Path) -> dict[str, Any]:
 def test_every_step_runs_and_matches_the_local_run(launched: tuple[LaunchResult, dict[str, Any]],
                                                    tiny_run: Path) -> None:
     result, definition = launched
-    assert [step["Name"] for step in definition["Steps"]] == list(result.outputs) + ["register"]
+    assert [step["Name"] for step in definition["Steps"]] == [*list(result.outputs), "register"]
     for step in ("etl", "als", "ranker_data", "evaluation", "bundle"):
         ours, local = result.local(result.outputs[step]), tiny_run / step
         tables, expected = _tables(ours), _tables(local)

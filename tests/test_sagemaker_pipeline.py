@@ -14,8 +14,8 @@ import ipaddress
 import itertools
 import json
 import re
-import shlex
 import socket
+import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -40,6 +40,7 @@ from pipelines.sagemaker.pipeline import (
     GATE_FAILED_STEP,
     REGISTER_MODEL_STEP,
 )
+from tests.sagemaker_launch import smspark_submit_command
 
 ROLE = "arn:aws:iam::123456789012:role/EcomrecSageMaker"
 BUCKET = "ecomrec-test-bucket"
@@ -144,14 +145,17 @@ def render(expr: Any, parameters: dict[str, Any],
 
 
 def _container_argv(step: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
-    """What the step's main(argv) receives. Spark steps go through smspark-submit, which joins the
-    spark-submit command into one string and runs it with a shell: split it as /bin/sh would."""
+    """What the step's main(argv) receives. Spark steps go through smspark-submit, which shell-quotes each
+    item of the spark-submit command and runs the line with /bin/sh (tests/sagemaker_launch.py cites the
+    source): build the line the same way, let /bin/sh split it, and read the application's arguments."""
     app = step["Arguments"]["AppSpecification"]
     arguments = [str(render(a, parameters)) for a in app["ContainerArguments"]]
     if app["ContainerEntrypoint"][0] == "smspark-submit":
-        command = " ".join(["spark-submit", "--master", "yarn", *app["ContainerEntrypoint"][1:],
-                            *(render(a, parameters) for a in app["ContainerArguments"])])
-        words = shlex.split(command)
+        command = smspark_submit_command(app["ContainerEntrypoint"][1:], arguments, lambda uri: uri)
+        assert command.startswith("spark-submit ")
+        printed = subprocess.run(["/bin/sh", "-c", "printf '%s\\0' " + command.removeprefix("spark-submit ")],
+                                 capture_output=True, check=True).stdout.decode()
+        words = printed.split("\0")[:-1]
         arguments = words[words.index(app["ContainerEntrypoint"][-1]) + 1:]
     return arguments
 
@@ -516,15 +520,19 @@ def test_start_errors_are_explicit(definition: dict[str, Any], moto_clients: tup
     assert "started arn:aws:sagemaker:" in " ".join(result.output.split())
 
 
-def test_config_that_the_spark_shell_line_cannot_carry_is_refused(network_attempts: list[object]) -> None:
+def test_settings_reach_spark_steps_verbatim_through_the_shell_line(network_attempts: list[object]) -> None:
+    """smspark-submit quotes each argument for its /bin/sh line, so a setting holding shell syntax (a quote,
+    a space, $) arrives unchanged; a step that quoted it again would receive the quotes."""
     from components.config import RankerConfig
-    from components.errors import EcomrecError
     from pipelines.sagemaker.pipeline import PipelineSettings, get_pipeline
 
-    settings = PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION,
-                                config=PipelineConfig(ranker=RankerConfig(eval_metric="AUC'")))
-    with pytest.raises(EcomrecError, match="single quote"):
-        get_pipeline(settings)
+    config = PipelineConfig(ranker=RankerConfig(eval_metric="AUC' $HOME \"x"))
+    definition = json.loads(get_pipeline(PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION,
+                                                          config=config)).definition())
+    parameters = {x["Name"]: x["DefaultValue"] for x in definition["Parameters"]}
+    for step in definition["Steps"]:
+        if step["Type"] == "Processing":
+            assert step_config(_container_argv(step, parameters)).ranker.eval_metric == "AUC' $HOME \"x"
     assert network_attempts == []
 
 

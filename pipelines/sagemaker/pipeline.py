@@ -257,7 +257,6 @@ class _Builder:
     # ---------------------------------------------------------------- one builder per kind
     def pyspark(self, step: Step) -> Any:
         from sagemaker.core.spark.processing import PySparkProcessor
-        from sagemaker.core.workflow.functions import Join
         from sagemaker.mlops.workflow.steps import ProcessingStep
 
         processor = PySparkProcessor(
@@ -268,16 +267,11 @@ class _Builder:
             base_job_name=f"ecomrec-{step.name}", sagemaker_session=self.session, env=self.environment(),
         )
         inputs, outputs, argv = self.processing_io(step)
-        # smspark-submit joins its arguments into one shell command line: quote each setting for /bin/sh.
-        # Single quotes hold anything but a single quote; the parameters spliced in (numbers, a model
-        # package group name) cannot contain one, the fixed settings are checked here.
-        if any(isinstance(arg, str) and "'" in arg for arg in self.config_settings):
-            raise EcomrecError("the pipeline config holds a single quote, which the Spark steps' shell "
-                               "command line cannot carry; remove it from the config")
-        settings = [arg if arg == "--set" else Join(on="", values=["'", arg, "'"]) for arg in self.config_settings]
+        # smspark-submit shell-quotes every argument itself (shlex.quote per item, then /bin/sh): the
+        # settings go as they are, like a plain step's (aws/sagemaker-spark-container src/smspark/cli.py).
         step_args = processor.run(
             submit_app=self.code.launcher_uri, submit_py_files=[self.code.archive_uri],
-            inputs=inputs, outputs=outputs, arguments=[step.entry_point, *argv, *settings],
+            inputs=inputs, outputs=outputs, arguments=[step.entry_point, *argv, *self.config_settings],
         )
         return ProcessingStep(name=step.name, step_args=step_args, description=step.summary)
 
