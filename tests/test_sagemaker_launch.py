@@ -80,14 +80,16 @@ def _strip(value: Any) -> Any:
 
 def _tables(root: Path) -> dict[str, pd.DataFrame]:
     """Every Parquet table under ``root`` (a folder of parts or one file) by relative path, rows sorted."""
-    folders = {p.parent for p in root.rglob("*.parquet")}
+    groups: dict[Path, list[Path]] = {}
+    for file in sorted(root.rglob("*.parquet")):  # a folder of part files is one table, a named file another
+        groups.setdefault(file.parent if file.name.startswith("part-") else file, []).append(file)
     tables: dict[str, pd.DataFrame] = {}
-    for folder in sorted(folders):
-        frame = pads.dataset(folder, format="parquet").to_table().to_pandas()
+    for key, files in groups.items():
+        frame = pads.dataset([str(f) for f in files], format="parquet").to_table().to_pandas()
         scalar = [c for c in frame.columns if not frame[c].map(lambda v: hasattr(v, "__len__")
                                                                and not isinstance(v, str)).any()]
         frame = frame.sort_values(scalar, kind="stable").reset_index(drop=True)
-        tables[folder.relative_to(root).as_posix()] = frame
+        tables[key.relative_to(root).as_posix()] = frame
     return tables
 
 
