@@ -33,6 +33,9 @@ CONFIG = typer.Option(None, "--config", help="PipelineConfig as JSON or a JSON f
 INFERENCE_IMAGE = typer.Option(None, "--inference-image", help="inference image of registered models "
                                                                "(default: <account>.dkr.ecr.<region>."
                                                                "amazonaws.com/<prefix>-inference:latest)")
+CACHE = typer.Option("", "--cache", help="cache the job steps' results for this ISO 8601 duration (e.g. P30D); "
+                                          "off by default: a cached ETL would not see new files under the raw "
+                                          "prefix")
 OUTPUT = typer.Option(None, "--output", "-o", help="write to a file instead of stdout")
 PARAM = typer.Option(None, "--param", help="override a parameter: NAME=VALUE (repeatable)")
 PIN_REGIONS = typer.Option(..., "--region", help="region to pin (repeatable)")
@@ -68,7 +71,7 @@ def _quiet_sdk(region: str) -> None:
 
 
 def _settings(role: str | None, bucket: str | None, region: str | None, prefix: str, name: str,
-              config: str | None, inference_image: str | None) -> object:
+              config: str | None, inference_image: str | None, cache: str = "") -> object:
     from pipelines.sagemaker.pipeline import PipelineSettings
 
     if not role:
@@ -79,7 +82,7 @@ def _settings(role: str | None, bucket: str | None, region: str | None, prefix: 
     try:
         return PipelineSettings(role=role, bucket=bucket, region=_region(region), prefix=prefix, name=name,
                                 config=PipelineConfig.from_json_or_path(config),
-                                inference_image_uri=inference_image)
+                                inference_image_uri=inference_image, cache_expire_after=cache)
     except (EcomrecError, ValueError) as error:
         raise _fail(str(error)) from error
 
@@ -97,11 +100,11 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
 def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
                prefix: str = PREFIX, name: str = NAME, config: str | None = CONFIG,
                inference_image: str | None = INFERENCE_IMAGE,
-               output: Path | None = OUTPUT) -> None:
+               output: Path | None = OUTPUT, cache: str = CACHE) -> None:
     """Print the SageMaker pipeline definition JSON (built offline: no AWS call)."""
     from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
 
-    settings = _settings(role, bucket, region, prefix, name, config, inference_image)
+    settings = _settings(role, bucket, region, prefix, name, config, inference_image, cache)
     assert isinstance(settings, PipelineSettings)
     try:
         _quiet_sdk(settings.region)
@@ -117,14 +120,14 @@ def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str
 
 def upsert(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
            prefix: str = PREFIX, name: str = NAME, config: str | None = CONFIG,
-           inference_image: str | None = INFERENCE_IMAGE) -> None:
+           inference_image: str | None = INFERENCE_IMAGE, cache: str = CACHE) -> None:
     """Upload the code and create or update the pipeline on SageMaker."""
     import boto3
 
     from pipelines.sagemaker import runner
     from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
 
-    settings = _settings(role, bucket, region, prefix, name, config, inference_image)
+    settings = _settings(role, bucket, region, prefix, name, config, inference_image, cache)
     assert isinstance(settings, PipelineSettings)
     try:
         _quiet_sdk(settings.region)

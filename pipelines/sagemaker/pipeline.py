@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,18 @@ PROCESSING_PYTHON = "/usr/local/bin/python3"  # the Spark 3.5 py312 image's Pyth
 EVALUATION_PROPERTY_FILE = "EvaluationReport"
 # The ECR repository the inference image is pushed to, <prefix>-inference as the CDK ml stack names it.
 INFERENCE_REPOSITORY_SUFFIX = "-inference"
+# Processing jobs run on one instance: every step writes its outputs to the container's local
+# /opt/ml/processing/output, which SageMaker uploads from each instance. With more Spark instances the
+# executors on the workers would write their part files to the workers' own disks (file:// URIs), and the
+# output would be scattered (or lost, with the committer's job commit on the driver); plain pandas steps
+# would run twice and write the same files. Scale up with SparkInstanceType / ProcessingInstanceType.
+PROCESSING_INSTANCE_COUNT = 1
+# Retries (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html): the service's own
+# faults and throttling on any step that calls SageMaker; for jobs, a new job on InsufficientCapacity
+# (CAPACITY_ERROR), a full quota (RESOURCE_LIMIT) or an InternalServerError (JOB_INTERNAL_ERROR).
+STEP_RETRY = {"interval_seconds": 10, "backoff_rate": 2.0, "max_attempts": 5}
+JOB_RETRY = {"interval_seconds": 300, "backoff_rate": 2.0, "max_attempts": 3}
+_ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 GATE_FAILED_STEP = "gate-failed"
 REGISTER_MODEL_STEP = "register-model"
 
@@ -72,6 +85,9 @@ class PipelineSettings:
     config: PipelineConfig = field(default_factory=PipelineConfig)
     inference_image_uri: str | None = None
     code_version: str | None = None
+    # Step caching (CacheConfig) for the job steps, as an ISO 8601 duration ("P30D"); "" = off, the default:
+    # a cached ETL keyed on the raw prefix's URI would reuse old outputs after new data lands under it.
+    cache_expire_after: str = ""
 
     def __post_init__(self) -> None:
         if not self.role:
@@ -85,6 +101,9 @@ class PipelineSettings:
             raise EcomrecError(f"--bucket {self.bucket!r} is not an S3 bucket name (no s3://, no path)")
         if not self.region:
             raise EcomrecError("an AWS region is required (--region or AWS_REGION / AWS_DEFAULT_REGION)")
+        if self.cache_expire_after and not _ISO_DURATION.match(self.cache_expire_after):
+            raise EcomrecError(f"--cache {self.cache_expire_after!r} is not an ISO 8601 duration such as P30D "
+                               "or PT12H")
         if self.code_version is None:  # fixed once, so the definition and the upload agree
             object.__setattr__(self, "code_version", code_version())
 
@@ -118,11 +137,14 @@ def _import_sdk(region: str) -> None:
 @contextmanager
 def _no_role_validation() -> Iterator[None]:
     """ModelTrainer validates its role with IAM (SimulatePrincipalPolicy) unless told not to; a
-    definition is only text, the role is checked by SageMaker when the pipeline runs."""
+    definition is only text, the role is checked by SageMaker when the pipeline runs. (Also silences
+    pydantic's warning about the parameters placed in int-typed SDK fields, see ``training``.)"""
     previous = os.environ.get("SAGEMAKER_VALIDATE_ROLE")
     os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
+            yield
     finally:
         if previous is None:
             os.environ.pop("SAGEMAKER_VALIDATE_ROLE", None)
@@ -177,7 +199,7 @@ def parameter_defaults(settings: PipelineSettings) -> p.Defaults:
         f"{settings.account}.dkr.ecr.{settings.region}.amazonaws.com/"
         f"{settings.prefix.strip('/').replace('/', '-')}{INFERENCE_REPOSITORY_SUFFIX}:latest")
     return p.Defaults(
-        input_data_uri=settings.s3("raw"),
+        input_data_uri=settings.s3("raw") + "/",  # a prefix: raw/ only, not raw-old/
         output_uri=settings.s3("runs"),
         spark_image_uri=spark_image,
         processing_image_uri=spark_image,  # the same image: Python 3.12 + Java 17 + Spark; deps via pip
@@ -252,6 +274,27 @@ class _Builder:
                                "ECOMREC_CODE_VERSION": self.code.version}
         return env
 
+    def step_options(self, *, job: bool = True) -> dict[str, Any]:
+        """Retry policies (and, for jobs, the cache config) of a step that calls SageMaker."""
+        from sagemaker.mlops.workflow.retry import (
+            SageMakerJobExceptionTypeEnum,
+            SageMakerJobStepRetryPolicy,
+            StepExceptionTypeEnum,
+            StepRetryPolicy,
+        )
+        from sagemaker.mlops.workflow.steps import CacheConfig
+
+        policies: list[Any] = [StepRetryPolicy(exception_types=[StepExceptionTypeEnum.SERVICE_FAULT,
+                                                                StepExceptionTypeEnum.THROTTLING], **STEP_RETRY)]
+        if not job:
+            return {"retry_policies": policies}
+        policies.append(SageMakerJobStepRetryPolicy(exception_types=[
+            SageMakerJobExceptionTypeEnum.CAPACITY_ERROR, SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT,
+            SageMakerJobExceptionTypeEnum.INTERNAL_ERROR], **JOB_RETRY))
+        cache = (CacheConfig(enable_caching=True, expire_after=self.settings.cache_expire_after)
+                 if self.settings.cache_expire_after else None)
+        return {"retry_policies": policies, "cache_config": cache}
+
     # ---------------------------------------------------------------- one builder per kind
     def pyspark(self, step: Step) -> Any:
         from sagemaker.core.spark.processing import PySparkProcessor
@@ -261,7 +304,8 @@ class _Builder:
             role=self.settings.role, framework_version=SPARK_FRAMEWORK_VERSION,
             image_uri=self.params[p.SPARK_IMAGE_URI],
             instance_type=self.params[p.SPARK_INSTANCE_TYPE],
-            instance_count=self.params[p.SPARK_INSTANCE_COUNT],
+            instance_count=PROCESSING_INSTANCE_COUNT, volume_size_in_gb=self.params[p.SPARK_VOLUME_SIZE_GB],
+            max_runtime_in_seconds=self.params[p.MAX_RUNTIME_SECONDS],
             base_job_name=f"ecomrec-{step.name}", sagemaker_session=self.session, env=self.environment(),
         )
         inputs, outputs, argv = self.processing_io(step)
@@ -271,7 +315,8 @@ class _Builder:
             submit_app=self.code.launcher_uri, submit_py_files=[self.code.archive_uri],
             inputs=inputs, outputs=outputs, arguments=[step.entry_point, *argv, *self.config_settings],
         )
-        return ProcessingStep(name=step.name, step_args=step_args, description=step.summary)
+        return ProcessingStep(name=step.name, step_args=step_args, description=step.summary,
+                              **self.step_options())
 
     def processing(self, step: Step, property_files: list[Any] | None = None) -> Any:
         from sagemaker.core.processing import ScriptProcessor
@@ -283,7 +328,8 @@ class _Builder:
             role=self.settings.role, image_uri=self.params[p.PROCESSING_IMAGE_URI],
             command=[PROCESSING_PYTHON],
             instance_type=self.params[p.PROCESSING_INSTANCE_TYPE],
-            instance_count=self.params[p.PROCESSING_INSTANCE_COUNT],
+            instance_count=PROCESSING_INSTANCE_COUNT, volume_size_in_gb=self.params[p.PROCESSING_VOLUME_SIZE_GB],
+            max_runtime_in_seconds=self.params[p.MAX_RUNTIME_SECONDS],
             base_job_name=f"ecomrec-{step.name}", sagemaker_session=self.session,
             env=self.environment(),  # plain steps are pandas only: no Spark JVM
         )
@@ -291,7 +337,7 @@ class _Builder:
         step_args = processor.run(code=self.code.launcher_uri, inputs=inputs, outputs=outputs,
                                   arguments=[step.entry_point, *argv, *self.config_settings])
         return ProcessingStep(name=step.name, step_args=step_args, description=step.summary,
-                              property_files=property_files)
+                              property_files=property_files, **self.step_options())
 
     def hyperparameters(self) -> dict[str, Any]:
         """The built-in algorithm's hyperparameters (the ranker's own names and string values), with the
@@ -311,7 +357,7 @@ class _Builder:
 
     def training(self, step: Step) -> Any:
         from sagemaker.core.shapes import Channel, DataSource, S3DataSource
-        from sagemaker.core.training.configs import Compute, OutputDataConfig
+        from sagemaker.core.training.configs import Compute, OutputDataConfig, StoppingCondition
         from sagemaker.core.workflow.functions import Join
         from sagemaker.mlops.workflow.steps import TrainingStep
         from sagemaker.train.model_trainer import ModelTrainer
@@ -333,13 +379,18 @@ class _Builder:
         trainer = ModelTrainer(
             sagemaker_session=self.session, role=self.settings.role,
             training_image=self.params[p.CATBOOST_IMAGE_URI], base_job_name=f"ecomrec-{step.name}",
-            compute=Compute(instance_type=self.params[p.TRAINING_INSTANCE_TYPE],
-                            instance_count=self.params[p.TRAINING_INSTANCE_COUNT], volume_size_in_gb=30),
+            # model_construct: these two SDK models type the fields int, the API takes a parameter there
+            compute=Compute.model_construct(instance_type=self.params[p.TRAINING_INSTANCE_TYPE],
+                                            instance_count=self.params[p.TRAINING_INSTANCE_COUNT],
+                                            volume_size_in_gb=self.params[p.TRAINING_VOLUME_SIZE_GB]),
+            stopping_condition=StoppingCondition.model_construct(
+                max_runtime_in_seconds=self.params[p.MAX_RUNTIME_SECONDS]),
             output_data_config=OutputDataConfig(s3_output_path=self.output_uri(step)),
             hyperparameters=self.hyperparameters(),
             input_data_config=channels,
         )
-        return TrainingStep(name=step.name, step_args=trainer.train(), description=step.summary)
+        return TrainingStep(name=step.name, step_args=trainer.train(), description=step.summary,
+                            **self.step_options())
 
     def register(self, step: Step) -> Any:
         from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
@@ -385,7 +436,8 @@ class _Builder:
             description=f"ecomrec bundle; code {self.code.version}",
         )
         register_model = ModelStep(name=REGISTER_MODEL_STEP, step_args=register_args,
-                                   description="register the bundle with its evaluation")
+                                   description="register the bundle with its evaluation",
+                                   **self.step_options(job=False))
         reasons = ["two_stage ndcg_at_10 ", two_stage.to_string(), " must be >= the floor ",
                    self.params[p.NDCG_AT_10_FLOOR].to_string()]
         if self.settings.config.gate.must_beat_als:
