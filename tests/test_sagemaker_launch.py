@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,19 @@ def test_the_gate_reads_the_produced_evaluation_and_the_package_points_at_it(
     assert math.isclose(float(result.registered["CustomerMetadataProperties"][key]), two_stage)
 
 
-def test_the_training_job_got_the_channels_and_strings(launched: tuple[LaunchResult, dict[str, Any]]) -> None:
+def test_the_report_reads_its_training_section_from_the_builtins_model(
+        launched: tuple[LaunchResult, dict[str, Any]], tiny_run: Path) -> None:
+    """The built-in algorithm writes the model (and CloudWatch logs), no training_report.json: the report's
+    training section comes from the model and says so; its numbers are the local trainer's."""
+    import html
+
+    from components.ranker.train import FROM_MODEL_NOTE
+
     result, _ = launched
-    assert result.outputs["train"].endswith("/output/model.tar.gz")
-    assert result.local(result.outputs["train"]).is_file()
+    with tarfile.open(result.local(result.outputs["train"])) as archive:
+        assert archive.getnames() == [s.MODEL_FILE]  # what the evaluation's train input holds on SageMaker
+    page = html.unescape((result.local(result.outputs["evaluation"]) / s.REPORT_FILE).read_text())
+    local = json.loads((tiny_run / "train" / s.TRAINING_REPORT_FILE).read_text())
+    assert f"Ranker training: best iteration {local['best_iteration']}, {local['tree_count']} trees" in page
+    assert FROM_MODEL_NOTE in page
+    assert FROM_MODEL_NOTE not in (tiny_run / "evaluation" / s.REPORT_FILE).read_text()

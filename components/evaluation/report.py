@@ -152,10 +152,14 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
         sections.append(f"<h3>exclude_purchased (warm users with a new item: {excluded['users']:,})</h3>"
                         f"<p class='note'>{html.escape(excluded.get('note', ''))}</p>"
                         + _table(excluded["ranking_metrics"], min(s.KS)))
-    training = (f"best iteration {training_report.get('best_iteration', '-')}, "
-                f"{training_report.get('tree_count', '-')} trees, validation "
-                + ", ".join(f"{k} {v:.4f}" for k, v in training_report.get("validation", {}).items())
-                + f", {training_report.get('seconds', '-')} s") if training_report else "no training report"
+    training = "no training report"
+    if training_report:
+        seconds = training_report.get("seconds")
+        training = (f"best iteration {training_report.get('best_iteration', '-')}, "
+                    f"{training_report.get('tree_count', '-')} trees, validation "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in training_report.get("validation", {}).items())
+                    + (f", {seconds} s" if seconds is not None else "")
+                    + (f" ({training_report['source']})" if "source" in training_report else ""))
     split_text = ", ".join(f"{k} {v}" for k, v in split.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ecomrec evaluation</title>
