@@ -64,7 +64,7 @@ from typing import Any
 OPT_ML = "/opt/ml/"
 EXECUTION_ID = "launch-0001"
 TRAINING_JOB_NAME = "ecomrec-train-launch-0001"
-SPARK_STEP_TIMEOUT = 600
+STEP_TIMEOUT = 600
 
 
 class LaunchError(AssertionError):
@@ -386,12 +386,12 @@ def _processing(step: Mapping[str, Any], job_root: Path, context: Context, s3: S
         command = smspark_submit_command(entrypoint[1:], arguments, lambda uri: (
             f"file://{s3.path(uri)}" if uri.startswith("s3://") else uri))
         result = subprocess.run(command, shell=True, env=env, cwd=job_root, capture_output=True, text=True,
-                                timeout=SPARK_STEP_TIMEOUT)
+                                timeout=STEP_TIMEOUT)
     else:
         if Path(entrypoint[0]).name.startswith("python"):
             entrypoint[0] = sys.executable  # the image's Python
         result = subprocess.run([*entrypoint, *arguments], env=env, cwd=job_root, capture_output=True, text=True,
-                                timeout=SPARK_STEP_TIMEOUT)
+                                timeout=STEP_TIMEOUT)
     log = result.stdout + result.stderr
     if result.returncode != 0:
         raise LaunchError(f"step {name} exited {result.returncode}:\n{log[-6000:]}")
