@@ -47,6 +47,15 @@ def _local_jit_options(master: str | None, input_bytes: int | None) -> str:
     return "-XX:TieredStopAtLevel=1" if local and choice == "c1" else ""
 
 
+def local_uri(path: Path | str) -> str:
+    """What Spark should read or write for a local path: an explicit ``file://`` URI (a URI is kept). In
+    SageMaker's Spark container the Hadoop default file system is HDFS (the bootstrapper's core-site.xml:
+    fs.defaultFS = hdfs://<primary>/), so a bare /opt/ml/processing/... path would name an HDFS path: the
+    inputs would not be found and the outputs would never reach the folder SageMaker uploads."""
+    text = str(path)
+    return text if "://" in text else "file://" + os.path.abspath(text)
+
+
 def local_input_bytes(root: Path) -> int:
     """Size of the files under a local directory (0 for a URI or a missing path): sizes the session."""
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0

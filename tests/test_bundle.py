@@ -19,15 +19,16 @@ from components.bundle.format import sha256_file
 from components.errors import BundleError
 
 
-def _inputs(tmp_path: Path) -> BundleInputs:
+def _inputs(tmp_path: Path, thread_count: int = 1) -> BundleInputs:
     rng = np.random.default_rng(0)
     n_users, n_items = 5, 6
     rows = [(u, i) for u in (0, 1, 3) for i in range(4)]  # users 2 and 4 have no candidates
     candidates = pd.DataFrame(rows, columns=[s.USER_IDX, s.ITEM_IDX])
     candidates["f_num"] = rng.random(len(candidates))
     candidates["f_cat"] = np.where(candidates[s.ITEM_IDX] % 2 == 0, "a", "b")
-    model = CatBoostClassifier(iterations=5, verbose=False, cat_features=["f_cat"], thread_count=1)
+    model = CatBoostClassifier(iterations=5, verbose=False, cat_features=["f_cat"], thread_count=thread_count)
     model.fit(candidates[["f_num", "f_cat"]], (candidates["f_num"] > 0.5).astype(int))
+    tmp_path.mkdir(parents=True, exist_ok=True)
     model_file = tmp_path / "model"
     model.save_model(str(model_file))
     item_features = pd.DataFrame({s.ITEM_IDX: range(n_items), s.ITEM_BUYERS_28D: [3, 0, 5, 3, 1, 0]})
@@ -87,6 +88,14 @@ def test_same_input_same_version_and_bytes(tmp_path: Path) -> None:
     first = write_bundle(inputs, tmp_path / "a")
     second = write_bundle(inputs, tmp_path / "b")
     assert load_bundle(first).version == load_bundle(second).version
+
+
+def test_the_version_does_not_depend_on_the_machine_the_model_trained_on(tmp_path: Path) -> None:
+    """thread_count (1 here, every core locally, -1 on SageMaker) changes no prediction, so not the version."""
+    one = load_bundle(write_bundle(_inputs(tmp_path / "one", thread_count=1), tmp_path / "a"))
+    two = load_bundle(write_bundle(_inputs(tmp_path / "two", thread_count=-1), tmp_path / "b"))
+    assert one.version == two.version
+    assert one.model_path.read_bytes() == two.model_path.read_bytes()
 
 
 def test_tampered_or_incomplete_bundles_are_refused(tmp_path: Path) -> None:

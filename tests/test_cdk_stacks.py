@@ -202,7 +202,7 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     assert not any(a.endswith("*") and ":" not in a for st in sts for a in as_list(st["Action"]))
     for st in sts:
         actions = as_list(st["Action"])
-        if st.get("Sid") == "ReadBuiltInArtifacts":
+        if st.get("Sid") in ("ReadBuiltInArtifacts", "ListBuiltInArtifacts"):
             assert "*" not in json.dumps(st["Resource"]), st  # exact objects named by the definition
         elif any(a.startswith("s3:") for a in actions):
             text = json.dumps(st["Resource"])
@@ -225,6 +225,12 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     text = json.dumps(artifacts["Resource"])
     assert f"jumpstart-cache-prod-{REGION}/catboost-training/" in text
     assert f"ecomrec-processed-{ACCOUNT}" not in text
+    # The model channel is an S3Prefix (pipelines/sagemaker/pipeline.py): listing it needs s3:ListBucket.
+    listing = next(st for st in sts if st.get("Sid") == "ListBuiltInArtifacts")
+    assert listing["Action"] == "s3:ListBucket"
+    assert json.dumps(listing["Resource"]).count(f"jumpstart-cache-prod-{REGION}") == 1
+    prefixes = listing["Condition"]["StringLike"]["s3:prefix"]
+    assert "catboost-training/train-catboost-classification-model.tar.gz" in prefixes
 
 
 def _allows(actions: list[str], wanted: str) -> bool:

@@ -19,7 +19,7 @@ from components.ranker.hyperparameters import (
     hyperparameters_from_config,
     parse_hyperparameters,
 )
-from components.ranker.train import read_channel, train_catboost
+from components.ranker.train import FROM_MODEL_NOTE, read_channel, report_from_model, train_catboost
 
 HYPERPARAMETERS = {"iterations": "60", "early_stopping_rounds": "10", "eval_metric": "AUC",
                    "learning_rate": "0.2", "depth": "3", "l2_leaf_reg": "3", "random_strength": "1.0",
@@ -58,6 +58,22 @@ def test_trains_from_channels_and_writes_the_builtin_artifact(tmp_path: Path) ->
     assert (report["rows"]["training"], report["rows"]["validation"]) == (600, 200)
     # "007" must stay a string category, distinct from "7" or 7.0
     assert model.predict_proba([[1.0, "007", 0.0]])[0, 1] > model.predict_proba([[1.0, "100", 0.0]])[0, 1]
+
+
+def test_the_model_alone_gives_the_reports_training_sections(tmp_path: Path) -> None:
+    """On SageMaker the built-in algorithm leaves only the model: the evaluation reads its report from it.
+    The model holds the same best iteration, trees, best scores and importances the trainer reported."""
+    write_channel(tmp_path / "training", 600, 1)
+    write_channel(tmp_path / "validation", 200, 2)
+    report = train_catboost(tmp_path / "training", tmp_path / "validation", HYPERPARAMETERS, tmp_path / "out",
+                            feature_names=["x", "code", "y"])
+    from components.ranker.model import Ranker
+
+    from_model = report_from_model(Ranker.load(tmp_path / "out" / s.MODEL_ARCHIVE).model, ["x", "code", "y"])
+    assert from_model.pop("source") == FROM_MODEL_NOTE
+    for scores in ("learn", "validation"):  # the model keeps them as decimal text: the last digit may differ
+        assert from_model.pop(scores) == pytest.approx(report[scores], rel=1e-12)
+    assert from_model == {key: report[key] for key in from_model}
 
 
 def test_without_validation_channel_holds_out_part_of_training(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import ipaddress
 import itertools
 import json
 import re
-import shlex
 import socket
+import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from pipelines.sagemaker.pipeline import (
     GATE_FAILED_STEP,
     REGISTER_MODEL_STEP,
 )
+from tests.sagemaker_launch import smspark_submit_command
 
 ROLE = "arn:aws:iam::123456789012:role/EcomrecSageMaker"
 BUCKET = "ecomrec-test-bucket"
@@ -145,14 +146,17 @@ def render(expr: Any, parameters: dict[str, Any],
 
 
 def _container_argv(step: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
-    """What the step's main(argv) receives. Spark steps go through smspark-submit, which joins the
-    spark-submit command into one string and runs it with a shell: split it as /bin/sh would."""
+    """What the step's main(argv) receives. Spark steps go through smspark-submit, which shell-quotes each
+    item of the spark-submit command and runs the line with /bin/sh (tests/sagemaker_launch.py cites the
+    source): build the line the same way, let /bin/sh split it, and read the application's arguments."""
     app = step["Arguments"]["AppSpecification"]
     arguments = [str(render(a, parameters)) for a in app["ContainerArguments"]]
     if app["ContainerEntrypoint"][0] == "smspark-submit":
-        command = " ".join(["spark-submit", "--master", "yarn", *app["ContainerEntrypoint"][1:],
-                            *(render(a, parameters) for a in app["ContainerArguments"])])
-        words = shlex.split(command)
+        command = smspark_submit_command(app["ContainerEntrypoint"][1:], arguments, lambda uri: uri)
+        assert command.startswith("spark-submit ")
+        printed = subprocess.run(["/bin/sh", "-c", "printf '%s\\0' " + command.removeprefix("spark-submit ")],
+                                 capture_output=True, check=True).stdout.decode()
+        words = printed.split("\0")[:-1]
         arguments = words[words.index(app["ContainerEntrypoint"][-1]) + 1:]
     return arguments
 
@@ -284,7 +288,7 @@ def test_parameters(definition: dict[str, Any], defaults: dict[str, Any]) -> Non
     config = PipelineConfig()
     types = {parameter["Name"]: parameter["Type"] for parameter in definition["Parameters"]}
     uris = catboost_uris(REGION)
-    assert defaults["InputDataUri"] == f"s3://{BUCKET}/ecomrec/raw"
+    assert defaults["InputDataUri"] == f"s3://{BUCKET}/ecomrec/raw/"  # a prefix: not raw-old/ too
     assert defaults["OutputUri"] == f"s3://{BUCKET}/ecomrec/runs"
     assert (defaults["CatBoostImageUri"], defaults["CatBoostScriptUri"], defaults["CatBoostModelUri"]) == (
         uris.image_uri, uris.script_uri, uris.model_uri)
@@ -297,7 +301,7 @@ def test_parameters(definition: dict[str, Any], defaults: dict[str, Any]) -> Non
     assert types["CatBoostLearningRate"] == "Float"
     assert defaults["NdcgAt10Floor"] == config.gate.ndcg_at_10_floor
     assert defaults["ModelPackageGroup"] == config.model_package_group
-    for name in ("SparkInstanceType", "SparkInstanceCount", "ProcessingInstanceType", "TrainingInstanceType"):
+    for name in ("SparkInstanceType", "ProcessingInstanceType", "TrainingInstanceType", "TrainingInstanceCount"):
         assert name in defaults
     approval = next(x for x in definition["Parameters"] if x["Name"] == "ModelApprovalStatus")
     assert approval["DefaultValue"] == PENDING
@@ -585,15 +589,19 @@ def test_start_errors_are_explicit(definition: dict[str, Any], moto_clients: tup
     assert "started arn:aws:sagemaker:" in " ".join(result.output.split())
 
 
-def test_config_that_the_spark_shell_line_cannot_carry_is_refused(network_attempts: list[object]) -> None:
+def test_settings_reach_spark_steps_verbatim_through_the_shell_line(network_attempts: list[object]) -> None:
+    """smspark-submit quotes each argument for its /bin/sh line, so a setting holding shell syntax (a quote,
+    a space, $) arrives unchanged; a step that quoted it again would receive the quotes."""
     from components.config import RankerConfig
-    from components.errors import EcomrecError
     from pipelines.sagemaker.pipeline import PipelineSettings, get_pipeline
 
-    settings = PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION,
-                                config=PipelineConfig(ranker=RankerConfig(eval_metric="AUC'")))
-    with pytest.raises(EcomrecError, match="single quote"):
-        get_pipeline(settings)
+    config = PipelineConfig(ranker=RankerConfig(eval_metric="AUC' $HOME \"x"))
+    definition = json.loads(get_pipeline(PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION,
+                                                          config=config)).definition())
+    parameters = {x["Name"]: x["DefaultValue"] for x in definition["Parameters"]}
+    for step in definition["Steps"]:
+        if step["Type"] == "Processing":
+            assert step_config(_container_argv(step, parameters)).ranker.eval_metric == "AUC' $HOME \"x"
     assert network_attempts == []
 
 
@@ -644,3 +652,61 @@ def test_plain_steps_run_the_images_python_3_12_and_channels_take_only_their_fol
             for c in training["Arguments"]["InputDataConfig"] if c["ChannelName"] != "model"}
     assert set(uris) == {"training", "validation"}
     assert all(uri.endswith(f"/{name}/") for name, uri in uris.items()), uris  # not validation_ranking/
+
+
+# https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html: the exception types a retry
+# policy can name; Processing, Training and RegisterModel steps take them, Condition and Fail steps do not.
+SERVICE_ERRORS = {"Step.SERVICE_FAULT", "Step.THROTTLING"}
+JOB_ERRORS = {"SageMaker.CAPACITY_ERROR", "SageMaker.RESOURCE_LIMIT", "SageMaker.JOB_INTERNAL_ERROR"}
+
+
+def test_steps_that_call_sagemaker_retry_throttling_and_capacity_errors(steps: dict[str, dict[str, Any]]) -> None:
+    for name, step in steps.items():
+        if step["Type"] not in ("Processing", "Training"):
+            assert "RetryPolicies" not in step, name
+            continue
+        covered = {t for policy in step["RetryPolicies"] for t in policy["ExceptionType"]}
+        assert covered == SERVICE_ERRORS | JOB_ERRORS, name
+        for policy in step["RetryPolicies"]:
+            assert 1 < policy["MaxAttempts"] <= 5 and policy["BackoffRate"] >= 1, (name, policy)
+    (model_step,) = steps["register"]["Arguments"]["IfSteps"]
+    assert {t for p in model_step["RetryPolicies"] for t in p["ExceptionType"]} == SERVICE_ERRORS
+
+
+def test_runtime_and_volumes_are_parameters_and_jobs_run_on_one_processing_instance(
+        steps: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> None:
+    """Each step writes its outputs to local files that SageMaker uploads: with more processing instances
+    Spark's executors would write them to the workers' disks. So no *InstanceCount parameter but the
+    training one, and every processing job asks for 1 instance."""
+    assert [name for name in defaults if name.endswith("InstanceCount")] == ["TrainingInstanceCount"]
+    assert 3600 <= defaults["MaxRuntimeSeconds"] <= 24 * 3600
+    kinds = {step.name: step.kind for step in STEPS}
+    for name, step in steps.items():
+        arguments = step["Arguments"]
+        if step["Type"] == "Processing":
+            cluster = arguments["ProcessingResources"]["ClusterConfig"]
+            assert cluster["InstanceCount"] == 1, name
+            volume = "SparkVolumeSizeGb" if kinds[name] == "pyspark" else "ProcessingVolumeSizeGb"
+            assert cluster["VolumeSizeInGB"] == {"Get": f"Parameters.{volume}"}, name
+        elif step["Type"] == "Training":
+            assert arguments["ResourceConfig"]["VolumeSizeInGB"] == {"Get": "Parameters.TrainingVolumeSizeGb"}
+        else:
+            continue
+        assert arguments["StoppingCondition"] == {"MaxRuntimeInSeconds": {"Get": "Parameters.MaxRuntimeSeconds"}}
+    assert all(defaults[f"{kind}VolumeSizeGb"] >= 30 for kind in ("Spark", "Processing", "Training"))
+
+
+def test_step_caching_is_off_unless_asked_for(steps: dict[str, dict[str, Any]],
+                                              network_attempts: list[object]) -> None:
+    from components.errors import EcomrecError
+    from pipelines.sagemaker.pipeline import PipelineSettings, get_pipeline
+
+    assert all("CacheConfig" not in step for step in steps.values())
+    cached = json.loads(get_pipeline(PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION,
+                                                      cache_expire_after="P7D")).definition())
+    configs = {step["Name"]: step.get("CacheConfig") for step in cached["Steps"]}
+    assert configs.pop("register") is None
+    assert set(map(json.dumps, configs.values())) == {json.dumps({"Enabled": True, "ExpireAfter": "P7D"})}
+    with pytest.raises(EcomrecError, match="ISO 8601"):
+        PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION, cache_expire_after="7 days")
+    assert network_attempts == []

@@ -160,6 +160,17 @@ class MlStack(cdk.Stack):
                     resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{obj}" for obj in sorted(objects)],
                 )
             )
+            # The training job's JumpStart model channel is an S3Prefix: SageMaker lists the keys under it,
+            # which needs s3:ListBucket on the bucket (here only for those prefixes).
+            buckets = sorted({obj.split("/", 1)[0] for obj in objects})
+            self.role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="ListBuiltInArtifacts",
+                    actions=["s3:ListBucket"],
+                    resources=[f"arn:{cdk.Aws.PARTITION}:s3:::{bucket}" for bucket in buckets],
+                    conditions={"StringLike": {"s3:prefix": sorted(obj.split("/", 1)[1] for obj in objects)}},
+                )
+            )
 
     def _grant(self, raw: s3.IBucket, processed: s3.IBucket) -> None:
         """Least privilege: our buckets, our repositories, jobs and packages in this account only.

@@ -108,9 +108,13 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     )
 
 
-# CatBoost stamps every model with a random GUID and the finish time; they change no prediction but would
-# change the bundle's checksums, and with them its content-derived version.
-VOLATILE_MODEL_METADATA = ("model_guid", "train_finish_time")
+# CatBoost stamps every model with a random GUID and the finish time, and stores how it ran: its logging and
+# file options, and the machine's share (threads, RAM limit, hosts) in the params. None changes a prediction;
+# all would change the bundle's checksums, and with them its content-derived version: the same data and
+# config trained on a laptop and on a SageMaker instance (thread_count -1 there, the hyperparameters in
+# another order) must give one version.
+VOLATILE_MODEL_METADATA = ("model_guid", "train_finish_time", "output_options")
+MACHINE_PARAMS = ("thread_count", "used_ram_limit")  # in params.flat_params; params.system_options is all machine
 
 
 def copy_model_without_volatile_metadata(source: Path, destination: Path) -> None:
@@ -122,6 +126,12 @@ def copy_model_without_volatile_metadata(source: Path, destination: Path) -> Non
     for key in VOLATILE_MODEL_METADATA:
         if key in metadata:
             del metadata[key]
+    if "params" in metadata:
+        params = json.loads(metadata["params"])
+        params.pop("system_options", None)
+        for key in MACHINE_PARAMS:
+            params.get("flat_params", {}).pop(key, None)
+        metadata["params"] = json.dumps(params, sort_keys=True)  # flat_params came in another order on SageMaker
     model.save_model(str(destination))
 
 

@@ -40,6 +40,7 @@ from components.candidates.base import (
 from components.candidates.cooc import recency_weight
 from components.config import AlsConfig
 from components.errors import NotFittedError
+from components.spark import local_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -216,7 +217,7 @@ class MllibAls:
             # MLlib truncates the ALS lineage every checkpointInterval (10) iterations only when it can
             # checkpoint (long runs otherwise risk a StackOverflowError). A cluster needs a shared
             # directory (HDFS/S3), which the platform sets; locally a temp dir does.
-            context.setCheckpointDir(tempfile.mkdtemp(prefix="ecomrec-als-checkpoints-"))
+            context.setCheckpointDir(local_uri(tempfile.mkdtemp(prefix="ecomrec-als-checkpoints-")))
         ratings = (interactions.select(s.USER_IDX, s.ITEM_IDX, s.WEIGHT)
                    .join(user_items.select(s.USER_IDX, s.ITEM_IDX, s.UI_DAYS_SINCE_LAST),
                          [s.USER_IDX, s.ITEM_IDX], "left")

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from components import schema as s
 from components.candidates.base import FoldTables
 from components.errors import DataContractError
+from components.spark import local_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -56,7 +57,7 @@ def _read_arrow(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _read_spark(spark: SparkSession, path: Path, columns: tuple[str, ...]) -> DataFrame:
-    frame = spark.read.parquet(str(path))
+    frame = spark.read.parquet(local_uri(path))
     _check_columns(path, frame.columns, columns)
     return frame.select(*columns)
 

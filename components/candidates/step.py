@@ -35,7 +35,7 @@ from components.candidates.io import (
 )
 from components.candidates.union import SOURCES
 from components.config import PipelineConfig
-from components.spark import get_spark
+from components.spark import get_spark, local_uri
 from components.stepargs import parse_step_args
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _run_local(spark: SparkSession, etl: Path, output: Path, fold: s.Fold,
 
 
 def _write_spark(frame: DataFrame, path: Path) -> None:
-    frame.write.mode("overwrite").parquet(str(path))
+    frame.write.mode("overwrite").parquet(local_uri(path))
 
 
 def _run_spark(spark: SparkSession, etl: Path, output: Path, fold: s.Fold,
@@ -88,7 +88,7 @@ def _run_spark(spark: SparkSession, etl: Path, output: Path, fold: s.Fold,
 
     tables = read_fold_tables_spark(spark, etl, fold)
     if fold == s.TRAIN_FOLD:
-        users = (spark.read.parquet(str(fold_path(etl, fold, s.TARGET_USERS)))
+        users = (spark.read.parquet(local_uri(fold_path(etl, fold, s.TARGET_USERS)))
                  .where(sf.col(s.SEGMENT) == s.WARM).select(s.USER_IDX))
     else:
         users = tables.interactions.select(s.USER_IDX)
@@ -99,7 +99,7 @@ def _run_spark(spark: SparkSession, etl: Path, output: Path, fold: s.Fold,
     _write_spark(result.candidates, fold_path(output, fold, s.CANDIDATES))
     seconds = {**result.seconds, "recommend_union_write": round(time.perf_counter() - started, 4)}
     # One job for the report: per-user counts and source totals of what was written.
-    written = spark.read.parquet(str(fold_path(output, fold, s.CANDIDATES)))
+    written = spark.read.parquet(local_uri(fold_path(output, fold, s.CANDIDATES)))
     per_user = written.groupBy(s.USER_IDX).agg(
         sf.count("*").alias("_n"), *[sf.sum(sf.col(f).cast("long")).alias(f) for f in SOURCES.values()])
     row = per_user.agg(sf.count("*").alias("users"), sf.sum("_n").alias("rows"), sf.max("_n").alias("mx"),

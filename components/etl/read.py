@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from components import schema as s
 from components.errors import DataContractError, EcomrecError
+from components.spark import local_uri
 from components.storage import is_s3_uri, materialize
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def _read_csv_group(spark: SparkSession, files: list[Path], names: list[str], ro
                         + [StructField(MALFORMED, StringType())])
     def read(paths: list[Path]) -> DataFrame:
         return spark.read.csv(
-            [str(f) for f in paths], schema=struct, header=True, enforceSchema=True, mode="PERMISSIVE",
+            [local_uri(f) for f in paths], schema=struct, header=True, enforceSchema=True, mode="PERMISSIVE",
             columnNameOfCorruptRecord=MALFORMED, encoding="UTF-8", escape='"', multiLine=False,
         )
 
@@ -231,10 +232,10 @@ def _read_parquet_group(spark: SparkSession, files: list[Path], columns: list[tu
             col = sf.timestamp_micros(sf.floor(col / 1000))
         selected.append(col.cast("string").alias(name))
     # The group shares one schema: infer it once (a Spark job per read otherwise), not per file.
-    schema = spark.read.parquet(str(files[0])).schema
+    schema = spark.read.parquet(local_uri(files[0])).schema
 
     def read(paths: list[Path]) -> DataFrame:
-        return spark.read.schema(schema).parquet(*[str(f) for f in paths])
+        return spark.read.schema(schema).parquet(*[local_uri(f) for f in paths])
 
     return _with_source_file(files, root, read, lambda frame, source: frame.select(
         *selected, source.alias(s.SOURCE_FILE), sf.lit(None).cast("string").alias(MALFORMED)))

@@ -48,7 +48,7 @@ from components.etl.windows import (
     datetime_to_micros,
     micros_to_datetime,
 )
-from components.spark import get_spark, local_input_bytes
+from components.spark import get_spark, local_input_bytes, local_uri
 from components.stepargs import parse_step_args
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _write(frame: DataFrame, path: Path, files: int | None) -> None:
     """Write ``frame`` as at most ``files`` Parquet files (None: one per partition)."""
     # Each job is named after what it writes, so an event log maps jobs to outputs.
     frame.sparkSession.sparkContext.setJobDescription(f"etl write {path.parent.name}/{path.name}")
-    (frame if files is None else frame.coalesce(files)).write.mode("overwrite").parquet(str(path))
+    (frame if files is None else frame.coalesce(files)).write.mode("overwrite").parquet(local_uri(path))
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, t
     for frame in events.persisted:  # from here on events are read back from clean/ (columnar, pruned)
         frame.unpersist()
     ts_us = sf.unix_micros(sf.col(s.TIMESTAMP))
-    events_idx = spark.read.parquet(str(output / s.CLEAN_DIR / s.EVENTS)).select(
+    events_idx = spark.read.parquet(local_uri(output / s.CLEAN_DIR / s.EVENTS)).select(
         s.USER_IDX, s.ITEM_IDX, s.EVENT_TYPE, s.QUANTITY, s.PRICE, s.SESSION_ID,
         ts_us.alias(TS_US), sf.floor(ts_us / DAY_MICROS).cast("int").alias(DAY))
     end_us = reports[s.EVENTS].last_event_us

@@ -30,6 +30,7 @@ from components.evaluation.recommenders import (
 from components.evaluation.recompute import SEGMENTS, metric_block
 from components.ranker.io import read_json, read_table
 from components.ranker.model import SCORE_BATCH_ROWS, FeatureSpec, PopularFallback, Ranker
+from components.ranker.train import report_from_model
 from components.registry.gate import baseline_comparison
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def load_inputs(etl: Path, als: Path, ranker_data: Path, train: Path) -> Evaluat
                                       filters=warm),
         candidates=read_table(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES, filters=warm),
         scored=score_candidates(ranker_data / s.SCORING_WARM_DIR, ranker, warm_users),
-        training_report=read_json(report_path) if report_path.exists() else {},
+        # SageMaker's built-in algorithm leaves only the model: its report is read from the model
+        training_report=(read_json(report_path) if report_path.exists()
+                         else report_from_model(ranker.model, spec.features)),
         purchases=tifu.read_purchases(etl / s.CLEAN_DIR / s.EVENTS, windows["test_start"]),
         interactions=read_table(fold / s.INTERACTIONS, [s.USER_IDX, s.ITEM_IDX, s.WEIGHT]),
         train_targets=read_table(etl / s.FOLDS_DIR / s.TRAIN_FOLD / s.TARGETS, [s.USER_IDX, s.ITEM_IDX]),

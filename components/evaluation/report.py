@@ -167,10 +167,14 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
                           + f": chosen on the {chosen.get('fold', '?')} fold, {chosen.get('targets', '')}, "
                           f"NDCG@10 {chosen.get('value') or 0.0:.4f} over {chosen.get('users', 0):,} users; grid "
                           + ", ".join(f"{k} {v}" for k, v in tifu.get("grid", {}).items())) + "</p>")
-    training = (f"best iteration {training_report.get('best_iteration', '-')}, "
-                f"{training_report.get('tree_count', '-')} trees, validation "
-                + ", ".join(f"{k} {v:.4f}" for k, v in training_report.get("validation", {}).items())
-                + f", {training_report.get('seconds', '-')} s") if training_report else "no training report"
+    training = "no training report"
+    if training_report:
+        seconds = training_report.get("seconds")
+        training = (f"best iteration {training_report.get('best_iteration', '-')}, "
+                    f"{training_report.get('tree_count', '-')} trees, validation "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in training_report.get("validation", {}).items())
+                    + (f", {seconds} s" if seconds is not None else "")
+                    + (f" ({training_report['source']})" if "source" in training_report else ""))
     split_text = ", ".join(f"{k} {v}" for k, v in split.items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ecomrec evaluation</title>

@@ -155,6 +155,28 @@ def train_catboost(training: Path, validation: Path | None, hyperparameters: Map
     return report
 
 
+# Where a training report read from the model comes from, and what it lacks (the report says so).
+FROM_MODEL_NOTE = ("read from the model: the built-in SageMaker CatBoost writes no training report (its "
+                   "rows, time and metric history are in the training job's CloudWatch log)")
+
+
+def report_from_model(model: Any, feature_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The training report's sections a trained model holds by itself (best iteration and scores, trees,
+    feature importance): what the evaluation shows when the trainer wrote no report, as on SageMaker."""
+    importance = model.get_feature_importance(type="PredictionValuesChange")
+    names = _feature_names(len(importance), feature_names)
+    best = model.get_best_score()
+    return {
+        "source": FROM_MODEL_NOTE,
+        "best_iteration": int(model.get_best_iteration() or 0),
+        "tree_count": int(model.tree_count_),
+        "validation": {k: float(v) for k, v in best.get("validation", {}).items()},
+        "learn": {k: float(v) for k, v in best.get("learn", {}).items()},
+        "feature_importance": dict(sorted(zip(names, (float(v) for v in importance), strict=True),
+                                          key=lambda kv: -kv[1])),
+    }
+
+
 def write_model_archive(model: Any, path: Path) -> None:
     """model.tar.gz holding the native CatBoost file ``model`` at its root."""
     with tempfile.TemporaryDirectory(prefix="ecomrec-model-") as tmp:

@@ -40,6 +40,9 @@ STEPS_IMAGE = typer.Option(None, "--steps-image", help="image of every processin
 PIP_INSTALL = typer.Option(False, "--pip-install", help="opt-in: run the stock SageMaker Spark image and "
                                                         "pip-install the dependencies at every job's start "
                                                         "(needs internet egress; unpinned versions)")
+CACHE = typer.Option("", "--cache", help="cache the job steps' results for this ISO 8601 duration (e.g. P30D); "
+                                          "off by default: a cached ETL would not see new files under the raw "
+                                          "prefix")
 OUTPUT = typer.Option(None, "--output", "-o", help="write to a file instead of stdout")
 PARAM = typer.Option(None, "--param", help="override a parameter: NAME=VALUE (repeatable)")
 PIN_REGIONS = typer.Option(..., "--region", help="region to pin (repeatable)")
@@ -76,7 +79,7 @@ def _quiet_sdk(region: str) -> None:
 
 def _settings(role: str | None, bucket: str | None, region: str | None, prefix: str, name: str,
               config: str | None, inference_image: str | None, steps_image: str | None = None,
-              pip_install: bool = False) -> object:
+              pip_install: bool = False, cache: str = "") -> object:
     from pipelines.sagemaker.pipeline import PipelineSettings
 
     if not role:
@@ -88,7 +91,7 @@ def _settings(role: str | None, bucket: str | None, region: str | None, prefix: 
         return PipelineSettings(role=role, bucket=bucket, region=_region(region), prefix=prefix, name=name,
                                 config=PipelineConfig.from_json_or_path(config),
                                 inference_image_uri=inference_image, steps_image_uri=steps_image,
-                                pip_install=pip_install)
+                                pip_install=pip_install, cache_expire_after=cache)
     except (EcomrecError, ValueError) as error:
         raise _fail(str(error)) from error
 
@@ -106,11 +109,12 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
 def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
                prefix: str = PREFIX, name: str = NAME, config: str | None = CONFIG,
                inference_image: str | None = INFERENCE_IMAGE, steps_image: str | None = STEPS_IMAGE,
-               pip_install: bool = PIP_INSTALL, output: Path | None = OUTPUT) -> None:
+               pip_install: bool = PIP_INSTALL, output: Path | None = OUTPUT, cache: str = CACHE) -> None:
     """Print the SageMaker pipeline definition JSON (built offline: no AWS call)."""
     from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
 
-    settings = _settings(role, bucket, region, prefix, name, config, inference_image, steps_image, pip_install)
+    settings = _settings(role, bucket, region, prefix, name, config, inference_image, steps_image, pip_install,
+                         cache)
     assert isinstance(settings, PipelineSettings)
     try:
         _quiet_sdk(settings.region)
@@ -127,14 +131,15 @@ def definition(role: str | None = ROLE, bucket: str | None = BUCKET, region: str
 def upsert(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
            prefix: str = PREFIX, name: str = NAME, config: str | None = CONFIG,
            inference_image: str | None = INFERENCE_IMAGE, steps_image: str | None = STEPS_IMAGE,
-           pip_install: bool = PIP_INSTALL) -> None:
+           pip_install: bool = PIP_INSTALL, cache: str = CACHE) -> None:
     """Upload the code and create or update the pipeline on SageMaker."""
     import boto3
 
     from pipelines.sagemaker import runner
     from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
 
-    settings = _settings(role, bucket, region, prefix, name, config, inference_image, steps_image, pip_install)
+    settings = _settings(role, bucket, region, prefix, name, config, inference_image, steps_image, pip_install,
+                         cache)
     assert isinstance(settings, PipelineSettings)
     try:
         _quiet_sdk(settings.region)

@@ -9,15 +9,11 @@ importable).
 2. ``ECOMREC_PIP_INSTALL`` (space separated requirements): installed first. The stock SageMaker Spark
    image has Python 3.12, numpy and pandas but not pydantic, pyarrow, implicit or catboost. Set it to ""
    with an image that already has them.
-3. ``ECOMREC_SPARK_MASTER`` (e.g. ``local[*]``): for plain Processing steps (no spark-submit), start a
-   local Spark session first, so the step's ``get_spark()`` returns it; the SageMaker Spark image's own
-   Spark (SPARK_HOME) is used when pyspark is not installed.
-4. ``importlib.import_module(<module>).main(argv)``: the same entry point and argv as the local runner.
+3. ``importlib.import_module(<module>).main(argv)``: the same entry point and argv as the local runner.
 """
 
 from __future__ import annotations
 
-import glob
 import importlib
 import logging
 import os
@@ -58,18 +54,6 @@ def pip_install(requirements: str) -> None:
                     "--disable-pip-version-check", *packages], check=True)
 
 
-def add_image_spark_to_path() -> None:
-    """Use the image's Spark (SPARK_HOME/python and its py4j zip) when pyspark is not installed."""
-    try:
-        import pyspark  # noqa: F401
-        return
-    except ImportError:
-        pass
-    spark_home = os.environ.get("SPARK_HOME", "/usr/lib/spark")
-    sys.path[:0] = [os.path.join(spark_home, "python"),
-                    *sorted(glob.glob(os.path.join(spark_home, "python", "lib", "py4j-*.zip")))]
-
-
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not argv:
@@ -84,12 +68,6 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"{CODE_ARCHIVE} not found in {CODE_INPUT_DIR} nor on sys.path")
     install_code(archive, tempfile.mkdtemp(prefix="ecomrec-code-"))
     pip_install(os.environ.get("ECOMREC_PIP_INSTALL", ""))
-    master = os.environ.get("ECOMREC_SPARK_MASTER", "")
-    if master:
-        add_image_spark_to_path()
-        from components.spark import get_spark
-
-        get_spark(f"ecomrec-{module_name}", master=master)
     log.info("running %s", module_name)
     importlib.import_module(module_name).main(step_argv)
 

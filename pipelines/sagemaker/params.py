@@ -20,12 +20,14 @@ INPUT_DATA_URI = "InputDataUri"
 OUTPUT_URI = "OutputUri"
 STEPS_IMAGE_URI = "StepsImageUri"  # every processing step's image (PySpark and plain)
 SPARK_INSTANCE_TYPE = "SparkInstanceType"
-SPARK_INSTANCE_COUNT = "SparkInstanceCount"
 PROCESSING_INSTANCE_TYPE = "ProcessingInstanceType"
-PROCESSING_INSTANCE_COUNT = "ProcessingInstanceCount"
 PIP_INSTALL = "PipInstall"
 TRAINING_INSTANCE_TYPE = "TrainingInstanceType"
 TRAINING_INSTANCE_COUNT = "TrainingInstanceCount"
+MAX_RUNTIME_SECONDS = "MaxRuntimeSeconds"
+SPARK_VOLUME_SIZE_GB = "SparkVolumeSizeGb"
+PROCESSING_VOLUME_SIZE_GB = "ProcessingVolumeSizeGb"
+TRAINING_VOLUME_SIZE_GB = "TrainingVolumeSizeGb"
 CATBOOST_IMAGE_URI = "CatBoostImageUri"
 CATBOOST_SCRIPT_URI = "CatBoostScriptUri"
 CATBOOST_MODEL_URI = "CatBoostModelUri"
@@ -69,6 +71,11 @@ class Defaults:
     spark_instance_type: str = "ml.m5.2xlarge"
     processing_instance_type: str = "ml.m5.2xlarge"
     training_instance_type: str = "ml.m5.2xlarge"
+    # Each job's limit: at 10M events the whole pipeline takes ~10 minutes on 2 cores; 4 hours leaves room
+    # for 10x the data on one instance and still stops a stuck job long before SageMaker's 1-day default.
+    max_runtime_seconds: int = 4 * 3600
+    # The EBS volume of each job, GB: inputs, outputs and Spark's shuffle; the 10M-event bundle is a few GB.
+    volume_size_gb: int = 30
 
 
 def _config_value(config: PipelineConfig, path: tuple[str, ...]) -> Any:
@@ -107,12 +114,14 @@ def param_specs(config: PipelineConfig, defaults: Defaults) -> list[ParamSpec]:
         ParamSpec(OUTPUT_URI, "string", defaults.output_uri),
         ParamSpec(STEPS_IMAGE_URI, "string", defaults.steps_image_uri),
         ParamSpec(SPARK_INSTANCE_TYPE, "string", defaults.spark_instance_type),
-        ParamSpec(SPARK_INSTANCE_COUNT, "integer", 1),
         ParamSpec(PROCESSING_INSTANCE_TYPE, "string", defaults.processing_instance_type),
-        ParamSpec(PROCESSING_INSTANCE_COUNT, "integer", 1),
         ParamSpec(PIP_INSTALL, "string", defaults.pip_install),
         ParamSpec(TRAINING_INSTANCE_TYPE, "string", defaults.training_instance_type),
         ParamSpec(TRAINING_INSTANCE_COUNT, "integer", 1),
+        ParamSpec(MAX_RUNTIME_SECONDS, "integer", defaults.max_runtime_seconds),
+        ParamSpec(SPARK_VOLUME_SIZE_GB, "integer", defaults.volume_size_gb),
+        ParamSpec(PROCESSING_VOLUME_SIZE_GB, "integer", defaults.volume_size_gb),
+        ParamSpec(TRAINING_VOLUME_SIZE_GB, "integer", defaults.volume_size_gb),
         ParamSpec(CATBOOST_IMAGE_URI, "string", defaults.catboost_image_uri),
         ParamSpec(CATBOOST_SCRIPT_URI, "string", defaults.catboost_script_uri),
         ParamSpec(CATBOOST_MODEL_URI, "string", defaults.catboost_model_uri),
