@@ -37,6 +37,11 @@ VENV = "/opt/ecomrec"
 APP = f"{VENV}/app"
 # Not installed by the lock: the base image's Spark provides them (SPARK_HOME/python and its py4j zip).
 FROM_BASE = {"pyspark", "py4j"}
+# What a Kubeflow task imports in the image (pipelines/kubeflow/pipeline.py: install_kfp_package=False): the
+# command KFP 2.17.3 compiles runs `_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main` on a module that
+# imports kfp and kfp.dsl (kfp/dsl/component_factory.py, _get_command_and_args_for_lightweight_component)
+# and whose function body imports pipelines.kubeflow.runtime.
+KUBEFLOW_TASK_IMPORTS = ("kfp.dsl.executor_main", "kfp.dsl", "pipelines.kubeflow.runtime")
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -84,11 +89,13 @@ def test_the_closure_is_installed_from_the_lock_only_and_no_spark_over_the_base(
     assert {f"!{src}/" if (REPO / src).is_dir() else f"!{src}" for src in sources} <= set(ignore)
 
 
-def test_requirements_are_the_core_dependencies_but_pyspark() -> None:
-    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+def test_requirements_are_the_core_dependencies_but_pyspark_plus_the_kubeflow_extra() -> None:
+    """kfp too: every Kubeflow task runs ``python3 -m kfp.dsl.executor_main`` in this image."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = [line.split("#")[0].strip() for line in (CONTAINER / "requirements.txt").read_text().splitlines()]
-    assert sorted(filter(None, wanted)) == sorted(re.sub(r"\s+", "", d) for d in core
-                                                  if not d.startswith("pyspark"))
+    expected = [d for d in project["dependencies"] if not d.startswith("pyspark")]
+    expected += project["optional-dependencies"]["kubeflow"]
+    assert sorted(filter(None, wanted)) == sorted(re.sub(r"\s+", "", d) for d in expected)
 
 
 def test_the_lock_satisfies_the_requirements_at_the_tested_versions() -> None:
@@ -165,7 +172,7 @@ def _runtime_imports(path: Path, module: str) -> tuple[set[str], set[str]]:
 
 def step_imports(app: Path) -> tuple[set[str], set[str]]:
     """(modules of the layout the steps reach, top-level names of everything else they import), statically,
-    function-level imports included, from every step's entry point."""
+    function-level imports included, from every step's entry point and every Kubeflow task's."""
 
     def source(name: str) -> Path | None:
         stem = app.joinpath(*name.split("."))
@@ -173,7 +180,8 @@ def step_imports(app: Path) -> tuple[set[str], set[str]]:
 
     seen: set[str] = set()
     external: set[str] = set()
-    todo = [(step.entry_point, True) for step in STEPS] + [("pipelines.sagemaker.entry", True)]
+    todo = [(name, True) for name in (*(step.entry_point for step in STEPS), "pipelines.sagemaker.entry",
+                                      *KUBEFLOW_TASK_IMPORTS)]
     while todo:
         name, needed = todo.pop()
         if name in seen or not name:
@@ -207,7 +215,8 @@ def test_every_library_a_step_imports_is_in_the_lock_or_the_base(tmp_path: Path)
     app = tmp_path / "app"
     image_layout(app)
     reached, external = step_imports(app)
-    assert {step.entry_point for step in STEPS} <= reached
+    assert {step.entry_point for step in STEPS} | {"pipelines.kubeflow.runtime"} <= reached
+    assert "kfp" in external
     assert external - lock_modules() - FROM_BASE == set()
     # Not vacuous: a step importing a library the lock lacks is reported.
     step = app.joinpath(*STEPS[0].entry_point.split(".")).with_suffix(".py")
@@ -218,7 +227,8 @@ def test_every_library_a_step_imports_is_in_the_lock_or_the_base(tmp_path: Path)
 def test_the_image_layout_runs_a_step_with_only_the_locked_libraries(tmp_path: Path) -> None:
     """The venv the Dockerfile makes, emulated: the layout through the same .pth file, third-party imports
     limited to the lock's distributions (and the base's pyspark); every step module imports from the layout,
-    and a real step (register: a failing gate) runs to its end."""
+    a real step (register: a failing gate) runs to its end, and so does a Kubeflow task (gate-failed) through
+    the very command the compiled pipeline gives its container (kfp's executor_main, kfp from the lock)."""
     import json
 
     from components import schema as s
@@ -246,7 +256,7 @@ def test_the_image_layout_runs_a_step_with_only_the_locked_libraries(tmp_path: P
         "        return None\n"
         "sys.meta_path.insert(0, _Block())\n")
     env = {"PYTHONPATH": str(guard), "PATH": f"{python_bin}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    modules = [step.entry_point for step in STEPS]
+    modules = [step.entry_point for step in STEPS] + ["pipelines.kubeflow.runtime"]
     probe = subprocess.run(
         [str(python_bin / "python"), "-c",
          "import importlib, sys\n"
@@ -273,6 +283,23 @@ def test_the_image_layout_runs_a_step_with_only_the_locked_libraries(tmp_path: P
     assert result.returncode != 0
     assert "quality gate failed" in result.stderr
     assert json.loads((out / "registration.json").read_text())["gate"]["passed"] is False
+
+    import yaml
+
+    from pipelines.kubeflow import pipeline as k
+
+    k.compile_pipeline(k.KubeflowSettings(), str(tmp_path / "pipeline.yaml"))
+    ir = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
+    container = ir["deploymentSpec"]["executors"][f"exec-{k.GATE_FAILED_TASK}"]["container"]
+    executor_input = {"inputs": {"parameterValues": {"reasons": "ndcg@10 0.01 < 0.02"}},
+                      "outputs": {"outputFile": str(tmp_path / "executor_output.json")}}
+    args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in container["args"]]
+    task = subprocess.run([*container["command"], *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert "_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main" in " ".join(container["command"])
+    assert task.returncode != 0
+    assert "QualityGateError: quality gate failed, nothing registered: ndcg@10 0.01 < 0.02" in task.stderr, \
+        task.stderr
 
 
 def test_cd_re_pins_then_builds_the_steps_image_and_checks_the_account_before_the_upsert() -> None:
