@@ -16,6 +16,28 @@ from components.storage import is_s3_uri
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")  # where SageMaker unpacks ModelDataUrl before `serve`
 
 
+class ServerLimits(BaseSettings):
+    """What one client connection may cost the HTTP server (components/serving/server.py enforces them).
+    Read from ``ECOMREC_*`` too, so every worker process of ``uvicorn --workers N`` gets the same ones."""
+
+    model_config = SettingsConfigDict(env_prefix="ECOMREC_", extra="ignore", frozen=True)
+
+    # Request line plus headers. 64 KB holds the longest valid GET /recommendations (a 4,000-character
+    # `exclude` fully %-encoded) with room to spare; more is answered 431 and the connection closed.
+    max_header_bytes: int = Field(default=64 << 10, ge=1024)
+    # From the connection's start (after the TLS handshake) or its first byte after an answer, until the
+    # request's headers are complete: a client that opens and says nothing, or trickles a header, is cut.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # From the headers until the last body byte (6 MB at 100 KB/s is 60 s).
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    # Idle between an answer and the next request. Longer than the 60 s idle timeout of AWS load balancers,
+    # so they never reuse a connection the server closed.
+    keep_alive_s: float = Field(default=75.0, gt=0)
+    # Open connections (and requests in flight) per worker; beyond it new requests get 503 (uvicorn's
+    # limit_concurrency). The load balancer keeps a few dozen; the probes and the scraper a few.
+    max_connections: int = Field(default=1000, ge=1)
+
+
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECOMREC_", extra="forbid", frozen=True)
 
@@ -36,6 +58,16 @@ class ServingSettings(BaseSettings):
     # CatBoost threads scoring a bundle's candidates at load; 1 leaves the other cores to the live model
     # while a swap loads in the background (requests never run CatBoost)
     scoring_threads: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=6 << 20, ge=1024)  # POST /invocations (SageMaker's own limit is 6 MB)
+    admin_max_body_bytes: int = Field(default=16 << 10, ge=64)  # POST /admin/reload: a path or URI
+    # A bundle's unpacked files (the EKS scratch volume is 4 GiB, and a swap unpacks a second bundle
+    # beside nothing else: the first one's files are deleted once it is loaded).
+    max_bundle_bytes: int = Field(default=3 << 30, ge=1)
+    # Rows in any one bundle table or candidate part, read from the Parquet footer before the table is read.
+    max_table_rows: int = Field(default=50_000_000, ge=1)
+    # Refuse a hot swap whose estimated peak would leave less than this share of the memory available
+    # (cgroup limit, else MemAvailable) free: the serving model must survive a bad bundle.
+    load_memory_share: float = Field(default=0.8, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:

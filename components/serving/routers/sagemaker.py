@@ -29,7 +29,7 @@ from sagemaker_inference import content_types
 from components.serving.engine import UnknownCategoryAttributeError
 from components.serving.metrics import INVOCATIONS_ROUTE
 from components.serving.responses import OrjsonResponse, error_response
-from components.serving.routers._deps import current_model, service
+from components.serving.routers._deps import current_model, read_body, service
 from components.serving.routers.models import (
     ErrorBody,
     InvocationBatch,
@@ -40,7 +40,6 @@ from components.serving.routers.models import (
 )
 from components.serving.settings import ServingSettings
 
-MAX_BODY_BYTES = 6 << 20  # SageMaker real-time endpoints take payloads up to 6 MB
 # Smaller bodies parse in well under a millisecond: inline beats a hop to the thread pool.
 INLINE_PARSE_BYTES = 64 << 10
 SUPPORTED = (content_types.JSON, content_types.CSV)
@@ -178,25 +177,6 @@ def _parse(body: bytes, content_type: str, settings: ServingSettings) -> tuple[l
     return requests, batch
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to be over ``limit`` bytes: from Content-Length before
-    anything is read, else while streaming (chunked bodies declare no length)."""
-    declared = request.headers.get("content-length", "").strip()
-    if declared.isascii() and declared.isdigit():
-        digits = declared.lstrip("0") or "0"
-        # Over 12 digits is over any limit here (and int() refuses thousands of digits).
-        if len(digits) > 12 or int(digits) > limit:
-            return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _to_csv(answers: list[dict[str, Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -252,11 +232,11 @@ def build_router(settings: ServingSettings) -> APIRouter:
         if accept is None:
             return error_response(406, f"cannot answer in {request.headers.get('accept')!r}; use one of "
                                        f"{SUPPORTED}", parameter="accept")
-        body = await _read_body(request, MAX_BODY_BYTES)
+        body = await read_body(request, settings.max_body_bytes)
         if body is None:
             # Connection: close, so the server drops the connection instead of draining the rest.
-            return error_response(413, f"body over {MAX_BODY_BYTES} bytes", parameter="body",
-                                  headers={"Connection": "close"})
+            return error_response(413, f"body over {settings.max_body_bytes} bytes (ECOMREC_MAX_BODY_BYTES)",
+                                  parameter="body", headers={"Connection": "close"})
         try:
             if len(body) <= INLINE_PARSE_BYTES:
                 requests, batch = _parse(body, content_type, settings)

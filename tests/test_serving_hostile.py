@@ -1,0 +1,227 @@
+"""Hostile clients over a real loopback socket: what one connection may cost the server (issue 13,
+findings 1, 2, 6 and the TLS part of 10). The limits are ServerLimits / ServingSettings, set small here so
+every test ends in seconds; the defaults are documented in components/serving/README.md.
+
+uvicorn's own behaviour these tests rely on is read from its source (uvicorn 0.55.0,
+uvicorn/protocols/http/httptools_impl.py: the keep-alive timer is armed only in on_response_complete and
+cancelled by data_received; on_headers_complete answers 503 once len(connections) >= limit_concurrency)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from components.serving import metric_names as mn
+from components.serving.app import create_app
+from components.serving.server import LaunchError, check_tls
+from components.serving.settings import ServerLimits, ServingSettings
+from components.serving.synthetic import SyntheticShop, make_synthetic_bundle
+from components.serving.testing import serve_in_thread
+from tests.test_serving_cli import self_signed
+
+TOKEN = "hostile-test-token"
+LIMITS = ServerLimits(max_header_bytes=8 << 10, header_timeout_s=1.0, body_timeout_s=2.0, keep_alive_s=1.0,
+                      max_connections=16)
+SLACK_S = 2.0  # scheduling slack on a shared machine
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> SyntheticShop:
+    return make_synthetic_bundle(tmp_path_factory.mktemp("hostile") / "out", n_users=80, n_items=50, per_user=20)
+
+
+def _serve(shop: SyntheticShop, work: Path, limits: ServerLimits = LIMITS, **settings: Any) -> Any:
+    config = ServingSettings(model=str(shop.archive), work_dir=work, watch_interval_s=0, **settings)
+    return serve_in_thread(create_app(config), limits=limits)
+
+
+@pytest.fixture(scope="module")
+def base_url(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _serve(shop, tmp_path_factory.mktemp("work")) as url:
+        yield url
+
+
+def _address(base_url: str) -> tuple[str, int]:
+    host, port = base_url.split("://")[1].split(":")
+    return host, int(port)
+
+
+def _read_until_closed(sock: socket.socket, timeout_s: float) -> tuple[bytes, bool, float]:
+    """Everything the server sends until it closes (or ``timeout_s``): (bytes, closed, seconds)."""
+    started = time.monotonic()
+    sock.settimeout(timeout_s)
+    answer = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError, ssl.SSLError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer, True, time.monotonic() - started
+    return answer, False, time.monotonic() - started
+
+
+def _metric(base_url: str, line_start: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+    return sum(values)
+
+
+def test_reload_refuses_before_reading_the_body_when_admin_is_off(base_url: str) -> None:
+    """Finding 1: 64 MB declared, 1 KB sent. The 403 comes at once and the connection is closed; before,
+    FastAPI waited for (and would have parsed) the whole body before the token check ran."""
+    with socket.create_connection(_address(base_url), timeout=10) as sock:
+        sock.sendall(b"POST /admin/reload HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (64 << 20) + b"{" * 1024)
+        answer, closed, _ = _read_until_closed(sock, 5)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+    assert closed
+
+
+def test_reload_checks_the_token_then_caps_the_body(shop: SyntheticShop, tmp_path: Path) -> None:
+    with _serve(shop, tmp_path, admin_token=TOKEN, admin_max_body_bytes=1024) as url:
+        with socket.create_connection(_address(url), timeout=10) as sock:
+            sock.sendall(b"POST /admin/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (64 << 20) + b"{" * 1024)
+            answer, closed, _ = _read_until_closed(sock, 5)
+        assert answer.startswith(b"HTTP/1.1 401 ") and closed, answer[:200]
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        big = httpx.post(f"{url}/admin/reload", headers=auth, json={"model": "x" * 2000}, timeout=10)
+        assert big.status_code == 413 and big.json()["parameter"] == "body"
+        bad = httpx.post(f"{url}/admin/reload", headers=auth, content=b"{nope", timeout=10)
+        assert bad.status_code == 400
+        unknown = httpx.post(f"{url}/admin/reload", headers=auth, json={"modle": "x"}, timeout=10)
+        assert unknown.status_code == 422
+        ok = httpx.post(f"{url}/admin/reload?wait=true", headers=auth, json={"model": str(shop.archive)},
+                        timeout=60)
+        assert ok.status_code == 200, ok.text
+
+
+def test_a_huge_header_is_cut_at_the_limit(base_url: str) -> None:
+    """Finding 2: a header that never ends. The server answers 431 and closes after about
+    max_header_bytes; before, it buffered all 4 MB this test offers (and 32 MB in the report)."""
+    sent = 0
+    with socket.create_connection(_address(base_url), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"GET /recommendations?user_id=1 HTTP/1.1\r\nHost: t\r\nX-Big: ")
+            for _ in range(64):
+                sock.sendall(b"a" * (64 << 10))
+                sent += 64 << 10
+                time.sleep(0.005)
+        answer, closed, _ = _read_until_closed(sock, 5)
+    assert closed, f"still open after {sent} header bytes"
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert sent < 4 << 20
+
+
+@pytest.mark.parametrize("opening", [b"", b"GET /recommendations?user_id=1 HTTP/1.1\r\nHost: t\r\n"],
+                         ids=["silent", "half-header"])
+def test_a_connection_without_a_request_head_is_closed(base_url: str, opening: bytes) -> None:
+    """Finding 2: connected and silent, or a head trickled a byte at a time (each byte used to cancel the
+    only timer): closed after header_timeout_s, not held forever."""
+    with socket.create_connection(_address(base_url), timeout=10) as sock:
+        sock.sendall(opening)
+        started = time.monotonic()
+        closed = False
+        sock.settimeout(0.25)
+        while time.monotonic() - started < LIMITS.header_timeout_s + SLACK_S:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                if opening:
+                    sock.sendall(b"X")  # a trickle, never the blank line that ends a head
+            try:
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                closed = True
+                break
+    assert closed, f"open after {LIMITS.header_timeout_s + SLACK_S} s"
+
+
+def test_idle_keep_alive_and_half_body_connections_are_closed(base_url: str) -> None:
+    with socket.create_connection(_address(base_url), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        answer, closed, seconds = _read_until_closed(sock, LIMITS.keep_alive_s + SLACK_S)
+    assert answer.startswith(b"HTTP/1.1 200 ") and closed and seconds < LIMITS.keep_alive_s + SLACK_S
+    with socket.create_connection(_address(base_url), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"user_id\": ")
+        _, closed, seconds = _read_until_closed(sock, LIMITS.body_timeout_s + SLACK_S)
+    assert closed and seconds < LIMITS.body_timeout_s + SLACK_S
+
+
+def test_a_client_leaving_mid_upload_is_not_a_server_error(base_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 6: before, starlette's ClientDisconnect escaped as a 500 with a traceback, which counts
+    towards the EcomrecHighErrorRate alert."""
+    errors_before = _metric(base_url, f'{mn.REQUESTS_TOTAL}{{method="POST",route="/invocations",status="5')
+    left_before = _metric(base_url, f'{mn.CLIENT_DISCONNECTS_TOTAL}{{route="/invocations"}}')
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        with socket.create_connection(_address(base_url), timeout=10) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b" " * 70000)
+            time.sleep(0.2)  # the app is reading the body when the client goes
+    deadline = time.monotonic() + 10
+    while _metric(base_url, f'{mn.CLIENT_DISCONNECTS_TOTAL}{{route="/invocations"}}') < left_before + 3:
+        assert time.monotonic() < deadline, "the disconnects were not counted"
+        time.sleep(0.1)
+    assert _metric(base_url, f'{mn.REQUESTS_TOTAL}{{method="POST",route="/invocations",status="5') == errors_before
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_connections_beyond_the_limit_get_503(shop: SyntheticShop, tmp_path: Path) -> None:
+    limits = LIMITS.model_copy(update={"max_connections": 4, "header_timeout_s": 10.0})
+    with _serve(shop, tmp_path, limits=limits) as url:
+        held = [socket.create_connection(_address(url), timeout=10) for _ in range(4)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # heads never finished
+            time.sleep(0.2)
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 503
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_tls_handshake_without_a_request_is_closed(shop: SyntheticShop, tmp_path: Path) -> None:
+    """Finding 2 over TLS: uvloop calls connection_made after the handshake, so the head timer covers a
+    finished handshake with no request (an unfinished one: asyncio's 60 s ssl_handshake_timeout)."""
+    cert, key = self_signed(tmp_path)
+    config = ServingSettings(model=str(shop.archive), work_dir=tmp_path / "work", watch_interval_s=0)
+    with serve_in_thread(create_app(config), limits=LIMITS, ssl_certfile=str(cert), ssl_keyfile=str(key)) as url:
+        context = ssl.create_default_context(cafile=str(cert))
+        with socket.create_connection(_address(url), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            _, closed, seconds = _read_until_closed(sock, LIMITS.header_timeout_s + SLACK_S)
+    assert closed and seconds < LIMITS.header_timeout_s + SLACK_S
+
+
+def test_a_bad_tls_key_is_a_clear_launch_error(tmp_path: Path) -> None:
+    """Finding 10: an encrypted key (OpenSSL would prompt for a passphrase) or a key of another
+    certificate is named, not a traceback."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = self_signed(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_key = self_signed(other_dir)
+    with pytest.raises(LaunchError, match="does not match"):
+        check_tls(cert, other_key)
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(LaunchError, match="encrypted"):
+        check_tls(cert, encrypted)
+    check_tls(cert, key)
