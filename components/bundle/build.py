@@ -194,6 +194,9 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
 
     parts = [f"{s.BUNDLE_CANDIDATES}/{path.name}" for path in sorted((staging / s.BUNDLE_CANDIDATES).iterdir())]
     files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *parts)}
+    # Sizes and Parquet row counts let a reader refuse a bundle before unpacking or loading a byte of it.
+    sizes = {rel: (staging / rel).stat().st_size for rel in files}
+    rows = {rel: pq.read_metadata(staging / rel).num_rows for rel in files if rel.endswith(".parquet")}
     content_id = hashlib.sha256(json.dumps([inputs.window, files], sort_keys=True).encode()).hexdigest()
     cut = str(inputs.window.get("test_start", ""))[:10].replace("-", "")
     manifest = {
@@ -213,6 +216,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
             "popular": len(inputs.popular),
         },
         "files": files,
+        "sizes": sizes,
+        "rows": rows,
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     archive = output / s.MODEL_ARCHIVE

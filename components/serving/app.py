@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from components.bundle.format import BundleLimits
 from components.registry.base import ModelRegistry
 from components.serving.fastpath import RecommendationsFastPath
 from components.serving.holder import ModelHolder
@@ -61,7 +62,9 @@ def create_app(settings: ServingSettings | None = None, *,
 
         registry = LocalRegistry(settings.registry_root)
     service_metrics = ServiceMetrics()
-    fetcher = BundleFetcher(settings.work_dir, s3_client or default_s3_client(settings))
+    fetcher = BundleFetcher(settings.work_dir, s3_client or default_s3_client(settings),
+                            limits=BundleLimits(settings.max_bundle_bytes, settings.max_table_rows),
+                            memory_share=settings.load_memory_share)
     holder = ModelHolder(fetcher, service_metrics, smoke_users=settings.smoke_users,
                          scoring_threads=settings.scoring_threads)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)

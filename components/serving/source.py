@@ -5,6 +5,7 @@ bundle is in memory."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from components import schema as s
 from components.bundle import Bundle, load_bundle
-from components.bundle.format import extract_bundle
+from components.bundle.format import BundleLimits, extract_bundle
 from components.errors import BundleError, EcomrecError
+from components.memory import available_memory_bytes
 from components.storage import is_s3_uri, materialize
 
 if TYPE_CHECKING:
@@ -31,9 +33,22 @@ class BundleFetcher:
     """Turns a bundle location into a loaded :class:`Bundle`, cleaning up what it downloaded."""
 
     def __init__(self, work_dir: Path | None = None,
-                 s3_client: Callable[[], S3Client] | S3Client | None = None) -> None:
+                 s3_client: Callable[[], S3Client] | S3Client | None = None, *,
+                 limits: BundleLimits | None = None, memory_share: float | None = None,
+                 available_memory: Callable[[], int | None] = available_memory_bytes) -> None:
         self.work_dir = Path(work_dir or Path(tempfile.gettempdir()) / "ecomrec-serving")
         self._s3 = s3_client
+        self.limits = limits or BundleLimits()
+        self.memory_share = memory_share  # None: no memory check
+        self._available_memory = available_memory
+
+    def load_limits(self) -> BundleLimits:
+        """The limits for a load starting now: the memory check uses what is available at this moment
+        (the serving model, if any, is already counted as used)."""
+        available = self._available_memory() if self.memory_share is not None else None
+        if available is None or self.memory_share is None:
+            return self.limits
+        return dataclasses.replace(self.limits, max_memory_bytes=int(available * self.memory_share))
 
     def _s3_client(self, uri: str) -> S3Client:
         client = self._s3() if callable(self._s3) else self._s3
@@ -56,11 +71,12 @@ class BundleFetcher:
         """Load and verify (manifest, checksums) the bundle at ``location``; raise BundleError if it is
         missing, unreadable or corrupt. Its files exist until the block ends: build what needs them
         (the CatBoost model) inside it."""
+        limits = self.load_limits()
         with self._scratch() as scratch:
             if is_s3_uri(location):
                 try:
                     local = materialize(location, s3_client=self._s3_client(location),
-                                        workdir=scratch / "download")
+                                        workdir=scratch / "download", max_bytes=limits.max_bytes)
                 except EcomrecError as error:
                     raise BundleError(f"cannot download bundle {location}: {error}") from error
                 except Exception as error:  # botocore errors: the bucket, key or credentials are wrong
@@ -78,7 +94,7 @@ class BundleFetcher:
                     and (local / s.MODEL_ARCHIVE).is_file():
                 local = local / s.MODEL_ARCHIVE  # a folder holding the archive (an S3 prefix, a mount)
             if local.is_file():
-                local = extract_bundle(local, scratch / "unpacked")
-            bundle = load_bundle(local)
+                local = extract_bundle(local, scratch / "unpacked", limits)
+            bundle = load_bundle(local, limits)
             log.info("bundle %s read from %s", bundle.version, location)
             yield bundle
