@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -21,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from components import schema as s
+from components.checksum import sha256_file
 from components.errors import BundleError
 
 # 3: the manifest lists every file's size and every Parquet file's rows; 2: candidates/ is a folder of parts
@@ -124,14 +124,6 @@ def _parse_manifest(data: bytes, where: str, limits: BundleLimits) -> dict[str, 
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"{where}: invalid JSON ({error})") from error
     return check_manifest(manifest, where, limits)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _csr(user_idx: np.ndarray, values: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,3 +19,5 @@ ITEMS_SERVED_DISTINCT: Final = "ecomrec_items_served_distinct"  # gauge: distinc
 # counter{route}: requests whose client left before sending the whole body (answered 499, not a 5xx: the
 # error-rate alert must not page for a client's dropped upload)
 CLIENT_DISCONNECTS_TOTAL: Final = "ecomrec_client_disconnects_total"
+# gauge 1/0: the served model is a registry version that has been Rejected (nothing Approved to go to)
+MODEL_SERVED_REJECTED: Final = "ecomrec_model_served_rejected"

@@ -48,6 +48,9 @@ class ServiceMetrics:
         self.client_disconnects = Counter(m.CLIENT_DISCONNECTS_TOTAL.removesuffix("_total"),
                                           "Requests whose client left before sending the whole body",
                                           ["route"], registry=r)
+        self.served_rejected = Gauge(m.MODEL_SERVED_REJECTED,
+                                     "1 while the served model is a registry version that was Rejected",
+                                     registry=r)
         for result in ("success", "refused"):
             self.loads.labels(result=result)  # export zeros so alert rules see the series from the start
         for route in ANSWERING_ROUTES:

@@ -45,6 +45,9 @@ class ServingSettings(BaseSettings):
     # Approved version if a registry is configured, else SageMaker's /opt/ml/model.
     model: str | None = None
     registry_root: Path | None = None  # a LocalRegistry folder to watch for newly Approved versions
+    # sha256 of the model.tar.gz at ECOMREC_MODEL: the rollout sets it from the approved model package, and
+    # the service refuses to start on other bytes
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_group: str = "ecomrec"
     watch_interval_s: float = Field(default=15.0, ge=0.0)  # 0 = no watch (admin reload works)
     default_top_k: int = Field(default=10, ge=1)
@@ -58,6 +61,9 @@ class ServingSettings(BaseSettings):
     # CatBoost threads scoring a bundle's candidates at load; 1 leaves the other cores to the live model
     # while a swap loads in the background (requests never run CatBoost)
     scoring_threads: int = Field(default=1, ge=1)
+    # POST /admin/reload?wait=true answers 504 after this long; the load goes on in the background and
+    # GET /admin/model tells how it ended
+    reload_wait_s: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=6 << 20, ge=1024)  # POST /invocations (SageMaker's own limit is 6 MB)
     admin_max_body_bytes: int = Field(default=16 << 10, ge=64)  # POST /admin/reload: a path or URI
     # A bundle's unpacked files (the EKS scratch volume is 4 GiB, and a swap unpacks a second bundle

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from components import schema as s
 from components.bundle import Bundle, load_bundle
 from components.bundle.format import BundleLimits, extract_bundle
+from components.checksum import sha256_file
 from components.errors import BundleError, EcomrecError
 from components.memory import available_memory_bytes
 from components.storage import is_s3_uri, materialize
@@ -27,6 +29,18 @@ else:
     S3Client = Any
 
 log = logging.getLogger(__name__)
+
+
+def check_digest(local: Path, expected: str, location: str) -> None:
+    """The archive must be the registered bytes: a substitute written over an approved artifact (or a
+    different object at the same S3 key) is refused before it is unpacked."""
+    if not local.is_file():
+        raise BundleError(f"bundle {location[:300]}: a registered digest is given but this is a folder, not "
+                          f"the registered {s.MODEL_ARCHIVE}")
+    found = sha256_file(local)
+    if found != expected:
+        raise BundleError(f"bundle {location[:300]}: sha256 {found} is not the registered {expected[:64]} "
+                          "(the artifact changed after registration)")
 
 
 class BundleFetcher:
@@ -67,10 +81,11 @@ class BundleFetcher:
             shutil.rmtree(path, ignore_errors=True)
 
     @contextmanager
-    def open(self, location: str) -> Iterator[Bundle]:
+    def open(self, location: str, *, expected_sha256: str | None = None) -> Iterator[Bundle]:
         """Load and verify (manifest, checksums) the bundle at ``location``; raise BundleError if it is
-        missing, unreadable or corrupt. Its files exist until the block ends: build what needs them
-        (the CatBoost model) inside it."""
+        missing, unreadable or corrupt, or, with ``expected_sha256`` (the registry's record), if the archive
+        is not those exact bytes. Its files exist until the block ends: build what needs them (the CatBoost
+        model) inside it."""
         limits = self.load_limits()
         with self._scratch() as scratch:
             if is_s3_uri(location):
@@ -90,9 +105,14 @@ class BundleFetcher:
                     raise BundleError(f"unusable bundle path {location[:200]!r}: {error.strerror}") from error
                 if not found:
                     raise BundleError(f"bundle not found: {location[:200]}")
+                if not (local.is_dir() or stat.S_ISREG(local.stat().st_mode)):
+                    # a FIFO or device would block the loader on its first read, forever
+                    raise BundleError(f"bundle {location[:200]!r} is not a regular file or a folder")
             if local.is_dir() and not (local / s.BUNDLE_MANIFEST).exists() \
                     and (local / s.MODEL_ARCHIVE).is_file():
                 local = local / s.MODEL_ARCHIVE  # a folder holding the archive (an S3 prefix, a mount)
+            if expected_sha256:
+                check_digest(local, expected_sha256, location)
             if local.is_file():
                 local = extract_bundle(local, scratch / "unpacked", limits)
             bundle = load_bundle(local, limits)

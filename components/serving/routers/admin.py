@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
+import anyio
 import orjson
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,6 +18,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
+from components.errors import EcomrecError
 from components.serving.responses import OrjsonResponse, error_response
 from components.serving.routers._deps import read_body, service
 from components.serving.routers.models import ErrorBody, ModelStatus, ReloadRequest
@@ -104,12 +106,16 @@ def build_router() -> APIRouter:
         body = await _reload_request(request, state.settings.admin_max_body_bytes)
         if isinstance(body, Response):
             return body
-        location, registry_version = body.model, None
+        location, registry_version, expected_sha256 = body.model, None, None
         if location is None and state.registry is not None:
-            latest = state.registry.latest_approved(state.settings.model_group)
+            try:
+                latest = state.registry.latest_approved(state.settings.model_group)
+            except EcomrecError as error:
+                return error_response(503, f"the registry cannot be read: {error}", parameter="registry")
             if latest is None:
                 return error_response(409, f"no Approved version of group {state.settings.model_group!r}")
             location, registry_version = latest.model_data_url, latest.version
+            expected_sha256 = latest.bundle_sha256 or None
         if location is None:
             current = state.holder.current
             if current is None:
@@ -117,11 +123,20 @@ def build_router() -> APIRouter:
                                       parameter="model")
             location = current.source
         if not wait:
-            if not state.holder.load_in_background(location, registry_version=registry_version):
+            if not state.holder.load_in_background(location, registry_version=registry_version,
+                                                   expected_sha256=expected_sha256):
                 return error_response(409, "a load is already running")
             return OrjsonResponse(_status(state), status_code=202)
         chosen, chosen_version = location, registry_version
-        result = await to_thread.run_sync(lambda: state.holder.load(chosen, registry_version=chosen_version))
+        result = None
+        with anyio.move_on_after(state.settings.reload_wait_s):
+            result = await to_thread.run_sync(
+                lambda: state.holder.load(chosen, registry_version=chosen_version, expected_sha256=expected_sha256),
+                abandon_on_cancel=True)  # the load goes on; the answer does not wait for it
+        if result is None:
+            return error_response(504, f"the load of {chosen[:300]} is still running after "
+                                       f"{state.settings.reload_wait_s:.0f} s (ECOMREC_RELOAD_WAIT_S); see "
+                                       "GET /admin/model", parameter="model")
         if not result.ok:
             return error_response(422, f"bundle refused, still serving the previous model: {result.error}",
                                   parameter="model")
