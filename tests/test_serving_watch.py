@@ -152,3 +152,21 @@ def test_reload_refuses_a_fifo_and_reports_an_unreadable_registry(tmp_path: Path
         gone = client.post("/admin/reload", params={"wait": "true"})
         assert gone.status_code == 503 and "does not exist" in gone.json()["error"]
         assert client.get("/recommendations", params={"user_id": a.user_ids[0]}).status_code == 200
+
+
+def test_the_pod_refuses_to_start_on_other_bytes_than_the_rollout_approved(
+        tmp_path: Path, shops: tuple[SyntheticShop, SyntheticShop]) -> None:
+    """ECOMREC_MODEL_SHA256 is what the rollout sets from the approved package (cdk/rollout logic.py
+    deployment_patch): a pod given other bytes never becomes ready, so the rollout stops and restores."""
+    from components.checksum import sha256_file
+
+    a, b = shops
+    wrong = ServingSettings(model=str(a.archive), model_sha256=sha256_file(b.archive), watch_interval_s=0,
+                            work_dir=tmp_path / "work")
+    with pytest.raises(RuntimeError, match="stopped during start-up"), serve_in_thread(create_app(wrong)):
+        pass
+    right = ServingSettings(model=str(a.archive), model_sha256=sha256_file(a.archive), watch_interval_s=0,
+                            work_dir=tmp_path / "work")
+    with serve_in_thread(create_app(right)) as url:
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    assert ServingSettings(model=str(a.archive), model_sha256="").model_sha256 is None  # the rollout's "unknown"

@@ -47,7 +47,7 @@ class ServingSettings(BaseSettings):
     registry_root: Path | None = None  # a LocalRegistry folder to watch for newly Approved versions
     # sha256 of the model.tar.gz at ECOMREC_MODEL: the rollout sets it from the approved model package, and
     # the service refuses to start on other bytes
-    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    model_sha256: str | None = Field(default=None, pattern=r"^([0-9a-f]{64})?$")  # "": no check
     model_group: str = "ecomrec"
     watch_interval_s: float = Field(default=15.0, ge=0.0)  # 0 = no watch (admin reload works)
     default_top_k: int = Field(default=10, ge=1)
@@ -77,6 +77,8 @@ class ServingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
+        if self.model_sha256 == "":
+            object.__setattr__(self, "model_sha256", None)  # the rollout writes "" for records without one
         if self.default_top_k > self.max_top_k:
             raise ValueError(
                 f"ECOMREC_DEFAULT_TOP_K ({self.default_top_k}) exceeds ECOMREC_MAX_TOP_K ({self.max_top_k})")
