@@ -231,6 +231,7 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
             with path.open("rb") as handle:  # streamed: the candidates file can be gigabytes
                 tar.addfile(_tar_info(relative, path.stat().st_size), handle)
     (output / s.BUNDLE_MANIFEST).write_bytes(manifest_bytes)
+    (output / s.BUNDLE_DIGEST_FILE).write_text(json.dumps({"sha256": sha256_file(archive)}))
     shutil.rmtree(staging)
     log.info("bundle %s: %s (%.1f MB)", manifest["version"], archive, archive.stat().st_size / 1e6)
     return archive

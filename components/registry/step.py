@@ -37,11 +37,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise QualityGateError("quality gate failed, nothing registered: " + "; ".join(verdict.reasons))
     registry = LocalRegistry(Path(args.options["registry"] or default_registry_dir()))
     bundle_manifest = json.loads((args.inputs["bundle"] / s.BUNDLE_MANIFEST).read_text())
+    digest = json.loads((args.inputs["bundle"] / s.BUNDLE_DIGEST_FILE).read_text())["sha256"]
     version = registry.register(
         args.config.model_package_group,
         str(args.inputs["bundle"] / s.MODEL_ARCHIVE),
         evaluation,
         description=f"bundle {bundle_manifest['version']}",
+        bundle_sha256=digest,  # the registry's copy must be the bytes the bundle step wrote
     )
     record["registered"] = asdict(version) | {"metrics": "see evaluation.json"}
     (args.output / REGISTRATION_FILE).write_text(json.dumps(record, indent=2))
