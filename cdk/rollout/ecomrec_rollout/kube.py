@@ -36,6 +36,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("networking.k8s.io/v1", "Ingress"): ("ingresses", True),
     ("networking.k8s.io/v1", "IngressClass"): ("ingressclasses", False),
     ("eks.amazonaws.com/v1", "IngressClassParams"): ("ingressclassparams", False),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
+    ("v1", "ConfigMap"): ("configmaps", True),
 }
 
 
