@@ -330,3 +330,13 @@ def test_load_bundle_of_an_archive_leaves_no_temporary_folder(tmp_path: Path, mo
     with pytest.raises(BundleError):
         load_bundle(archive, BundleLimits(max_bytes=1))
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", ["v1\nERROR forged log line", "\x1b[31mred", "", "x" * 200])
+def test_a_version_string_that_would_reach_logs_raw_is_refused(tmp_path: Path, version: str) -> None:
+    root = extract_bundle(write_bundle(_inputs(tmp_path), tmp_path / "out"), tmp_path / "unpacked")
+    manifest = json.loads((root / s.BUNDLE_MANIFEST).read_text())
+    manifest["version"] = version
+    (root / s.BUNDLE_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="version .* is not 1-128 letters"):
+        load_bundle(root)

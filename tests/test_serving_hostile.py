@@ -225,3 +225,71 @@ def test_a_bad_tls_key_is_a_clear_launch_error(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="encrypted"):
         check_tls(cert, encrypted)
     check_tls(cert, key)
+
+
+# Finding 10, the rest: what a request can make the service say or do.
+
+def test_error_bodies_do_not_echo_megabytes_of_input(base_url: str) -> None:
+    """A 40 KB Content-Type came back whole in the 415 (and a CSV field in a 422): the report saw 200 KB."""
+    answer = httpx.post(f"{base_url}/invocations", content=b"x", headers={"content-type": "a/" + "b" * 40_000},
+                        timeout=10)
+    assert answer.status_code == 415
+    assert len(answer.content) < 2000 and "more characters" in answer.json()["error"]
+    csv_answer = httpx.post(f"{base_url}/invocations", content=b"12680," + b"9" * 100_000,
+                            headers={"content-type": "text/csv"}, timeout=10)
+    assert csv_answer.status_code == 422 and len(csv_answer.content) < 2000
+
+
+def test_a_big_batch_is_answered_off_the_event_loop(base_url: str, shop: SyntheticShop,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1,000-user batch stalled the event loop (and every other request) for 0.1-0.5 s."""
+    import asyncio
+
+    from components.serving.state import ServiceState
+
+    on_loop: list[bool] = []
+    answer = ServiceState.answer
+
+    def spy(self: ServiceState, *args: Any, **kwargs: Any) -> dict[str, object]:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # a worker thread
+            on_loop.append(False)
+        return answer(self, *args, **kwargs)
+
+    monkeypatch.setattr(ServiceState, "answer", spy)
+    users = [shop.user_ids[i % len(shop.user_ids)] for i in range(1000)]
+    big = httpx.post(f"{base_url}/invocations", json={"instances": [{"user_id": u} for u in users]}, timeout=30)
+    assert big.status_code == 200 and len(big.json()["predictions"]) == 1000
+    assert on_loop == [False] * 1000
+    on_loop.clear()
+    assert httpx.post(f"{base_url}/invocations", json={"user_id": users[0]}, timeout=10).status_code == 200
+    assert on_loop == [True]  # a single user stays inline (a hop to a thread costs more than the answer)
+
+
+def test_numeric_ids_must_be_exact_and_a_csv_byte_order_mark_is_not_part_of_the_id(
+        base_url: str, shop: SyntheticShop) -> None:
+    """JSON user ids over 64 bits (orjson reads them as floats) and 12680.0 named another user silently;
+    a UTF-8 byte-order mark made the first CSV user unknown."""
+    warm = shop.user_ids[0]  # numeric-looking, as Online Retail's
+    as_int = httpx.post(f"{base_url}/invocations", content=f'{{"user_id": {warm}}}'.encode(),
+                        headers={"content-type": "application/json"}, timeout=10)
+    assert as_int.status_code == 200 and as_int.json()["fallback"] is False
+    for body in (b'{"user_id": 18446744073709551617}', f'{{"user_id": {warm}.0}}'.encode(), b'{"user_id": true}'):
+        refused = httpx.post(f"{base_url}/invocations", content=body, headers={"content-type": "application/json"},
+                             timeout=10)
+        assert refused.status_code == 422 and refused.json()["parameter"] == "user_id", body
+    with_bom = httpx.post(f"{base_url}/invocations", content="\ufeff".encode() + f"{warm},3\n".encode(),
+                          headers={"content-type": "text/csv", "accept": "text/csv"}, timeout=10)
+    assert with_bom.status_code == 200
+    first = with_bom.text.splitlines()[0].split(",")
+    assert first[0] == warm and first[-1] == ""  # the user itself, not an unknown one's fallback
+
+
+def test_a_trailing_slash_is_not_redirected_to_the_host_header(base_url: str, shop: SyntheticShop) -> None:
+    """Starlette's slash redirect built its Location from the Host header: an open redirect."""
+    answer = httpx.get(f"{base_url}/invocations/", headers={"host": "evil.example"}, timeout=10)
+    assert answer.status_code in (404, 405) and "location" not in answer.headers
+    answer = httpx.get(f"{base_url}/readyz/", headers={"host": "evil.example"}, timeout=10)
+    assert answer.status_code == 404 and "location" not in answer.headers

@@ -27,6 +27,7 @@ from components.errors import BundleError
 FORMAT_VERSION = 3
 MAX_MANIFEST_BYTES = 4 << 20  # a manifest is a few KB; a bigger one is not read
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_LABEL = re.compile(r"[A-Za-z0-9._:+-]{0,128}")
 REQUIRED_FILES: tuple[str, ...] = (
     s.BUNDLE_MANIFEST,
     s.MODEL_FILE,
@@ -77,6 +78,10 @@ def check_manifest(manifest: Any, where: str, limits: BundleLimits) -> dict[str,
         raise BundleError(f"{where}: not a JSON object")
     if manifest.get("format") != FORMAT_VERSION:
         raise BundleError(f"{where}: bundle format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    for key in ("version", "group"):  # they reach logs, metrics labels and answers
+        value = manifest.get(key, "")
+        if not (isinstance(value, str) and _LABEL.fullmatch(value) and (value or key == "group")):
+            raise BundleError(f"{where}: {key} {str(value)[:80]!r} is not 1-128 letters, digits or ._:+-")
     files, sizes, rows = manifest.get("files"), manifest.get("sizes"), manifest.get("rows")
     if not (isinstance(files, dict) and isinstance(sizes, dict) and isinstance(rows, dict)):
         raise BundleError(f"{where}: files, sizes and rows must be objects")

@@ -91,6 +91,9 @@ def create_app(settings: ServingSettings | None = None, *,
         summary="Personalised product recommendations from an ecomrec model bundle.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # Starlette's "/path/" -> "/path" redirect builds its Location from the Host header: an open
+        # redirect for whoever sets Host. No endpoint needs it; a trailing slash is a 404.
+        redirect_slashes=False,
         **options,
     )
     app.state.ecomrec = state
