@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,3 +296,59 @@ def test_a_trailing_slash_is_not_redirected_to_the_host_header(base_url: str, sh
     assert answer.status_code in (404, 405) and "location" not in answer.headers
     answer = httpx.get(f"{base_url}/readyz/", headers={"host": "evil.example"}, timeout=10)
     assert answer.status_code == 404 and "location" not in answer.headers
+
+
+# The hostile-client suite: every kind at once, against the real launcher in its own process.
+
+HOSTILE_SECONDS = float(os.environ.get("ECOMREC_HOSTILE_SECONDS", "6"))  # longer: benchmarks/serving_hostile.py
+
+
+def test_under_hostile_clients_memory_stays_bounded_and_recommendations_keep_coming(
+        shop: SyntheticShop, tmp_path: Path) -> None:
+    """Slow and huge headers, idle connections, endless and abandoned bodies, 52 connections at once that
+    reconnect whenever they are cut, for HOSTILE_SECONDS. Stated bound on the server's resident memory
+    above its loaded baseline: every connection's head buffer (max_header_bytes) and socket read buffer
+    (uvicorn pauses reading past 64 KB), plus one body limit per body-sending connection, plus 32 MB
+    (allocator slack, worker threads): 50.5 MB with these settings. Meanwhile every GET /recommendations
+    is answered 200."""
+    from components.serving.hostile import Attack, rss_mb, run_attack
+    from tests.test_serving_cli import free_port
+
+    attack = Attack(seconds=HOSTILE_SECONDS)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TMPDIR": str(tmp_path),
+           "ECOMREC_WATCH_INTERVAL_S": "0", "ECOMREC_HEADER_TIMEOUT_S": "1", "ECOMREC_BODY_TIMEOUT_S": "2",
+           "ECOMREC_KEEP_ALIVE_S": "2", "ECOMREC_MAX_BODY_BYTES": str(1 << 20)}
+    process = subprocess.Popen([sys.executable, "-m", "components.serving", "--model", str(shop.archive),
+                                "--port", str(port), "--log-level", "warning"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "server not ready in 60 s"
+            time.sleep(0.2)
+        for user in shop.user_ids[:50]:  # warm: the baseline is a serving process
+            httpx.get(f"{url}/recommendations", params={"user_id": user}, timeout=5)
+        baseline = rss_mb(process.pid)
+        outcome = run_attack("127.0.0.1", port, shop.user_ids, attack, server_pid=process.pid)
+        body_senders = attack.huge_bodies + attack.abandoned_bodies
+        bound = (attack.connections * ((64 << 10) + (64 << 10)) / (1 << 20)
+                 + body_senders * 1 + 32)
+        print(f"hostile: baseline {baseline:.0f} MB, peak {outcome.peak_rss_mb:.0f} MB, bound +{bound:.1f} MB, "
+              f"probes {outcome.probe_status}, p99 {outcome.latency_quantile(0.99) * 1000:.1f} ms, cut {outcome.cut_by_server}")
+        assert outcome.peak_rss_mb - baseline <= bound, (baseline, outcome.peak_rss_mb, bound)
+        assert outcome.probe_errors == [] and set(outcome.probe_status) == {200}, outcome.probe_status
+        assert sum(outcome.probe_status.values()) > 10 * HOSTILE_SECONDS
+        assert outcome.latency_quantile(0.99) < 1.0
+        # every kind was cut by the server (and came back), none held its connection for the whole run
+        kinds = ("slow_header", "idle", "huge_header", "huge_body", "declared_body", "abandoned_body")
+        assert all(outcome.cut_by_server.get(kind, 0) >= 1 for kind in kinds), outcome.cut_by_server
+        assert httpx.get(f"{url}/recommendations", params={"user_id": shop.user_ids[0]}, timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
