@@ -33,7 +33,7 @@ from typing import Any
 from serving_common import REPO, free_port, machine, machine_markdown, python, run_wrk, server_process, write_results
 
 sys.path.insert(0, str(REPO))
-from components.serving.hostile import Attack, rss_mb, run_attack  # noqa: E402
+from components.serving.hostile import Attack, rss_mb, run_attack
 
 log = logging.getLogger("serving-hostile")
 PATH, SUFFIX = "/recommendations?user_id=", "&top_k=10"
@@ -53,7 +53,8 @@ def build_bundle(tree: Path, out: Path) -> tuple[Path, list[str]]:
 def measure(tree: Path, label: str, workdir: Path, seconds: float, attack: Attack) -> dict[str, Any]:
     archive, users = build_bundle(tree, workdir / label)
     port = free_port()
-    command = [python(), "-m", "components.serving", "--model", str(archive), "--host", "127.0.0.1",
+    # -P: not the working directory first on sys.path, so PYTHONPATH picks the tree under test
+    command = [python(), "-P", "-m", "components.serving", "--model", str(archive), "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "error"]
     env = {"PYTHONPATH": str(tree), "ECOMREC_WATCH_INTERVAL_S": "0", "TMPDIR": str(workdir)}
     url = f"http://127.0.0.1:{port}"
@@ -101,7 +102,8 @@ def markdown(info: dict[str, Any], results: dict[str, dict[str, Any]], attack: A
         f"| /recommendations answered during the attack | {sum(hb['probe_status'].values())} "
         f"{hb['probe_status']} | {sum(ho['probe_status'].values())} {ho['probe_status']} | |",
         f"| /recommendations p99 during the attack (ms) | {hb['probe_p99_ms']} | {ho['probe_p99_ms']} | |",
-        f"| hostile connections cut by the server | {sum(hb['connections_cut_by_server'].values())} | "
+        f"| hostile connections ended (cut by the server or timed out by the client) | "
+        f"{sum(hb['connections_cut_by_server'].values())} | "
         f"{sum(ho['connections_cut_by_server'].values())} | |",
         "",
         f"Attack: {attack.connections} connections for {attack.seconds:g} s ({attack}); each reconnects when "
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--attack-seconds", type=float, default=15.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe otherwise
     info = machine()
     attack = Attack(seconds=args.attack_seconds)
     with tempfile.TemporaryDirectory(prefix="serving-hostile-") as tmp:

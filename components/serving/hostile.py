@@ -35,7 +35,7 @@ class Attack:
 
 @dataclass
 class Outcome:
-    cut_by_server: dict[str, int] = field(default_factory=dict)  # connections the server closed, per kind
+    cut_by_server: dict[str, int] = field(default_factory=dict)  # connections ended per kind (mostly cut by the server)
     probe_status: dict[int, int] = field(default_factory=dict)  # GET /recommendations answers by status
     probe_errors: list[str] = field(default_factory=list)
     probe_latency_s: list[float] = field(default_factory=list)
@@ -118,7 +118,8 @@ def run_attack(host: str, port: int, users: Sequence[str], attack: Attack, *, se
         time.sleep(0.1)  # the app is reading the body when the client goes
 
     kinds: list[tuple[str, int, bytes, Callable[[socket.socket], None]]] = [
-        ("slow_header", attack.slow_headers, b"GET /recommendations?user_id=1 HTTP/1.1\r\nHost: h\r\nX-Slow: ", trickle),
+        ("slow_header", attack.slow_headers, b"GET /recommendations?user_id=1 HTTP/1.1\r\nHost: h\r\nX-Slow: ",
+         trickle),
         ("idle", attack.idle, b"", wait),
         ("huge_header", attack.huge_headers, b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Big: ", flood(b"a" * (256 << 10))),
         ("huge_body", attack.huge_bodies, b"POST /invocations HTTP/1.1\r\nHost: h\r\nContent-Type: text/csv\r\n"
