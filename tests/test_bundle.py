@@ -338,5 +338,5 @@ def test_a_version_string_that_would_reach_logs_raw_is_refused(tmp_path: Path, v
     manifest = json.loads((root / s.BUNDLE_MANIFEST).read_text())
     manifest["version"] = version
     (root / s.BUNDLE_MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="version .* is not 1-128 letters"):
+    with pytest.raises(BundleError, match=r"version .* is not 1-128 letters"):
         load_bundle(root)

@@ -340,7 +340,8 @@ def test_under_hostile_clients_memory_stays_bounded_and_recommendations_keep_com
         bound = (attack.connections * ((64 << 10) + (64 << 10)) / (1 << 20)
                  + body_senders * 1 + 32)
         print(f"hostile: baseline {baseline:.0f} MB, peak {outcome.peak_rss_mb:.0f} MB, bound +{bound:.1f} MB, "
-              f"probes {outcome.probe_status}, p99 {outcome.latency_quantile(0.99) * 1000:.1f} ms, cut {outcome.cut_by_server}")
+              f"probes {outcome.probe_status}, p99 {outcome.latency_quantile(0.99) * 1000:.1f} ms, "
+              f"cut {outcome.cut_by_server}")
         assert outcome.peak_rss_mb - baseline <= bound, (baseline, outcome.peak_rss_mb, bound)
         assert outcome.probe_errors == [] and set(outcome.probe_status) == {200}, outcome.probe_status
         assert sum(outcome.probe_status.values()) > 10 * HOSTILE_SECONDS

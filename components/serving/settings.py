@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from components.storage import is_s3_uri
@@ -47,7 +47,7 @@ class ServingSettings(BaseSettings):
     registry_root: Path | None = None  # a LocalRegistry folder to watch for newly Approved versions
     # sha256 of the model.tar.gz at ECOMREC_MODEL: the rollout sets it from the approved model package, and
     # the service refuses to start on other bytes
-    model_sha256: str | None = Field(default=None, pattern=r"^([0-9a-f]{64})?$")  # "": no check
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_group: str = "ecomrec"
     watch_interval_s: float = Field(default=15.0, ge=0.0)  # 0 = no watch (admin reload works)
     default_top_k: int = Field(default=10, ge=1)
@@ -71,14 +71,17 @@ class ServingSettings(BaseSettings):
     max_bundle_bytes: int = Field(default=3 << 30, ge=1)
     # Rows in any one bundle table or candidate part, read from the Parquet footer before the table is read.
     max_table_rows: int = Field(default=50_000_000, ge=1)
-    # Refuse a hot swap whose estimated peak would leave less than this share of the memory available
-    # (cgroup limit, else MemAvailable) free: the serving model must survive a bad bundle.
+    # Refuse a load whose estimated peak (bundle.format.estimate_load_bytes) exceeds this share of the
+    # memory the process may still take (cgroup room, else MemAvailable): the serving model must survive it.
     load_memory_share: float = Field(default=0.8, gt=0, le=1)
+
+    @field_validator("model_sha256", mode="before")
+    @classmethod
+    def _no_digest(cls, value: object) -> object:
+        return None if value == "" else value  # the rollout writes "" for versions recorded without one
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
-        if self.model_sha256 == "":
-            object.__setattr__(self, "model_sha256", None)  # the rollout writes "" for records without one
         if self.default_top_k > self.max_top_k:
             raise ValueError(
                 f"ECOMREC_DEFAULT_TOP_K ({self.default_top_k}) exceeds ECOMREC_MAX_TOP_K ({self.max_top_k})")
