@@ -91,6 +91,8 @@ def build_router() -> APIRouter:
             "application/json": {"schema": ReloadRequest.model_json_schema()}}}},
         responses={**AUTH_ERRORS, 202: {"model": ModelStatus}, 409: {"model": ErrorBody},
                    400: {"description": "the body is not valid JSON"}, 413: {"model": ErrorBody},
+                   503: {"model": ErrorBody, "description": "the registry cannot be read"},
+                   504: {"model": ErrorBody, "description": "wait=true: the load outlasted ECOMREC_RELOAD_WAIT_S"},
                    422: {"model": ErrorBody, "description": "a malformed body, or the bundle was refused "
                                                             "(wait=true)"}},
     )
