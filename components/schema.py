@@ -203,6 +203,9 @@ BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fall
 BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
 BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff (+ ui_purchase_days,
 # ui_days_since_last: the explorer's history)
+# {"sha256": ...} of model.tar.gz, beside it: what registration records (locally, and on SageMaker as the
+# package's bundle_sha256 metadata through a property file of the bundle step)
+BUNDLE_DIGEST_FILE: Final = "bundle_digest.json"
 ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present
 # A categorical feature's value when unknown (CatBoost cannot take a NULL category); the ETL writes it, the
 # trainer and every scorer map an empty field to it.

@@ -28,8 +28,10 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def materialize(uri: str | Path, *, s3_client: S3Client | None = None, workdir: Path | None = None) -> Path:
-    """Return a local path for ``uri``: the path itself, or a download of the S3 object or prefix."""
+def materialize(uri: str | Path, *, s3_client: S3Client | None = None, workdir: Path | None = None,
+                max_bytes: int | None = None) -> Path:
+    """Return a local path for ``uri``: the path itself, or a download of the S3 object or prefix (at most
+    ``max_bytes`` in all, counted from the listing before each object is fetched)."""
     if not is_s3_uri(uri):
         path = Path(uri)
         if not path.exists():
@@ -41,9 +43,15 @@ def materialize(uri: str | Path, *, s3_client: S3Client | None = None, workdir: 
     target_root = Path(workdir or tempfile.mkdtemp(prefix="ecomrec-s3-"))
     paginator = s3_client.get_paginator("list_objects_v2")
     found = False
+    total = 0
     for page in paginator.paginate(Bucket=bucket, Prefix=key):
         for obj in page.get("Contents", []):
             relative = obj["Key"][len(key):].lstrip("/") or Path(obj["Key"]).name
+            if ".." in Path(relative).parts:  # an S3 key may hold "..": it must not write outside the folder
+                raise EcomrecError(f"s3://{bucket}/{obj['Key'][:200]}: key leaves the prefix")
+            total += int(obj.get("Size", 0))
+            if max_bytes is not None and total > max_bytes:
+                raise EcomrecError(f"{uri}: over {max_bytes} bytes to download")
             destination = target_root / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             s3_client.download_file(bucket, obj["Key"], str(destination))

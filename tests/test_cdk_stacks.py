@@ -871,3 +871,36 @@ def test_cfn_lint_finds_no_errors_in_the_templates(synth: Synth) -> None:
     errors = [f for f in findings if f["Level"] == "Error"]
     assert errors == [], json.dumps(errors, indent=1)[:3000]
     assert proc.returncode in (0, 4, 8, 12), proc.stderr[-2000:]  # warnings/informational only
+
+
+def test_network_policy_lets_only_the_load_balancer_and_the_scraper_reach_the_pods(synth: Synth) -> None:
+    """Issue 13, finding 1: nothing kept other pods in the cluster away from the service (admin,
+    /invocations, /metrics). The policy selects the Deployment's pods, allows ingress on the serving port
+    only from the ALB's public subnets and the monitoring namespace, and is enforced (Auto Mode's
+    controller switch is applied with it)."""
+    applied = _applied_manifests(synth.raw(synth.built.serving))
+    policy = k8s.find(applied, "NetworkPolicy")
+    labels = k8s.find(applied, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == c.NAMESPACE
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": c.PORT}]
+    blocks = [source["ipBlock"]["cidr"] for source in rule["from"] if "ipBlock" in source]
+    public = sorted(subnet.ipv4_cidr_block for subnet in synth.built.serving.vpc.public_subnets)
+    private = [subnet.ipv4_cidr_block for subnet in synth.built.serving.vpc.private_subnets]
+    assert sorted(blocks) == public and public and not set(blocks) & set(private)
+    raw = synth.raw(synth.built.serving)
+    subnets = {r["Properties"]["CidrBlock"] for r in resources(raw, "AWS::EC2::Subnet").values()
+               if r["Properties"].get("MapPublicIpOnLaunch")}
+    assert set(blocks) == subnets  # exactly the subnets the internet-facing ALB lives in
+    selectors = [source["namespaceSelector"] for source in rule["from"] if "namespaceSelector" in source]
+    assert selectors == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
+    assert all(set(source) <= {"ipBlock", "namespaceSelector"} for source in rule["from"])
+    controller = k8s.find(applied, "ConfigMap")
+    assert controller["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
+    assert controller["data"] == {"enable-network-policy-controller": "true"}
+    from ecomrec_rollout.kube import object_path
+
+    assert object_path(policy) == f"/apis/networking.k8s.io/v1/namespaces/{c.NAMESPACE}/networkpolicies/{c.DEPLOYMENT}"
+    assert object_path(controller) == "/api/v1/namespaces/kube-system/configmaps/amazon-vpc-cni"

@@ -137,3 +137,55 @@ def test_models_cli_lists_approves_and_rejects(tmp_path: Path, bundle_file: Path
     assert rejected.exit_code == 0 and "Rejected" in rejected.output
     missing = runner.invoke(app, ["models", "approve", "9", "--registry", str(root)])
     assert missing.exit_code == 1 and "no version 9" in missing.output
+
+
+def test_registration_records_the_digest_and_approval_refuses_a_substitute(tmp_path: Path,
+                                                                          bundle_file: Path) -> None:
+    """Finding 5: overwriting a registered artifact, then approving, served the substitute."""
+    import hashlib
+
+    registry = LocalRegistry(tmp_path / "registry")
+    version = registry.register("shop", str(bundle_file), {})
+    assert version.bundle_sha256 == hashlib.sha256(b"bundle-v1").hexdigest()
+    Path(version.model_data_url).write_bytes(b"a substitute")
+    with pytest.raises(RegistryError, match="changed since registration"):
+        registry.set_status("shop", 1, "Approved")
+    assert registry.describe("shop", 1).status == "PendingManualApproval"
+    assert registry.events("shop")[-1]["detail"]["ModelApprovalStatus"] == "PendingManualApproval"
+    with pytest.raises(RegistryError, match="expected"):
+        registry.register("shop", str(bundle_file), {}, bundle_sha256="0" * 64)
+
+
+def test_a_corrupt_or_mistyped_record_is_skipped_with_a_warning_naming_it(
+        tmp_path: Path, bundle_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 8: one bad file stopped the watcher for the whole group and made `models list` print a
+    traceback."""
+    root = tmp_path / "registry"
+    registry = LocalRegistry(root)
+    registry.register("ecomrec", str(bundle_file), _evaluation(0.4321, 0.2))
+    registry.set_status("ecomrec", 1, "Approved")
+    versions = root / "ecomrec" / "versions"
+    (versions / "2.json").write_text("{not json")
+    record = json.loads((versions / "1.json").read_text())
+    (versions / "3.json").write_text(json.dumps({**record, "version": "3"}))  # a string: mistyped
+    (versions / "4.json").write_text(json.dumps({**record, "version": 4, "status": "Live"}))
+    (versions / "notes.json").write_text("{}")
+    assert [v.version for v in registry.list_versions("ecomrec")] == [1]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("2.json", "3.json", "4.json", "notes.json"):
+        assert str(versions / name) in warned
+    assert registry.latest_approved("ecomrec").version == 1  # type: ignore[union-attr]
+    assert registry.register("ecomrec", str(bundle_file), {}).version == 5
+    listed = CliRunner().invoke(app, ["models", "list", "--registry", str(root)])
+    assert listed.exit_code == 0 and listed.exception is None, listed.output
+    assert "0.4321" in listed.output
+    described = CliRunner().invoke(app, ["models", "describe", "2", "--registry", str(root)])
+    assert described.exit_code == 1 and "corrupt registry record" in described.output
+
+
+def test_a_vanished_registry_is_an_error_not_nothing_approved(tmp_path: Path, bundle_file: Path) -> None:
+    root = tmp_path / "registry"
+    LocalRegistry(root).register("ecomrec", str(bundle_file), {})
+    root.rename(tmp_path / "moved")
+    with pytest.raises(RegistryError, match="does not exist"):
+        LocalRegistry(root).latest_approved("ecomrec")

@@ -14,6 +14,7 @@ Real: the rollout package (decisions, the HTTP client, the patches it sends, the
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import sys
@@ -298,9 +299,11 @@ class World:
             listed = self.sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
             version = len(listed) + 1
             bundle_key = f"runs/exec-{group}-{version}/bundle/model.tar.gz"
-            self.s3.put_object(Bucket=RUNS_BUCKET, Key=bundle_key, Body=f"bundle {version}".encode())
+            body = f"bundle {version}".encode()
+            self.s3.put_object(Bucket=RUNS_BUCKET, Key=bundle_key, Body=body)
             arns.append(self.sm.create_model_package(
                 ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval",
+                CustomerMetadataProperties={c.BUNDLE_SHA256_METADATA: hashlib.sha256(body).hexdigest()},
                 InferenceSpecification={"Containers": [{
                     "Image": f"123456789012.dkr.ecr.{REGION}.amazonaws.com/ecomrec-inference:v{version}",
                     "ModelDataUrl": f"s3://{RUNS_BUCKET}/{bundle_key}"}],
@@ -309,8 +312,15 @@ class World:
         return arns[-1]
 
     def set_status(self, arn: str, status: str, group: str = GROUP) -> dict[str, Any]:
-        """Change the status in the (fake) registry and return the event SageMaker would emit."""
-        self.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
+        """Change the status in the (fake) registry and return the event SageMaker would emit.
+
+        The package's metadata is sent again: UpdateModelPackage keeps the properties it is not given
+        (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_UpdateModelPackage.html: removal is
+        CustomerMetadataPropertiesToRemove), but moto 5.2.5 (moto/sagemaker/models.py, update_model_package)
+        replaces them with the request's value, None when absent."""
+        kept = self.sm.describe_model_package(ModelPackageName=arn).get("CustomerMetadataProperties") or {}
+        self.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status,
+                                     **({"CustomerMetadataProperties": kept} if kept else {}))
         return package_event(self.sm.describe_model_package(ModelPackageName=arn), status)
 
     def live(self) -> dict[str, Any]:
@@ -364,7 +374,8 @@ def test_approve_patches_deployment_with_the_new_model_and_records_it(world: Wor
     assert "fieldManager=ecomrec-rollout" in patch.query
     ct = patch.body["spec"]["template"]["spec"]["containers"][0]
     assert ct["name"] == c.CONTAINER
-    assert ct["env"] == [{"name": c.MODEL_ENV_VAR, "value": uri(1)}]
+    assert ct["env"] == [{"name": c.MODEL_ENV_VAR, "value": uri(1)},
+                         {"name": c.MODEL_SHA256_ENV_VAR, "value": hashlib.sha256(b"bundle 1").hexdigest()}]
     assert ct["image"].endswith("ecomrec-inference:v1")
     assert patch.body["spec"]["template"]["metadata"]["annotations"][c.VERSION_ANNOTATION] == "1"
     # The fake controller needed status reads before the rollout completed: the function waited.

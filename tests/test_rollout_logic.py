@@ -33,7 +33,8 @@ def describe(version: int, status: str = "Approved") -> dict[str, Any]:
     return {"ModelPackageVersion": version, "ModelApprovalStatus": status,
             "ModelPackageArn": f"arn:aws:sagemaker:eu-west-1:1:model-package/ecomrec/{version}",
             "InferenceSpecification": {"Containers": [{"Image": f"img:{version}",
-                                                       "ModelDataUrl": f"s3://runs/x/{version}/model.tar.gz"}]}}
+                                                       "ModelDataUrl": f"s3://runs/x/{version}/model.tar.gz"}]},
+            "CustomerMetadataProperties": {c.BUNDLE_SHA256_METADATA: f"{version:064x}"}}
 
 
 def test_parse_event_rejects_other_events() -> None:
@@ -124,7 +125,8 @@ def test_patch_sets_image_model_and_version_annotation() -> None:
     patch = logic.deployment_patch(R2)
     [container] = patch["spec"]["template"]["spec"]["containers"]
     assert container == {"name": c.CONTAINER, "image": "img:2",
-                         "env": [{"name": c.MODEL_ENV_VAR, "value": R2.model_data_url}]}
+                         "env": [{"name": c.MODEL_ENV_VAR, "value": R2.model_data_url},
+                                 {"name": c.MODEL_SHA256_ENV_VAR, "value": ""}]}
     assert patch["spec"]["template"]["metadata"]["annotations"][c.VERSION_ANNOTATION] == "2"
     no_image = logic.deployment_patch(logic.Release(3, "arn/3", "s3://m/3", ""))
     assert "image" not in no_image["spec"]["template"]["spec"]["containers"][0]
@@ -194,3 +196,23 @@ def test_eks_token_is_a_presigned_sts_call_bound_to_the_cluster() -> None:
     assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0]
     assert query["X-Amz-Expires"] == ["60"]
     assert provide() == token  # cached for its lifetime
+
+
+def test_a_package_without_the_bundle_digest_is_not_deployed_and_the_digest_reaches_the_pods() -> None:
+    """Finding 5, the rollout side: the digest registration recorded (components/registry) goes to the
+    pods as ECOMREC_MODEL_SHA256, and the serving app refuses other bytes (tests/test_serving_watch.py)."""
+    from components.registry.base import BUNDLE_SHA256_METADATA
+    from components.serving.settings import ServingSettings
+
+    assert c.BUNDLE_SHA256_METADATA == BUNDLE_SHA256_METADATA
+    assert f"{ServingSettings.model_config['env_prefix']}MODEL_SHA256" == c.MODEL_SHA256_ENV_VAR
+    parsed = logic.parse_event(event("Approved", 2))
+    assert parsed is not None
+    decision = logic.decide(parsed, "ecomrec", logic.LiveState(live=R1), describe(2))
+    assert isinstance(decision, logic.Deploy) and decision.release.sha256 == f"{2:064x}"
+    env = logic.deployment_patch(decision.release)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": c.MODEL_SHA256_ENV_VAR, "value": f"{2:064x}"} in env
+    unsigned = describe(2)
+    del unsigned["CustomerMetadataProperties"]
+    with pytest.raises(logic.RolloutError, match="no bundle_sha256"):
+        logic.decide(parsed, "ecomrec", logic.LiveState(live=R1), unsigned)

@@ -432,6 +432,12 @@ def test_registration_when_the_gate_passes_else_fail(steps: dict[str, dict[str, 
         f"s3://b/run/evaluation/{s.EVALUATION_FILE}"
     metadata = package["CustomerMetadataProperties"]
     assert s.metric_json_path(s.TWO_STAGE, "ndcg", 10) in metadata
+    # the bundle's digest (finding 5 of issue 13): read from the bundle step's bundle_digest.json
+    (digest,) = [v["Std:JsonGet"] for v in metadata["bundle_sha256"]["Std:Join"]["Values"]]
+    assert digest["Path"] == "sha256"
+    assert digest["PropertyFile"]["Get"] == "Steps.bundle.PropertyFiles.BundleDigest"
+    assert steps["bundle"]["PropertyFiles"] == [{"PropertyFileName": "BundleDigest", "OutputName": "bundle",
+                                                 "FilePath": s.BUNDLE_DIGEST_FILE}]
     assert len(metadata) <= 50
     message = render(fail_step["Arguments"]["ErrorMessage"], defaults, lambda ref: "0.01")
     assert message.startswith("quality gate failed, nothing registered: two_stage ndcg_at_10")

@@ -39,7 +39,11 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.setenv(name, "testing")
     with mock_aws():
-        yield boto3.client("sagemaker", region_name=REGION), boto3.client("s3", region_name=REGION)
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket="bucket", CreateBucketConfiguration={"LocationConstraint": REGION})  # type: ignore[typeddict-item]
+        for key in [*(f"runs/{run}/bundle/model.tar.gz" for run in range(1, 4)), "m.tar.gz"]:
+            s3.put_object(Bucket="bucket", Key=key, Body=f"bundle bytes of {key}".encode())
+        yield boto3.client("sagemaker", region_name=REGION), s3
 
 
 def test_metrics_metadata_round_trip() -> None:
@@ -55,8 +59,8 @@ def test_metrics_metadata_round_trip() -> None:
 
 
 def test_register_versions_and_list(aws: tuple[Any, Any]) -> None:
-    client, _ = aws
-    registry = SageMakerRegistry(client)
+    client, s3 = aws
+    registry = SageMakerRegistry(client, s3)
     assert registry.list_versions(GROUP) == []
     first = registry.register(GROUP, "s3://bucket/runs/1/bundle/model.tar.gz", _evaluation(0.2, 0.1),
                               description="bundle 1", image_uri=IMAGE)
@@ -78,8 +82,8 @@ def test_register_versions_and_list(aws: tuple[Any, Any]) -> None:
 
 
 def test_approve_reject_and_latest_approved(aws: tuple[Any, Any]) -> None:
-    client, _ = aws
-    registry = SageMakerRegistry(client)
+    client, s3 = aws
+    registry = SageMakerRegistry(client, s3)
     for run in (1, 2, 3):
         registry.register(GROUP, f"s3://bucket/runs/{run}/bundle/model.tar.gz", _evaluation(0.2, 0.1),
                           image_uri=IMAGE)
@@ -102,8 +106,8 @@ def test_approve_reject_and_latest_approved(aws: tuple[Any, Any]) -> None:
 
 
 def test_set_status_is_idempotent_and_validated(aws: tuple[Any, Any]) -> None:
-    client, _ = aws
-    registry = SageMakerRegistry(client)
+    client, s3 = aws
+    registry = SageMakerRegistry(client, s3)
     registry.register(GROUP, "s3://bucket/m.tar.gz", {}, image_uri=IMAGE)
     before = registry.describe(GROUP, 1)
     assert registry.set_status(GROUP, 1, PENDING) == before
@@ -114,8 +118,8 @@ def test_set_status_is_idempotent_and_validated(aws: tuple[Any, Any]) -> None:
 
 
 def test_register_needs_s3_bundle_and_image(aws: tuple[Any, Any]) -> None:
-    client, _ = aws
-    registry = SageMakerRegistry(client)
+    client, s3 = aws
+    registry = SageMakerRegistry(client, s3)
     with pytest.raises(RegistryError, match="needs the bundle in S3"):
         registry.register(GROUP, "/tmp/model.tar.gz", {}, image_uri=IMAGE)
     with pytest.raises(RegistryError, match="inference image"):
@@ -154,8 +158,8 @@ def test_models_cli_on_the_sagemaker_registry(aws: tuple[Any, Any]) -> None:
 
     from pipelines.cli import app
 
-    client, _ = aws
-    registry = SageMakerRegistry(client)
+    client, s3 = aws
+    registry = SageMakerRegistry(client, s3)
     registry.register(GROUP, "s3://bucket/runs/1/bundle/model.tar.gz", _evaluation(0.2, 0.1), image_uri=IMAGE)
     runner = CliRunner()
     common = ["--sagemaker", "--region", REGION, "--group", GROUP]
@@ -172,3 +176,33 @@ def test_models_cli_on_the_sagemaker_registry(aws: tuple[Any, Any]) -> None:
     missing = runner.invoke(app, ["models", "reject", "9", *common])
     assert missing.exit_code == 1
     assert "no version 9" in missing.output
+
+
+def test_registration_records_the_digest_and_approval_checks_it(aws: tuple[Any, Any]) -> None:
+    """Finding 5: overwriting a registered artifact, then approving, served the substitute. The digest is
+    kept on the package (CustomerMetadataProperties, as the rollout function reads it) and approving
+    re-reads the object."""
+    import hashlib
+
+    client, s3 = aws
+    registry = SageMakerRegistry(client, s3)
+    uri = "s3://bucket/runs/1/bundle/model.tar.gz"
+    version = registry.register(GROUP, uri, {}, image_uri=IMAGE)
+    expected = hashlib.sha256(b"bundle bytes of runs/1/bundle/model.tar.gz").hexdigest()
+    assert version.bundle_sha256 == expected
+    package = client.describe_model_package(ModelPackageName=version.arn)
+    assert package["CustomerMetadataProperties"]["bundle_sha256"] == expected
+    s3.put_object(Bucket="bucket", Key="runs/1/bundle/model.tar.gz", Body=b"a substitute")
+    with pytest.raises(RegistryError, match="changed since registration"):
+        registry.set_status(GROUP, 1, APPROVED)
+    assert registry.describe(GROUP, 1).status == PENDING
+    with pytest.raises(RegistryError, match="expected"):
+        registry.register(GROUP, uri, {}, image_uri=IMAGE, bundle_sha256=expected)
+    # a package made outside ecomrec (no digest) is not approved either
+    client.create_model_package(
+        ModelPackageGroupName=GROUP, ModelApprovalStatus=PENDING,
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": uri}],
+                                "SupportedContentTypes": ["application/json"],
+                                "SupportedResponseMIMETypes": ["application/json"]})
+    with pytest.raises(RegistryError, match="carries no bundle_sha256"):
+        registry.set_status(GROUP, 2, APPROVED)

@@ -376,7 +376,7 @@ def test_an_oversized_body_is_read_no_further_than_the_limit(shop: SyntheticShop
                                                             declare_length: bool) -> None:
     """At the ASGI level, with 400 one-MB chunks on offer: none is pulled when Content-Length says too
     much; without a length, reading stops at the first chunk over 6 MB."""
-    from components.serving.routers.sagemaker import MAX_BODY_BYTES
+    MAX_BODY_BYTES = ServingSettings.model_fields["max_body_bytes"].default
 
     app = create_app(ServingSettings(model=str(shop.archive), work_dir=tmp_path, watch_interval_s=0))
     chunks = iter([b" " * (1 << 20)] * 400)

@@ -17,7 +17,7 @@ import pytest
 
 from components import schema as s
 from components.bundle import Bundle, load_bundle
-from components.bundle.format import candidate_parts, sha256_file
+from components.bundle.format import candidate_parts, extract_bundle, sha256_file
 from components.errors import BundleError
 from components.ranker.model import FeatureSpec, PopularFallback, PreparedFeatures, Ranker, rank_top_k
 from components.serving.engine import build_serving_model
@@ -38,16 +38,19 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> SyntheticShop:
 @pytest.fixture(scope="module")
 def one_part_root(shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same bundle (same model file) with its candidate parts merged into one."""
-    root = load_bundle(shop.archive).root
+    root = extract_bundle(shop.archive, tmp_path_factory.mktemp("unpacked") / "bundle")
     manifest = json.loads((root / s.BUNDLE_MANIFEST).read_text())
     parts = candidate_parts(manifest)
     merged = pd.concat([pd.read_parquet(root / part) for part in parts], ignore_index=True)
     for part in parts:
         (root / part).unlink()
-        del manifest["files"][part]
+        for key in ("files", "sizes", "rows"):
+            del manifest[key][part]
     single = f"{s.BUNDLE_CANDIDATES}/part-00000.parquet"
     merged.to_parquet(root / single, index=False)
     manifest["files"][single] = sha256_file(root / single)
+    manifest["sizes"][single] = (root / single).stat().st_size
+    manifest["rows"][single] = len(merged)
     (root / s.BUNDLE_MANIFEST).write_text(json.dumps(manifest))
     target = tmp_path_factory.mktemp("one-part") / "bundle"
     shutil.move(root, target)
@@ -167,3 +170,19 @@ def test_invalid_or_mismatching_scores_refuse_the_bundle(shop: SyntheticShop, tm
     assert not result.ok and result.error is not None and message in result.error
     assert holder.current is serving
 
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup(tmp_path: Path) -> None:
+    from components.memory import available_memory_bytes
+
+    assert (available_memory_bytes() or 0) > 0  # this machine's /proc
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    proc.mkdir()
+    cgroup.mkdir()
+    (proc / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable:    8000000 kB\n")
+    assert available_memory_bytes(proc, cgroup) == 8_000_000 * 1024
+    (cgroup / "memory.max").write_text("1000000\n")
+    (cgroup / "memory.current").write_text("400000\n")
+    assert available_memory_bytes(proc, cgroup) == 600_000
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory_bytes(proc, cgroup) == 8_000_000 * 1024

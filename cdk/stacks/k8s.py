@@ -54,6 +54,10 @@ class ManifestParams:
     memory_request: str = "1536Mi"
     memory_limit: str = "3Gi"  # the bundle lives in memory; a swap briefly holds two
     tmp_size: str = "4Gi"  # downloaded + unpacked bundles (ECOMREC_WORK_DIR)
+    # Where the internet-facing ALB's addresses come from (its nodes sit in the public subnets): the only
+    # sources besides the scraper the NetworkPolicy lets reach the pods.
+    load_balancer_cidrs: tuple[str, ...] = ()
+    scraper_namespace: str = "monitoring"  # the Prometheus that scrapes /metrics runs here
 
 
 def namespace() -> dict[str, Any]:
@@ -301,6 +305,39 @@ def scraper_rbac() -> list[dict[str, Any]]:
             "roleRef": {"kind": "ClusterRole", "name": SCRAPER_ROLE, "apiGroup": "rbac.authorization.k8s.io"},
         },
     ]
+def network_policy(p: ManifestParams) -> dict[str, Any]:
+    """Only the load balancer and the metrics scraper reach the pods, and only on the serving port: no
+    other pod in the cluster can call /admin/*, /invocations or /metrics (issue 13, finding 1).
+
+    The ALB targets pod IPs (target-type ip) from its nodes in the public subnets, so it is allowed by
+    those subnets' CIDRs (not the VPC's: the pods themselves have private-subnet addresses). The kubelet's
+    probes need no rule: "traffic to and from the node where a Pod is running is always allowed"
+    (https://kubernetes.io/docs/concepts/services-networking/network-policies/). EKS Auto Mode enforces
+    NetworkPolicy once its network policy controller is on (network_policy_controller())."""
+    port = [{"protocol": "TCP", "port": c.PORT}]
+    sources: list[dict[str, Any]] = [{"ipBlock": {"cidr": cidr}} for cidr in p.load_balancer_cidrs]
+    sources.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": p.scraper_namespace}}})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": c.DEPLOYMENT, "namespace": c.NAMESPACE, "labels": APP_LABEL},
+        "spec": {
+            "podSelector": {"matchLabels": APP_LABEL},
+            "policyTypes": ["Ingress"],  # egress stays open: S3, the registry, DNS
+            "ingress": [{"from": sources, "ports": port}],
+        },
+    }
+
+
+def network_policy_controller() -> dict[str, Any]:
+    """EKS Auto Mode accepts NetworkPolicy objects but enforces them only with this ConfigMap
+    (https://docs.aws.amazon.com/eks/latest/userguide/auto-net-pol.html)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "amazon-vpc-cni", "namespace": "kube-system"},
+        "data": {"enable-network-policy-controller": "true"},
+    }
 
 
 def inference_manifests(p: ManifestParams) -> list[dict[str, Any]]:
@@ -315,6 +352,8 @@ def inference_manifests(p: ManifestParams) -> list[dict[str, Any]]:
         pod_disruption_budget(p),
         autoscaler(p),
         ingress(p),
+        network_policy_controller(),
+        network_policy(p),
     ]
 
 

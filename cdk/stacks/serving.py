@@ -132,6 +132,7 @@ class ServingStack(cdk.Stack):
             load_balancer_name=config.load_balancer_name,
             replicas=config.replicas,
             max_replicas=config.max_replicas,
+            load_balancer_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.vpc.public_subnets),
         )
         self.manifests = k8s.inference_manifests(params)
         self._apply_manifests(association)

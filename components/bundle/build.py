@@ -206,6 +206,9 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
 
     parts = [f"{s.BUNDLE_CANDIDATES}/{path.name}" for path in sorted((staging / s.BUNDLE_CANDIDATES).iterdir())]
     files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *parts)}
+    # Sizes and Parquet row counts let a reader refuse a bundle before unpacking or loading a byte of it.
+    sizes = {rel: (staging / rel).stat().st_size for rel in files}
+    rows = {rel: pq.read_metadata(staging / rel).num_rows for rel in files if rel.endswith(".parquet")}
     content_id = hashlib.sha256(json.dumps([inputs.window, files], sort_keys=True).encode()).hexdigest()
     cut = str(inputs.window.get("test_start", ""))[:10].replace("-", "")
     manifest = {
@@ -225,6 +228,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
             "popular": len(inputs.popular),
         },
         "files": files,
+        "sizes": sizes,
+        "rows": rows,
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     archive = output / s.MODEL_ARCHIVE
@@ -238,6 +243,7 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
             with path.open("rb") as handle:  # streamed: the candidates file can be gigabytes
                 tar.addfile(_tar_info(relative, path.stat().st_size), handle)
     (output / s.BUNDLE_MANIFEST).write_bytes(manifest_bytes)
+    (output / s.BUNDLE_DIGEST_FILE).write_text(json.dumps({"sha256": sha256_file(archive)}))
     shutil.rmtree(staging)
     log.info("bundle %s: %s (%.1f MB)", manifest["version"], archive, archive.stat().st_size / 1e6)
     return archive

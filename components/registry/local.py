@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,12 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from components import schema as s
+from components.checksum import sha256_file
 from components.errors import RegistryError
-from components.registry.base import APPROVAL_STATUSES, PENDING, ApprovalStatus, ModelVersion
+from components.registry.base import APPROVAL_STATUSES, APPROVED, PENDING, ApprovalStatus, ModelVersion, is_sha256
 
 STATE_CHANGE_DETAIL_TYPE = "SageMaker Model Package State Change"
 EVALUATION_DIR = "evaluation"  # under artifacts/<n>/: the evaluation report of that version
+_RECORD = TypeAdapter(ModelVersion)  # a record's JSON checked field by field (status among the statuses)
+log = logging.getLogger(__name__)
 
 
 def _now() -> str:
@@ -63,32 +69,46 @@ class LocalRegistry:
 
     def register(self, group: str, model_data_url: str, metrics: dict[str, Any], *,
                  description: str = "", image_uri: str = "",
-                 status: ApprovalStatus = PENDING) -> ModelVersion:
+                 status: ApprovalStatus = PENDING, bundle_sha256: str = "") -> ModelVersion:
+        """``bundle_sha256``, when given, is what the caller believes it registers: the copy must match."""
         source = Path(model_data_url)
         if not source.is_file():
             raise RegistryError(f"cannot register {model_data_url}: no such bundle file")
         if status not in APPROVAL_STATUSES:
             raise RegistryError(f"unknown approval status {status!r}; use one of {APPROVAL_STATUSES}")
         with self._locked(group) as group_dir:
-            numbers = [int(p.stem) for p in (group_dir / "versions").glob("*.json")]
+            numbers = [int(p.stem) for p in (group_dir / "versions").glob("*.json") if p.stem.isdigit()]
             number = max(numbers, default=0) + 1
             artifact = group_dir / "artifacts" / str(number) / source.name
             artifact.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, artifact)
+            digest = sha256_file(artifact)  # of the copy: the bytes that will be approved and served
+            if bundle_sha256 and bundle_sha256 != digest:
+                artifact.unlink()
+                raise RegistryError(f"cannot register {model_data_url}: its sha256 is {digest}, the caller "
+                                    f"expected {bundle_sha256} (changed while being registered?)")
             version = ModelVersion(
                 group=group, version=number, status=status, model_data_url=str(artifact.resolve()),
                 created_at=_now(), metrics=metrics, description=description,
-                arn=f"local:{group}/{number}", image_uri=image_uri,
+                arn=f"local:{group}/{number}", image_uri=image_uri, bundle_sha256=digest,
             )
             self._save(group_dir, version)
             self._emit(group_dir, version)
         return version
 
     def list_versions(self, group: str) -> list[ModelVersion]:
+        """Every readable version; a corrupt or mistyped record is skipped with a warning naming its file
+        (one bad file must not hide the others, stop the serving watcher or break `ecomrec models list`)."""
         versions_dir = self._group_dir(group) / "versions"
         if not versions_dir.is_dir():
             return []
-        return sorted((self._load(p) for p in versions_dir.glob("*.json")), key=lambda v: v.version)
+        versions: list[ModelVersion] = []
+        for path in versions_dir.glob("*.json"):
+            try:
+                versions.append(self._load(path))
+            except RegistryError as error:
+                log.warning("skipping %s", error)
+        return sorted(versions, key=lambda v: v.version)
 
     def describe(self, group: str, version: int) -> ModelVersion:
         path = self._group_dir(group) / "versions" / f"{version}.json"
@@ -104,13 +124,32 @@ class LocalRegistry:
             current = self.describe(group, version)
             if current.status == status:
                 return current  # idempotent, like SageMaker: no event for a no-op
+            if status == APPROVED:
+                self.verify_artifact(current)
             updated = replace(current, status=status,
                               description=reason or current.description)
             self._save(group_dir, updated)
             self._emit(group_dir, updated)
         return updated
 
+    @staticmethod
+    def verify_artifact(version: ModelVersion) -> None:
+        """Raise RegistryError unless the artifact's bytes are the ones registered."""
+        where = f"version {version.version} of group {version.group!r}"
+        if not is_sha256(version.bundle_sha256):
+            raise RegistryError(f"{where} has no recorded bundle digest (registered before digests were "
+                                "recorded): register the bundle again")
+        path = Path(version.model_data_url)
+        if not path.is_file():
+            raise RegistryError(f"{where}: its artifact {path} is gone")
+        found = sha256_file(path)
+        if found != version.bundle_sha256:
+            raise RegistryError(f"{where}: its artifact {path} changed since registration (sha256 {found}, "
+                                f"registered {version.bundle_sha256}); refusing to approve it")
+
     def latest_approved(self, group: str) -> ModelVersion | None:
+        if not self.root.is_dir():  # a registry that vanished is an error, not "nothing approved"
+            raise RegistryError(f"registry folder {self.root} does not exist (removed or unmounted?)")
         approved = [v for v in self.list_versions(group) if v.status == "Approved"]
         return approved[-1] if approved else None
 
@@ -156,10 +195,15 @@ class LocalRegistry:
 
     @staticmethod
     def _load(path: Path) -> ModelVersion:
+        """The record at ``path``, its fields type-checked; RegistryError naming the file otherwise."""
         try:
-            return ModelVersion(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise RegistryError(f"corrupt registry record {path}: {error}") from error
+            version = _RECORD.validate_json(path.read_bytes(), strict=True)
+        except (OSError, ValidationError) as error:
+            reason = error.strerror if isinstance(error, OSError) else str(error).replace("\n", "; ")[:500]
+            raise RegistryError(f"corrupt registry record {path}: {reason}") from error
+        if str(version.version) != path.stem:
+            raise RegistryError(f"corrupt registry record {path}: it says version {version.version}")
+        return version
 
     @staticmethod
     def _emit(group_dir: Path, version: ModelVersion) -> None:

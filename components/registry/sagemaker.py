@@ -7,6 +7,10 @@ to. The boto3 SageMaker client is injected (``boto3.client("sagemaker")`` in the
 Metrics: the headline ranking metrics are kept on the package as CustomerMetadataProperties keyed by
 their evaluation.json path (``schema.metric_json_path``), so listing needs no S3 access; with an S3
 client, ``describe`` returns the whole evaluation.json the package's ModelMetrics points to.
+
+Integrity: the sha256 of the registered model.tar.gz is kept in the same metadata (``bundle_sha256``);
+approving re-reads the object from S3 and refuses it if its bytes changed, and the rollout and the serving
+pods check it again before serving (cdk/rollout, components/serving/source.py).
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from components import schema as s
+from components.checksum import sha256_chunks
 from components.errors import RegistryError
-from components.registry.base import APPROVAL_STATUSES, APPROVED, PENDING, ApprovalStatus, ModelVersion
+from components.registry.base import (
+    APPROVAL_STATUSES,
+    APPROVED,
+    BUNDLE_SHA256_METADATA,
+    PENDING,
+    ApprovalStatus,
+    ModelVersion,
+    is_sha256,
+)
 from components.storage import is_s3_uri, split_s3_uri
 
 if TYPE_CHECKING:
@@ -82,7 +95,8 @@ class SageMakerRegistry:
     # ---------------------------------------------------------------- port
     def register(self, group: str, model_data_url: str, metrics: dict[str, Any], *,
                  description: str = "", image_uri: str = "",
-                 status: ApprovalStatus = PENDING) -> ModelVersion:
+                 status: ApprovalStatus = PENDING, bundle_sha256: str = "") -> ModelVersion:
+        """``bundle_sha256``: the archive's digest; without it the object is read from S3 to compute it."""
         if not is_s3_uri(model_data_url):
             raise RegistryError(f"cannot register {model_data_url}: the SageMaker Model Registry needs the "
                                 "bundle in S3 (s3://...)")
@@ -101,9 +115,11 @@ class SageMakerRegistry:
         }
         if description:
             request["ModelPackageDescription"] = description[:1000]
-        metadata = metrics_to_metadata(metrics)
-        if metadata:
-            request["CustomerMetadataProperties"] = metadata
+        digest = self._s3_sha256(model_data_url)
+        if bundle_sha256 and digest != bundle_sha256:
+            raise RegistryError(f"cannot register {model_data_url}: its sha256 is {digest}, the caller expected "
+                                f"{bundle_sha256}")
+        request["CustomerMetadataProperties"] = {**metrics_to_metadata(metrics), BUNDLE_SHA256_METADATA: digest}
         arn = self._call("create_model_package", **request)["ModelPackageArn"]
         return self._describe_arn(arn)
 
@@ -122,6 +138,8 @@ class SageMakerRegistry:
         current = self.describe(group, version)
         if current.status == status:
             return current  # idempotent: SageMaker emits no state change event for a no-op either
+        if status == APPROVED:
+            self.verify_artifact(current)
         request: dict[str, Any] = {"ModelPackageArn": current.arn, "ModelApprovalStatus": status}
         if reason:
             request["ApprovalDescription"] = reason[:1000]
@@ -135,7 +153,31 @@ class SageMakerRegistry:
         latest = max(approved, key=lambda summary: summary.get("ModelPackageVersion", 0))
         return self._describe_arn(latest["ModelPackageArn"])
 
+    def verify_artifact(self, version: ModelVersion) -> None:
+        """Raise RegistryError unless the S3 object's bytes are the ones registered."""
+        where = f"model package {version.arn or version.version}"
+        if not is_sha256(version.bundle_sha256):
+            raise RegistryError(f"{where} carries no {BUNDLE_SHA256_METADATA} in its CustomerMetadataProperties "
+                                "(registered outside ecomrec, or before digests were recorded): register it again")
+        found = self._s3_sha256(version.model_data_url)
+        if found != version.bundle_sha256:
+            raise RegistryError(f"{where}: {version.model_data_url} changed since registration (sha256 {found}, "
+                                f"registered {version.bundle_sha256}); refusing to approve it")
+
     # ---------------------------------------------------------------- helpers
+    def _s3_sha256(self, uri: str) -> str:
+        """sha256 of an S3 object, streamed (a bundle can be gigabytes)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self.s3 is None:
+            raise RegistryError(f"checking the digest of {uri} needs an S3 client; none was given")
+        bucket, key = split_s3_uri(uri)
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+            return sha256_chunks(body.iter_chunks(1 << 20))
+        except (ClientError, BotoCoreError) as error:
+            raise RegistryError(f"cannot read {uri} to check its digest: {_error_message(error)}") from error
+
     @staticmethod
     def _check_status(status: str) -> None:
         if status not in APPROVAL_STATUSES:
@@ -198,6 +240,7 @@ class SageMakerRegistry:
             description=package.get("ApprovalDescription") or package.get("ModelPackageDescription", ""),
             arn=arn,
             image_uri=containers[0].get("Image", "") if containers else "",
+            bundle_sha256=str(metadata.get(BUNDLE_SHA256_METADATA, "")),
         )
 
     def _evaluation(self, uri: str) -> dict[str, Any]:

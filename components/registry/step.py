@@ -49,12 +49,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     registry = _registry(args.options["registry"])
     bundle_manifest = json.loads((args.inputs["bundle"] / s.BUNDLE_MANIFEST).read_text())
     local_bundle = str(args.inputs["bundle"] / s.MODEL_ARCHIVE)
+    digest = json.loads((args.inputs["bundle"] / s.BUNDLE_DIGEST_FILE).read_text())["sha256"]
     version = registry.register(
         args.config.model_package_group,
         local_bundle if isinstance(registry, LocalRegistry) else args.options["model-data-url"] or local_bundle,
         evaluation,
         description=f"bundle {bundle_manifest['version']}",
         image_uri=args.options["image-uri"] or "",
+        bundle_sha256=digest,  # the registry's copy must be the bytes the bundle step wrote
     )
     registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])  # the console shows it
     record["registered"] = asdict(version) | {"metrics": "see evaluation.json"}

@@ -15,7 +15,9 @@ from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
+from components.bundle.format import BundleLimits
 from components.registry.base import ModelRegistry
 from components.serving.fastpath import RecommendationsFastPath
 from components.serving.holder import ModelHolder
@@ -60,7 +62,9 @@ def create_app(settings: ServingSettings | None = None, *,
 
         registry = LocalRegistry(settings.registry_root)
     service_metrics = ServiceMetrics()
-    fetcher = BundleFetcher(settings.work_dir, s3_client or default_s3_client(settings))
+    fetcher = BundleFetcher(settings.work_dir, s3_client or default_s3_client(settings),
+                            limits=BundleLimits(settings.max_bundle_bytes, settings.max_table_rows),
+                            memory_share=settings.load_memory_share)
     holder = ModelHolder(fetcher, service_metrics, smoke_users=settings.smoke_users,
                          scoring_threads=settings.scoring_threads)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
@@ -87,6 +91,9 @@ def create_app(settings: ServingSettings | None = None, *,
         summary="Personalised product recommendations from an ecomrec model bundle.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # Starlette's "/path/" -> "/path" redirect builds its Location from the Host header: an open
+        # redirect for whoever sets Host. No endpoint needs it; a trailing slash is a 404.
+        redirect_slashes=False,
         **options,
     )
     app.state.ecomrec = state
@@ -111,6 +118,15 @@ def create_app(settings: ServingSettings | None = None, *,
                   for e in errors]
         return OrjsonResponse({"error": f"{name}: {first['msg']}", "parameter": name, "detail": detail},
                               status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, _: ClientDisconnect) -> Response:
+        # The client dropped mid-body: its doing, not the service's. No traceback, no 5xx (the error-rate
+        # alert reads 5xx); 499 as nginx logs it (nobody receives it), and a counter of its own.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        service_metrics.client_disconnects.labels(route=route).inc()
+        log.info("client left before sending the whole body of %s %s", request.method, route)
+        return Response(status_code=499)
 
     @app.exception_handler(ModelNotReadyError)
     async def not_ready(_: Request, __: ModelNotReadyError) -> Response:

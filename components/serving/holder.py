@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from components.errors import BundleError
@@ -51,13 +52,16 @@ class ModelHolder:
     def loading(self) -> bool:
         return self._load_lock.locked()
 
-    def load(self, location: str, *, registry_version: int | None = None) -> LoadResult:
+    def load(self, location: str, *, registry_version: int | None = None, expected_sha256: str | None = None,
+             still_wanted: Callable[[], str | None] | None = None) -> LoadResult:
         """Fetch, check and publish the bundle at ``location`` (blocking). Never raises for a bad bundle:
-        the result says whether it was refused."""
+        the result says whether it was refused. ``expected_sha256``: the archive's registered digest.
+        ``still_wanted``: asked after the load, just before the swap; a reason (e.g. the version was
+        rejected meanwhile) refuses the swap."""
         with self._load_lock:
             started = time.perf_counter()
             try:
-                with self._fetcher.open(location) as bundle:
+                with self._fetcher.open(location, expected_sha256=expected_sha256) as bundle:
                     model = build_serving_model(bundle, source=location, registry_version=registry_version,
                                                 scoring_threads=self._scoring_threads,
                                                 smoke_users=self._smoke_users)
@@ -68,6 +72,12 @@ class ModelHolder:
                 log.exception("unexpected failure loading bundle %s", location)
                 return self._record(LoadResult(location, False, None, time.perf_counter() - started,
                                                f"{type(error).__name__}: {error}"))
+            veto = still_wanted() if still_wanted is not None else None
+            if veto is not None:
+                del model, bundle
+                release_memory()
+                return self._record(LoadResult(location, False, None, time.perf_counter() - started,
+                                               f"not swapped in: {veto}"))
             previous = self._current.version if self._current else "nothing"
             self._current = model  # the swap; requests still running keep their own reference to the old one
             del bundle
@@ -77,12 +87,14 @@ class ModelHolder:
                      result.seconds)
             return result
 
-    def load_in_background(self, location: str, *, registry_version: int | None = None) -> bool:
+    def load_in_background(self, location: str, *, registry_version: int | None = None,
+                           expected_sha256: str | None = None) -> bool:
         """Start a load in a daemon thread; False if a load is already running."""
         if self._worker is not None and self._worker.is_alive():
             return False
         self._worker = threading.Thread(target=self.load, args=(location,),
-                                        kwargs={"registry_version": registry_version},
+                                        kwargs={"registry_version": registry_version,
+                                                "expected_sha256": expected_sha256},
                                         name="ecomrec-model-load", daemon=True)
         self._worker.start()
         return True
@@ -91,6 +103,9 @@ class ModelHolder:
         """Block until a background load (if any) ends."""
         if self._worker is not None:
             self._worker.join(timeout)
+
+    def set_served_rejected(self, rejected: bool) -> None:
+        self._metrics.served_rejected.set(1 if rejected else 0)
 
     def _record(self, result: LoadResult) -> LoadResult:
         m = self._metrics

@@ -16,3 +16,8 @@ MODEL_LAST_LOAD_SUCCESS: Final = "ecomrec_model_last_load_success"  # gauge 1 or
 MODEL_LOADS_TOTAL: Final = "ecomrec_model_loads_total"  # counter{result}: success, refused
 CATALOG_ITEMS: Final = "ecomrec_catalog_items"  # gauge: items in the loaded bundle
 ITEMS_SERVED_DISTINCT: Final = "ecomrec_items_served_distinct"  # gauge: distinct items answered since load
+# counter{route}: requests whose client left before sending the whole body (answered 499, not a 5xx: the
+# error-rate alert must not page for a client's dropped upload)
+CLIENT_DISCONNECTS_TOTAL: Final = "ecomrec_client_disconnects_total"
+# gauge 1/0: the served model is a registry version that has been Rejected (nothing Approved to go to)
+MODEL_SERVED_REJECTED: Final = "ecomrec_model_served_rejected"

@@ -45,8 +45,15 @@ class ServiceMetrics:
         self.catalog_items = Gauge(m.CATALOG_ITEMS, "Items in the served bundle's catalog", registry=r)
         self.items_served = Gauge(m.ITEMS_SERVED_DISTINCT, "Distinct items answered since the model loaded",
                                   registry=r)
+        self.client_disconnects = Counter(m.CLIENT_DISCONNECTS_TOTAL.removesuffix("_total"),
+                                          "Requests whose client left before sending the whole body",
+                                          ["route"], registry=r)
+        self.served_rejected = Gauge(m.MODEL_SERVED_REJECTED,
+                                     "1 while the served model is a registry version that was Rejected",
+                                     registry=r)
         for result in ("success", "refused"):
             self.loads.labels(result=result)  # export zeros so alert rules see the series from the start
         for route in ANSWERING_ROUTES:
+            self.client_disconnects.labels(route=route)
             for reason in FALLBACK_REASONS:
                 self.fallbacks.labels(route=route, reason=reason)

@@ -28,10 +28,18 @@ class OrjsonResponse(JSONResponse):
         return render_json(content)
 
 
+MAX_ERROR_CHARS = 1000  # an error names what is wrong; it does not hand a client's input back to it
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def error_response(status: int, message: str, *, parameter: str | None = None,
                    headers: dict[str, str] | None = None) -> OrjsonResponse:
-    """``{"error": ..., "parameter": ...}``: one shape for every error the service answers itself."""
-    body: dict[str, Any] = {"error": message}
+    """``{"error": ..., "parameter": ...}``: one shape for every error the service answers itself. Both
+    are clipped: messages quote the offending value (a header, a CSV field), which can be megabytes."""
+    body: dict[str, Any] = {"error": clip(message)}
     if parameter is not None:
-        body["parameter"] = parameter
+        body["parameter"] = clip(parameter, 200)
     return OrjsonResponse(body, status_code=status, headers=headers)

@@ -3,16 +3,112 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import ssl
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from components.serving.settings import ServingSettings
+from components.serving.settings import ServerLimits, ServingSettings
 
 log = logging.getLogger(__name__)
+PROTOCOL = "components.serving.server:GuardedHttpToolsProtocol"
+
+
+@cache
+def _env_limits() -> ServerLimits:
+    return ServerLimits()
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus what it lacks (uvicorn 0.55, protocols/http/httptools_impl.py):
+    its only timer is the keep-alive one, armed after an answer and cancelled by the next byte, so a
+    connection that never completes a request head (sent nothing after connecting or after the TLS
+    handshake, or trickles a header) or a body is held forever; and httptools buffers a header of any
+    size. Here the request head must arrive within ``header_timeout_s`` and be at most
+    ``max_header_bytes`` (else 431 and close), and the body within ``body_timeout_s`` of the head.
+
+    Limits come from the uvicorn Config's ``ecomrec_limits`` attribute (tests, serve_in_thread) or from
+    the ECOMREC_* environment (``uvicorn --workers N`` spawns processes that import this class by name)."""
+
+    def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits: ServerLimits = getattr(config, "ecomrec_limits", None) or _env_limits()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_head = True  # the next bytes belong to a request head
+        self._head_bytes = 0
+
+    def _arm(self, seconds: float, handler: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, handler)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._deadline is None:  # the first byte after an answer: the keep-alive timer just ended
+                self._arm(self.limits.header_timeout_s, self._head_timed_out)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
+            self._disarm()
+            self._close_with(431, "Request header fields too large")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_head, self._head_bytes = True, 0
+        super().on_message_complete()
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # an answer is being made: after it, uvicorn's keep-alive timer takes over
+        if not self.transport.is_closing():
+            self._close_with(408, "Request head not received in time")
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.info("closing a connection whose request body did not arrive within %.0f s",
+                     self.limits.body_timeout_s)
+            self.transport.close()  # the app sees http.disconnect (routers treat it as the client's end)
+
+    def _close_with(self, status: int, message: str) -> None:
+        body = message.encode()
+        self.transport.write(b"".join([
+            STATUS_LINE[status], b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: ", str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n", body]))
+        self.transport.close()
+
+
+def uvicorn_options(limits: ServerLimits) -> dict[str, Any]:
+    """The uvicorn options every server of this service runs with (the launcher and serve_in_thread)."""
+    return {"http": PROTOCOL, "loop": "uvloop", "timeout_keep_alive": limits.keep_alive_s,
+            "limit_concurrency": limits.max_connections, "h11_max_incomplete_event_size": limits.max_header_bytes,
+            "access_log": False, "server_header": False}
 
 
 class LaunchError(ValueError):
@@ -29,6 +125,25 @@ def check_options(*, port: int, workers: int, tls_cert: Path | None, tls_key: Pa
     for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
         if path is not None and not path.is_file():
             raise LaunchError(f"{flag}: no such file: {path}")
+    if tls_cert is not None and tls_key is not None:
+        check_tls(tls_cert, tls_key)
+
+
+def _no_passphrase() -> str:
+    raise LaunchError("is encrypted; give an unencrypted key (the server cannot ask for a passphrase)")
+
+
+def check_tls(cert: Path, key: Path) -> None:
+    """Load the pair as the server will, so a bad pair fails here with a message, not a traceback (or,
+    for an encrypted key, OpenSSL's passphrase prompt on a terminal nobody watches)."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=_no_passphrase)
+    except LaunchError as error:
+        raise LaunchError(f"--tls-key {key} {error}") from None
+    except ssl.SSLError as error:
+        what = ("does not match the certificate" if "KEY_VALUES_MISMATCH" in str(error)
+                else f"cannot be read with the certificate ({error.reason or error})")
+        raise LaunchError(f"--tls-key {key} {what} {cert}") from None
 
 
 def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
@@ -44,6 +159,7 @@ def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, 
             os.environ[name] = value
     try:
         ServingSettings()
+        limits = ServerLimits()
     except ValidationError as error:
         raise LaunchError(f"invalid service settings: {error}") from error
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,7 +167,5 @@ def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, 
     uvicorn.run(
         "components.serving.main:app_factory", factory=True, host=host, port=port, workers=workers,
         ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
-        loop="uvloop", http="httptools", access_log=False, log_level=log_level, server_header=False,
-        # Longer than the 60 s idle timeout of AWS load balancers, so they never reuse a closed connection.
-        timeout_keep_alive=75,
+        log_level=log_level, **uvicorn_options(limits),
     )

@@ -8,12 +8,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from components.storage import is_s3_uri
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")  # where SageMaker unpacks ModelDataUrl before `serve`
+
+
+class ServerLimits(BaseSettings):
+    """What one client connection may cost the HTTP server (components/serving/server.py enforces them).
+    Read from ``ECOMREC_*`` too, so every worker process of ``uvicorn --workers N`` gets the same ones."""
+
+    model_config = SettingsConfigDict(env_prefix="ECOMREC_", extra="ignore", frozen=True)
+
+    # Request line plus headers. 64 KB holds the longest valid GET /recommendations (a 4,000-character
+    # `exclude` fully %-encoded) with room to spare; more is answered 431 and the connection closed.
+    max_header_bytes: int = Field(default=64 << 10, ge=1024)
+    # From the connection's start (after the TLS handshake) or its first byte after an answer, until the
+    # request's headers are complete: a client that opens and says nothing, or trickles a header, is cut.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # From the headers until the last body byte (6 MB at 100 KB/s is 60 s).
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    # Idle between an answer and the next request. Longer than the 60 s idle timeout of AWS load balancers,
+    # so they never reuse a connection the server closed.
+    keep_alive_s: float = Field(default=75.0, gt=0)
+    # Open connections (and requests in flight) per worker; beyond it new requests get 503 (uvicorn's
+    # limit_concurrency). The load balancer keeps a few dozen; the probes and the scraper a few.
+    max_connections: int = Field(default=1000, ge=1)
 
 
 class ServingSettings(BaseSettings):
@@ -23,6 +45,9 @@ class ServingSettings(BaseSettings):
     # Approved version if a registry is configured, else SageMaker's /opt/ml/model.
     model: str | None = None
     registry_root: Path | None = None  # a LocalRegistry folder to watch for newly Approved versions
+    # sha256 of the model.tar.gz at ECOMREC_MODEL: the rollout sets it from the approved model package, and
+    # the service refuses to start on other bytes
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_group: str = "ecomrec"
     watch_interval_s: float = Field(default=15.0, ge=0.0)  # 0 = no watch (admin reload works)
     default_top_k: int = Field(default=10, ge=1)
@@ -36,6 +61,24 @@ class ServingSettings(BaseSettings):
     # CatBoost threads scoring a bundle's candidates at load; 1 leaves the other cores to the live model
     # while a swap loads in the background (requests never run CatBoost)
     scoring_threads: int = Field(default=1, ge=1)
+    # POST /admin/reload?wait=true answers 504 after this long; the load goes on in the background and
+    # GET /admin/model tells how it ended
+    reload_wait_s: float = Field(default=300.0, gt=0)
+    max_body_bytes: int = Field(default=6 << 20, ge=1024)  # POST /invocations (SageMaker's own limit is 6 MB)
+    admin_max_body_bytes: int = Field(default=16 << 10, ge=64)  # POST /admin/reload: a path or URI
+    # A bundle's unpacked files (the EKS scratch volume is 4 GiB, and a swap unpacks a second bundle
+    # beside nothing else: the first one's files are deleted once it is loaded).
+    max_bundle_bytes: int = Field(default=3 << 30, ge=1)
+    # Rows in any one bundle table or candidate part, read from the Parquet footer before the table is read.
+    max_table_rows: int = Field(default=50_000_000, ge=1)
+    # Refuse a load whose estimated peak (bundle.format.estimate_load_bytes) exceeds this share of the
+    # memory the process may still take (cgroup room, else MemAvailable): the serving model must survive it.
+    load_memory_share: float = Field(default=0.8, gt=0, le=1)
+
+    @field_validator("model_sha256", mode="before")
+    @classmethod
+    def _no_digest(cls, value: object) -> object:
+        return None if value == "" else value  # the rollout writes "" for versions recorded without one
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:

@@ -38,7 +38,10 @@ class ServiceState:
                 raise BundleError(f"registry {self.settings.registry_root} has no Approved version of group "
                                   f"{self.settings.model_group!r}; set ECOMREC_MODEL or approve one")
             location, registry_version = latest.model_data_url, latest.version
-        result = self.holder.load(location, registry_version=registry_version)
+            expected_sha256 = latest.bundle_sha256 or None
+        else:
+            expected_sha256 = self.settings.model_sha256
+        result = self.holder.load(location, registry_version=registry_version, expected_sha256=expected_sha256)
         if not result.ok:
             raise BundleError(f"cannot serve {location}: {result.error}")
         if self.watcher is not None:

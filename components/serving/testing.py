@@ -1,5 +1,5 @@
 """Run an app on a real loopback socket inside this process (tests, benchmarks): the same uvicorn
-server as production, on a port the OS picks, stopped cleanly on exit."""
+server and options as production (server.uvicorn_options), on a port the OS picks, stopped cleanly on exit."""
 
 from __future__ import annotations
 
@@ -12,18 +12,24 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
+from components.serving.server import uvicorn_options as server_options
+from components.serving.settings import ServerLimits
+
 
 @contextmanager
 def serve_in_thread(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout_s: float = 60.0,
-                    **uvicorn_options: object) -> Iterator[str]:
+                    limits: ServerLimits | None = None, **uvicorn_options: object) -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:PORT``) once the app has started (model loaded)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    options: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+    limits = limits or ServerLimits()
+    options: dict[str, object] = {**server_options(limits), "log_level": "warning", "lifespan": "on"}
     options.update(uvicorn_options)
-    server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+    config = uvicorn.Config(app, **options)  # type: ignore[arg-type]
+    config.ecomrec_limits = limits  # type: ignore[attr-defined]  # read by GuardedHttpToolsProtocol
+    server = uvicorn.Server(config)
     exit_codes: list[object] = []
 
     def run() -> None:

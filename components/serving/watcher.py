@@ -2,7 +2,14 @@
 background (the local counterpart of the EventBridge approval event that triggers a rollout on EKS).
 
 The watcher reacts to changes, not to drift: a model an operator loaded by hand (/admin/reload) stays
-until the registry's latest Approved version changes again, and a refused version is not retried."""
+until the registry's latest Approved version changes again, and a refused version is not retried.
+
+Every load is of the registered bytes (the version's bundle_sha256) and is re-checked just before the swap:
+a version rejected while it was loading is not published. When no version is Approved any more (every one
+was rejected) the service keeps serving what it has, as the EKS rollout does when it has nothing to roll
+back to, but says so: an error log on the change and ``ecomrec_model_served_rejected`` 1 while the model it
+serves is one the registry rejected. An unreadable or vanished registry is logged at each poll and changes
+nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import logging
 import threading
 
 from components.errors import EcomrecError
-from components.registry.base import ModelRegistry, ModelVersion
+from components.registry.base import APPROVED, REJECTED, ModelRegistry, ModelVersion
 from components.serving.holder import ModelHolder
 
 log = logging.getLogger(__name__)
@@ -23,20 +30,45 @@ class RegistryWatcher:
         self.holder = holder
         self.interval_s = interval_s
         self._seen: str | None = None  # the latest Approved model_data_url already acted on
+        self._none_approved = False  # the last poll found no Approved version
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def latest(self) -> ModelVersion | None:
         return self.registry.latest_approved(self.group)
 
+    def load(self, version: ModelVersion) -> bool:
+        """Load ``version``'s registered bytes; refuse the swap if it is no longer Approved by then."""
+
+        def still_approved() -> str | None:
+            try:
+                status = self.registry.describe(self.group, version.version).status
+            except EcomrecError as error:
+                return f"cannot re-check version {version.version} before the swap: {error}"
+            return None if status == APPROVED else f"version {version.version} is {status} now"
+
+        return self.holder.load(version.model_data_url, registry_version=version.version,
+                                expected_sha256=version.bundle_sha256 or None, still_wanted=still_approved).ok
+
     def poll_once(self) -> bool:
         """Load the latest Approved version if it is not the one being served; True if one was loaded."""
         try:
             latest = self.latest()
         except EcomrecError as error:
-            log.warning("registry poll of group %r failed: %s", self.group, error)
+            log.warning("registry poll of group %r failed, still serving what is loaded: %s", self.group, error)
             return False
-        if latest is None or latest.model_data_url == self._seen:
+        self._check_served()
+        if latest is None:
+            if not self._none_approved:
+                current = self.holder.current
+                log.error("registry: group %r has no Approved version (all rejected?); still serving %s: "
+                          "approve a version or stop the service", self.group,
+                          current.version if current else "nothing")
+            self._none_approved = True
+            self._seen = None
+            return False
+        self._none_approved = False
+        if latest.model_data_url == self._seen:
             return False
         self._seen = latest.model_data_url
         current = self.holder.current
@@ -44,7 +76,19 @@ class RegistryWatcher:
             return False
         log.info("registry: group %r version %d is Approved; loading %s", self.group, latest.version,
                  latest.model_data_url)
-        return self.holder.load(latest.model_data_url, registry_version=latest.version).ok
+        return self.load(latest)
+
+    def _check_served(self) -> None:
+        """``ecomrec_model_served_rejected``: 1 while the served registry version is Rejected."""
+        current = self.holder.current
+        rejected = False
+        if current is not None and current.registry_version is not None:
+            try:
+                rejected = self.registry.describe(self.group, current.registry_version).status == REJECTED
+            except EcomrecError as error:
+                log.warning("registry: cannot read the served version %d: %s", current.registry_version, error)
+                return
+        self.holder.set_served_rejected(rejected)
 
     def start(self) -> None:
         """Start polling; what is Approved right now counts as seen (start-up already chose a model)."""

@@ -58,7 +58,12 @@ def list_versions(group: str = GROUP, registry: Path | None = REGISTRY, sagemake
     table.add_column("created", no_wrap=True)
     table.add_column("ndcg@10", no_wrap=True)
     table.add_column("model data", overflow="fold")
-    for version in _registry(registry, sagemaker, region).list_versions(group):
+    try:  # a corrupt local record is skipped with a warning naming its file (LocalRegistry.list_versions)
+        versions = _registry(registry, sagemaker, region).list_versions(group)
+    except EcomrecError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from error
+    for version in versions:
         table.add_row(str(version.version), version.status, version.created_at[:16], _ndcg(version.metrics),
                       version.model_data_url)
     console.print(table)

@@ -39,6 +39,7 @@ from components import schema as s
 from components.config import PipelineConfig
 from components.errors import EcomrecError
 from components.ranker.hyperparameters import hyperparameters_from_config
+from components.registry.base import BUNDLE_SHA256_METADATA
 from components.registry.sagemaker import METADATA_METRICS
 from pipelines.graph import STEPS, Step
 from pipelines.sagemaker import params as p
@@ -56,6 +57,7 @@ CODE_INPUT_NAME = "ecomrec-code"
 # spark/processing/3.5/py3/docker/py312/Dockerfile.cpu; older tags had the OS's 3.9 there: entry.py refuses it).
 PROCESSING_PYTHON = "python3"
 EVALUATION_PROPERTY_FILE = "EvaluationReport"
+DIGEST_PROPERTY_FILE = "BundleDigest"
 # The ECR repository the inference image is pushed to, <prefix>-inference as the CDK ml stack names it.
 INFERENCE_REPOSITORY_SUFFIX = "-inference"
 # Processing jobs run on one instance: every step writes its outputs to the container's local
@@ -231,6 +233,7 @@ class _Builder:
         self.sm_steps: dict[str, Any] = {}
         self.graph_steps: dict[str, Step] = {}
         self.evaluation_file: Any = None
+        self.digest_file: Any = None  # the bundle step's bundle_digest.json (the package's bundle_sha256)
 
     # ---------------------------------------------------------------- wiring helpers
     def output_uri(self, step: Step) -> Any:
@@ -438,6 +441,8 @@ class _Builder:
             # the same metadata SageMakerRegistry writes and reads: visible without reading S3
             customer_metadata_properties={
                 **{s.metric_json_path(r, m, k): metric(r, m, k).to_string() for r, m, k in METADATA_METRICS},
+                BUNDLE_SHA256_METADATA: JsonGet(step_name=self.sm_steps[bundle].name, property_file=self.digest_file,
+                                                json_path="sha256").to_string(),
                 "code_version": self.code.version,
                 "pipeline_execution_id": self.execution_id.to_string(),
             },
@@ -473,6 +478,10 @@ class _Builder:
                     self.evaluation_file = PropertyFile(name=EVALUATION_PROPERTY_FILE, output_name=step.name,
                                                         path=s.EVALUATION_FILE)
                     files = [self.evaluation_file]
+                if step.name == self._bundle_step_name():  # its digest goes onto the model package
+                    self.digest_file = PropertyFile(name=DIGEST_PROPERTY_FILE, output_name=step.name,
+                                                    path=s.BUNDLE_DIGEST_FILE)
+                    files = [self.digest_file]
                 sm_step = self.processing(step, files)
             elif step.kind == "training":
                 sm_step = self.training(step)
@@ -482,6 +491,12 @@ class _Builder:
                 raise EcomrecError(f"step {step.name}: unknown kind {step.kind!r}")
             self.sm_steps[step.name] = sm_step
         return list(self.sm_steps.values())
+
+    @staticmethod
+    def _bundle_step_name() -> str:
+        """The step the register step takes the bundle from (its first input)."""
+        (register,) = [step for step in STEPS if step.kind == "register"]
+        return register.inputs[0]
 
     @staticmethod
     def _evaluation_step_name() -> str:

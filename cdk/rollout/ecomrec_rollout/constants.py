@@ -7,6 +7,11 @@ from typing import Final
 # The inference container reads its bundle from this variable (components/serving/settings.py:
 # ServingSettings.model with env_prefix "ECOMREC_"). The only place the name is written.
 MODEL_ENV_VAR: Final = "ECOMREC_MODEL"
+# ... and refuses to serve other bytes than this sha256 (ServingSettings.model_sha256; "" = no check).
+MODEL_SHA256_ENV_VAR: Final = "ECOMREC_MODEL_SHA256"
+# The model package's CustomerMetadataProperties key holding that digest, recorded at registration
+# (components/registry/base.py BUNDLE_SHA256_METADATA; tests/test_rollout_logic.py checks they agree).
+BUNDLE_SHA256_METADATA: Final = "bundle_sha256"
 
 NAMESPACE: Final = "ecomrec"
 DEPLOYMENT: Final = "ecomrec-inference"

@@ -38,6 +38,8 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("eks.amazonaws.com/v1", "IngressClassParams"): ("ingressclassparams", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
+    ("v1", "ConfigMap"): ("configmaps", True),
 }
 
 

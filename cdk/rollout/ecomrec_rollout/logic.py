@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -44,6 +45,7 @@ class Release:
     arn: str
     model_data_url: str
     image: str
+    sha256: str = ""  # the bundle's registered digest; the pods refuse other bytes ("" on older records)
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,13 @@ def release_from_package(description: dict[str, Any]) -> Release:
         raise RolloutError(
             f"model package {arn}: InferenceSpecification.Containers[0].ModelDataUrl is missing")
     first = containers[0]
+    digest = str((description.get("CustomerMetadataProperties") or {}).get(c.BUNDLE_SHA256_METADATA, ""))
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        # Without it nothing ties what is served to what was approved: not deployed.
+        raise RolloutError(f"model package {arn}: no {c.BUNDLE_SHA256_METADATA} in CustomerMetadataProperties "
+                           "(register bundles through ecomrec, which records the digest)")
     return Release(version=int(description["ModelPackageVersion"]), arn=str(arn),
-                   model_data_url=str(first["ModelDataUrl"]), image=str(first.get("Image", "")))
+                   model_data_url=str(first["ModelDataUrl"]), image=str(first.get("Image", "")), sha256=digest)
 
 
 def _newest_first(releases: list[Release]) -> list[Release]:
@@ -302,7 +309,9 @@ def deployment_patch(release: Release, container: str = c.CONTAINER) -> dict[str
     once its readiness probe passes, i.e. once it has loaded this bundle.
     """
     annotations = {c.VERSION_ANNOTATION: str(release.version), c.ARN_ANNOTATION: release.arn}
-    env = [{"name": c.MODEL_ENV_VAR, "value": release.model_data_url}]
+    # Both always set: env entries merge by name, so a digest left from an earlier patch would refuse this bundle.
+    env = [{"name": c.MODEL_ENV_VAR, "value": release.model_data_url},
+           {"name": c.MODEL_SHA256_ENV_VAR, "value": release.sha256}]
     spec: dict[str, Any] = {"name": container, "env": env}
     if release.image:
         spec["image"] = release.image

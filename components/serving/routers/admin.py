@@ -1,20 +1,26 @@
 """Operator endpoints: see the served model, load another one (the safe swap of holder.py).
 
 Disabled unless ECOMREC_ADMIN_TOKEN is set: a reload reads files and object storage the service can
-reach, so it must not be open to the shop's traffic."""
+reach, so it must not be open to the shop's traffic. The token is checked before a byte of the body is read
+(the body is read by hand, not by FastAPI, which reads and parses it before any check runs), and the body is
+capped at ECOMREC_ADMIN_MAX_BODY_BYTES."""
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated, Any
 
+import anyio
+import orjson
 from anyio import to_thread
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
+from components.errors import EcomrecError
 from components.serving.responses import OrjsonResponse, error_response
-from components.serving.routers._deps import service
+from components.serving.routers._deps import read_body, service
 from components.serving.routers.models import ErrorBody, ModelStatus, ReloadRequest
 from components.serving.state import ServiceState
 
@@ -23,13 +29,33 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 403: 
 
 
 def _denied(state: ServiceState, credentials: HTTPAuthorizationCredentials | None) -> Response | None:
+    # Connection: close: the server drops the connection instead of draining a body nobody will read.
     token = state.settings.admin_token
     if token is None:
-        return error_response(403, "admin endpoints are disabled: set ECOMREC_ADMIN_TOKEN")
+        return error_response(403, "admin endpoints are disabled: set ECOMREC_ADMIN_TOKEN",
+                              headers={"Connection": "close"})
     if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
         return error_response(401, "missing or wrong bearer token", parameter="authorization",
-                              headers={"WWW-Authenticate": "Bearer"})
+                              headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
     return None
+
+
+async def _reload_request(request: Request, limit: int) -> ReloadRequest | Response:
+    body = await read_body(request, limit)
+    if body is None:
+        return error_response(413, f"body over {limit} bytes (ECOMREC_ADMIN_MAX_BODY_BYTES)", parameter="body",
+                              headers={"Connection": "close"})
+    if not body.strip():
+        return ReloadRequest()
+    try:
+        data = orjson.loads(body)
+        return ReloadRequest() if data is None else ReloadRequest.model_validate(data)
+    except orjson.JSONDecodeError:
+        return error_response(400, "body: not valid JSON", parameter="body")
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return error_response(422, f"{where}: {first['msg']}", parameter=where)
 
 
 def _status(state: ServiceState) -> dict[str, object]:
@@ -61,13 +87,17 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/reload", response_model=ModelStatus, summary="Load a bundle, check it, then swap",
+        openapi_extra={"requestBody": {"required": False, "content": {
+            "application/json": {"schema": ReloadRequest.model_json_schema()}}}},
         responses={**AUTH_ERRORS, 202: {"model": ModelStatus}, 409: {"model": ErrorBody},
-                   400: {"description": "the body is not valid JSON"},
-                   422: {"model": ErrorBody, "description": "the bundle was refused (wait=true)"}},
+                   400: {"description": "the body is not valid JSON"}, 413: {"model": ErrorBody},
+                   503: {"model": ErrorBody, "description": "the registry cannot be read"},
+                   504: {"model": ErrorBody, "description": "wait=true: the load outlasted ECOMREC_RELOAD_WAIT_S"},
+                   422: {"model": ErrorBody, "description": "a malformed body, or the bundle was refused "
+                                                            "(wait=true)"}},
     )
     async def reload(
         request: Request,
-        body: Annotated[ReloadRequest | None, Body()] = None,
         wait: Annotated[bool, Query(description="answer after the load instead of at once")] = False,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
     ) -> Response:
@@ -75,12 +105,19 @@ def build_router() -> APIRouter:
         denied = _denied(state, credentials)
         if denied is not None:
             return denied
-        location, registry_version = (body.model if body else None), None
+        body = await _reload_request(request, state.settings.admin_max_body_bytes)
+        if isinstance(body, Response):
+            return body
+        location, registry_version, expected_sha256 = body.model, None, None
         if location is None and state.registry is not None:
-            latest = state.registry.latest_approved(state.settings.model_group)
+            try:
+                latest = state.registry.latest_approved(state.settings.model_group)
+            except EcomrecError as error:
+                return error_response(503, f"the registry cannot be read: {error}", parameter="registry")
             if latest is None:
                 return error_response(409, f"no Approved version of group {state.settings.model_group!r}")
             location, registry_version = latest.model_data_url, latest.version
+            expected_sha256 = latest.bundle_sha256 or None
         if location is None:
             current = state.holder.current
             if current is None:
@@ -88,11 +125,20 @@ def build_router() -> APIRouter:
                                       parameter="model")
             location = current.source
         if not wait:
-            if not state.holder.load_in_background(location, registry_version=registry_version):
+            if not state.holder.load_in_background(location, registry_version=registry_version,
+                                                   expected_sha256=expected_sha256):
                 return error_response(409, "a load is already running")
             return OrjsonResponse(_status(state), status_code=202)
         chosen, chosen_version = location, registry_version
-        result = await to_thread.run_sync(lambda: state.holder.load(chosen, registry_version=chosen_version))
+        result = None
+        with anyio.move_on_after(state.settings.reload_wait_s):
+            result = await to_thread.run_sync(
+                lambda: state.holder.load(chosen, registry_version=chosen_version, expected_sha256=expected_sha256),
+                abandon_on_cancel=True)  # the load goes on; the answer does not wait for it
+        if result is None:
+            return error_response(504, f"the load of {chosen[:300]} is still running after "
+                                       f"{state.settings.reload_wait_s:.0f} s (ECOMREC_RELOAD_WAIT_S); see "
+                                       "GET /admin/model", parameter="model")
         if not result.ok:
             return error_response(422, f"bundle refused, still serving the previous model: {result.error}",
                                   parameter="model")

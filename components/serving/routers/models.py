@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RecommendedItem(BaseModel):
@@ -40,6 +42,15 @@ class InvocationRequest(BaseModel):
     exclude_purchased: bool = False
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     category: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _id_text(cls, value: Any) -> Any:
+        # A JSON number is read as its text; only an integer has one text. A float (orjson reads integers
+        # over 64 bits as floats, 12680.0 is not "12680") or a boolean would silently name another user.
+        if isinstance(value, bool | float):
+            raise ValueError("a number id must be an integer of at most 64 bits; send ids as strings")
+        return value
 
 
 class InvocationBatch(BaseModel):
