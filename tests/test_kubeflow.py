@@ -18,7 +18,7 @@ from components import schema as s
 from components.config import GateConfig, PipelineConfig
 from components.errors import QualityGateError
 from components.registry.base import PENDING
-from components.registry.gate import check_gate
+from components.registry.gate import baseline_comparison, check_gate
 from components.registry.local import LocalRegistry
 from pipelines.cli import app
 from pipelines.graph import STEPS, get_step
@@ -197,7 +197,9 @@ def _fake_run(root: Path) -> tuple[Path, Path]:
     (bundle / s.MODEL_ARCHIVE).write_bytes(b"bundle")
     ranking = {r: {s.metric_key(m, n): {"value": 0.1} for m in s.METRICS for n in s.KS} for r in s.RECOMMENDERS}
     ranking[s.TWO_STAGE][s.metric_key("ndcg", 10)] = {"value": 0.5}
-    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking}))
+    # the gate block as the evaluation step writes it (components/evaluation/evaluate.py)
+    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking,
+                                                            "gate": baseline_comparison(ranking)}))
     return bundle, evaluation
 
 
