@@ -199,3 +199,22 @@ def test_a_scoring_folder_without_parts_is_a_clear_error(run: dict[str, Path], t
                          spec=FeatureSpec.load(run["ranker_data"] / s.FEATURE_SPEC_FILE))
     with pytest.raises(DataContractError, match=r"no part-\*\.parquet in .*empty"):
         evaluate.score_candidates(tmp_path / "empty", ranker, [0])
+
+
+def test_a_non_finite_metric_is_refused_before_evaluation_json_is_written(tmp_path: Path) -> None:
+    """NaN is not JSON (RFC 8259, section 6): SageMaker's JsonGet could not read the gate's numbers. The step
+    names the field instead of writing it."""
+    import math
+
+    from components.errors import DataContractError
+    from components.evaluation.evaluate import EvaluationResult
+
+    empty = pd.DataFrame()
+    result = EvaluationResult(
+        evaluation={"ranking_metrics": {s.TWO_STAGE: {"ndcg_at_10": {"value": 0.3}}},
+                    s.TIFU_KNN: {"chosen_on": {"value": math.nan}, "tried": [{"ndcg_at_10": math.inf}]}},
+        ground_truth=empty, recommendations=empty, recall_curves={}, feature_importance={})
+    with pytest.raises(DataContractError, match=r"evaluation\.json .* at tifu_knn\.chosen_on\.value, "
+                                                r"tifu_knn\.tried\[0\]\.ndcg_at_10"):
+        evaluate_step.write_outputs(result, {}, tmp_path)
+    assert not (tmp_path / s.EVALUATION_FILE).exists()
