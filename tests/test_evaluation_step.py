@@ -218,3 +218,18 @@ def test_a_non_finite_metric_is_refused_before_evaluation_json_is_written(tmp_pa
                                                 r"tifu_knn\.tried\[0\]\.ndcg_at_10"):
         evaluate_step.write_outputs(result, {}, tmp_path)
     assert not (tmp_path / s.EVALUATION_FILE).exists()
+
+
+def test_the_report_says_when_tifu_knn_had_no_user_to_tune_on(tmp_path: Path) -> None:
+    """A shop without purchases before label_start: tifu.choose takes the grid's first point and records
+    value null; the report says so instead of a measured-looking "NDCG@10 0.0000"."""
+    from components.evaluation.report import write_report
+
+    block = {s.metric_key(m, k): {"value": 0.1} for m in s.METRICS for k in s.KS}
+    evaluation = {"ranking_metrics": {s.TWO_STAGE: block}, "segments": {"warm": {s.TWO_STAGE: block}},
+                  "users": {"evaluated": 3, "warm": 3}, "split": {}, "data": {}, "headline": {},
+                  s.TIFU_KNN: {"params": {"k": 100}, "grid": {"k": [100]},
+                               "chosen_on": {"fold": "train", "value": None, "users": 0}}}
+    page = write_report(evaluation, {}, {}, {}, tmp_path).read_text()
+    assert "not tuned: no user had both baskets and target purchases" in page
+    assert "NDCG@10 0.0000 over 0 users" not in page
