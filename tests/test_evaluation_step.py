@@ -233,3 +233,19 @@ def test_the_report_says_when_tifu_knn_had_no_user_to_tune_on(tmp_path: Path) ->
     page = write_report(evaluation, {}, {}, {}, tmp_path).read_text()
     assert "not tuned: no user had both baskets and target purchases" in page
     assert "NDCG@10 0.0000 over 0 users" not in page
+
+
+def test_a_test_window_without_warm_users_is_a_clear_error() -> None:
+    """Only new customers bought in the test window: the evaluation says so up front (the warm headline would
+    be empty and the gate block's lookup would fail with "evaluation.json has no 'ranking_metrics...'")."""
+    from components.errors import DataContractError
+    from components.evaluation.evaluate import EvaluationInputs, evaluate
+
+    empty = pd.DataFrame()
+    inputs = EvaluationInputs(
+        windows={}, user_ids=empty, item_ids=empty, targets=empty,
+        target_users=pd.DataFrame({s.USER_IDX: [0, 1], s.SEGMENT: [s.COLD, s.COLD]}),
+        item_features=empty, user_item_features=empty, candidates=empty, scored=empty, training_report={},
+        purchases=empty, interactions=empty, train_targets=empty)
+    with pytest.raises(DataContractError, match=r"target_users has no warm user .*2 test-window buyers"):
+        evaluate(inputs)
