@@ -31,7 +31,6 @@ HEADLINE: Final = (
                             ("coverage", "Coverage"))),
     # two_stage over the strongest of popular, repurchase, tifu_knn and itemknn of the same run: the gate's bar
     Metric("x strongest baseline", "headline.two_stage_over_strongest_baseline", "{:.3f}x"),
-    Metric("x popular/repurchase", "headline.two_stage_over_best_baseline", "{:.3f}x"),
     Metric("cand. recall", f"ranking_metrics.{s.TWO_STAGE}.candidate_recall.value", "{:.3f}"),
 )
 
