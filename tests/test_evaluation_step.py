@@ -230,7 +230,7 @@ def test_the_report_says_when_tifu_knn_had_no_user_to_tune_on(tmp_path: Path) ->
                   "users": {"evaluated": 3, "warm": 3}, "split": {}, "data": {}, "headline": {},
                   s.TIFU_KNN: {"params": {"k": 100}, "grid": {"k": [100]},
                                "chosen_on": {"fold": "train", "value": None, "users": 0}}}
-    page = write_report(evaluation, {}, {}, {}, tmp_path).read_text()
+    page = write_report(evaluation, {"ranker": [0.1, 0.2]}, {}, {}, tmp_path).read_text()
     assert "not tuned: no user had both baskets and target purchases" in page
     assert "NDCG@10 0.0000 over 0 users" not in page
 
