@@ -170,7 +170,8 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
 
     evaluation = json.loads((tiny_run / "evaluation" / s.EVALUATION_FILE).read_text())
     two_stage = evaluation["ranking_metrics"][s.TWO_STAGE]["ndcg_at_10"]["value"]
-    failing = GateConfig(ndcg_at_10_floor=two_stage + 0.01, must_beat_als=False)
+    # the tiny shop's two_stage trails repurchase (0.999x): the baseline check is off, as in tiny_run's config
+    failing = GateConfig(ndcg_at_10_floor=two_stage + 0.01, must_beat_als=False, must_beat_baselines=False)
     verdict = check_gate(evaluation, failing)  # the registry's rule, which the gate task must apply
     assert not verdict.passed
     arguments = {"config": PipelineConfig(gate=failing).to_json(), "registry": str(tmp_path / "registry")}
@@ -182,7 +183,8 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
     assert LocalRegistry(tmp_path / "registry").list_versions("ecomrec") == []
 
     # the same sub-pipeline with a gate the evaluation passes registers: the test above can tell them apart
-    passing = PipelineConfig(gate=GateConfig(ndcg_at_10_floor=two_stage - 0.01, must_beat_als=False))
+    passing = PipelineConfig(gate=GateConfig(ndcg_at_10_floor=two_stage - 0.01, must_beat_als=False,
+                                             must_beat_baselines=False))
     run_locally(_register_only(tiny_run), {**arguments, "config": passing.to_json()}, tmp_path / "out")
     assert [v.status for v in LocalRegistry(tmp_path / "registry").list_versions("ecomrec")] == [PENDING]
     assert (tmp_path / "out" / "register" / "registration.json").exists()
@@ -248,3 +250,21 @@ def test_kubeflow_local_run_matches_run_local_on_online_retail(online_retail_run
     assert manifest["version"] == json.loads((online_retail_run / "bundle" / s.BUNDLE_MANIFEST).read_text())["version"]
     (version,) = LocalRegistry(tmp_path / "registry").list_versions("ecomrec")
     assert (version.status, version.description) == (PENDING, f"bundle {manifest['version']}")
+
+
+def test_a_task_runs_its_steps_main_with_the_local_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every component body calls (pipelines/kubeflow/runtime.py run_step), without kfp: the step's
+    main(argv) gets the local runner's argv. It once imported a helper the SageMaker launcher had dropped,
+    so every Kubeflow task failed before its step ran."""
+    from pipelines.kubeflow.runtime import run_step
+
+    (tmp_path / "probe_step.py").write_text(
+        "import json, sys\n"
+        "def main(argv):\n"
+        f"    open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(argv))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_step("probe_step", {"bundle": "/in/bundle", "evaluation": "/in/evaluation"}, "/out", "{}",
+             ["--registry", "sagemaker"])
+    assert json.loads((tmp_path / "argv.json").read_text()) == [
+        "--bundle", "/in/bundle", "--evaluation", "/in/evaluation", "--output", "/out", "--config", "{}",
+        "--registry", "sagemaker"]
