@@ -84,6 +84,7 @@ def test_compiled_pipeline_loads_with_kfp_and_its_dag_is_the_step_graph(tmp_path
     assert "run_step('components.registry.step'" in register_model
     # the SageMaker registry records the bundle artifact's URI (s3:// on a cluster), not the pod's copy
     assert "['--model-data-url', bundle.uri.rstrip('/') + '/model.tar.gz']" in register_model
+    assert "['--evaluation-url', evaluation.uri.rstrip('/') + '/evaluation.json']" in register_model
     assert "check_gate(" in _executor(spec, executors, "comp-gate")["command"][-1]
 
     # parameters: SageMaker's config-backed ones with the same defaults, plus the data, image and registry
@@ -208,7 +209,8 @@ def _fake_run(root: Path) -> tuple[Path, Path]:
 def test_the_register_step_registers_into_sagemaker_through_the_same_port(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--registry sagemaker` (a Kubeflow run on AWS): the SageMaker Model Registry (moto's) gets a
-    PendingManualApproval package pointing at the bundle's S3 URI with the inference image."""
+    PendingManualApproval package pointing at the bundle's S3 URI with the inference image, and at the
+    evaluation's (ModelMetrics), so the registry port, hence the console, reads the whole evaluation.json."""
     import boto3
     from moto import mock_aws
 
@@ -223,13 +225,21 @@ def test_the_register_step_registers_into_sagemaker_through_the_same_port(
     image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecomrec-inference:1"
     argv = ["--bundle", str(bundle), "--evaluation", str(evaluation), "--output", str(tmp_path / "register"),
             "--set", "gate.ndcg_at_10_floor=0.0", "--registry", "sagemaker", "--image-uri", image]
+    evaluation_url = "s3://runs/exec-1/evaluation/evaluation.json"
     with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="runs", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.put_object(Bucket="runs", Key="exec-1/evaluation/evaluation.json",
+                      Body=(evaluation / s.EVALUATION_FILE).read_bytes())
         with pytest.raises(RegistryError, match="needs the bundle in S3"):  # the pod's copy is not enough
             register_step.main(argv)
-        register_step.main([*argv, "--model-data-url", "s3://runs/exec-1/bundle/model.tar.gz"])
-        (version,) = SageMakerRegistry(boto3.client("sagemaker")).list_versions("ecomrec")
+        register_step.main([*argv, "--model-data-url", "s3://runs/exec-1/bundle/model.tar.gz",
+                            "--evaluation-url", evaluation_url])
+        (version,) = SageMakerRegistry(boto3.client("sagemaker"), s3).list_versions("ecomrec")
     assert (version.status, version.model_data_url, version.image_uri) == (
         PENDING, "s3://runs/exec-1/bundle/model.tar.gz", image)
+    assert version.metrics["evaluation_uri"] == evaluation_url
+    assert version.metrics["gate"] == json.loads((evaluation / s.EVALUATION_FILE).read_text())["gate"]
     assert version.description == "bundle 2011-11-09-abc"
 
 

@@ -101,6 +101,10 @@ class SageMakerRegistry:
         }
         if description:
             request["ModelPackageDescription"] = description[:1000]
+        evaluation_uri = str(metrics.get("evaluation_uri", ""))
+        if is_s3_uri(evaluation_uri):  # what _describe_arn reads back (and the console's report beside it)
+            request["ModelMetrics"] = {"ModelQuality": {"Statistics": {"ContentType": CONTENT_TYPES[0],
+                                                                       "S3Uri": evaluation_uri}}}
         metadata = metrics_to_metadata(metrics)
         if metadata:
             request["CustomerMetadataProperties"] = metadata
