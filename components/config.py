@@ -114,12 +114,15 @@ class RankerConfig(_Strict):
 
 
 class GateConfig(_Strict):
+    # NaN compares false with every bound: refused as "not a finite number", naming the field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     ndcg_at_10_floor: float = Field(0.05, ge=0.0, le=1.0)
     must_beat_als: bool = True
     # two_stage NDCG@10 must be >= (1 + baseline_margin) x the strongest of popular, repurchase, tifu_knn
     # and itemknn in the same run (EVALUATION.md's bar); 0 = must not be worse, 0.05 = must lead by 5 %.
+    # Never negative: a model worse than a baseline is switched through with must_beat_baselines=false.
     must_beat_baselines: bool = True
-    baseline_margin: float = Field(0.0, ge=-1.0, le=10.0)
+    baseline_margin: float = Field(0.0, ge=0.0, le=10.0)
 
 
 class PipelineConfig(_Strict):

@@ -285,3 +285,31 @@ def test_changes_since_reads_whole_lines_and_notices_a_replaced_log(registry: Lo
     assert registry.changes_since(GROUP, offset) == (offset, set())
     log.write_text("")  # the registry folder was replaced
     assert registry.changes_since(GROUP, offset) is None
+
+
+def test_the_strongest_baseline_and_the_new_peers_are_shown(console: str, registry: LocalRegistry,
+                                                            dummy_bundle: Path) -> None:
+    """An evaluation.json as issue 17 writes it (components/evaluation/evaluate.py): two_stage's ratio to the
+    strongest of the four baselines is in the headline beside the live version's, with that baseline named,
+    and tifu_knn / itemknn are in the every-metric table."""
+    def with_peers(ndcg: float, tifu: float) -> dict[str, object]:
+        doc = evaluation(ndcg)
+        ranking = doc["ranking_metrics"]
+        assert isinstance(ranking, dict)
+        ranking[s.TIFU_KNN] = {"ndcg_at_10": {"value": tifu}}
+        ranking[s.ITEMKNN] = {"ndcg_at_10": {"value": 0.1}}
+        doc["headline"] = {"two_stage_over_best_baseline": 2.0, "strongest_baseline": s.TIFU_KNN,
+                           "strongest_baseline_value": tifu, "two_stage_over_strongest_baseline": ndcg / tifu}
+        return doc
+
+    registry.register(GROUP, str(dummy_bundle), with_peers(0.30, 0.25))
+    registry.register(GROUP, str(dummy_bundle), with_peers(0.30, 0.32))
+    registry.set_status(GROUP, 1, "Approved")
+    page = httpx.get(console + "/registry").text
+    assert "x strongest baseline" in page
+    row = re.search(r'<tr data-version="2" class="[^"]*">(.*?)</tr>', page, re.S)
+    assert row is not None
+    assert 'class="num worse" title="-21.9% vs live">0.938x<small>-0.2625</small>' in row.group(1)
+    version = httpx.get(console + "/registry/2").text
+    assert '<dd id="strongest">tifu_knn (0.3200 NDCG@10)</dd>' in version
+    assert f"<td>{s.TIFU_KNN}</td><td>ndcg@10</td>" in version and f"<td>{s.ITEMKNN}</td>" in version

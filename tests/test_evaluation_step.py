@@ -199,3 +199,53 @@ def test_a_scoring_folder_without_parts_is_a_clear_error(run: dict[str, Path], t
                          spec=FeatureSpec.load(run["ranker_data"] / s.FEATURE_SPEC_FILE))
     with pytest.raises(DataContractError, match=r"no part-\*\.parquet in .*empty"):
         evaluate.score_candidates(tmp_path / "empty", ranker, [0])
+
+
+def test_a_non_finite_metric_is_refused_before_evaluation_json_is_written(tmp_path: Path) -> None:
+    """NaN is not JSON (RFC 8259, section 6): SageMaker's JsonGet could not read the gate's numbers. The step
+    names the field instead of writing it."""
+    import math
+
+    from components.errors import DataContractError
+    from components.evaluation.evaluate import EvaluationResult
+
+    empty = pd.DataFrame()
+    result = EvaluationResult(
+        evaluation={"ranking_metrics": {s.TWO_STAGE: {"ndcg_at_10": {"value": 0.3}}},
+                    s.TIFU_KNN: {"chosen_on": {"value": math.nan}, "tried": [{"ndcg_at_10": math.inf}]}},
+        ground_truth=empty, recommendations=empty, recall_curves={}, feature_importance={})
+    with pytest.raises(DataContractError, match=r"evaluation\.json .* at tifu_knn\.chosen_on\.value, "
+                                                r"tifu_knn\.tried\[0\]\.ndcg_at_10"):
+        evaluate_step.write_outputs(result, {}, tmp_path)
+    assert not (tmp_path / s.EVALUATION_FILE).exists()
+
+
+def test_the_report_says_when_tifu_knn_had_no_user_to_tune_on(tmp_path: Path) -> None:
+    """A shop without purchases before label_start: tifu.choose takes the grid's first point and records
+    value null; the report says so instead of a measured-looking "NDCG@10 0.0000"."""
+    from components.evaluation.report import write_report
+
+    block = {s.metric_key(m, k): {"value": 0.1} for m in s.METRICS for k in s.KS}
+    evaluation = {"ranking_metrics": {s.TWO_STAGE: block}, "segments": {"warm": {s.TWO_STAGE: block}},
+                  "users": {"evaluated": 3, "warm": 3}, "split": {}, "data": {}, "headline": {},
+                  s.TIFU_KNN: {"params": {"k": 100}, "grid": {"k": [100]},
+                               "chosen_on": {"fold": "train", "value": None, "users": 0}}}
+    page = write_report(evaluation, {"ranker": [0.1, 0.2]}, {}, {}, tmp_path).read_text()
+    assert "not tuned: no user had both baskets and target purchases" in page
+    assert "NDCG@10 0.0000 over 0 users" not in page
+
+
+def test_a_test_window_without_warm_users_is_a_clear_error() -> None:
+    """Only new customers bought in the test window: the evaluation says so up front (the warm headline would
+    be empty and the gate block's lookup would fail with "evaluation.json has no 'ranking_metrics...'")."""
+    from components.errors import DataContractError
+    from components.evaluation.evaluate import EvaluationInputs, evaluate
+
+    empty = pd.DataFrame()
+    inputs = EvaluationInputs(
+        windows={}, user_ids=empty, item_ids=empty, targets=empty,
+        target_users=pd.DataFrame({s.USER_IDX: [0, 1], s.SEGMENT: [s.COLD, s.COLD]}),
+        item_features=empty, user_item_features=empty, candidates=empty, scored=empty, training_report={},
+        purchases=empty, interactions=empty, train_targets=empty)
+    with pytest.raises(DataContractError, match=r"target_users has no warm user .*2 test-window buyers"):
+        evaluate(inputs)

@@ -18,7 +18,7 @@ from components import schema as s
 from components.config import GateConfig, PipelineConfig
 from components.errors import QualityGateError
 from components.registry.base import PENDING
-from components.registry.gate import check_gate
+from components.registry.gate import baseline_comparison, check_gate
 from components.registry.local import LocalRegistry
 from pipelines.cli import app
 from pipelines.graph import STEPS, get_step
@@ -84,6 +84,7 @@ def test_compiled_pipeline_loads_with_kfp_and_its_dag_is_the_step_graph(tmp_path
     assert "run_step('components.registry.step'" in register_model
     # the SageMaker registry records the bundle artifact's URI (s3:// on a cluster), not the pod's copy
     assert "['--model-data-url', bundle.uri.rstrip('/') + '/model.tar.gz']" in register_model
+    assert "['--evaluation-url', evaluation.uri.rstrip('/') + '/evaluation.json']" in register_model
     assert "check_gate(" in _executor(spec, executors, "comp-gate")["command"][-1]
 
     # parameters: SageMaker's config-backed ones with the same defaults, plus the data, image and registry
@@ -170,7 +171,8 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
 
     evaluation = json.loads((tiny_run / "evaluation" / s.EVALUATION_FILE).read_text())
     two_stage = evaluation["ranking_metrics"][s.TWO_STAGE]["ndcg_at_10"]["value"]
-    failing = GateConfig(ndcg_at_10_floor=two_stage + 0.01, must_beat_als=False)
+    # the tiny shop's two_stage trails repurchase (0.999x): the baseline check is off, as in tiny_run's config
+    failing = GateConfig(ndcg_at_10_floor=two_stage + 0.01, must_beat_als=False, must_beat_baselines=False)
     verdict = check_gate(evaluation, failing)  # the registry's rule, which the gate task must apply
     assert not verdict.passed
     arguments = {"config": PipelineConfig(gate=failing).to_json(), "registry": str(tmp_path / "registry")}
@@ -182,7 +184,8 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
     assert LocalRegistry(tmp_path / "registry").list_versions("ecomrec") == []
 
     # the same sub-pipeline with a gate the evaluation passes registers: the test above can tell them apart
-    passing = PipelineConfig(gate=GateConfig(ndcg_at_10_floor=two_stage - 0.01, must_beat_als=False))
+    passing = PipelineConfig(gate=GateConfig(ndcg_at_10_floor=two_stage - 0.01, must_beat_als=False,
+                                             must_beat_baselines=False))
     run_locally(_register_only(tiny_run), {**arguments, "config": passing.to_json()}, tmp_path / "out")
     assert [v.status for v in LocalRegistry(tmp_path / "registry").list_versions("ecomrec")] == [PENDING]
     assert (tmp_path / "out" / "register" / "registration.json").exists()
@@ -197,14 +200,17 @@ def _fake_run(root: Path) -> tuple[Path, Path]:
     (bundle / s.MODEL_ARCHIVE).write_bytes(b"bundle")
     ranking = {r: {s.metric_key(m, n): {"value": 0.1} for m in s.METRICS for n in s.KS} for r in s.RECOMMENDERS}
     ranking[s.TWO_STAGE][s.metric_key("ndcg", 10)] = {"value": 0.5}
-    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking}))
+    # the gate block as the evaluation step writes it (components/evaluation/evaluate.py)
+    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking,
+                                                            "gate": baseline_comparison(ranking)}))
     return bundle, evaluation
 
 
 def test_the_register_step_registers_into_sagemaker_through_the_same_port(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--registry sagemaker` (a Kubeflow run on AWS): the SageMaker Model Registry (moto's) gets a
-    PendingManualApproval package pointing at the bundle's S3 URI with the inference image."""
+    PendingManualApproval package pointing at the bundle's S3 URI with the inference image, and at the
+    evaluation's (ModelMetrics), so the registry port, hence the console, reads the whole evaluation.json."""
     import boto3
     from moto import mock_aws
 
@@ -219,13 +225,21 @@ def test_the_register_step_registers_into_sagemaker_through_the_same_port(
     image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecomrec-inference:1"
     argv = ["--bundle", str(bundle), "--evaluation", str(evaluation), "--output", str(tmp_path / "register"),
             "--set", "gate.ndcg_at_10_floor=0.0", "--registry", "sagemaker", "--image-uri", image]
+    evaluation_url = "s3://runs/exec-1/evaluation/evaluation.json"
     with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="runs", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.put_object(Bucket="runs", Key="exec-1/evaluation/evaluation.json",
+                      Body=(evaluation / s.EVALUATION_FILE).read_bytes())
         with pytest.raises(RegistryError, match="needs the bundle in S3"):  # the pod's copy is not enough
             register_step.main(argv)
-        register_step.main([*argv, "--model-data-url", "s3://runs/exec-1/bundle/model.tar.gz"])
-        (version,) = SageMakerRegistry(boto3.client("sagemaker")).list_versions("ecomrec")
+        register_step.main([*argv, "--model-data-url", "s3://runs/exec-1/bundle/model.tar.gz",
+                            "--evaluation-url", evaluation_url])
+        (version,) = SageMakerRegistry(boto3.client("sagemaker"), s3).list_versions("ecomrec")
     assert (version.status, version.model_data_url, version.image_uri) == (
         PENDING, "s3://runs/exec-1/bundle/model.tar.gz", image)
+    assert version.metrics["evaluation_uri"] == evaluation_url
+    assert version.metrics["gate"] == json.loads((evaluation / s.EVALUATION_FILE).read_text())["gate"]
     assert version.description == "bundle 2011-11-09-abc"
 
 
@@ -246,3 +260,21 @@ def test_kubeflow_local_run_matches_run_local_on_online_retail(online_retail_run
     assert manifest["version"] == json.loads((online_retail_run / "bundle" / s.BUNDLE_MANIFEST).read_text())["version"]
     (version,) = LocalRegistry(tmp_path / "registry").list_versions("ecomrec")
     assert (version.status, version.description) == (PENDING, f"bundle {manifest['version']}")
+
+
+def test_a_task_runs_its_steps_main_with_the_local_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every component body calls (pipelines/kubeflow/runtime.py run_step), without kfp: the step's
+    main(argv) gets the local runner's argv. It once imported a helper the SageMaker launcher had dropped,
+    so every Kubeflow task failed before its step ran."""
+    from pipelines.kubeflow.runtime import run_step
+
+    (tmp_path / "probe_step.py").write_text(
+        "import json, sys\n"
+        "def main(argv):\n"
+        f"    open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(argv))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_step("probe_step", {"bundle": "/in/bundle", "evaluation": "/in/evaluation"}, "/out", "{}",
+             ["--registry", "sagemaker"])
+    assert json.loads((tmp_path / "argv.json").read_text()) == [
+        "--bundle", "/in/bundle", "--evaluation", "/in/evaluation", "--output", "/out", "--config", "{}",
+        "--registry", "sagemaker"]

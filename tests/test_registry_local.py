@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from components.config import GateConfig
+from components.config import GateConfig, PipelineConfig
 from components.errors import QualityGateError, RegistryError
 from components.registry.gate import baseline_comparison, check_gate
 from components.registry.local import STATE_CHANGE_DETAIL_TYPE, LocalRegistry
@@ -120,6 +121,18 @@ def test_gate_compares_with_the_strongest_baseline_of_the_run() -> None:
     # an evaluation.json without the gate block cannot pass silently
     with pytest.raises(QualityGateError, match=r"gate\.two_stage_over_strongest_baseline"):
         check_gate({"ranking_metrics": evaluation["ranking_metrics"]}, gate)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("baseline_margin", -0.05, "greater than or equal to 0"),
+    ("baseline_margin", float("nan"), "finite number"),
+    ("baseline_margin", "NaN", "finite number"),
+    ("ndcg_at_10_floor", float("nan"), "finite number"),
+])
+def test_gate_settings_refuse_a_negative_or_nan_margin_naming_the_field(field: str, value: object,
+                                                                        message: str) -> None:
+    with pytest.raises(ValidationError, match=rf"(?s)gate\.{field}\n.*{message}"):
+        PipelineConfig.model_validate({"gate": {field: value}})
 
 
 def test_models_cli_lists_approves_and_rejects(tmp_path: Path, bundle_file: Path) -> None:

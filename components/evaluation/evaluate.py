@@ -168,6 +168,10 @@ def evaluate(inputs: EvaluationInputs, *, k: int = K_MAX) -> EvaluationResult:
         raise DataContractError(f"target_users has unknown segments {sorted(unknown)}")
     warm_users = users.loc[users[s.SEGMENT] == s.WARM, s.USER_IDX].to_numpy(dtype=np.int64)
     cold_users = users.loc[users[s.SEGMENT] == s.COLD, s.USER_IDX].to_numpy(dtype=np.int64)
+    if not len(warm_users):  # else the gate block below fails as "evaluation.json has no ranking_metrics..."
+        raise DataContractError(f"target_users has no {s.WARM} user (none of the {len(users)} test-window buyers "
+                                "has history before test_start): the headline and the quality gate are measured "
+                                "on warm users")
     fallback = PopularFallback.from_item_features(inputs.item_features)
     log.info("evaluating %d users (%d warm, %d cold), popular list of %d items", len(users), len(warm_users),
              len(cold_users), len(fallback.item_idx))

@@ -165,7 +165,11 @@ def write_report(evaluation: Mapping[str, Any], curves: Mapping[str, Sequence[fl
             "<h3>tifu_knn settings</h3><p class='note'>"
             + html.escape(", ".join(f"{k} {v}" for k, v in tifu.get("params", {}).items())
                           + f": chosen on the {chosen.get('fold', '?')} fold, {chosen.get('targets', '')}, "
-                          f"NDCG@10 {chosen.get('value') or 0.0:.4f} over {chosen.get('users', 0):,} users; grid "
+                          + (f"NDCG@10 {chosen['value']:.4f} over {chosen.get('users', 0):,} users"
+                             if chosen.get("value") is not None  # None: no user to tune on (a new shop)
+                             else "not tuned: no user had both baskets and target purchases, the grid's "
+                                  "first values")
+                          + "; grid "
                           + ", ".join(f"{k} {v}" for k, v in tifu.get("grid", {}).items())) + "</p>")
     training = "no training report"
     if training_report:

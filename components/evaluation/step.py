@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from components import schema as s
+from components.errors import DataContractError
 from components.evaluation.evaluate import EvaluationResult, evaluate, load_inputs, metrics_table
 from components.evaluation.report import write_report
 from components.stepargs import parse_step_args
@@ -20,9 +23,24 @@ INPUTS = ("etl", "als", "ranker_data", "train")
 log = logging.getLogger(__name__)
 
 
+def non_finite(node: Any, path: str = "") -> list[str]:
+    """The dotted paths of NaN / infinite numbers in a JSON-shaped document."""
+    if isinstance(node, float):
+        return [] if math.isfinite(node) else [path or "(root)"]
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in non_finite(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, list | tuple):
+        return [p for i, value in enumerate(node) for p in non_finite(value, f"{path}[{i}]")]
+    return []
+
+
 def write_outputs(result: EvaluationResult, training_report: dict[str, object], output: Path) -> None:
+    # json.dumps would write NaN, which is not JSON: SageMaker's JsonGet (the quality gate) cannot read it
+    bad = non_finite(result.evaluation)
+    if bad:
+        raise DataContractError(f"{s.EVALUATION_FILE} would hold non-finite numbers at {', '.join(bad[:10])}")
     output.mkdir(parents=True, exist_ok=True)
-    (output / s.EVALUATION_FILE).write_text(json.dumps(result.evaluation, indent=2))
+    (output / s.EVALUATION_FILE).write_text(json.dumps(result.evaluation, indent=2, allow_nan=False))
     result.ground_truth.to_parquet(output / s.GROUND_TRUTH_FILE, index=False)
     result.recommendations.to_parquet(output / s.RECOMMENDATIONS_FILE, index=False)
     write_report(result.evaluation, result.recall_curves, result.feature_importance, training_report, output)

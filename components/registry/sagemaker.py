@@ -119,6 +119,10 @@ class SageMakerRegistry:
         if bundle_sha256 and digest != bundle_sha256:
             raise RegistryError(f"cannot register {model_data_url}: its sha256 is {digest}, the caller expected "
                                 f"{bundle_sha256}")
+        evaluation_uri = str(metrics.get("evaluation_uri", ""))
+        if is_s3_uri(evaluation_uri):  # what _describe_arn reads back (and the console's report beside it)
+            request["ModelMetrics"] = {"ModelQuality": {"Statistics": {"ContentType": CONTENT_TYPES[0],
+                                                                       "S3Uri": evaluation_uri}}}
         request["CustomerMetadataProperties"] = {**metrics_to_metadata(metrics), BUNDLE_SHA256_METADATA: digest}
         arn = self._call("create_model_package", **request)["ModelPackageArn"]
         return self._describe_arn(arn)

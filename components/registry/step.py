@@ -22,6 +22,7 @@ from components.registry.base import ModelRegistry
 from components.registry.gate import check_gate
 from components.registry.local import LocalRegistry
 from components.stepargs import parse_step_args
+from components.storage import is_s3_uri
 
 INPUTS = ("bundle", "evaluation")
 REGISTRATION_FILE = "registration.json"
@@ -30,6 +31,7 @@ OPTIONS = {
     "registry": f"local registry folder, or {SAGEMAKER_REGISTRY!r} for the SageMaker Model Registry",
     "model-data-url": "the bundle's s3:// URI the SageMaker registry records (default: the bundle folder's file)",
     "image-uri": "the inference image of a SageMaker model package",
+    "evaluation-url": "the evaluation.json's s3:// URI a SageMaker model package's ModelMetrics points to",
 }
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     bundle_manifest = json.loads((args.inputs["bundle"] / s.BUNDLE_MANIFEST).read_text())
     local_bundle = str(args.inputs["bundle"] / s.MODEL_ARCHIVE)
     digest = json.loads((args.inputs["bundle"] / s.BUNDLE_DIGEST_FILE).read_text())["sha256"]
+    evaluation_url = args.options["evaluation-url"]
+    if not isinstance(registry, LocalRegistry) and evaluation_url and is_s3_uri(evaluation_url):
+        # as SageMakerRegistry reads it back: the console then shows the whole evaluation and its report
+        evaluation = {**evaluation, "evaluation_uri": evaluation_url}
     version = registry.register(
         args.config.model_package_group,
         local_bundle if isinstance(registry, LocalRegistry) else args.options["model-data-url"] or local_bundle,
@@ -58,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_uri=args.options["image-uri"] or "",
         bundle_sha256=digest,  # the registry's copy must be the bytes the bundle step wrote
     )
-    registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])  # the console shows it
+    if isinstance(registry, LocalRegistry):  # the console shows it; on SageMaker it reads the report from S3
+        registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])
     record["registered"] = asdict(version) | {"metrics": "see evaluation.json"}
     (args.output / REGISTRATION_FILE).write_text(json.dumps(record, indent=2))
     log.info("registered %s version %d as %s", version.group, version.version, version.status)

@@ -45,9 +45,10 @@ GATE_TASK = "gate"
 GATE_FAILED_TASK = "gate-failed"
 REGISTER_MODEL_TASK = "register-model"  # inside the register step, as on SageMaker
 # The register step's wiring flags, from pipeline parameters: where to register, and for the SageMaker
-# registry the inference image; plus --model-data-url, the bundle artifact's URI (s3:// on a cluster).
+# registry the inference image; plus --model-data-url and --evaluation-url, the bundle's and the evaluation's
+# artifact URIs (s3:// on a cluster: the package points at them, the console reads the report from there).
 REGISTER_OPTIONS = {"registry": REGISTRY, "image_uri": INFERENCE_IMAGE_URI}
-REGISTER_URIS = {"model_data_url": ("bundle", s.MODEL_ARCHIVE)}
+REGISTER_URIS = {"model_data_url": ("bundle", s.MODEL_ARCHIVE), "evaluation_url": ("evaluation", s.EVALUATION_FILE)}
 _PARAMETER_TYPES: dict[p.ParamKind, type] = {"string": str, "integer": int, "float": float}
 
 
