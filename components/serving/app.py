@@ -16,13 +16,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from components.realtime.service import build_realtime
 from components.registry.base import ModelRegistry
 from components.serving.fastpath import RecommendationsFastPath
 from components.serving.holder import ModelHolder
 from components.serving.metrics import ServiceMetrics
 from components.serving.middleware import MetricsMiddleware
 from components.serving.responses import OrjsonResponse, error_response
-from components.serving.routers import admin, health, metrics, recommendations, sagemaker
+from components.serving.routers import admin, events, health, metrics, recommendations, sagemaker
 from components.serving.routers._deps import ModelNotReadyError
 from components.serving.settings import ServingSettings
 from components.serving.source import BundleFetcher
@@ -65,8 +66,9 @@ def create_app(settings: ServingSettings | None = None, *,
                          scoring_threads=settings.scoring_threads)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
                if registry is not None else None)
+    realtime = build_realtime(settings, service_metrics.registry)
     state = ServiceState(settings=settings, metrics=service_metrics, holder=holder, registry=registry,
-                         watcher=watcher)
+                         watcher=watcher, realtime=realtime)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +77,8 @@ def create_app(settings: ServingSettings | None = None, *,
             yield
         finally:
             state.stop()
+            if realtime is not None:
+                realtime.close()
 
     options: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
@@ -90,11 +94,13 @@ def create_app(settings: ServingSettings | None = None, *,
         **options,
     )
     app.state.ecomrec = state
+    app.state.realtime = realtime
     app.include_router(recommendations.build_router(settings))
     app.include_router(sagemaker.build_router(settings))
     app.include_router(health.build_router())
     app.include_router(metrics.build_router())
     app.include_router(admin.build_router())
+    app.include_router(events.build_router(settings))
     if settings.fast_path:
         app.add_middleware(RecommendationsFastPath, state=state)
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)  # added last: outermost, sees every answer

@@ -16,3 +16,9 @@ MODEL_LAST_LOAD_SUCCESS: Final = "ecomrec_model_last_load_success"  # gauge 1 or
 MODEL_LOADS_TOTAL: Final = "ecomrec_model_loads_total"  # counter{result}: success, refused
 CATALOG_ITEMS: Final = "ecomrec_catalog_items"  # gauge: items in the loaded bundle
 ITEMS_SERVED_DISTINCT: Final = "ecomrec_items_served_distinct"  # gauge: distinct items answered since load
+# Real time (components/realtime): counter{outcome, reason}: POST /events per event; outcome accepted,
+# rejected (reason = the contract's) or already_received (an event_id retry)
+EVENTS_TOTAL: Final = "ecomrec_events_total"
+STORE_LATENCY_SECONDS: Final = "ecomrec_store_latency_seconds"  # histogram{operation}: online store calls
+STORE_ERRORS_TOTAL: Final = "ecomrec_store_errors_total"  # counter{operation}: failed or timed-out calls
+DEGRADED_TOTAL: Final = "ecomrec_degraded_total"  # counter{route}: answers made without the online store

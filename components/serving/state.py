@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from components.errors import BundleError
 from components.registry.base import ModelRegistry
@@ -14,6 +15,9 @@ from components.serving.holder import ModelHolder
 from components.serving.metrics import ServiceMetrics
 from components.serving.settings import ServingSettings
 from components.serving.watcher import RegistryWatcher
+
+if TYPE_CHECKING:
+    from components.realtime.service import Realtime
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,7 @@ class ServiceState:
     holder: ModelHolder
     registry: ModelRegistry | None = None
     watcher: RegistryWatcher | None = None
+    realtime: Realtime | None = None  # events and fresh answers (components/realtime); None when off
 
     def start(self) -> None:
         """Load the first bundle (blocking) and start the registry watch. A first bundle that cannot be
