@@ -130,3 +130,38 @@ def test_events_are_off_without_a_raw_folder(shop: SyntheticShop, tmp_path: Path
     with serve_in_thread(create_app(settings)) as url:
         response = httpx.post(f"{url}/events", json={"events": [event()]})
     assert response.status_code == 503 and "ECOMREC_EVENTS_RAW_ROOT" in response.json()["error"]
+
+
+def test_events_send_posts_a_file_in_batches(served: tuple[httpx.Client, Path, Path], tmp_path: Path) -> None:
+    """`ecomrec events send` over a real socket: 120 rows in batches of 50 (the server's limit), one bad row,
+    one repeated row without an id (the ETL's duplicate); the summary counts what the service answered."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    client, raw, _ = served
+    path = tmp_path / "events.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([s.USER_ID, s.ITEM_ID, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY])
+        for i in range(117):
+            writer.writerow([f"c{i % 7}", f"SKU-{i % 11:05d}", "purchase", f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}", 1])
+        writer.writerow(["c1", "SKU-00001", "purchase", "not a time", 1])
+        writer.writerow(["c0", "SKU-00000", "purchase", "2024-05-01T10:00:00", 1])  # row 0 again
+        writer.writerow(["c2", "SKU-00002", "view", "2024-05-02", ""])
+    result = CliRunner().invoke(app, ["events", "send", str(path), "--url", str(client.base_url),
+                                      "--batch-size", "50"])
+    assert result.exit_code == 0, result.output
+    assert "120" in result.output and "rejected: duplicate" in result.output
+    assert "rejected: unparsable_timestamp" in result.output
+    assert len(logged_rows(raw)) == 118
+    assert len(list(log_folder(raw).rglob("*.csv"))) == 1  # one process, one file
+
+
+def test_events_send_names_an_unreadable_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["events", "send", str(tmp_path / "nope.csv"), "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "no such file" in " ".join(result.output.split())

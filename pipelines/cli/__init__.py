@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines.cli import data, models, pipeline, serve
+from pipelines.cli import data, events, models, pipeline, serve
 
 app = typer.Typer(
     name="ecomrec",
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(models.app, name="models")
+app.add_typer(events.app, name="events")
 app.command("serve")(serve.serve)
 
 if __name__ == "__main__":
