@@ -145,7 +145,8 @@ def test_events_send_posts_a_file_in_batches(served: tuple[httpx.Client, Path, P
         writer = csv.writer(handle)
         writer.writerow([s.USER_ID, s.ITEM_ID, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY])
         for i in range(117):
-            writer.writerow([f"c{i % 7}", f"SKU-{i % 11:05d}", "purchase", f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}", 1])
+            ts = f"2024-05-01T10:{i // 60:02d}:{i % 60:02d}"
+            writer.writerow([f"c{i % 7}", f"SKU-{i % 11:05d}", "purchase", ts, 1])
         writer.writerow(["c1", "SKU-00001", "purchase", "not a time", 1])
         writer.writerow(["c0", "SKU-00000", "purchase", "2024-05-01T10:00:00", 1])  # row 0 again
         writer.writerow(["c2", "SKU-00002", "view", "2024-05-02", ""])

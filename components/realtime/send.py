@@ -51,8 +51,8 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
                     except orjson.JSONDecodeError as error:
                         raise SendError(f"{path}: line {number} is not JSON ({error})") from error
     elif name.endswith((".csv", ".csv.gz")):
-        raw = gzip.open(path, "rb") if name.endswith(".gz") else path.open("rb")
-        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
+        with (gzip.open(path, "rb") if name.endswith(".gz") else path.open("rb")) as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
             for row in csv.DictReader(handle):
                 yield {k: v for k, v in row.items() if v not in ("", None)}
     else:
