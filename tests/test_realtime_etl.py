@@ -1,5 +1,5 @@
 """The intake and the ETL agree, on a real Spark session:
-- the pure-Python rules (components/etl/event_rules.py) give every row the reason and the parsed values
+- the pure-Python rules (components/event_rules.py) give every row the reason and the parsed values
   that validate.check_events gives it;
 - events acknowledged by POST /events are raw events for the next ETL run, each counted once, even when a
   retry was logged twice (the store down) or sent again."""
@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from components import event_rules as v
 from components import schema as s
 from components.config import EtlConfig
-from components.etl import validate as v
-from components.etl.event_rules import check_event
 from components.etl.read import ROW_ID, read_table
+from components.event_rules import check_event
 from components.realtime.intake import EventIntake, StoreGuard
 from components.realtime.log import EventLog
 from components.serving.app import create_app

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from components import event_rules as v
 from components import schema as s
-from components.etl import validate as v
 from components.realtime.log import LOG_COLUMNS, log_folder
 from components.realtime.store import SqliteStore
 from components.serving import metric_names as mn

@@ -1,7 +1,7 @@
 """``POST /events``: check a batch with the contract's rules, log what passes durably, then feed the store.
 
 Per event, in order:
-1. the contract's row checks (components/etl/event_rules.py: the ETL's reasons in the ETL's order);
+1. the contract's row checks (components/event_rules.py: the ETL's reasons in the ETL's order);
 2. its idempotency key: ``id:<event_id>`` when the client gave one, else a hash of the parsed values. A key
    the store already holds (or an earlier event of the batch) is a repeat: with an event_id it is a retry
    and is acknowledged again without being written twice (``already_received``); without one it is the
@@ -26,8 +26,7 @@ from typing import Final, TypeVar
 
 import orjson
 
-from components.etl.event_rules import ParsedEvent, check_event, raw_text
-from components.etl.validate import DUPLICATE, MALFORMED_ROW
+from components.event_rules import DUPLICATE, MALFORMED_ROW, ParsedEvent, check_event, raw_text
 from components.realtime.log import EVENT_ID, LOG_COLUMNS, EventLog
 from components.realtime.store import OnlineStore, StoredEvent, StoreUnavailableError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from components.etl.validate import EVENT_CHECKS
+from components.event_rules import EVENT_CHECKS
 from components.realtime.intake import EventIntake, IntakeResult, StoreGuard
 from components.realtime.log import EventLog
 from components.realtime.store import OnlineStore, SqliteStore, StoreLimits

@@ -1,11 +1,11 @@
 """The DATA_CONTRACT's event rules for one row, in plain Python: what ``POST /events`` checks before it
 acknowledges an event, so an event the service accepts is an event the next ETL run accepts.
 
-The reasons, their order, the timestamp pattern and the limits are validate.py's own constants (imported,
-not copied); only the parsing is written again, because the ETL runs it as Spark SQL over millions of rows
-and the service over one JSON object. ``tests/test_realtime_rules.py`` runs the same rows through both
-(:func:`components.etl.validate.check_events` on a real Spark session) and asserts the same reason and the
-same parsed values for every row; the Spark-side semantics mirrored here are named where they matter.
+The reasons, their order, the timestamp pattern and the limits are defined here once; the ETL
+(components/etl/validate.py) imports them. Only the parsing exists twice, because the ETL runs it as Spark
+SQL over millions of rows and the service over one JSON object. ``tests/test_realtime_etl.py`` runs the
+same rows through both (:func:`components.etl.validate.check_events` on a real Spark session) and asserts
+the same reason and the same parsed values for every row; the Spark semantics mirrored are named below.
 
 Not checked per row: ``duplicate`` (the online store's idempotency keys do it, see
 components/realtime/intake.py) and ``unknown_item`` (the service knows the bundle's items, not the shop's
@@ -21,22 +21,38 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Final
 
 from components import schema as s
-from components.etl.validate import (
-    INVALID_ENCODING,
-    MALFORMED_ROW,
-    MAX_QUANTITY,
-    MISSING_ITEM_ID,
-    MISSING_TIMESTAMP,
-    MISSING_USER_ID,
-    NEGATIVE_PRICE,
-    NON_POSITIVE_QUANTITY,
-    REPLACEMENT_CHAR,
-    TIMESTAMP_PATTERN,
-    UNKNOWN_EVENT_TYPE,
-    UNPARSABLE_PRICE,
-    UNPARSABLE_QUANTITY,
-    UNPARSABLE_TIMESTAMP,
-)
+
+# Reasons, in check order. Documented here because the order decides which reason a row with several
+# problems gets: structure first, then ids, time, type, amounts, catalog, and duplicates last (so only a
+# row that is otherwise valid can be "a duplicate of an earlier row").
+MALFORMED_ROW: Final = "malformed_row"  # CSV line with the wrong number of fields
+INVALID_ENCODING: Final = "invalid_encoding"  # bytes that are not UTF-8 (stops the run, see step.py)
+MISSING_USER_ID: Final = "missing_user_id"
+MISSING_ITEM_ID: Final = "missing_item_id"
+MISSING_TIMESTAMP: Final = "missing_timestamp"
+UNPARSABLE_TIMESTAMP: Final = "unparsable_timestamp"
+UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
+UNPARSABLE_QUANTITY: Final = "unparsable_quantity"  # not a whole number
+NON_POSITIVE_QUANTITY: Final = "non_positive_quantity"
+UNPARSABLE_PRICE: Final = "unparsable_price"
+NEGATIVE_PRICE: Final = "negative_price"
+UNKNOWN_ITEM: Final = "unknown_item"  # strict catalog only
+DUPLICATE: Final = "duplicate"  # same values as an earlier accepted-so-far row; the first is kept
+MISSING_ID: Final = "missing_id"  # items/users
+DUPLICATE_ID: Final = "duplicate_id"  # items/users: the first row of an id is kept
+
+EVENT_CHECKS: Final = (MALFORMED_ROW, INVALID_ENCODING, MISSING_USER_ID, MISSING_ITEM_ID, MISSING_TIMESTAMP,
+                       UNPARSABLE_TIMESTAMP, UNKNOWN_EVENT_TYPE, UNPARSABLE_QUANTITY, NON_POSITIVE_QUANTITY,
+                       UNPARSABLE_PRICE, NEGATIVE_PRICE, UNKNOWN_ITEM, DUPLICATE)
+ENTITY_CHECKS: Final = (MALFORMED_ROW, INVALID_ENCODING, MISSING_ID, DUPLICATE_ID)
+
+# ISO-8601 date or date-time (T or space), optional fraction and offset; Spark's cast does the parsing
+# and rejects impossible dates, the pattern keeps it from accepting bare years like "2024".
+TIMESTAMP_PATTERN: Final = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+                            r"\s*(Z|[+-]\d{2}(:?\d{2})?)?$")
+MAX_QUANTITY: Final = 2**31 - 1
+REPLACEMENT_CHAR: Final = "\ufffd"  # what Spark's UTF-8 decoder leaves for bytes that are not UTF-8
+
 
 # Java's regex \d and \s are ASCII-only; Python's are Unicode unless told.
 _TIMESTAMP: Final = re.compile(TIMESTAMP_PATTERN, re.ASCII)
