@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from components.event_rules import EVENT_CHECKS
+from components.realtime.fresh import FreshAnswers
 from components.realtime.intake import EventIntake, IntakeResult, StoreGuard
 from components.realtime.log import EventLog
 from components.realtime.store import OnlineStore, SqliteStore, StoreLimits
@@ -18,6 +19,7 @@ from components.serving.settings import ServingSettings
 STORE_FILE = "online-store.sqlite"
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 ROUTES = ("/events", "/recommendations", "/invocations")
+STORE_OPERATIONS = ("known", "add", "read")
 
 
 class RealtimeMetrics:
@@ -36,6 +38,9 @@ class RealtimeMetrics:
         for route in ROUTES:
             self.degraded.labels(route=route)
         self.events.labels(outcome="accepted", reason="")
+        for operation in STORE_OPERATIONS:
+            self.store_latency.labels(operation=operation)
+            self.store_errors.labels(operation=operation)
         for reason in EVENT_CHECKS:
             self.events.labels(outcome="rejected", reason=reason)
 
@@ -74,6 +79,7 @@ class Realtime:
     guard: StoreGuard
     intake: EventIntake
     metrics: RealtimeMetrics
+    fresh: FreshAnswers
 
     def close(self) -> None:
         self.intake.log.close()
@@ -81,11 +87,13 @@ class Realtime:
 
 
 def build_realtime(settings: ServingSettings, registry: CollectorRegistry) -> Realtime | None:
-    """None unless ECOMREC_EVENTS_RAW_ROOT is set."""
+    """None unless ECOMREC_EVENTS_RAW_ROOT is set. The metrics are registered either way (at zero), so
+    dashboards and alert rules find every series on every deployment."""
+    metrics = RealtimeMetrics(registry)
     if settings.events_raw_root is None:
         return None
-    metrics = RealtimeMetrics(registry)
     store = open_store(settings)
     guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
     event_log = EventLog(settings.events_raw_root, fsync=settings.events_fsync)
-    return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics)
+    return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics,
+                    fresh=FreshAnswers(guard))

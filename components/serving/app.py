@@ -63,7 +63,8 @@ def create_app(settings: ServingSettings | None = None, *,
     service_metrics = ServiceMetrics()
     fetcher = BundleFetcher(settings.work_dir, s3_client or default_s3_client(settings))
     holder = ModelHolder(fetcher, service_metrics, smoke_users=settings.smoke_users,
-                         scoring_threads=settings.scoring_threads)
+                         scoring_threads=settings.scoring_threads,
+                         feature_dir=fetcher.work_dir / "features" if settings.events_raw_root else None)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
                if registry is not None else None)
     realtime = build_realtime(settings, service_metrics.registry)

@@ -58,8 +58,15 @@ class ServiceState:
                category: str | None = None) -> dict[str, object]:
         """Recommend and account for it in the metrics (fallbacks of ``route``, candidates considered,
         distinct items)."""
-        rec = model.recommend(user_id, top_k, exclude_purchased=exclude_purchased, exclude=exclude,
-                              category=category)
+        rec, degraded = None, False
+        if self.realtime is not None:  # the user's events since the cutoff, scored per request
+            rec, degraded = self.realtime.fresh.recommend(model, user_id, top_k, exclude_purchased=exclude_purchased,
+                                                          exclude=exclude, category=category)
+            if degraded:
+                self.realtime.metrics.degraded.labels(route=route).inc()
+        if rec is None:
+            rec = model.recommend(user_id, top_k, exclude_purchased=exclude_purchased, exclude=exclude,
+                                  category=category)
         m = self.metrics
         if rec.fallback is not None:
             m.fallbacks.labels(route=route, reason=rec.fallback).inc()
@@ -67,4 +74,6 @@ class ServiceState:
             m.candidates_considered.inc(rec.candidates_considered)
         if model is self.holder.current:  # a request finishing on the old model must not reset the gauge
             m.items_served.set(model.items_served)
-        return model.to_payload(rec)
+        payload = model.to_payload(rec)
+        payload["degraded"] = degraded
+        return payload
