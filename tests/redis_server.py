@@ -49,6 +49,7 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server not found: run `bash .ci/setup --dev` (Debian package redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
