@@ -105,7 +105,7 @@ def test_online_as_of_features_equal_the_batch_features_at_the_same_cutoff(spark
     spec = bundle.manifest["feature_spec"]["features"]
     stale = {}
     for name in spec:
-        if name in AS_OF_FEATURES or name not in user_item.columns and name not in user_frame.columns:
+        if name in AS_OF_FEATURES or (name not in user_item.columns and name not in user_frame.columns):
             continue
         source = user_item if name in user_item.columns else user_frame
         keys = [s.USER_IDX, s.ITEM_IDX] if source is user_item else [s.USER_IDX]
