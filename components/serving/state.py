@@ -55,13 +55,14 @@ class ServiceState:
 
     def answer(self, model: ServingModel, user_id: str, top_k: int, *, route: str,
                exclude_purchased: bool = False, exclude: Sequence[str] = (),
-               category: str | None = None) -> dict[str, object]:
+               category: str | None = None, at_us: int | None = None) -> dict[str, object]:
         """Recommend and account for it in the metrics (fallbacks of ``route``, candidates considered,
         distinct items)."""
         rec, degraded = None, False
         if self.realtime is not None:  # the user's events since the cutoff, scored per request
+            # at_us: "as of" another time than now (the replay evaluation asks as of each basket's start)
             rec, degraded = self.realtime.fresh.recommend(model, user_id, top_k, exclude_purchased=exclude_purchased,
-                                                          exclude=exclude, category=category)
+                                                          exclude=exclude, category=category, at_us=at_us)
             if degraded:
                 self.realtime.metrics.degraded.labels(route=route).inc()
         if rec is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines.cli import data, events, models, pipeline, serve
+from pipelines.cli import data, evaluate, events, models, pipeline, serve
 
 app = typer.Typer(
     name="ecomrec",
@@ -16,6 +16,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(models.app, name="models")
 app.add_typer(events.app, name="events")
+app.add_typer(evaluate.app, name="evaluate")
 app.command("serve")(serve.serve)
 
 if __name__ == "__main__":
