@@ -48,8 +48,8 @@ def test_every_number_recomputes_from_the_parquet_files(replayed: Path, tiny_run
     for basket, rows in truth.groupby(r.BASKET_ID):
         relevant = set(rows[s.ITEM_ID])
         top = recommendations[(recommendations[s.RECOMMENDER] == r.REALTIME) & (recommendations[r.BASKET_ID] == basket)]
-        top = top.sort_values(s.RANK)[s.ITEM_ID].tolist()[:10]
-        dcg = sum(1 / np.log2(i + 2) for i, item in enumerate(top) if item in relevant)
+        ranked = top.sort_values(s.RANK)[s.ITEM_ID].tolist()[:10]
+        dcg = sum(1 / np.log2(i + 2) for i, item in enumerate(ranked) if item in relevant)
         gains.append(dcg / sum(1 / np.log2(i + 2) for i in range(min(len(relevant), 10))))
     assert abs(np.mean(gains) - stored["replay_metrics"][r.REALTIME]["all"]["ndcg_at_10"]["value"]) <= 1e-9
     assert (replayed / r.REPLAY_PAGE_FILE).read_text().count("<table") == 10
