@@ -67,7 +67,7 @@ def create_app(settings: ServingSettings | None = None, *,
                          feature_dir=fetcher.work_dir / "features" if settings.events_raw_root else None)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
                if registry is not None else None)
-    realtime = build_realtime(settings, service_metrics.registry)
+    realtime = build_realtime(settings, service_metrics.realtime)
     state = ServiceState(settings=settings, metrics=service_metrics, holder=holder, registry=registry,
                          watcher=watcher, realtime=realtime)
 
