@@ -189,3 +189,37 @@ def test_killing_redis_under_load_degrades_answers_without_errors(shop: Syntheti
     degraded_count = float(next(line.split()[-1] for line in metrics.splitlines()
                                 if line.startswith(f'{mn.DEGRADED_TOTAL}{{route="/recommendations"}}')))
     assert degraded_count >= len(degraded)
+
+
+def test_feature_rows_of_swapped_out_models_and_dead_workers_are_deleted(shop: SyntheticShop, tmp_path: Path) -> None:
+    from components.bundle import load_bundle
+    from components.realtime.rows import FeatureRows
+
+    bundle = load_bundle(shop.archive)
+    folder = tmp_path / "features"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / f"old-{os.getpid()}").mkdir(parents=True)  # an earlier model of this process
+    (folder / f"v-{dead.pid}").mkdir()  # a worker that is gone
+    (folder / f"v-{os.getppid()}").mkdir()  # a live process's copy stays
+    rows = FeatureRows.write(bundle, folder / f"v-{os.getpid()}")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"v-{os.getpid()}", f"v-{os.getppid()}"])
+    user = int(shop.candidates[s.USER_IDX].iloc[0])
+    expected = shop.candidates[shop.candidates[s.USER_IDX] == user].sort_values(s.ITEM_IDX)
+    got = rows.user_rows(user)
+    assert got[s.ITEM_IDX].tolist() == expected[s.ITEM_IDX].tolist()
+    assert np.allclose(got[s.UI_DAYS_SINCE_LAST].to_numpy(), expected[s.UI_DAYS_SINCE_LAST].to_numpy())
+
+
+def test_feature_rows_find_every_users_rows_across_row_groups(shop: SyntheticShop, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row groups of 7 rows: most users' rows start in one group and end in another."""
+    from components.bundle import load_bundle
+    from components.realtime import rows as rows_module
+
+    monkeypatch.setattr(rows_module, "ROW_GROUP_ROWS", 7)
+    rows = rows_module.FeatureRows.write(load_bundle(shop.archive), tmp_path / f"v-{os.getpid()}")
+    for user in range(len(shop.user_ids)):
+        expected = shop.candidates[shop.candidates[s.USER_IDX] == user].sort_values(s.ITEM_IDX)
+        assert rows.user_rows(user)[s.ITEM_IDX].tolist() == expected[s.ITEM_IDX].tolist() if len(expected) \
+            else rows.user_rows(user).empty

@@ -63,7 +63,10 @@ class FreshAnswers:
         user_idx = model.user_index.get(user_id)
         if not events or user_idx is None:
             return None, False
-        rows = model.feature_rows.user_rows(user_idx)
+        try:
+            rows = model.feature_rows.user_rows(user_idx)
+        except OSError:  # the rows' folder went with a model swapped out mid-request: its own scores answer
+            return None, False
         if rows.empty:
             return None, False
         cut = cutoff_us(model)

@@ -8,6 +8,8 @@ or two row-group reads (their user range comes from the row groups' statistics),
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
@@ -40,6 +42,9 @@ class FeatureRows:
 
     @classmethod
     def write(cls, bundle: Bundle, folder: Path) -> FeatureRows:
+        """``folder`` is named ``<version>-<pid>``; earlier models' folders of this process and folders of
+        processes that are gone are deleted (one copy of the rows per live worker)."""
+        _prune(folder)
         folder.mkdir(parents=True, exist_ok=True)
         index: list[tuple[int, int, int, int]] = []
         for number, frame in enumerate(bundle.iter_candidate_parts()):
@@ -84,3 +89,26 @@ class FeatureRows:
             if len(self._cache) > self._cache_users:
                 self._cache.popitem(last=False)
             return rows
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prune(folder: Path) -> None:
+    if not folder.parent.is_dir():
+        return
+    me = os.getpid()
+    for sibling in folder.parent.iterdir():
+        pid_text = sibling.name.rsplit("-", 1)[-1]
+        if sibling == folder or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == me or not _alive(pid):
+            shutil.rmtree(sibling, ignore_errors=True)
