@@ -1,5 +1,6 @@
 """Row-level checks: every input row gets exactly one outcome, accepted (reason NULL) or rejected with the
-FIRST failing check, in the fixed orders EVENT_CHECKS and ENTITY_CHECKS below.
+FIRST failing check, in the fixed orders EVENT_CHECKS and ENTITY_CHECKS (components/event_rules.py, shared
+with POST /events).
 
 Everything is Spark SQL expressions over string columns (no Python UDFs). Parsed values live in private
 ``_p_*`` columns next to the originals, so a rejected row keeps exactly what the file said.
