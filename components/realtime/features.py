@@ -55,15 +55,27 @@ def features_as_of(rows: pd.DataFrame, events: Sequence[StoredEvent], *, item_in
     recomputed as of ``at_us`` from ``events`` (the user's events in [cutoff, at)). ``bought_before``:
     the items the user bought before the cutoff (the bundle's purchased list)."""
     out = rows.copy()
+    columns = {name: out[name].to_numpy(np.float64, copy=True) for name in AS_OF_FEATURES if name in out.columns}
+    apply_as_of(columns, out[s.ITEM_IDX].to_numpy(np.int64), events, item_index=item_index,
+                bought_before=bought_before, cutoff_us=cutoff_us, at_us=at_us)
+    for name, values in columns.items():
+        out[name] = values
+    return out
+
+
+def apply_as_of(columns: dict[str, np.ndarray], items: np.ndarray, events: Sequence[StoredEvent], *,
+                item_index: dict[str, int], bought_before: set[int], cutoff_us: int, at_us: int) -> None:
+    """The same on arrays: ``columns`` maps the subset's names present in the rows to their float64
+    values at the cutoff (one per row of ``items``), updated in place. The serving path calls this on its
+    prepared matrix; :func:`features_as_of` on a frame."""
     shift = _days(at_us - cutoff_us)
-    present = set(out.columns)
     for name in (*PAIR_DAYS, *USER_DAYS):
-        if name in present:
-            out[name] = _shift(out[name].to_numpy(np.float64), shift)
+        if name in columns:
+            columns[name][:] = _shift(columns[name], shift)
     events = [e for e in events if cutoff_us <= e.timestamp_us < at_us]
     if not events:
-        return out
-    position = {int(item): i for i, item in enumerate(out[s.ITEM_IDX].to_numpy())}
+        return
+    position = {int(item): i for i, item in enumerate(items.tolist())}
     pair_updates: dict[int, dict[str, float]] = {}
     purchase_days: dict[int, set[int]] = {}
     pair_first: dict[int, int] = {}
@@ -92,8 +104,6 @@ def features_as_of(rows: pd.DataFrame, events: Sequence[StoredEvent], *, item_in
             purchase_days.setdefault(item, set()).add(e.timestamp_us // DAY_US)
         pair_first[item] = min(pair_first.get(item, e.timestamp_us), e.timestamp_us)
         pair_last[item] = max(pair_last.get(item, e.timestamp_us), e.timestamp_us)
-    columns = {name: out[name].to_numpy(np.float64, copy=True)
-               for name in (*PAIR_COUNTS, *PAIR_DAYS, UI_KNOWN) if name in present}
     for item, update in pair_updates.items():
         update[s.UI_PURCHASE_DAYS] = float(len(purchase_days.get(item, ())))
         row = position[item]
@@ -107,17 +117,14 @@ def features_as_of(rows: pd.DataFrame, events: Sequence[StoredEvent], *, item_in
             first[row] = _days(at_us - pair_first[item])
         if UI_KNOWN in columns:
             columns[UI_KNOWN][row] = 1.0
-    for name, values in columns.items():
-        out[name] = values
     user = {s.U_N_EVENTS: float(len(events)), s.U_SPEND: user_spend, s.U_N_PURCHASE_DAYS: float(len(user_days)),
             s.U_N_ITEMS: float(len(new_items))}
     for name, added in user.items():
-        if name in present:
-            out[name] = out[name].astype(np.float64) + added
-    if s.U_DAYS_SINCE_LAST in present:
-        out[s.U_DAYS_SINCE_LAST] = _days(at_us - max(e.timestamp_us for e in events))
-    if s.U_DAYS_SINCE_FIRST in present:
+        if name in columns:
+            columns[name] += added
+    if s.U_DAYS_SINCE_LAST in columns:
+        columns[s.U_DAYS_SINCE_LAST][:] = _days(at_us - max(e.timestamp_us for e in events))
+    if s.U_DAYS_SINCE_FIRST in columns:
         since_first = _days(at_us - min(e.timestamp_us for e in events))
-        values = out[s.U_DAYS_SINCE_FIRST].to_numpy(np.float64)
-        out[s.U_DAYS_SINCE_FIRST] = np.where(values >= DAYS_SENTINEL, since_first, values)
-    return out
+        values = columns[s.U_DAYS_SINCE_FIRST]
+        values[:] = np.where(values >= DAYS_SENTINEL, since_first, values)

@@ -9,18 +9,23 @@ the bundle's alone, marked degraded; never an error.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import numpy as np
+import pandas as pd
 
 from components import schema as s
-from components.ranker.model import rank_top_k
-from components.realtime.features import features_as_of
+from components.ranker.model import PreparedFeatures, rank_top_k
+from components.realtime.features import AS_OF_FEATURES, apply_as_of
 from components.realtime.intake import StoreGuard
 from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
+
+PREPARED_CACHE_USERS = 2048
 
 
 def cutoff_us(model: ServingModel) -> int:
@@ -41,6 +46,29 @@ class FreshAnswers:
     def __init__(self, guard: StoreGuard, *, clock: Callable[[], int] = now_us) -> None:
         self.guard = guard
         self.clock = clock
+        # (model, user) -> prepared rows; keyed by the model object's id, so a swapped model's entries age out
+        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
+                  ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
+        """The user's rows in the ranker's layout, with where each as-of feature sits in it (cached: the
+        frame-to-matrix step costs more than the scoring)."""
+        key = (id(model), user_idx)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        assert model.ranker is not None and model.ranker.spec is not None
+        numeric_names = list(model.ranker.spec.numeric)
+        positions: dict[str, int] = {n: numeric_names.index(n) for n in AS_OF_FEATURES if n in numeric_names}
+        value = (rows[s.ITEM_IDX].to_numpy(np.int64), model.ranker.prepare(rows), positions)
+        with self._lock:
+            self._cache[key] = value
+            if len(self._cache) > PREPARED_CACHE_USERS:
+                self._cache.popitem(last=False)
+        return value
 
     def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None) -> list[StoredEvent]:
         """The user's stored events since the cutoff and before ``at_us`` (default: all of them, events
@@ -74,10 +102,14 @@ class FreshAnswers:
         at = at_us if at_us is not None else max(self.clock(), max(e.timestamp_us for e in events) + 1)
         start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
         bought = set(model.purchased_items[start:stop].tolist())
-        frame = features_as_of(rows, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
-                               at_us=at)
-        scores = model.ranker.score(frame, thread_count=1)
-        items = frame[s.ITEM_IDX].to_numpy(np.int64)
+        items, prepared, positions = self._prepared(model, user_idx, rows)
+        numeric = prepared.numeric.copy()
+        columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+        apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
+                    at_us=at)
+        for name, j in positions.items():
+            numeric[:, j] = columns[name]
+        scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
         blocked = model._blocked(user_idx, exclude_purchased, exclude, category)
         if exclude_purchased:
             fresh_bought = [model.item_index[e.item_id] for e in events
