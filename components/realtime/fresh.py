@@ -46,15 +46,15 @@ class FreshAnswers:
     def __init__(self, guard: StoreGuard, *, clock: Callable[[], int] = now_us) -> None:
         self.guard = guard
         self.clock = clock
-        # (model, user) -> prepared rows; keyed by the model object's id, so a swapped model's entries age out
-        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
+        # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
+        self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
                   ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
         """The user's rows in the ranker's layout, with where each as-of feature sits in it (cached: the
         frame-to-matrix step costs more than the scoring)."""
-        key = (id(model), user_idx)
+        key = (model.version, user_idx)  # a version is one content: its rows and its model
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
