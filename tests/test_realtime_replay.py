@@ -74,3 +74,41 @@ def test_the_protocol_holds(replayed: Path) -> None:
     later = truth.loc[truth[s.SEGMENT].str.endswith(r.LATER), r.BASKET_ID].unique()
     assert (live[later] != fixed[later]).any()
     assert (recommendations.groupby([s.RECOMMENDER, r.BASKET_ID]).size() == max(s.KS)).all()
+
+
+def test_no_event_at_or_after_a_basket_start_shapes_its_list(replayed: Path, tiny_run: Path, tmp_path: Path) -> None:
+    """For some later baskets: a fresh service fed only the test-window events strictly before the basket's
+    first event (every user's) answers exactly the list the replay recorded for it."""
+    from components.realtime.replay import _baskets
+    from components.serving.app import create_app
+    from components.serving.settings import ServingSettings
+
+    truth = pd.read_parquet(replayed / r.REPLAY_TRUTH_FILE)
+    recommendations = pd.read_parquet(replayed / r.REPLAY_RECOMMENDATIONS_FILE)
+    events = pd.read_parquet(tiny_run / "etl" / s.CLEAN_DIR / s.EVENTS)
+    events["ts_us"] = pd.to_datetime(events[s.TIMESTAMP], utc=True).astype("int64") // 1000
+    bundle = tiny_run / "bundle" / s.MODEL_ARCHIVE
+    later = truth.loc[truth[s.SEGMENT].str.endswith(r.LATER)].drop_duplicates(r.BASKET_ID)
+    for n, basket in enumerate(later[r.BASKET_ID].tolist()[:3]):
+        app = create_app(ServingSettings(model=str(bundle), work_dir=tmp_path / f"w{n}", watch_interval_s=0,
+                                         events_raw_root=tmp_path / f"raw{n}", events_fsync=False,
+                                         store_path=tmp_path / f"s{n}.sqlite", store_max_days=10_000))
+        state = app.state.ecomrec
+        state.start()
+        model = state.holder.current
+        from components.realtime.fresh import cutoff_us
+
+        test = _baskets(events.loc[events["ts_us"] >= cutoff_us(model)].copy())
+        start = int(test.loc[test[r.BASKET_ID] == basket, "ts_us"].min())
+        before = test.loc[test["ts_us"] < start]
+        rows = before.assign(**{s.TIMESTAMP: pd.to_datetime(before["ts_us"], unit="us", utc=True)
+                                .dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+        state.realtime.intake.ingest([{k: v for k, v in e.items() if v is not None and v == v} for e in rows[
+            [s.USER_ID, s.ITEM_ID, s.EVENT_TYPE, s.TIMESTAMP, s.QUANTITY, s.PRICE, s.SESSION_ID]].to_dict("records")])
+        user = str(later.loc[later[r.BASKET_ID] == basket, s.USER_ID].iat[0])
+        answer = state.answer(model, user, max(s.KS), route="test", at_us=start)
+        recorded = recommendations[(recommendations[s.RECOMMENDER] == r.REALTIME)
+                                   & (recommendations[r.BASKET_ID] == basket)].sort_values(s.RANK)
+        assert [i["item_id"] for i in answer["items"]] == recorded[s.ITEM_ID].tolist(), basket
+        state.stop()
+        state.realtime.close()
