@@ -101,7 +101,8 @@ def create_app(settings: ServingSettings | None = None, *,
     app.include_router(health.build_router())
     app.include_router(metrics.build_router())
     app.include_router(admin.build_router())
-    app.include_router(events.build_router(settings))
+    if realtime is not None:  # POST /events exists only where events are taken (ECOMREC_EVENTS_RAW_ROOT)
+        app.include_router(events.build_router(settings))
     if settings.fast_path:
         app.add_middleware(RecommendationsFastPath, state=state)
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)  # added last: outermost, sees every answer

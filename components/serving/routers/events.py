@@ -58,9 +58,7 @@ def build_router(settings: ServingSettings) -> APIRouter:
                      "schema": BATCH_SCHEMA}}}},
                  responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     async def events(request: Request) -> Response:
-        realtime: Realtime | None = request.app.state.realtime
-        if realtime is None:
-            return error_response(503, "events are not enabled here: set ECOMREC_EVENTS_RAW_ROOT")
+        realtime: Realtime = request.app.state.realtime  # the route exists only when it is set
         try:
             body: Any = orjson.loads(await request.body())
         except orjson.JSONDecodeError as error:
