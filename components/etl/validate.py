@@ -1,5 +1,6 @@
 """Row-level checks: every input row gets exactly one outcome, accepted (reason NULL) or rejected with the
-FIRST failing check, in the fixed orders EVENT_CHECKS and ENTITY_CHECKS below.
+FIRST failing check, in the fixed orders EVENT_CHECKS and ENTITY_CHECKS (components/event_rules.py, shared
+with POST /events).
 
 Everything is Spark SQL expressions over string columns (no Python UDFs). Parsed values live in private
 ``_p_*`` columns next to the originals, so a rejected row keeps exactly what the file said.
@@ -15,39 +16,31 @@ from components import schema as s
 from components.errors import DataContractError
 from components.etl.read import MALFORMED, ROW_ID, RawTable
 
+# The reasons, their order and the value rules are the raw contract's, shared with POST /events: they
+# live in components/event_rules.py (which checks one row in plain Python), imported here.
+from components.event_rules import (
+    DUPLICATE,
+    DUPLICATE_ID,
+    INVALID_ENCODING,
+    MALFORMED_ROW,
+    MAX_QUANTITY,
+    MISSING_ID,
+    MISSING_ITEM_ID,
+    MISSING_TIMESTAMP,
+    MISSING_USER_ID,
+    NEGATIVE_PRICE,
+    NON_POSITIVE_QUANTITY,
+    REPLACEMENT_CHAR,
+    TIMESTAMP_PATTERN,
+    UNKNOWN_EVENT_TYPE,
+    UNKNOWN_ITEM,
+    UNPARSABLE_PRICE,
+    UNPARSABLE_QUANTITY,
+    UNPARSABLE_TIMESTAMP,
+)
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
-
-# Reasons, in check order. Documented here because the order decides which reason a row with several
-# problems gets: structure first, then ids, time, type, amounts, catalog, and duplicates last (so only a
-# row that is otherwise valid can be "a duplicate of an earlier row").
-MALFORMED_ROW: Final = "malformed_row"  # CSV line with the wrong number of fields
-INVALID_ENCODING: Final = "invalid_encoding"  # bytes that are not UTF-8 (stops the run, see step.py)
-MISSING_USER_ID: Final = "missing_user_id"
-MISSING_ITEM_ID: Final = "missing_item_id"
-MISSING_TIMESTAMP: Final = "missing_timestamp"
-UNPARSABLE_TIMESTAMP: Final = "unparsable_timestamp"
-UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
-UNPARSABLE_QUANTITY: Final = "unparsable_quantity"  # not a whole number
-NON_POSITIVE_QUANTITY: Final = "non_positive_quantity"
-UNPARSABLE_PRICE: Final = "unparsable_price"
-NEGATIVE_PRICE: Final = "negative_price"
-UNKNOWN_ITEM: Final = "unknown_item"  # strict catalog only
-DUPLICATE: Final = "duplicate"  # same values as an earlier accepted-so-far row; the first is kept
-MISSING_ID: Final = "missing_id"  # items/users
-DUPLICATE_ID: Final = "duplicate_id"  # items/users: the first row of an id is kept
-
-EVENT_CHECKS: Final = (MALFORMED_ROW, INVALID_ENCODING, MISSING_USER_ID, MISSING_ITEM_ID, MISSING_TIMESTAMP,
-                       UNPARSABLE_TIMESTAMP, UNKNOWN_EVENT_TYPE, UNPARSABLE_QUANTITY, NON_POSITIVE_QUANTITY,
-                       UNPARSABLE_PRICE, NEGATIVE_PRICE, UNKNOWN_ITEM, DUPLICATE)
-ENTITY_CHECKS: Final = (MALFORMED_ROW, INVALID_ENCODING, MISSING_ID, DUPLICATE_ID)
-
-# ISO-8601 date or date-time (T or space), optional fraction and offset; Spark's cast does the parsing
-# and rejects impossible dates, the pattern keeps it from accepting bare years like "2024".
-TIMESTAMP_PATTERN: Final = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
-                            r"\s*(Z|[+-]\d{2}(:?\d{2})?)?$")
-MAX_QUANTITY: Final = 2**31 - 1
-REPLACEMENT_CHAR: Final = "\ufffd"  # what Spark's UTF-8 decoder leaves for bytes that are not UTF-8
 
 # Parsed columns (private; step.py renames them to the contract names for clean/).
 P_USER: Final = "_p_user_id"

@@ -18,13 +18,14 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from components.bundle.format import BundleLimits
+from components.realtime.service import build_realtime
 from components.registry.base import ModelRegistry
 from components.serving.fastpath import RecommendationsFastPath
 from components.serving.holder import ModelHolder
 from components.serving.metrics import ServiceMetrics
 from components.serving.middleware import MetricsMiddleware
 from components.serving.responses import OrjsonResponse, error_response
-from components.serving.routers import admin, health, metrics, recommendations, sagemaker
+from components.serving.routers import admin, events, health, metrics, recommendations, sagemaker
 from components.serving.routers._deps import ModelNotReadyError
 from components.serving.settings import ServingSettings
 from components.serving.source import BundleFetcher
@@ -66,11 +67,13 @@ def create_app(settings: ServingSettings | None = None, *,
                             limits=BundleLimits(settings.max_bundle_bytes, settings.max_table_rows),
                             memory_share=settings.load_memory_share)
     holder = ModelHolder(fetcher, service_metrics, smoke_users=settings.smoke_users,
-                         scoring_threads=settings.scoring_threads)
+                         scoring_threads=settings.scoring_threads,
+                         feature_dir=fetcher.work_dir / "features" if settings.events_raw_root else None)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
                if registry is not None else None)
+    realtime = build_realtime(settings, service_metrics.realtime)
     state = ServiceState(settings=settings, metrics=service_metrics, holder=holder, registry=registry,
-                         watcher=watcher)
+                         watcher=watcher, realtime=realtime)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +82,8 @@ def create_app(settings: ServingSettings | None = None, *,
             yield
         finally:
             state.stop()
+            if realtime is not None:
+                realtime.close()
 
     options: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
@@ -97,11 +102,14 @@ def create_app(settings: ServingSettings | None = None, *,
         **options,
     )
     app.state.ecomrec = state
+    app.state.realtime = realtime
     app.include_router(recommendations.build_router(settings))
     app.include_router(sagemaker.build_router(settings))
     app.include_router(health.build_router())
     app.include_router(metrics.build_router())
     app.include_router(admin.build_router())
+    if realtime is not None:  # POST /events exists only where events are taken (ECOMREC_EVENTS_RAW_ROOT)
+        app.include_router(events.build_router(settings))
     if settings.fast_path:
         app.add_middleware(RecommendationsFastPath, state=state)
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)  # added last: outermost, sees every answer

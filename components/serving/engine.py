@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 
@@ -139,6 +141,10 @@ class ServingModel:
         self.category_codes, self.category_index = _category_codes(bundle, self.n_items)
         self._served = np.zeros(self.n_items, dtype=bool)
         self.items_served = 0
+        # Real time (components/realtime): the ranker and the candidates' feature rows, kept only when the
+        # service takes events (build_serving_model's feature_dir), for per-request scoring.
+        self.ranker: Ranker | None = None
+        self.feature_rows: Any = None  # components.realtime.rows.FeatureRows
 
     @property
     def n_users(self) -> int:
@@ -234,7 +240,8 @@ def _category_codes(bundle: Bundle, n_items: int) -> tuple[np.ndarray | None, di
 
 
 def build_serving_model(bundle: Bundle, *, source: str, registry_version: int | None = None,
-                        scoring_threads: int = 1, smoke_users: int = 16) -> ServingModel:
+                        scoring_threads: int = 1, smoke_users: int = 16,
+                        feature_dir: Path | None = None) -> ServingModel:
     """Load the bundle's CatBoost model with its feature spec, score every candidate with it (then drop
     the model: requests do not need it) and check the result end to end."""
     try:
@@ -251,4 +258,10 @@ def build_serving_model(bundle: Bundle, *, source: str, registry_version: int | 
             f"bundle {source}: model does not load ({type(error).__name__}: {error})") from error
     model = ServingModel(bundle, scored, source=source, registry_version=registry_version)
     model.smoke_check()
+    if feature_dir is not None:  # real time: keep what per-request scoring needs
+        from components.realtime.rows import FeatureRows
+
+        model.ranker = ranker
+        # one copy per worker process (each loads the bundle itself)
+        model.feature_rows = FeatureRows.write(bundle, feature_dir / f"{model.version}-{os.getpid()}")
     return model

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from components.errors import BundleError
 from components.memory import release_memory
@@ -34,8 +35,9 @@ class LoadResult:
 
 class ModelHolder:
     def __init__(self, fetcher: BundleFetcher, metrics: ServiceMetrics, *, smoke_users: int = 16,
-                 scoring_threads: int = 1) -> None:
+                 scoring_threads: int = 1, feature_dir: Path | None = None) -> None:
         self._fetcher = fetcher
+        self._feature_dir = feature_dir  # real time: where models keep their candidates' feature rows
         self._metrics = metrics
         self._smoke_users = smoke_users
         self._scoring_threads = scoring_threads
@@ -64,7 +66,8 @@ class ModelHolder:
                 with self._fetcher.open(location, expected_sha256=expected_sha256) as bundle:
                     model = build_serving_model(bundle, source=location, registry_version=registry_version,
                                                 scoring_threads=self._scoring_threads,
-                                                smoke_users=self._smoke_users)
+                                                smoke_users=self._smoke_users,
+                                                feature_dir=self._feature_dir)
             except BundleError as error:
                 return self._record(LoadResult(location, False, None, time.perf_counter() - started,
                                                str(error)))

@@ -21,3 +21,9 @@ ITEMS_SERVED_DISTINCT: Final = "ecomrec_items_served_distinct"  # gauge: distinc
 CLIENT_DISCONNECTS_TOTAL: Final = "ecomrec_client_disconnects_total"
 # gauge 1/0: the served model is a registry version that has been Rejected (nothing Approved to go to)
 MODEL_SERVED_REJECTED: Final = "ecomrec_model_served_rejected"
+# Real time (components/realtime): counter{outcome, reason}: POST /events per event; outcome accepted,
+# rejected (reason = the contract's) or already_received (an event_id retry)
+EVENTS_TOTAL: Final = "ecomrec_events_total"
+STORE_LATENCY_SECONDS: Final = "ecomrec_store_latency_seconds"  # histogram{operation}: online store calls
+STORE_ERRORS_TOTAL: Final = "ecomrec_store_errors_total"  # counter{operation}: failed or timed-out calls
+DEGRADED_TOTAL: Final = "ecomrec_degraded_total"  # counter{route}: answers made without the online store

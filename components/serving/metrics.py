@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from components.realtime.metrics import RealtimeMetrics
 from components.serving import metric_names as m
 from components.serving.engine import FALLBACK_REASONS
 
@@ -57,3 +58,4 @@ class ServiceMetrics:
             self.client_disconnects.labels(route=route)
             for reason in FALLBACK_REASONS:
                 self.fallbacks.labels(route=route, reason=reason)
+        self.realtime = RealtimeMetrics(r)  # events, online store, degraded answers (components/realtime)

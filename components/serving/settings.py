@@ -75,6 +75,19 @@ class ServingSettings(BaseSettings):
     # memory the process may still take (cgroup room, else MemAvailable): the serving model must survive it.
     load_memory_share: float = Field(default=0.8, gt=0, le=1)
 
+    # Real time (components/realtime, REALTIME.md): POST /events and fresh answers, on when events_raw_root
+    # is set: the raw folder whose events/realtime/ receives the durable event log.
+    events_raw_root: Path | None = None
+    events_fsync: bool = True  # fsync the log before acknowledging (off only for throwaway benchmarks)
+    max_events_per_request: int = Field(default=1000, ge=1)
+    store_url: str | None = None  # redis:// or rediss:// (Redis, Valkey, ElastiCache); unset: embedded SQLite
+    store_path: Path | None = None  # the embedded store's file; default <work_dir>/online-store.sqlite
+    store_timeout_s: float = Field(default=0.05, gt=0)  # per store call; then the answer is degraded
+    store_retry_after_s: float = Field(default=1.0, ge=0)  # after a store failure, skip it this long
+    store_max_events: int = Field(default=500, ge=1)  # kept per user (the newest)
+    store_max_days: float = Field(default=365.0, gt=0)  # kept per user: within this of their newest event
+    store_key_ttl_days: float = Field(default=7.0, gt=0)  # how long an event_id retry is recognised
+
     @field_validator("model_sha256", mode="before")
     @classmethod
     def _no_digest(cls, value: object) -> object:

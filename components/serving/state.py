@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from components.errors import BundleError
 from components.registry.base import ModelRegistry
@@ -14,6 +15,9 @@ from components.serving.holder import ModelHolder
 from components.serving.metrics import ServiceMetrics
 from components.serving.settings import ServingSettings
 from components.serving.watcher import RegistryWatcher
+
+if TYPE_CHECKING:
+    from components.realtime.service import Realtime
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,7 @@ class ServiceState:
     holder: ModelHolder
     registry: ModelRegistry | None = None
     watcher: RegistryWatcher | None = None
+    realtime: Realtime | None = None  # events and fresh answers (components/realtime); None when off
 
     def start(self) -> None:
         """Load the first bundle (blocking) and start the registry watch. A first bundle that cannot be
@@ -53,11 +58,19 @@ class ServiceState:
 
     def answer(self, model: ServingModel, user_id: str, top_k: int, *, route: str,
                exclude_purchased: bool = False, exclude: Sequence[str] = (),
-               category: str | None = None) -> dict[str, object]:
+               category: str | None = None, at_us: int | None = None) -> dict[str, object]:
         """Recommend and account for it in the metrics (fallbacks of ``route``, candidates considered,
         distinct items)."""
-        rec = model.recommend(user_id, top_k, exclude_purchased=exclude_purchased, exclude=exclude,
-                              category=category)
+        rec, degraded = None, False
+        if self.realtime is not None:  # the user's events since the cutoff, scored per request
+            # at_us: "as of" another time than now (the replay evaluation asks as of each basket's start)
+            rec, degraded = self.realtime.fresh.recommend(model, user_id, top_k, exclude_purchased=exclude_purchased,
+                                                          exclude=exclude, category=category, at_us=at_us)
+            if degraded:
+                self.realtime.metrics.degraded.labels(route=route).inc()
+        if rec is None:
+            rec = model.recommend(user_id, top_k, exclude_purchased=exclude_purchased, exclude=exclude,
+                                  category=category)
         m = self.metrics
         if rec.fallback is not None:
             m.fallbacks.labels(route=route, reason=rec.fallback).inc()
@@ -65,4 +78,6 @@ class ServiceState:
             m.candidates_considered.inc(rec.candidates_considered)
         if model is self.holder.current:  # a request finishing on the old model must not reset the gauge
             m.items_served.set(model.items_served)
-        return model.to_payload(rec)
+        payload = model.to_payload(rec)
+        payload["degraded"] = degraded
+        return payload

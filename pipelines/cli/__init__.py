@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines.cli import console, data, models, pipeline, serve
+from pipelines.cli import console, data, evaluate, events, models, pipeline, serve
 
 app = typer.Typer(
     name="ecomrec",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(models.app, name="models")
+app.add_typer(events.app, name="events")
+app.add_typer(evaluate.app, name="evaluate")
 app.command("serve")(serve.serve)
 app.command("console")(console.console)
 

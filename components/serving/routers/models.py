@@ -19,6 +19,8 @@ class Recommendations(BaseModel):
     items: list[RecommendedItem]
     fallback: bool = Field(description="true when the popular list answered instead of the ranker")
     fallback_reason: str | None = Field(description="unknown_user or no_candidates")
+    degraded: bool = Field(default=False, description="true when the online store could not be read: the "
+                                                      "answer ignores the user's events since the model's cutoff")
 
 
 class Status(BaseModel):

@@ -1,0 +1,126 @@
+"""Fresh answers: a user with events since the bundle's cutoff is scored per request by the bundle's
+CatBoost model, on their candidate rows with the user-event features recomputed as of the request time
+(components/realtime/features.py says which). Users without such events keep the load-time scores.
+
+Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
+ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
+the bundle's alone, marked degraded; never an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.ranker.model import PreparedFeatures, rank_top_k
+from components.realtime.features import AS_OF_FEATURES, apply_as_of
+from components.realtime.intake import StoreGuard
+from components.realtime.store import StoredEvent, StoreUnavailableError
+from components.serving.engine import Recommendation, ServingModel
+
+PREPARED_CACHE_USERS = 2048
+
+
+def cutoff_us(model: ServingModel) -> int:
+    """The bundle's cutoff (window.test_start: every model in it was fit on events before it)."""
+    window = model.manifest.get("window") or {}
+    text = window.get("test_start")
+    if not text:
+        return 0
+    moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return int(moment.timestamp()) * 1_000_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class FreshAnswers:
+    def __init__(self, guard: StoreGuard, *, clock: Callable[[], int] = now_us) -> None:
+        self.guard = guard
+        self.clock = clock
+        # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
+        self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
+                  ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
+        """The user's rows in the ranker's layout, with where each as-of feature sits in it (cached: the
+        frame-to-matrix step costs more than the scoring)."""
+        key = (model.version, user_idx)  # a version is one content: its rows and its model
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        assert model.ranker is not None and model.ranker.spec is not None
+        numeric_names = list(model.ranker.spec.numeric)
+        positions: dict[str, int] = {n: numeric_names.index(n) for n in AS_OF_FEATURES if n in numeric_names}
+        value = (rows[s.ITEM_IDX].to_numpy(np.int64), model.ranker.prepare(rows), positions)
+        with self._lock:
+            self._cache[key] = value
+            if len(self._cache) > PREPARED_CACHE_USERS:
+                self._cache.popitem(last=False)
+        return value
+
+    def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None) -> list[StoredEvent]:
+        """The user's stored events since the cutoff and before ``at_us`` (default: all of them, events
+        stamped ahead of this machine's clock included). Raises StoreUnavailableError."""
+        events = self.guard.call("read", lambda store: store.user_events(user_id))
+        cut = cutoff_us(model)
+        return [e for e in events if e.timestamp_us >= cut and (at_us is None or e.timestamp_us < at_us)]
+
+    def recommend(self, model: ServingModel, user_id: str, k: int, *, exclude_purchased: bool = False,
+                  exclude: Sequence[str] = (), category: str | None = None,
+                  at_us: int | None = None) -> tuple[Recommendation | None, bool]:
+        """(the fresh answer, degraded). None: answer from the load-time scores (no fresh events, a user
+        without candidate rows, or a model kept without its feature rows)."""
+        if model.ranker is None or model.feature_rows is None:
+            return None, False
+        try:
+            events = self.fresh_events(model, user_id, at_us)
+        except StoreUnavailableError:
+            return None, True
+        user_idx = model.user_index.get(user_id)
+        if not events or user_idx is None:
+            return None, False
+        try:
+            rows = model.feature_rows.user_rows(user_idx)
+        except OSError:  # the rows' folder went with a model swapped out mid-request: its own scores answer
+            return None, False
+        if rows.empty:
+            return None, False
+        cut = cutoff_us(model)
+        # as of the request; an event stamped ahead of this clock counts as just before it
+        at = at_us if at_us is not None else max(self.clock(), max(e.timestamp_us for e in events) + 1)
+        start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
+        bought = set(model.purchased_items[start:stop].tolist())
+        items, prepared, positions = self._prepared(model, user_idx, rows)
+        numeric = prepared.numeric.copy()
+        columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+        apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
+                    at_us=at)
+        for name, j in positions.items():
+            numeric[:, j] = columns[name]
+        scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
+        blocked = model._blocked(user_idx, exclude_purchased, exclude, category)
+        if exclude_purchased:
+            fresh_bought = [model.item_index[e.item_id] for e in events
+                            if e.event_type == s.PURCHASE and e.item_id in model.item_index]
+            if fresh_bought:
+                extra = np.asarray(fresh_bought, dtype=np.int64)
+                blocked = extra if blocked is None else np.concatenate([blocked, extra])
+        if blocked is not None:
+            keep = ~np.isin(items, blocked)
+            ranked = rank_top_k(items[keep], scores[keep], k)
+        else:
+            ranked = rank_top_k(items, scores, k)
+        top_items, top_scores = model.popular.top_up(*ranked, k, exclude=blocked)
+        return model._done(Recommendation(user_id, top_items, top_scores, None, len(items))), False

@@ -1,0 +1,125 @@
+"""The online store on Redis / Valkey (redis-py): ElastiCache Serverless for Valkey on AWS, a real
+``redis-server`` in tests.
+
+Per user, under one hash tag (``{<user_id>}``) so every key a script touches lives in one cluster slot:
+``<prefix>{<user>}:ev`` is a sorted set of the user's events (score = event time in microseconds, member
+= the event encoded with its idempotency key, so members are unique), ``<prefix>{<user>}:k:<key>`` marks
+an acknowledged key (expires after ``key_ttl_days``). One Lua script per user stores the new events and
+trims the set, atomically: two workers adding the same retry store one copy. Every call is bounded by
+``timeout_s`` (socket and connect timeouts); any failure is a StoreUnavailableError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final, cast
+
+import orjson
+
+from components.realtime.store import StoredEvent, StoreLimits, StoreUnavailableError, by_user
+
+DEFAULT_PREFIX: Final = "ecomrec:"
+
+# KEYS[1] = the user's event set, KEYS[2..] = the events' key markers; ARGV[1] key ttl (s), ARGV[2] max
+# events, ARGV[3] max age (us), ARGV[4..] (score, member) per event. Returns the number stored.
+_ADD = """
+local added = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ARGV[2 + 2 * (i - 1)], ARGV[3 + 2 * (i - 1)])
+    added = added + 1
+  end
+end
+if added > 0 then
+  local n = redis.call('ZCARD', KEYS[1])
+  local keep = tonumber(ARGV[2])
+  if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1) end
+  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if newest[2] then
+    local oldest = tonumber(newest[2]) - tonumber(ARGV[3])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.0f', oldest))
+  end
+end
+return added
+"""
+
+
+def _encode(e: StoredEvent) -> bytes:
+    return orjson.dumps([e.key, e.item_id, e.event_type, e.timestamp_us, e.quantity, e.price, e.session_id])
+
+
+def _decode(user_id: str, member: bytes) -> StoredEvent:
+    key, item, kind, ts, qty, price, session = orjson.loads(member)
+    return StoredEvent(key=key, user_id=user_id, item_id=item, event_type=kind, timestamp_us=ts, quantity=qty,
+                       price=price, session_id=session)
+
+
+class RedisStore:
+    def __init__(self, url: str, *, limits: StoreLimits | None = None, timeout_s: float = 0.05,
+                 prefix: str = DEFAULT_PREFIX, client: Any | None = None) -> None:
+        import redis
+
+        self.limits = limits or StoreLimits()
+        self.prefix = prefix
+        self.url = url
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client = client or redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
+            health_check_interval=0)
+        self._add = self.client.register_script(_ADD)
+
+    def _events_key(self, user_id: str) -> str:
+        return f"{self.prefix}{{{user_id}}}:ev"
+
+    def _marker(self, user_id: str, key: str) -> str:
+        return f"{self.prefix}{{{user_id}}}:k:{key}"
+
+    def _fail(self, error: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(f"online store {self.url}: {type(error).__name__}: {error}")
+
+    def known(self, events: Sequence[StoredEvent]) -> set[str]:
+        if not events:
+            return set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for e in events:
+                pipe.exists(self._marker(e.user_id, e.key))
+            found = pipe.execute()
+        except self._errors as error:
+            raise self._fail(error) from error
+        return {e.key for e, hit in zip(events, found, strict=True) if hit}
+
+    def add(self, events: Sequence[StoredEvent]) -> int:
+        if not events:
+            return 0
+        limits = self.limits
+        ttl = max(1, int(limits.key_ttl_days * 86_400))
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for user, group in by_user(events).items():
+                keys = [self._events_key(user), *[self._marker(user, e.key) for e in group]]
+                args: list[Any] = [ttl, limits.max_events, limits.max_age_us]
+                for e in group:
+                    args += [e.timestamp_us, _encode(e)]
+                self._add(keys=keys, args=args, client=pipe)
+            return int(sum(pipe.execute()))
+        except self._errors as error:
+            raise self._fail(error) from error
+
+    def user_events(self, user_id: str) -> list[StoredEvent]:
+        try:
+            members = cast(list[bytes], self.client.zrange(self._events_key(user_id), 0, -1))
+        except self._errors as error:
+            raise self._fail(error) from error
+        # Equal scores come back in member order; arrival order is not kept for those (same microsecond).
+        return [_decode(user_id, m) for m in members]
+
+    def clear(self) -> None:
+        try:
+            for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000):
+                self.client.delete(key)
+        except self._errors as error:
+            raise self._fail(error) from error
+
+    def close(self) -> None:
+        self.client.close()

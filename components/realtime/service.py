@@ -1,0 +1,52 @@
+"""What the service holds for real time: the store (behind its guard), the log, the intake, the metrics."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.realtime.fresh import FreshAnswers
+from components.realtime.intake import EventIntake, StoreGuard
+from components.realtime.log import EventLog
+from components.realtime.metrics import RealtimeMetrics
+from components.realtime.store import OnlineStore, SqliteStore, StoreLimits
+from components.serving.settings import ServingSettings
+
+STORE_FILE = "online-store.sqlite"
+
+
+def open_store(settings: ServingSettings) -> OnlineStore:
+    limits = StoreLimits(max_events=settings.store_max_events, max_days=settings.store_max_days,
+                         key_ttl_days=settings.store_key_ttl_days)
+    if settings.store_url:
+        from components.realtime.redis_store import RedisStore
+
+        return RedisStore(settings.store_url, limits=limits, timeout_s=settings.store_timeout_s)
+    work_dir = settings.work_dir or Path(tempfile.gettempdir()) / "ecomrec-serving"
+    return SqliteStore(settings.store_path or work_dir / STORE_FILE, limits=limits,
+                       timeout_s=settings.store_timeout_s)
+
+
+@dataclass
+class Realtime:
+    store: OnlineStore
+    guard: StoreGuard
+    intake: EventIntake
+    metrics: RealtimeMetrics
+    fresh: FreshAnswers
+
+    def close(self) -> None:
+        self.intake.log.close()
+        self.store.close()
+
+
+def build_realtime(settings: ServingSettings, metrics: RealtimeMetrics) -> Realtime | None:
+    """None unless ECOMREC_EVENTS_RAW_ROOT is set."""
+    if settings.events_raw_root is None:
+        return None
+    store = open_store(settings)
+    guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
+    event_log = EventLog(settings.events_raw_root, fsync=settings.events_fsync)
+    return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics,
+                    fresh=FreshAnswers(guard))

@@ -1,0 +1,80 @@
+"""``POST /events``: the shop's events, checked by the raw contract's rules, logged durably, then fed to the
+online store (components/realtime/intake.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from anyio import to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from components.realtime.service import Realtime
+from components.serving.responses import OrjsonResponse, error_response
+from components.serving.routers.models import ErrorBody
+from components.serving.settings import ServingSettings
+
+ROUTE = "/events"
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    reason: str = Field(description="the raw data contract's reason, as the ETL's rejected/ table names it")
+
+
+class EventsAnswer(BaseModel):
+    accepted: list[int] = Field(description="indices of the events acknowledged (durably logged)")
+    rejected: list[RejectedEvent]
+    already_received: list[int] = Field(description="indices of accepted retries of an event_id seen before")
+    degraded: bool = Field(description="true when the online store was not reached: events are logged, "
+                                       "answers do not reflect them yet")
+
+
+class EventIn(BaseModel):
+    """One event (DATA_CONTRACT.md's events columns); documented here, checked by the contract's rules."""
+
+    user_id: str
+    item_id: str
+    event_type: str = Field(description="view, add_to_cart, purchase or return")
+    timestamp: str = Field(description="ISO-8601; naive = UTC")
+    quantity: int | None = None
+    price: float | None = None
+    session_id: str | None = None
+    event_id: str | None = Field(default=None, description="makes a retry idempotent")
+
+
+# The body's schema, without $refs (FastAPI does not register models named only in openapi_extra).
+BATCH_SCHEMA = {"type": "object", "required": ["events"], "additionalProperties": False,
+                "properties": {"events": {"type": "array", "items": EventIn.model_json_schema()}}}
+
+
+def build_router(settings: ServingSettings) -> APIRouter:
+    router = APIRouter(tags=["events"])
+
+    @router.post(ROUTE, response_model=EventsAnswer, summary="Send shop events",
+                 openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                     "schema": BATCH_SCHEMA}}}},
+                 responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def events(request: Request) -> Response:
+        realtime: Realtime = request.app.state.realtime  # the route exists only when it is set
+        try:
+            body: Any = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as error:
+            return error_response(422, f"body: not JSON ({error})", parameter="body")
+        batch = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(batch, list) or set(body) != {"events"}:
+            return error_response(422, 'body: expected {"events": [...]} and nothing else', parameter="events")
+        if len(batch) > settings.max_events_per_request:
+            return error_response(422, f"events: at most {settings.max_events_per_request} per request",
+                                  parameter="events")
+        try:
+            result = await to_thread.run_sync(realtime.intake.ingest, batch)
+        except OSError as error:  # the log could not be written: nothing of the batch is acknowledged
+            return error_response(503, f"event log unavailable, nothing acknowledged: {error}",
+                                  headers={"Retry-After": "1"})
+        realtime.metrics.intake(result)
+        return OrjsonResponse(result.as_json())
+
+    return router
