@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components import schema as s
+from components.checksum import sha256_file
 from components.config import GateConfig, PipelineConfig
 from components.errors import QualityGateError
 from components.registry.base import PENDING
@@ -198,6 +199,8 @@ def _fake_run(root: Path) -> tuple[Path, Path]:
     evaluation.mkdir()
     (bundle / s.BUNDLE_MANIFEST).write_text(json.dumps({"version": "2011-11-09-abc"}))
     (bundle / s.MODEL_ARCHIVE).write_bytes(b"bundle")
+    # the digest the bundle step writes beside the archive (registration records it: issue 13)
+    (bundle / s.BUNDLE_DIGEST_FILE).write_text(json.dumps({"sha256": sha256_file(bundle / s.MODEL_ARCHIVE)}))
     ranking = {r: {s.metric_key(m, n): {"value": 0.1} for m in s.METRICS for n in s.KS} for r in s.RECOMMENDERS}
     ranking[s.TWO_STAGE][s.metric_key("ndcg", 10)] = {"value": 0.5}
     # the gate block as the evaluation step writes it (components/evaluation/evaluate.py)
@@ -231,6 +234,7 @@ def test_the_register_step_registers_into_sagemaker_through_the_same_port(
         s3.create_bucket(Bucket="runs", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         s3.put_object(Bucket="runs", Key="exec-1/evaluation/evaluation.json",
                       Body=(evaluation / s.EVALUATION_FILE).read_bytes())
+        s3.put_object(Bucket="runs", Key="exec-1/bundle/model.tar.gz", Body=(bundle / s.MODEL_ARCHIVE).read_bytes())
         with pytest.raises(RegistryError, match="needs the bundle in S3"):  # the pod's copy is not enough
             register_step.main(argv)
         register_step.main([*argv, "--model-data-url", "s3://runs/exec-1/bundle/model.tar.gz",
