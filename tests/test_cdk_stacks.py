@@ -876,8 +876,14 @@ def test_cfn_lint_finds_no_errors_in_the_templates(synth: Synth) -> None:
 def test_network_policy_lets_only_the_load_balancer_and_the_scraper_reach_the_pods(synth: Synth) -> None:
     """Issue 13, finding 1: nothing kept other pods in the cluster away from the service (admin,
     /invocations, /metrics). The policy selects the Deployment's pods, allows ingress on the serving port
-    only from the ALB's public subnets and the monitoring namespace, and is enforced (Auto Mode's
-    controller switch is applied with it)."""
+    only from the ALB's public subnets and the AMP scraper's own subnets, and is enforced (Auto Mode's
+    controller switch is applied with it).
+
+    AMP's managed scraper is no pod: "An Amazon Managed Service for Prometheus collector creates an Elastic
+    Network Interface (ENI) per subnet specified when creating the scraper. The collector scrapes the
+    metrics through these ENIs" (https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector.html).
+    So the policy must admit the CIDRs of exactly the subnets the monitoring stack gives the scraper, and
+    those must hold no pod (the cluster's, i.e. the pods', subnets are the private ones)."""
     applied = _applied_manifests(synth.raw(synth.built.serving))
     policy = k8s.find(applied, "NetworkPolicy")
     labels = k8s.find(applied, "Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -886,17 +892,25 @@ def test_network_policy_lets_only_the_load_balancer_and_the_scraper_reach_the_po
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     [rule] = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": c.PORT}]
-    blocks = [source["ipBlock"]["cidr"] for source in rule["from"] if "ipBlock" in source]
-    public = sorted(subnet.ipv4_cidr_block for subnet in synth.built.serving.vpc.public_subnets)
-    private = [subnet.ipv4_cidr_block for subnet in synth.built.serving.vpc.private_subnets]
-    assert sorted(blocks) == public and public and not set(blocks) & set(private)
-    raw = synth.raw(synth.built.serving)
-    subnets = {r["Properties"]["CidrBlock"] for r in resources(raw, "AWS::EC2::Subnet").values()
-               if r["Properties"].get("MapPublicIpOnLaunch")}
-    assert set(blocks) == subnets  # exactly the subnets the internet-facing ALB lives in
-    selectors = [source["namespaceSelector"] for source in rule["from"] if "namespaceSelector" in source]
-    assert selectors == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
-    assert all(set(source) <= {"ipBlock", "namespaceSelector"} for source in rule["from"])
+    assert all(set(source) == {"ipBlock"} for source in rule["from"])  # no namespace/pod selector
+    blocks = sorted(source["ipBlock"]["cidr"] for source in rule["from"])
+    serving = synth.built.serving
+    raw = synth.raw(serving)
+    subnets = {logical: r["Properties"] for logical, r in resources(raw, "AWS::EC2::Subnet").items()}
+    public = sorted(p["CidrBlock"] for p in subnets.values() if p.get("MapPublicIpOnLaunch"))
+    assert public == sorted(subnet.ipv4_cidr_block for subnet in serving.vpc.public_subnets)
+    # The subnets the scraper is configured with (monitoring stack, imported from the serving stack).
+    [scraper] = resources(synth.raw(synth.built.monitoring), "AWS::APS::Scraper").values()
+    scraper_ids = json.dumps(scraper["Properties"]["Source"]["EksConfiguration"]["SubnetIds"])
+    scraping = sorted(p["CidrBlock"] for logical, p in subnets.items() if logical in scraper_ids)
+    assert len(scraping) == len(scraper["Properties"]["Source"]["EksConfiguration"]["SubnetIds"]) >= 2
+    assert blocks == sorted(public + scraping) and public and scraping
+    # No pod subnet: the cluster's subnets (where Auto Mode puts nodes and pods) are not admitted.
+    [cluster] = resources(raw, "AWS::EKS::Cluster").values()
+    cluster_ids = json.dumps(cluster["Properties"]["ResourcesVpcConfig"]["SubnetIds"])
+    pods = {p["CidrBlock"] for logical, p in subnets.items() if logical in cluster_ids}
+    assert pods and not pods & set(blocks)
+    assert not {subnet.ipv4_cidr_block for subnet in serving.vpc.private_subnets} & set(blocks)
     controller = k8s.find(applied, "ConfigMap")
     assert controller["metadata"] == {"name": "amazon-vpc-cni", "namespace": "kube-system"}
     assert controller["data"] == {"enable-network-policy-controller": "true"}

@@ -57,7 +57,7 @@ class ManifestParams:
     # Where the internet-facing ALB's addresses come from (its nodes sit in the public subnets): the only
     # sources besides the scraper the NetworkPolicy lets reach the pods.
     load_balancer_cidrs: tuple[str, ...] = ()
-    scraper_namespace: str = "monitoring"  # the Prometheus that scrapes /metrics runs here
+    scraper_cidrs: tuple[str, ...] = ()  # the subnets of AMP's managed scraper's ENIs (no pod there)
 
 
 def namespace() -> dict[str, Any]:
@@ -310,13 +310,14 @@ def network_policy(p: ManifestParams) -> dict[str, Any]:
     other pod in the cluster can call /admin/*, /invocations or /metrics (issue 13, finding 1).
 
     The ALB targets pod IPs (target-type ip) from its nodes in the public subnets, so it is allowed by
-    those subnets' CIDRs (not the VPC's: the pods themselves have private-subnet addresses). The kubelet's
+    those subnets' CIDRs (not the VPC's: the pods themselves have private-subnet addresses). AMP's managed
+    scraper is no pod either: it scrapes from ENIs in the subnets it is given, the VPC's dedicated scraper
+    subnets (serving.SCRAPER_SUBNETS), allowed by their CIDRs. The kubelet's
     probes need no rule: "traffic to and from the node where a Pod is running is always allowed"
     (https://kubernetes.io/docs/concepts/services-networking/network-policies/). EKS Auto Mode enforces
     NetworkPolicy once its network policy controller is on (network_policy_controller())."""
     port = [{"protocol": "TCP", "port": c.PORT}]
-    sources: list[dict[str, Any]] = [{"ipBlock": {"cidr": cidr}} for cidr in p.load_balancer_cidrs]
-    sources.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": p.scraper_namespace}}})
+    sources = [{"ipBlock": {"cidr": cidr}} for cidr in (*p.load_balancer_cidrs, *p.scraper_cidrs)]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -298,8 +298,9 @@ class MonitoringStack(cdk.Stack):
             workspace=self.workspace.attr_arn,
             data=RULES_FILE.read_text(),
         )
-        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html: the cluster's
-        # subnets (two zones at least) and security group; the configuration base64-encoded.
+        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html: subnets in two
+        # zones at least (the serving VPC's scraper subnets, which the NetworkPolicy admits) and the cluster
+        # security group; the configuration base64-encoded.
         self.scraper = aps.CfnScraper(
             self,
             "Scraper",

@@ -35,6 +35,10 @@ AUTO_MODE_NODE_POOLS = ("system", "general-purpose")
 AUTO_MODE_NODE_POLICIES = ("AmazonEKSWorkerNodeMinimalPolicy", "AmazonEC2ContainerRegistryPullOnly")
 ROLLOUT_CODE = Path(__file__).resolve().parents[1] / "rollout"
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14  # cdk-nag L1: the latest
+# AMP's managed scraper is no pod: it scrapes from ENIs it creates in the subnets it is given
+# (https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector.html). Its own subnets (no pod
+# lands there) let the NetworkPolicy admit it by CIDR without admitting every pod of the private subnets.
+SCRAPER_SUBNETS = "scraper"
 
 
 def rollout_code() -> lambda_.Code:
@@ -133,6 +137,7 @@ class ServingStack(cdk.Stack):
             replicas=config.replicas,
             max_replicas=config.max_replicas,
             load_balancer_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.vpc.public_subnets),
+            scraper_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.scraper_subnets),
         )
         self.manifests = k8s.inference_manifests(params)
         self._apply_manifests(association)
@@ -170,6 +175,12 @@ class ServingStack(cdk.Stack):
         return [cdk.Fn.select(i, cdk.Fn.get_azs()) for i in range(2)]
 
     @property
+    def scraper_subnets(self) -> list[ec2.ISubnet]:
+        """Where AMP's managed scraper puts its ENIs (the monitoring stack), the only private addresses the
+        NetworkPolicy admits."""
+        return self.vpc.select_subnets(subnet_group_name=SCRAPER_SUBNETS).subnets
+
+    @property
     def icluster(self) -> eks.ICluster:
         """The cluster as its interface (jsii's Python stubs miss a protocol member on Cluster)."""
         return cast(eks.ICluster, self.cluster)
@@ -183,6 +194,12 @@ class ServingStack(cdk.Stack):
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
                 ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20),
+                # Last, so the other groups keep their CIDRs. Isolated: the scraper reaches only the pods and
+                # the cluster endpoint inside the VPC and writes to AMP through the service's own endpoint.
+                # One per zone: AMP wants subnets in two zones at least.
+                ec2.SubnetConfiguration(
+                    name=SCRAPER_SUBNETS, subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=28
+                ),
             ],
         )
         # S3 traffic (bundle downloads, image layers from ECR's S3) skips the NAT gateways: free and private.
