@@ -4,6 +4,7 @@ bundle. The browser-driven tests on a real pipeline run are in test_console_brow
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -240,6 +241,7 @@ def test_with_sagemaker_the_console_reads_and_approves_through_the_model_registr
     from moto import mock_aws
 
     from components.console.reports import S3Reports
+    from components.registry.base import BUNDLE_SHA256_METADATA
     from components.registry.sagemaker import SageMakerRegistry
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -249,9 +251,12 @@ def test_with_sagemaker_the_console_reads_and_approves_through_the_model_registr
         s3.create_bucket(Bucket="shop", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         s3.put_object(Bucket="shop", Key="runs/7/evaluation/evaluation.json", Body=json.dumps(evaluation(0.31)))
         s3.put_object(Bucket="shop", Key="runs/7/evaluation/report.html", Body=b"<html>report of run 7</html>")
+        bundle = b"the bundle's bytes"
+        s3.put_object(Bucket="shop", Key="runs/7/bundle/model.tar.gz", Body=bundle)
         sm.create_model_package_group(ModelPackageGroupName=GROUP)
-        sm.create_model_package(
+        sm.create_model_package(  # as registration makes it: approval checks the bundle's digest (issue 13)
             ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
+            CustomerMetadataProperties={BUNDLE_SHA256_METADATA: hashlib.sha256(bundle).hexdigest()},
             InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/i:1",
                                                     "ModelDataUrl": "s3://shop/runs/7/bundle/model.tar.gz"}],
                                     "SupportedContentTypes": ["application/json"],
