@@ -233,6 +233,37 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     assert "catboost-training/train-catboost-classification-model.tar.gz" in prefixes
 
 
+def test_cd_deployment_without_the_in_stack_pipeline_still_grants_the_builtin_artifacts() -> None:
+    """CD deploys with ``-c ecomrec:pipelineInStack=false`` (.github/workflows/cd.yml): the pipeline leaves
+    the template, but the role must still read the JumpStart script and model the upserted definition names
+    (and list the model channel's S3Prefix), or the first training job is denied."""
+    from stacks import pipeline_definition
+    from stacks.config import EcomrecConfig
+    from stacks.data import DataStack
+    from stacks.ml import MlStack
+
+    app = cdk.App(context=cdk_json_context(account=ACCOUNT, region=REGION, **{"ecomrec:pipelineInStack": "false"}))
+    config = EcomrecConfig.from_context(app)
+    assert not config.pipeline_in_stack
+    env = cdk.Environment(account=ACCOUNT, region=REGION)
+    data = DataStack(app, "EcomrecData", config=config, env=env)
+    saved = dict(os.environ)
+    try:  # the same call build() makes
+        definition = pipeline_definition(config, bucket=config.bucket_name("processed") or "",
+                                         role_arn=config.sagemaker_role_arn or "",
+                                         inference_image=config.inference_image_uri or "")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    ml = MlStack(app, "EcomrecMl", config=config, raw_bucket=data.raw_bucket,
+                 processed_bucket=data.processed_bucket, pipeline_definition=definition, env=env)
+    raw = Template.from_stack(ml).to_json()
+    assert not resources(raw, "AWS::SageMaker::Pipeline")  # `ecomrec pipeline upsert` owns it
+    sids = {st.get("Sid"): st for st in statements(raw, "SageMakerExecutionRole")}
+    assert f"jumpstart-cache-prod-{REGION}/catboost-training/" in json.dumps(sids["ReadBuiltInArtifacts"]["Resource"])
+    assert sids["ListBuiltInArtifacts"]["Action"] == "s3:ListBucket"
+
+
 def _allows(actions: list[str], wanted: str) -> bool:
     """Whether an IAM action list grants ``wanted`` (IAM matches actions case-insensitively, with wildcards)."""
     return any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in actions)
