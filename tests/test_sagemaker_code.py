@@ -16,6 +16,7 @@ import pytest
 
 from components import schema as s
 from components.errors import EcomrecError
+from components.registry.gate import baseline_comparison
 from pipelines.sagemaker import entry
 from pipelines.sagemaker.code import (
     CODE_ARCHIVE,
@@ -107,8 +108,11 @@ def test_launcher_runs_a_real_step_from_the_project_zip(tmp_path: Path) -> None:
     (code_dir / CODE_ARCHIVE).write_bytes(build_code_archive())
     evaluation = tmp_path / "evaluation"
     evaluation.mkdir()
-    ranking = {r: {s.metric_key("ndcg", 10): {"value": v}} for r, v in ((s.TWO_STAGE, 0.01), (s.ALS, 0.02))}
-    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking}))
+    ranking = {r: {s.metric_key("ndcg", 10): {"value": v}}
+               for r, v in ((s.TWO_STAGE, 0.01), (s.ALS, 0.02), (s.POPULAR, 0.005))}
+    # with the gate block the evaluation step writes (components/evaluation/evaluate.py), which the gate reads
+    document = {"ranking_metrics": ranking, "gate": baseline_comparison(ranking)}
+    (evaluation / s.EVALUATION_FILE).write_text(json.dumps(document))
     out = tmp_path / "register"
     result = _launch("components.registry.step",
                      ["--bundle", str(tmp_path / "bundle"), "--evaluation", str(evaluation), "--output", str(out),
