@@ -852,6 +852,30 @@ def test_deploy_role_trusts_the_environment_cd_yml_deploys_from(synth: Synth) ->
     assert not any(a.endswith(":*") or a == "*" for a in actions)
 
 
+def test_deploy_role_may_run_cd_ymls_checks_before_the_upsert(synth: Synth) -> None:
+    """cd.yml runs, as this role: `pipeline refresh-jumpstart` and `aws s3api head-object` on the JumpStart
+    pins (GetObject on the region's jumpstart-cache-prod bucket), `docker build` FROM the region's SageMaker
+    Spark image (an AWS-owned ECR registry: a cross-account pull needs the identity policy to allow it too),
+    and `pipeline doctor` (pipelines/sagemaker/doctor.py: iam GetRole / SimulatePrincipalPolicy on the
+    SageMaker role, s3 HeadBucket (ListBucket) / GetBucketLocation / ListObjectsV2 on the bucket,
+    sagemaker DescribeModelPackageGroup). A denial of HeadBucket is a doctor blocker: CD would stop there."""
+    raw = synth.raw(synth.built.github)
+    granted = [(set(as_list(st["Action"])), json.dumps(st["Resource"])) for st in statements(raw, "DeployRole")]
+
+    def allowed(action: str, *resource_parts: str) -> bool:
+        return any(action in actions and all(part in resources for part in resource_parts)
+                   for actions, resources in granted)
+
+    assert allowed("s3:GetObject", "jumpstart-cache-prod-")
+    assert allowed("ecr:BatchGetImage", "repository/sagemaker-spark-processing")
+    assert allowed("ecr:GetDownloadUrlForLayer", "repository/sagemaker-spark-processing")
+    for action in ("iam:GetRole", "iam:SimulatePrincipalPolicy"):
+        assert allowed(action, "ExportsOutputFnGetAttSageMakerExecutionRole"), action
+    for action in ("s3:ListBucket", "s3:GetBucketLocation"):
+        assert allowed(action, "ExportsOutputFnGetAttProcessed"), action
+    assert allowed("sagemaker:DescribeModelPackageGroup", "model-package-group/ecomrec")
+
+
 # ------------------------------------------------------------------ cdk-nag and cfn-lint
 
 
