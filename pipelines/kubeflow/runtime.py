@@ -6,9 +6,12 @@ Runs in the task's process (a pod on a cluster, a subprocess under ``kfp.local``
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import logging
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -29,11 +32,23 @@ def resolve_config(base: str, settings: Mapping[str, object]) -> str:
     return PipelineConfig.from_json_or_path(base).with_settings(encoded).to_json()
 
 
+def add_image_spark_to_path() -> None:
+    """Use the image's Spark (SPARK_HOME/python and its py4j zip) when pyspark is not installed: the steps
+    image's venv has no pyspark (containers/steps/Dockerfile); on SageMaker spark-submit adds them, in a
+    Kubeflow task (Spark in local mode in the pod) this does."""
+    try:
+        import pyspark  # noqa: F401
+        return
+    except ImportError:
+        pass
+    spark_home = os.environ.get("SPARK_HOME", "/usr/lib/spark")
+    sys.path[:0] = [os.path.join(spark_home, "python"),
+                    *sorted(glob.glob(os.path.join(spark_home, "python", "lib", "py4j-*.zip")))]
+
+
 def run_step(entry_point: str, inputs: Mapping[str, str], output: str, config: str,
              extra: Sequence[str] = ()) -> None:
     """``<entry_point>.main(argv)`` with the local argv contract: ``--<input> DIR ... --output DIR --config``."""
-    from pipelines.sagemaker.entry import add_image_spark_to_path
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     add_image_spark_to_path()  # the steps image has Spark under SPARK_HOME, not pyspark in its venv
     argv: list[str] = []
