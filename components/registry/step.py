@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=f"bundle {bundle_manifest['version']}",
         image_uri=args.options["image-uri"] or "",
     )
-    registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])  # the console shows it
+    if isinstance(registry, LocalRegistry):  # the console shows it; a SageMaker package points at its own copy
+        registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])
     record["registered"] = asdict(version) | {"metrics": "see evaluation.json"}
     (args.output / REGISTRATION_FILE).write_text(json.dumps(record, indent=2))
     log.info("registered %s version %d as %s", version.group, version.version, version.status)
