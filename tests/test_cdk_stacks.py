@@ -264,6 +264,21 @@ def test_cd_deployment_without_the_in_stack_pipeline_still_grants_the_builtin_ar
     assert sids["ListBuiltInArtifacts"]["Action"] == "s3:ListBucket"
 
 
+def test_retraining_overrides_must_name_parameters_the_pipeline_declares() -> None:
+    """`-c ecomrec:retrainParameters` becomes the schedule's SageMakerPipelineParameters: a name the definition
+    does not declare (e.g. SparkInstanceCount, which issue 11 removed) fails StartPipelineExecution every
+    week; synth says so instead."""
+    context = cdk_json_context(account=ACCOUNT, region=REGION,
+                               **{"ecomrec:retrainParameters": '{"SparkInstanceCount": "2"}'})
+    saved = dict(os.environ)
+    try:
+        with pytest.raises(ValueError, match=r"retrainParameters names \['SparkInstanceCount'\]"):
+            build(cdk.App(context=context), with_nag=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _allows(actions: list[str], wanted: str) -> bool:
     """Whether an IAM action list grants ``wanted`` (IAM matches actions case-insensitively, with wildcards)."""
     return any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in actions)

@@ -93,6 +93,12 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         role_arn=config.sagemaker_role_arn or "",
         inference_image=config.inference_image_uri or "",
     )
+    if definition is not None:  # a misspelt override would fail every scheduled StartPipelineExecution
+        declared = {parameter["Name"] for parameter in json.loads(definition)["Parameters"]}
+        unknown = sorted(set(config.retrain_parameters) - declared)
+        if unknown:
+            raise ValueError(f"ecomrec:retrainParameters names {unknown}, which the pipeline does not declare "
+                             f"(it declares {', '.join(sorted(declared))})")
     ml = MlStack(
         app,
         "EcomrecMl",
