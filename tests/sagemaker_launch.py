@@ -40,9 +40,10 @@ No SageMaker container runs here, so each launcher is emulated from its source:
   file the evaluation step uploaded; a passing gate records the model package request (its ModelMetrics
   URI must name an uploaded file), a failing one raises with the Fail step's rendered message.
 
-In-container package installs (``ECOMREC_PIP_INSTALL``) are turned off: the packages come from this
-interpreter's environment (the "image"). The editable install of ecomrec in that environment is hidden
-from the jobs (a ``sitecustomize`` on their PYTHONPATH), so their code comes from the uploaded zip only.
+The steps image's defaults are run as they are: a job whose ``ECOMREC_PIP_INSTALL`` renders non-empty fails
+(the packages come from this interpreter's environment, the "image", as they come from the steps image).
+The editable install of ecomrec in that environment is hidden from the jobs (a ``sitecustomize`` on their
+PYTHONPATH), so their code comes from the uploaded zip only.
 """
 
 from __future__ import annotations
@@ -222,8 +223,9 @@ os.execv({str(real)!r}, [{str(real)!r}, "--driver-memory", "2g", *argv])
                 if key not in ("PYTHONPATH", "HADOOP_CONF_DIR", "SPARK_HOME", "PYSPARK_SUBMIT_ARGS")
                 and not key.startswith(("ECOMREC_", "PYTEST_"))}
         base.update({key: map_opt_ml(value, job_root) for key, value in step_env.items()})
-        if "ECOMREC_PIP_INSTALL" in base:
-            base["ECOMREC_PIP_INSTALL"] = ""  # the "image" is this environment
+        if base.get("ECOMREC_PIP_INSTALL"):  # the steps image's default is "": a job installs nothing at start
+            raise LaunchError(f"the job would pip-install {base['ECOMREC_PIP_INSTALL']!r} at start (needs internet "
+                              "egress; the steps image already holds the locked dependencies)")
         base["PYTHONPATH"] = str(self.site)
         base["PYSPARK_PYTHON"] = sys.executable
         base["PYSPARK_DRIVER_PYTHON"] = sys.executable

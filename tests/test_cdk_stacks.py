@@ -233,6 +233,52 @@ def test_sagemaker_role_is_scoped_to_our_buckets_repositories_and_group(synth: S
     assert "catboost-training/train-catboost-classification-model.tar.gz" in prefixes
 
 
+def test_cd_deployment_without_the_in_stack_pipeline_still_grants_the_builtin_artifacts() -> None:
+    """CD deploys with ``-c ecomrec:pipelineInStack=false`` (.github/workflows/cd.yml): the pipeline leaves
+    the template, but the role must still read the JumpStart script and model the upserted definition names
+    (and list the model channel's S3Prefix), or the first training job is denied."""
+    from stacks import pipeline_definition
+    from stacks.config import EcomrecConfig
+    from stacks.data import DataStack
+    from stacks.ml import MlStack
+
+    app = cdk.App(context=cdk_json_context(account=ACCOUNT, region=REGION, **{"ecomrec:pipelineInStack": "false"}))
+    config = EcomrecConfig.from_context(app)
+    assert not config.pipeline_in_stack
+    env = cdk.Environment(account=ACCOUNT, region=REGION)
+    data = DataStack(app, "EcomrecData", config=config, env=env)
+    saved = dict(os.environ)
+    try:  # the same call build() makes
+        definition = pipeline_definition(config, bucket=config.bucket_name("processed") or "",
+                                         role_arn=config.sagemaker_role_arn or "",
+                                         inference_image=config.inference_image_uri or "")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    ml = MlStack(app, "EcomrecMl", config=config, raw_bucket=data.raw_bucket,
+                 processed_bucket=data.processed_bucket, pipeline_definition=definition, env=env)
+    raw = Template.from_stack(ml).to_json()
+    assert not resources(raw, "AWS::SageMaker::Pipeline")  # `ecomrec pipeline upsert` owns it
+    sids = {st.get("Sid"): st for st in statements(raw, "SageMakerExecutionRole")}
+    assert f"jumpstart-cache-prod-{REGION}/catboost-training/" in json.dumps(sids["ReadBuiltInArtifacts"]["Resource"])
+    assert sids["ListBuiltInArtifacts"]["Action"] == "s3:ListBucket"
+
+
+def test_retraining_overrides_must_name_parameters_the_pipeline_declares() -> None:
+    """`-c ecomrec:retrainParameters` becomes the schedule's SageMakerPipelineParameters: a name the definition
+    does not declare (e.g. SparkInstanceCount, which issue 11 removed) fails StartPipelineExecution every
+    week; synth says so instead."""
+    context = cdk_json_context(account=ACCOUNT, region=REGION,
+                               **{"ecomrec:retrainParameters": '{"SparkInstanceCount": "2"}'})
+    saved = dict(os.environ)
+    try:
+        with pytest.raises(ValueError, match=r"retrainParameters names \['SparkInstanceCount'\]"):
+            build(cdk.App(context=context), with_nag=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _allows(actions: list[str], wanted: str) -> bool:
     """Whether an IAM action list grants ``wanted`` (IAM matches actions case-insensitively, with wildcards)."""
     return any(fnmatch.fnmatchcase(wanted.lower(), a.lower()) for a in actions)
@@ -819,6 +865,30 @@ def test_deploy_role_trusts_the_environment_cd_yml_deploys_from(synth: Synth) ->
     actions = {a for st in statements(raw, "DeployRole") for a in as_list(st["Action"])}
     assert {"sts:AssumeRole", "ecr:PutImage", "s3:PutObject", "sagemaker:UpdatePipeline", "iam:PassRole"} <= actions
     assert not any(a.endswith(":*") or a == "*" for a in actions)
+
+
+def test_deploy_role_may_run_cd_ymls_checks_before_the_upsert(synth: Synth) -> None:
+    """cd.yml runs, as this role: `pipeline refresh-jumpstart` and `aws s3api head-object` on the JumpStart
+    pins (GetObject on the region's jumpstart-cache-prod bucket), `docker build` FROM the region's SageMaker
+    Spark image (an AWS-owned ECR registry: a cross-account pull needs the identity policy to allow it too),
+    and `pipeline doctor` (pipelines/sagemaker/doctor.py: iam GetRole / SimulatePrincipalPolicy on the
+    SageMaker role, s3 HeadBucket (ListBucket) / GetBucketLocation / ListObjectsV2 on the bucket,
+    sagemaker DescribeModelPackageGroup). A denial of HeadBucket is a doctor blocker: CD would stop there."""
+    raw = synth.raw(synth.built.github)
+    granted = [(set(as_list(st["Action"])), json.dumps(st["Resource"])) for st in statements(raw, "DeployRole")]
+
+    def allowed(action: str, *resource_parts: str) -> bool:
+        return any(action in actions and all(part in resources for part in resource_parts)
+                   for actions, resources in granted)
+
+    assert allowed("s3:GetObject", "jumpstart-cache-prod-")
+    assert allowed("ecr:BatchGetImage", "repository/sagemaker-spark-processing")
+    assert allowed("ecr:GetDownloadUrlForLayer", "repository/sagemaker-spark-processing")
+    for action in ("iam:GetRole", "iam:SimulatePrincipalPolicy"):
+        assert allowed(action, "ExportsOutputFnGetAttSageMakerExecutionRole"), action
+    for action in ("s3:ListBucket", "s3:GetBucketLocation"):
+        assert allowed(action, "ExportsOutputFnGetAttProcessed"), action
+    assert allowed("sagemaker:DescribeModelPackageGroup", "model-package-group/ecomrec")
 
 
 # ------------------------------------------------------------------ cdk-nag and cfn-lint

@@ -172,8 +172,8 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
 
     evaluation = json.loads((tiny_run / "evaluation" / s.EVALUATION_FILE).read_text())
     two_stage = evaluation["ranking_metrics"][s.TWO_STAGE]["ndcg_at_10"]["value"]
-    # the tiny shop's two_stage trails repurchase (0.999x): the baseline check is off, as in tiny_run's config
-    failing = GateConfig(ndcg_at_10_floor=two_stage + 0.01, must_beat_als=False, must_beat_baselines=False)
+    # the tiny run's gate (no als or baseline rule: repurchase leads on the tiny shop) with a floor above it
+    failing = GateConfig(**{**TINY_RUN_CONFIG_GATE, "ndcg_at_10_floor": two_stage + 0.01})
     verdict = check_gate(evaluation, failing)  # the registry's rule, which the gate task must apply
     assert not verdict.passed
     arguments = {"config": PipelineConfig(gate=failing).to_json(), "registry": str(tmp_path / "registry")}
@@ -185,8 +185,7 @@ def test_a_failed_gate_stops_before_registration(tiny_run: Path, tmp_path: Path)
     assert LocalRegistry(tmp_path / "registry").list_versions("ecomrec") == []
 
     # the same sub-pipeline with a gate the evaluation passes registers: the test above can tell them apart
-    passing = PipelineConfig(gate=GateConfig(ndcg_at_10_floor=two_stage - 0.01, must_beat_als=False,
-                                             must_beat_baselines=False))
+    passing = PipelineConfig(gate=GateConfig(**{**TINY_RUN_CONFIG_GATE, "ndcg_at_10_floor": two_stage - 0.01}))
     run_locally(_register_only(tiny_run), {**arguments, "config": passing.to_json()}, tmp_path / "out")
     assert [v.status for v in LocalRegistry(tmp_path / "registry").list_versions("ecomrec")] == [PENDING]
     assert (tmp_path / "out" / "register" / "registration.json").exists()
@@ -203,9 +202,8 @@ def _fake_run(root: Path) -> tuple[Path, Path]:
     (bundle / s.BUNDLE_DIGEST_FILE).write_text(json.dumps({"sha256": sha256_file(bundle / s.MODEL_ARCHIVE)}))
     ranking = {r: {s.metric_key(m, n): {"value": 0.1} for m in s.METRICS for n in s.KS} for r in s.RECOMMENDERS}
     ranking[s.TWO_STAGE][s.metric_key("ndcg", 10)] = {"value": 0.5}
-    # the gate block as the evaluation step writes it (components/evaluation/evaluate.py)
-    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking,
-                                                            "gate": baseline_comparison(ranking)}))
+    document = {"ranking_metrics": ranking, "gate": baseline_comparison(ranking)}  # as the evaluation writes it
+    (evaluation / s.EVALUATION_FILE).write_text(json.dumps(document))
     return bundle, evaluation
 
 
@@ -282,3 +280,28 @@ def test_a_task_runs_its_steps_main_with_the_local_argv(tmp_path: Path, monkeypa
     assert json.loads((tmp_path / "argv.json").read_text()) == [
         "--bundle", "/in/bundle", "--evaluation", "/in/evaluation", "--output", "/out", "--config", "{}",
         "--registry", "sagemaker"]
+
+
+def test_a_task_without_pyspark_gets_the_images_spark_on_its_path(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps image's venv has no pyspark (containers/steps/Dockerfile): a task puts SPARK_HOME/python and
+    its py4j zip on sys.path (the helper lives in the runtime every task imports)."""
+    import builtins
+    import sys
+
+    from pipelines.kubeflow import runtime
+
+    (tmp_path / "python" / "lib").mkdir(parents=True)
+    (tmp_path / "python" / "lib" / "py4j-0.10.9.7-src.zip").write_bytes(b"")
+    real_import = builtins.__import__
+
+    def no_pyspark(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "pyspark":
+            raise ImportError("no pyspark in this venv")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyspark)
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runtime.add_image_spark_to_path()
+    assert sys.path[:2] == [str(tmp_path / "python"), str(tmp_path / "python" / "lib" / "py4j-0.10.9.7-src.zip")]

@@ -121,32 +121,46 @@ def test_the_pip_install_opt_in_is_checked_as_the_stock_image_and_warns_about_eg
     assert found["pip install"][0] == "warning" and "egress" in found["pip install"][1]
 
 
+Grant = tuple[str, str] | tuple[str, str, dict[str, str]]  # (action, resource pattern[, StringLike condition])
+
+
 class _Simulator:
     """Stands in for IAM's SimulatePrincipalPolicy (moto has none): evaluates an allow-list of
-    (action, resource pattern) pairs and answers in the API's response shape."""
+    (action, resource pattern[, condition]) grants and answers in the API's response shape. A condition is
+    ``StringLike`` on the request's ContextEntries; a key absent from the request does not match ("If the key
+    that you specify in a policy condition is not present in the request context, the values do not match",
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition.html)."""
 
-    def __init__(self, iam: Any, allowed: list[tuple[str, str]]) -> None:
+    def __init__(self, iam: Any, allowed: list[Grant]) -> None:
         self.iam, self.allowed = iam, allowed
         self.calls: list[tuple[str, str]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.iam, name)
 
-    def simulate_principal_policy(self, PolicySourceArn: str, ActionNames: list[str],
-                                  ResourceArns: list[str]) -> dict[str, Any]:
+    def _grants(self, grant: Grant, action: str, resource: str, context: dict[str, list[str]]) -> bool:
+        pattern_action, pattern_resource, *condition = grant
+        conditions = condition[0] if condition else {}
+        return (fnmatch.fnmatchcase(action, pattern_action) and fnmatch.fnmatchcase(resource, pattern_resource)
+                and all(any(fnmatch.fnmatchcase(v, want) for v in context.get(key, []))
+                        for key, want in conditions.items()))
+
+    def simulate_principal_policy(self, PolicySourceArn: str, ActionNames: list[str], ResourceArns: list[str],
+                                  ContextEntries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         assert PolicySourceArn == ROLE
+        context = {entry["ContextKeyName"]: entry["ContextKeyValues"] for entry in ContextEntries or []}
         results = []
         for action in ActionNames:
             for resource in ResourceArns:
                 self.calls.append((action, resource))
-                ok = any(fnmatch.fnmatchcase(action, a) and fnmatch.fnmatchcase(resource, r) for a, r in self.allowed)
+                ok = any(self._grants(grant, action, resource, context) for grant in self.allowed)
                 results.append({"EvalActionName": action, "EvalResourceName": resource,
                                 "EvalDecision": "allowed" if ok else "implicitDeny"})
         return {"EvaluationResults": results, "IsTruncated": False}
 
 
 # What the CDK ml stack grants (cdk/stacks/ml.py), without the S3Prefix listing of the JumpStart bucket.
-CDK_LIKE = [("s3:*", f"arn:aws:s3:::{BUCKET}"), ("s3:*", f"arn:aws:s3:::{BUCKET}/*"),
+CDK_LIKE: list[Grant] = [("s3:*", f"arn:aws:s3:::{BUCKET}"), ("s3:*", f"arn:aws:s3:::{BUCKET}/*"),
             ("s3:GetObject", "arn:aws:s3:::jumpstart-cache-prod-eu-west-1/*"), ("ecr:*", "*"),
             ("sagemaker:*", f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:*"), ("iam:PassRole", ROLE), ("logs:*", "*")]
 
@@ -161,3 +175,18 @@ def test_denied_permissions_are_blockers_that_name_action_and_resource(account: 
             "sagemaker:CreateTrainingJob", "sagemaker:CreateModelPackage", "iam:PassRole"} <= asked
     granted = _Simulator(account["iam"], [*CDK_LIKE, ("s3:ListBucket", "arn:aws:s3:::jumpstart-cache-prod-*")])
     assert _diagnose(account, iam=granted)["role permissions"][0] == "ok"
+
+
+def test_the_cdk_roles_conditioned_grants_are_simulated_with_the_requests_context(account: dict[str, Any]) -> None:
+    """cdk/stacks/ml.py scopes two grants by condition keys: iam:PassRole with iam:PassedToService =
+    sagemaker.amazonaws.com, and the JumpStart bucket's s3:ListBucket with s3:prefix = the model key. The
+    simulation must carry the keys the real requests carry, or that role is reported as denied."""
+    cdk_role = [*[grant for grant in CDK_LIKE if grant[0] != "iam:PassRole"],
+                ("iam:PassRole", ROLE, {"iam:PassedToService": "sagemaker.amazonaws.com"}),
+                ("s3:ListBucket", "arn:aws:s3:::jumpstart-cache-prod-eu-west-1",
+                 {"s3:prefix": "catboost-training/train-catboost-classification-model.tar.gz"})]
+    assert _diagnose(account, iam=_Simulator(account["iam"], cdk_role))["role permissions"][0] == "ok"
+    elsewhere = [*cdk_role[:-1], ("s3:ListBucket", "arn:aws:s3:::jumpstart-cache-prod-eu-west-1",
+                                  {"s3:prefix": "other-model/*"})]
+    status, detail = _diagnose(account, iam=_Simulator(account["iam"], elsewhere))["role permissions"]
+    assert status == "blocker" and "s3:ListBucket on arn:aws:s3:::jumpstart-cache-prod-eu-west-1" in detail

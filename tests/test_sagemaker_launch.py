@@ -21,7 +21,7 @@ import pytest
 from components import schema as s
 from components.config import GateConfig, PipelineConfig
 from tests.conftest import TINY_RUN_CONFIG_GATE, make_tiny_raw
-from tests.sagemaker_launch import LaunchResult, run_definition
+from tests.sagemaker_launch import Context, LaunchError, LaunchResult, Machine, json_get, run_definition
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -149,3 +149,56 @@ def test_the_report_reads_its_training_section_from_the_builtins_model(
     assert f"Ranker training: best iteration {local['best_iteration']}, {local['tree_count']} trees" in page
     assert FROM_MODEL_NOTE in page
     assert FROM_MODEL_NOTE not in (tiny_run / "evaluation" / s.REPORT_FILE).read_text()
+
+
+def test_a_job_that_would_pip_install_at_start_fails_the_launch(tmp_path: Path) -> None:
+    """The harness runs the definition's own ECOMREC_PIP_INSTALL (PipInstall's default, "" on the steps image)
+    instead of blanking it, so a definition that installs at start (no egress in a private VPC) fails here."""
+    machine = Machine(tmp_path)
+    assert machine.env(tmp_path / "job", {"ECOMREC_PIP_INSTALL": ""}, spark=False)["ECOMREC_PIP_INSTALL"] == ""
+    with pytest.raises(LaunchError, match=r"pip-install 'numpy==2\.2\.6'"):
+        machine.env(tmp_path / "job", {"ECOMREC_PIP_INSTALL": "numpy==2.2.6"}, spark=False)
+
+
+def test_the_default_gates_jsonget_paths_resolve_in_the_produced_evaluation(
+        launched: tuple[LaunchResult, dict[str, Any]], tmp_path: Path) -> None:
+    """The launched definition is built with the tiny run's gate (no baseline rule); the default gate's
+    ConditionStep (issue 17: ``gate.two_stage_over_strongest_baseline`` >= 1 + baseline_margin, and its
+    FailStep message) reads more paths: each must resolve in the evaluation.json the launched steps wrote,
+    and its conditions decide as components/registry/gate.py's check_gate does on that file."""
+    from components.registry.gate import check_gate
+    from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
+
+    result, _ = launched
+    evaluation = json.loads((result.local(result.outputs["evaluation"]) / s.EVALUATION_FILE).read_text())
+    patch = pytest.MonkeyPatch()
+    _offline_env(patch, tmp_path)
+    try:
+        definition = json.loads(definition_json(PipelineSettings(role=ROLE, bucket=BUCKET, region=REGION)))
+    finally:
+        patch.undo()
+    (register,) = [step for step in definition["Steps"] if step["Type"] == "Condition"]
+    paths: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if set(node) == {"Std:JsonGet"}:
+                paths.append(node["Std:JsonGet"]["Path"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(register["Arguments"])
+    assert s.GATE_RATIO_PATH in paths and s.GATE_STRONGEST_PATH in paths
+    for path in paths:
+        json_get(evaluation, path)  # raises LaunchError when a path does not resolve
+    defaults = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    context = Context(parameters=defaults, property_files={
+        f"Steps.evaluation.PropertyFiles.{prop['PropertyFileName']}": evaluation
+        for step in definition["Steps"] if step["Name"] == "evaluation" for prop in step["PropertyFiles"]})
+    compare = {"GreaterThanOrEqualTo": float.__ge__, "GreaterThan": float.__gt__}
+    passed = all(compare[c["Type"]](float(context.render(c["LeftValue"])), float(context.render(c["RightValue"])))
+                 for c in register["Arguments"]["Conditions"])
+    assert passed == check_gate(evaluation, PipelineConfig().gate).passed

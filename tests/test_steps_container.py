@@ -276,9 +276,9 @@ def test_the_image_layout_runs_a_step_with_only_the_locked_libraries(tmp_path: P
     evaluation.mkdir()
     ranking = {r: {s.metric_key("ndcg", 10): {"value": v}}
                for r, v in ((s.TWO_STAGE, 0.01), (s.ALS, 0.02), (s.POPULAR, 0.005))}
-    # with the gate block the evaluation step writes (the rule reads it: components/registry/gate.py)
-    (evaluation / s.EVALUATION_FILE).write_text(json.dumps({"ranking_metrics": ranking,
-                                                            "gate": baseline_comparison(ranking)}))
+    # with the gate block the evaluation step writes (components/evaluation/evaluate.py), which the gate reads
+    document = {"ranking_metrics": ranking, "gate": baseline_comparison(ranking)}
+    (evaluation / s.EVALUATION_FILE).write_text(json.dumps(document))
     out = tmp_path / "register"
     result = subprocess.run([str(python_bin / "python"), "-m", "components.registry.step",
                              "--bundle", str(tmp_path / "bundle"), "--evaluation", str(evaluation),

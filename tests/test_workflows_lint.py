@@ -107,3 +107,30 @@ def test_cd_deploys_from_main_only_and_lets_upsert_own_the_pipeline() -> None:
     deploys = [r for r in runs if "cdk deploy" in r]
     assert deploys and all("-c ecomrec:pipelineInStack=false" in r for r in deploys)
     assert any("EcomrecGithub:GitHubRepo=${{ github.repository }}" in r for r in deploys)
+
+
+def test_cd_re_pins_the_builtin_uris_before_the_ml_stack_grants_the_role_on_them() -> None:
+    """`pipeline refresh-jumpstart` rewrites pipelines/sagemaker/jumpstart_catboost.json; the ml stack grants
+    the SageMaker role read access to exactly the script and model keys the definition names (cdk/stacks/ml.py
+    ``_grant_external``). Deployed before the re-pin, the role would be granted the old keys and denied the
+    new ones until the next CD run."""
+    runs = "\n".join(step.get("run", "") for step in _steps(_load("cd.yml")))
+    assert runs.index("pipeline refresh-jumpstart") < runs.index("cdk deploy EcomrecData EcomrecMl")
+
+
+def test_every_cli_option_cd_passes_exists() -> None:
+    """Each `ecomrec pipeline <command> --option` line of cd.yml names an option that command declares
+    (two branches wrote the steps and the commands apart)."""
+    import typer
+
+    from pipelines.cli import app
+
+    pipeline: Any = typer.main.get_command(app).commands["pipeline"]  # type: ignore[attr-defined]
+    runs = "\n".join(step.get("run", "") for step in _steps(_load("cd.yml")))
+    invocations = re.findall(r"ecomrec pipeline ([a-z-]+)((?:[^\n]|\\\n|\n(?= ))*)", runs)
+    assert {name for name, _ in invocations} >= {"refresh-jumpstart", "images", "doctor", "upsert"}
+    for name, rest in invocations:
+        command = pipeline.commands[name]
+        declared = {option for param in command.params for option in param.opts}
+        used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest.split("|")[0]))
+        assert used and used <= declared, (name, used - declared)

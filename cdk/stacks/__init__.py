@@ -58,9 +58,11 @@ def pipeline_definition(config: EcomrecConfig, *, bucket: str, role_arn: str, in
     """The SageMaker pipeline definition from ``pipelines.sagemaker`` (built offline), or None.
 
     It needs concrete names (an account, a region, the bucket and role names), so only an app with
-    ``account`` and ``region`` context gets it; and the ``sagemaker`` extra must be installed.
+    ``account`` and ``region`` context gets it; and the ``sagemaker`` extra must be installed. Built with
+    ``pipelineInStack=false`` too: the execution role's grants on the built-in artifacts it names come
+    from it, whoever owns the pipeline.
     """
-    if not (config.account and config.region) or not config.pipeline_in_stack:
+    if not (config.account and config.region):
         return None
     try:
         from pipelines.sagemaker.pipeline import PipelineSettings, definition_json
@@ -91,6 +93,12 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         role_arn=config.sagemaker_role_arn or "",
         inference_image=config.inference_image_uri or "",
     )
+    if definition is not None:  # a misspelt override would fail every scheduled StartPipelineExecution
+        declared = {parameter["Name"] for parameter in json.loads(definition)["Parameters"]}
+        unknown = sorted(set(config.retrain_parameters) - declared)
+        if unknown:
+            raise ValueError(f"ecomrec:retrainParameters names {unknown}, which the pipeline does not declare "
+                             f"(it declares {', '.join(sorted(declared))})")
     ml = MlStack(
         app,
         "EcomrecMl",

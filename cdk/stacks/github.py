@@ -122,9 +122,43 @@ class GithubStack(cdk.Stack):
                 conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
             )
         )
+        # The checks CD runs before the upsert (cd.yml): `pipeline refresh-jumpstart` and the head-object of the
+        # pinned URIs read the region's JumpStart bucket; the steps image is built FROM the region's SageMaker
+        # Spark image (an AWS-owned registry: a cross-account pull needs this identity policy too);
+        # `pipeline doctor` reads the SageMaker role, the bucket and the model package group
+        # (pipelines/sagemaker/doctor.py: GetRole, SimulatePrincipalPolicy, HeadBucket, GetBucketLocation,
+        # ListObjectsV2, DescribeModelPackageGroup; DescribeImages is in PushImages).
+        jumpstart = f"arn:{cdk.Aws.PARTITION}:s3:::jumpstart-cache-prod-{region}"
+        self.role.add_to_policy(iam.PolicyStatement(sid="ReadJumpStart", actions=["s3:GetObject", "s3:ListBucket"],
+                                                    resources=[jumpstart, f"{jumpstart}/*"]))
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PullSparkBaseImage",
+                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                resources=[f"arn:{cdk.Aws.PARTITION}:ecr:{region}:*:repository/sagemaker-spark-processing"],
+            )
+        )
+        self.role.add_to_policy(iam.PolicyStatement(sid="DoctorReadsRole", actions=["iam:GetRole",
+                                                                                    "iam:SimulatePrincipalPolicy"],
+                                                    resources=[sagemaker_role.role_arn]))
+        self.role.add_to_policy(iam.PolicyStatement(sid="DoctorReadsBucket",
+                                                    actions=["s3:ListBucket", "s3:GetBucketLocation"],
+                                                    resources=[processed_bucket.bucket_arn]))
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="DoctorReadsGroup",
+                actions=["sagemaker:DescribeModelPackageGroup"],
+                resources=[portable_arn(self, service="sagemaker", resource="model-package-group",
+                                        resource_name=config.model_package_group)],
+            )
+        )
         acknowledge(
             self.role,
             {
+                nag.iam5("Resource::arn:<AWS::Partition>:s3:::jumpstart-cache-prod-<AWS::Region>/*"):
+                    "Reads the region's public JumpStart bucket (the built-in CatBoost spec, script and model)",
+                nag.iam5("Resource::arn:<AWS::Partition>:ecr:<AWS::Region>:*:repository/sagemaker-spark-processing"):
+                    "Pulls the steps image's base, SageMaker's Spark image, whose registry account varies by region",
                 nag.iam5("Resource::arn:<AWS::Partition>:iam::<AWS::AccountId>:role/"
                          "cdk-hnb659fds-*-<AWS::AccountId>-<AWS::Region>"):
                     "CDK deploys through this account's bootstrap roles (default qualifier), nothing else",

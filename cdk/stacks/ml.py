@@ -118,7 +118,7 @@ class MlStack(cdk.Stack):
             self, service="sagemaker", resource="pipeline", resource_name=config.pipeline_name
         )
         self.pipeline: sagemaker.CfnPipeline | None = None
-        if pipeline_definition is not None:
+        if pipeline_definition is not None and config.pipeline_in_stack:
             self.pipeline = sagemaker.CfnPipeline(
                 self,
                 "Pipeline",

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_uri=args.options["image-uri"] or "",
         bundle_sha256=digest,  # the registry's copy must be the bytes the bundle step wrote
     )
-    if isinstance(registry, LocalRegistry):  # the console shows it; on SageMaker it reads the report from S3
+    if isinstance(registry, LocalRegistry):  # the console shows it; a SageMaker package points at its own copy
         registry.attach_evaluation(version.group, version.version, args.inputs["evaluation"])
     record["registered"] = asdict(version) | {"metrics": "see evaluation.json"}
     (args.output / REGISTRATION_FILE).write_text(json.dumps(record, indent=2))

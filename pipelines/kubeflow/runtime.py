@@ -33,8 +33,9 @@ def resolve_config(base: str, settings: Mapping[str, object]) -> str:
 
 
 def add_image_spark_to_path() -> None:
-    """Use the steps image's Spark (SPARK_HOME/python and its py4j zip) when pyspark is not installed.
-    Kept here: the SageMaker launcher (pipelines/sagemaker/entry.py) no longer needs it."""
+    """Use the image's Spark (SPARK_HOME/python and its py4j zip) when pyspark is not installed: the steps
+    image's venv has no pyspark (containers/steps/Dockerfile); on SageMaker spark-submit adds them, in a
+    Kubeflow task (Spark in local mode in the pod) this does."""
     try:
         import pyspark  # noqa: F401
         return

@@ -89,21 +89,29 @@ def check_trust(settings: PipelineSettings, iam: Any) -> Finding:
                                             "assume it (sts:AssumeRole for the service principal)")
 
 
-def required_permissions(settings: PipelineSettings, defaults: p.Defaults) -> dict[str, list[str]]:
-    """{resource ARN: actions} the definition's jobs need with its default parameters (example keys under
-    the run-time prefixes: a policy on ``prefix/*`` allows them, one on other keys does not)."""
-    account, region, role = settings.account, settings.region, settings.role
-    needed: dict[str, list[str]] = {}
+Request = tuple[str, tuple[tuple[str, str], ...]]  # (resource ARN, request context)
 
-    def need(resource: str, *actions: str) -> None:
-        needed.setdefault(resource, [])
-        needed[resource] += [a for a in actions if a not in needed[resource]]
+
+def required_permissions(settings: PipelineSettings, defaults: p.Defaults) -> dict[Request, list[str]]:
+    """{(resource ARN, request context): actions} the definition's jobs need with its default parameters
+    (example keys under the run-time prefixes: a policy on ``prefix/*`` allows them, one on other keys does
+    not), with the condition keys the real requests carry (the s3:prefix
+    SageMaker lists, the service a role is passed to). IAM evaluates a condition on a key absent from the
+    request as false, in the simulator too: without them a policy scoped by conditions, as the CDK ml stack's
+    is, would be reported denied (https://docs.aws.amazon.com/IAM/latest/UserGuide/
+    reference_policies_elements_condition.html)."""
+    account, region, role = settings.account, settings.region, settings.role
+    needed: dict[Request, list[str]] = {}
+
+    def need(resource: str, *actions: str, context: dict[str, str] | None = None) -> None:
+        listed = needed.setdefault((resource, tuple(sorted((context or {}).items()))), [])
+        listed += [a for a in actions if a not in listed]
 
     input_bucket, input_key = split_s3_uri(defaults.input_data_uri)
-    need(_arn_s3(input_bucket), "s3:ListBucket")  # S3Prefix inputs list the prefix
+    need(_arn_s3(input_bucket), "s3:ListBucket", context={"s3:prefix": input_key})  # S3Prefix inputs list it
     need(_arn_s3(input_bucket, f"{input_key.rstrip('/')}/events/part-0.parquet"), "s3:GetObject")
     output_bucket, output_key = split_s3_uri(defaults.output_uri)
-    need(_arn_s3(output_bucket), "s3:ListBucket")
+    need(_arn_s3(output_bucket), "s3:ListBucket", context={"s3:prefix": output_key})
     need(_arn_s3(output_bucket, f"{output_key.rstrip('/')}/execution/etl/part-0.parquet"),
          "s3:GetObject", "s3:PutObject")
     code_bucket, code_key = split_s3_uri(settings.code.archive_uri)
@@ -112,7 +120,8 @@ def required_permissions(settings: PipelineSettings, defaults: p.Defaults) -> di
         bucket, key = split_s3_uri(uri)
         need(_arn_s3(bucket, key), "s3:GetObject")
     # The `model` channel is an S3Prefix channel on the JumpStart bucket: SageMaker lists it.
-    need(_arn_s3(split_s3_uri(defaults.catboost_model_uri)[0]), "s3:ListBucket")
+    model_bucket, model_key = split_s3_uri(defaults.catboost_model_uri)
+    need(_arn_s3(model_bucket), "s3:ListBucket", context={"s3:prefix": model_key})
     match = _ECR_URI.match(defaults.steps_image_uri)
     if match and match.group(1) == account:
         need(f"arn:aws:ecr:{match.group(2)}:{account}:repository/{match.group(3)}",
@@ -122,7 +131,7 @@ def required_permissions(settings: PipelineSettings, defaults: p.Defaults) -> di
     need(f"arn:aws:sagemaker:{region}:{account}:training-job/ecomrec-train-example", "sagemaker:CreateTrainingJob")
     group = settings.config.model_package_group
     need(f"arn:aws:sagemaker:{region}:{account}:model-package/{group}/1", "sagemaker:CreateModelPackage")
-    need(role, "iam:PassRole")
+    need(role, "iam:PassRole", context={"iam:PassedToService": SAGEMAKER_PRINCIPAL})
     need(f"arn:aws:logs:{region}:{account}:log-group:/aws/sagemaker/ProcessingJobs:log-stream:example",
          "logs:CreateLogStream", "logs:PutLogEvents")
     return needed
@@ -131,10 +140,13 @@ def required_permissions(settings: PipelineSettings, defaults: p.Defaults) -> di
 def check_permissions(settings: PipelineSettings, defaults: p.Defaults, iam: Any) -> Finding:
     denied: list[str] = []
     checked = 0
-    for resource, actions in required_permissions(settings, defaults).items():
+    for (resource, context), actions in required_permissions(settings, defaults).items():
+        entries = [{"ContextKeyName": key, "ContextKeyValues": [value], "ContextKeyType": "string"}
+                   for key, value in context]
         try:
             results = iam.simulate_principal_policy(PolicySourceArn=settings.role, ActionNames=actions,
-                                                    ResourceArns=[resource])["EvaluationResults"]
+                                                    ResourceArns=[resource], ContextEntries=entries
+                                                    )["EvaluationResults"]
         except Exception as error:  # e.g. the caller lacks iam:SimulatePrincipalPolicy
             code, message = _error(error)
             return Finding("role permissions", "not checked",
