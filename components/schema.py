@@ -210,3 +210,7 @@ ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` f
 # A categorical feature's value when unknown (CatBoost cannot take a NULL category); the ETL writes it, the
 # trainer and every scorer map an empty field to it.
 MISSING_CATEGORY: Final = "__missing__"
+
+# TIFU-KNN pair features (components/candidates/tifu.py writes them, components/ranker/features.py reads them):
+# the user's own decayed item frequency u[item] and the k nearest users' mean u[item]
+TIFU_PAIR_COLUMNS: Final = ("x_tifu_own", "x_tifu_neighbours")

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from components import schema as s
 from components.errors import DataContractError
+from components.ranker.features import TIFU_ALPHA
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,8 @@ def read_purchases(events: Path, before: str) -> pd.DataFrame:
 
 # Ranker features (components/ranker/features.py): the settings the evaluation chose on Online Retail's train
 # fold (its label window; benchmarks/results/quality_peers.md), fixed so the ranker_data step needs no search.
-FEATURE_PARAMS = TifuParams(k=300, alpha=0.7, group_size=3, within_decay=1.0, group_decay=0.6)
-OWN = "x_tifu_own"  # the user's own decayed item frequency u[item]
-NEIGHBOURS = "x_tifu_neighbours"  # the k nearest users' mean u[item]
-PAIR_COLUMNS = (OWN, NEIGHBOURS)
+FEATURE_PARAMS = TifuParams(k=300, alpha=TIFU_ALPHA, group_size=3, within_decay=1.0, group_decay=0.6)
+OWN, NEIGHBOURS = PAIR_COLUMNS = s.TIFU_PAIR_COLUMNS  # u[item] of the user; the k nearest users' mean u[item]
 
 
 def baskets(purchases: pd.DataFrame) -> pd.DataFrame:

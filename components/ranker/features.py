@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
-from components.candidates import tifu
 from components.ranker.model import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,10 @@ _UNDEFINED_TOKENS = ("interval", "ratio", "avg", "mean", "between")
 
 # Derived feature names (only this module and the feature spec use them).
 UI_KNOWN: Final = "ui_known"
+# The blend of the TIFU-KNN pair columns (s.TIFU_PAIR_COLUMNS, written by components/candidates/tifu.py): its
+# alpha as chosen on Online Retail's train fold. Defined here, not imported from the candidates package,
+# which the inference image (it recomputes features for real-time answers) does not carry.
+TIFU_ALPHA: Final = 0.7
 TIFU_SCORE: Final = "x_tifu_score"  # alpha-blend of the two TIFU-KNN pair columns (components/candidates/tifu.py)
 TIFU_RANK: Final = "x_tifu_rank"  # the candidate's position by x_tifu_score within the user's list
 HIST_RANK: Final = "x_hist_rank"  # position in the `repurchase` baseline's order for this user
@@ -267,7 +270,7 @@ def _build_features(
     item_names = [n for n in feature_lists.get("item", []) if n in item_features.columns]
     ui_names = [n for n in feature_lists.get("user_item", []) if n in user_item_features.columns]
 
-    tifu_columns = [c for c in tifu.PAIR_COLUMNS if c in candidates.columns]  # ranker_data adds them
+    tifu_columns = [c for c in s.TIFU_PAIR_COLUMNS if c in candidates.columns]  # ranker_data adds them
     frame = candidates[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS, *tifu_columns]].copy()
     frame = frame.drop_duplicates([s.USER_IDX, s.ITEM_IDX]).reset_index(drop=True)
     for flag in _SOURCE_FLAGS:
@@ -282,12 +285,12 @@ def _build_features(
     cooc_rank = _rank_within_user(frame, [s.COOC_SCORE], [False])
     frame[COOC_RANK] = cooc_rank.where(frame[s.COOC_SCORE] > 0, RANK_SENTINEL)
     tifu_features: list[str] = []
-    if len(tifu_columns) == len(tifu.PAIR_COLUMNS):  # TIFU-KNN's score (Hu et al. 2020) and its rank
-        alpha = tifu.FEATURE_PARAMS.alpha
-        frame[TIFU_SCORE] = alpha * frame[tifu.OWN].astype(np.float64) + (1 - alpha) * frame[tifu.NEIGHBOURS]
+    if len(tifu_columns) == len(s.TIFU_PAIR_COLUMNS):  # TIFU-KNN's score (Hu et al. 2020) and its rank
+        own, neighbours = s.TIFU_PAIR_COLUMNS
+        frame[TIFU_SCORE] = TIFU_ALPHA * frame[own].astype(np.float64) + (1 - TIFU_ALPHA) * frame[neighbours]
         frame[TIFU_RANK] = _rank_within_user(frame, [TIFU_SCORE], [False]).where(frame[TIFU_SCORE] > 0,
                                                                                  RANK_SENTINEL)
-        tifu_features = [*tifu.PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK]
+        tifu_features = [*s.TIFU_PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK]
 
     ui = user_item_features[[s.USER_IDX, s.ITEM_IDX, *ui_names]].copy()
     ui[UI_KNOWN] = 1.0
