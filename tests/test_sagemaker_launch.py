@@ -184,11 +184,18 @@ def test_the_default_gates_jsonget_paths_resolve_in_the_produced_evaluation(
         patch.undo()
     (register,) = [step for step in definition["Steps"] if step["Type"] == "Condition"]
     paths: list[str] = []
+    # each property file the condition step reads, as the step that wrote it left it
+    documents = {"evaluation": evaluation, "bundle": json.loads(
+        (result.local(result.outputs["bundle"]) / s.BUNDLE_DIGEST_FILE).read_text())}
 
     def collect(node: Any) -> None:
         if isinstance(node, dict):
             if set(node) == {"Std:JsonGet"}:
-                paths.append(node["Std:JsonGet"]["Path"])
+                source = node["Std:JsonGet"]["PropertyFile"]["Get"].split(".")[1]  # Steps.<step>.PropertyFiles.<f>
+                if source == "evaluation":
+                    paths.append(node["Std:JsonGet"]["Path"])
+                else:  # the registered package's digest metadata (issue 13): from the bundle step's file
+                    json_get(documents[source], node["Std:JsonGet"]["Path"])
             for value in node.values():
                 collect(value)
         elif isinstance(node, list):
