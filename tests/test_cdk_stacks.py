@@ -804,13 +804,8 @@ def test_prometheus_scrapes_the_pods_and_evaluates_the_rules(synth: Synth, tmp_p
         path.write_text(json.dumps(checked))
         proc = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    # The scraper's role is the Kubernetes user the aps-collector ClusterRole is bound to.
-    [entry] = resources(raw, "AWS::EKS::AccessEntry").values()
-    assert entry["Properties"]["Username"] == k8s.SCRAPER_USER
-    applied = _applied_manifests(synth.raw(synth.built.serving))
-    binding = k8s.find(applied, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "User", "name": k8s.SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}]
-    assert k8s.find(applied, "ClusterRole")["metadata"]["name"] == binding["roleRef"]["name"]
+    # The scraper's cluster access is the entry AMP creates itself (tests/test_aws_constraints.py).
+    assert resources(raw, "AWS::EKS::AccessEntry") == {}
 
 
 def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) -> None:
@@ -833,6 +828,40 @@ def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) ->
     assert "CloudWatchAgentServerPolicy" in json.dumps(role["ManagedPolicyArns"])
     hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"  # served by metrics-server's metrics.k8s.io
+
+
+def test_grafana_gets_the_data_source_and_the_dashboard_on_every_deploy(synth: Synth) -> None:
+    """The custom resource of cdk/grafana (tests/test_grafana_provision.py runs its handler) is given the
+    workspace, its endpoint, the AMP workspace's endpoint and the dashboard file itself (a changed file is a
+    changed property: the next deploy updates the dashboard); its function may only mint and delete
+    service-account tokens of that one workspace."""
+    from stacks.monitoring import DASHBOARD_FILE, GRAFANA_PROVISIONER_ACTIONS
+
+    raw = synth.raw(synth.built.monitoring)
+    [grafana_id] = resources(raw, "AWS::Grafana::Workspace")
+    [amp_id] = resources(raw, "AWS::APS::Workspace")
+    [dashboard] = resources(raw, "Custom::EcomrecGrafanaDashboard").values()
+    props = dashboard["Properties"]
+    assert props["Dashboard"] == DASHBOARD_FILE.read_text()
+    assert props["WorkspaceId"] == {"Fn::GetAtt": [grafana_id, "Id"]}
+    assert props["PrometheusUrl"] == {"Fn::GetAtt": [amp_id, "PrometheusEndpoint"]}
+    assert props["GrafanaUrl"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [grafana_id, "Endpoint"]}]]}
+    assert props["Region"] == {"Ref": "AWS::Region"}
+    # The provider framework calls our function, which runs the provisioner package.
+    fns = resources(raw, "AWS::Lambda::Function")
+    [(fn_id, fn)] = [(k, v) for k, v in fns.items()
+                     if v["Properties"].get("Handler") == "ecomrec_grafana.provision.handler"]
+    assert fn["Properties"]["Runtime"].startswith("python3.")
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = [pol["Properties"] for pol in resources(raw, "AWS::IAM::Policy").values()]
+    granted = [st for pol in policies if {"Ref": role_id} in pol["Roles"] for st in pol["PolicyDocument"]["Statement"]]
+    [grant] = granted
+    assert sorted(as_list(grant["Action"])) == sorted(f"grafana:{a}" for a in GRAFANA_PROVISIONER_ACTIONS)
+    resource = json.dumps(grant["Resource"])
+    assert ":grafana:" in resource and ":/workspaces/" in resource and grafana_id in resource
+    assert "*" not in resource
+    assert dashboard["Properties"]["ServiceToken"]["Fn::GetAtt"][0].startswith("GrafanaProvisionerProvider")
+    assert fn_id.startswith("GrafanaProvisionerFn")
 
 
 # ------------------------------------------------------------------ github

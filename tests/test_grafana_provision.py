@@ -113,7 +113,7 @@ def _server(state: FakeGrafana) -> ThreadingHTTPServer:
                                           "status": "success", "version": version})
             return self._answer(404, {"message": "Not found"})
 
-        do_GET = do_POST = do_PUT = _handle
+        do_GET = do_POST = do_PUT = _handle  # noqa: N815 (http.server dispatches on these names)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -95,7 +95,7 @@ class GrafanaApi:
                      "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 (https URL from the stack)
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 answer: dict[str, Any] = json.loads(response.read() or b"{}")
                 return answer
         except urllib.error.HTTPError as error:
