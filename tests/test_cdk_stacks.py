@@ -920,6 +920,45 @@ def test_deploy_role_may_run_cd_ymls_checks_before_the_upsert(synth: Synth) -> N
     assert allowed("sagemaker:DescribeModelPackageGroup", "model-package-group/ecomrec")
 
 
+def test_cd_doctor_checks_the_raw_data_the_retraining_schedule_reads(synth: Synth) -> None:
+    """cd.yml's `pipeline doctor` looks for raw data (and the role's read grants on it) where the scheduled
+    runs will read it: the InputDataUri the EcomrecEvents schedule passes, the raw bucket's raw prefix (not the
+    definition's default under the processed bucket). The deploy role may list that bucket."""
+    import yaml
+
+    cd = yaml.safe_load((REPO / ".github" / "workflows" / "cd.yml").read_text())
+    steps = [step for job in cd["jobs"].values() for step in job["steps"]]
+    doctor = next(step["run"] for step in steps if "ecomrec pipeline doctor" in step.get("run", ""))
+    match = re.search(r'--input-data-uri "\$\{\{ steps\.names\.outputs\.(\w+) \}\}"', doctor)
+    assert match, doctor
+    names = next(step["run"] for step in steps if step.get("id") == "names")
+    [template] = re.findall(rf'echo "{match.group(1)}=([^"]+)"', names)
+    rendered = (template.replace("${PREFIX}", cd["env"]["PREFIX"]).replace("${account}", ACCOUNT)
+                .replace("${AWS_REGION}", REGION))
+
+    data = synth.raw(synth.built.data)
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return str(sep).join(resolve(part) for part in parts)
+        if "Fn::ImportValue" in value:
+            export = value["Fn::ImportValue"].split(":", 1)[1]
+            ref = data["Outputs"][export]["Value"]["Ref"]
+            return str(data["Resources"][ref]["Properties"]["BucketName"])
+        raise AssertionError(f"cannot resolve {value}")
+
+    [schedule] = resources(synth.raw(synth.built.events), "AWS::Scheduler::Schedule").values()
+    params = schedule["Properties"]["Target"]["SageMakerPipelineParameters"]["PipelineParameterList"]
+    scheduled = resolve(next(p["Value"] for p in params if p["Name"] == "InputDataUri"))
+    assert rendered == scheduled == f"s3://ecomrec-raw-{ACCOUNT}-{REGION}/raw/"
+    assert any(
+        "s3:ListBucket" in as_list(st["Action"]) and "ExportsOutputFnGetAttRaw" in json.dumps(st["Resource"])
+        for st in statements(synth.raw(synth.built.github), "DeployRole"))
+
+
 # ------------------------------------------------------------------ cdk-nag and cfn-lint
 
 
