@@ -14,7 +14,8 @@ What the fake Grafana checks, from Grafana's HTTP API reference (the version Ama
 - every call: ``Authorization: Bearer <token>`` (service-account tokens are used like API keys,
   https://docs.aws.amazon.com/grafana/latest/userguide/service-accounts.html) and a JSON body.
 The data source's jsonData (sigV4Auth, sigV4Region) is what Grafana's SigV4 option for Amazon Managed
-Service for Prometheus stores (https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-onboard-query-standalone-grafana.html).
+Service for Prometheus stores (https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-onboard-query-standalone-grafana.html);
+sigV4AuthType "ec2_iam_role" is the workspace's IAM role (grafana/grafana-aws-sdk pkg/awsds/types.go, ToAuthType).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ On Create and Update, with a Grafana service-account token that lives for this i
    POST /api/datasources (404) or PUT /api/datasources/uid/:uid
    (https://grafana.com/docs/grafana/v10.4/developers/http_api/data_source/; the same pages in AMG:
    https://docs.aws.amazon.com/grafana/latest/userguide/Grafana-API-Datasource.html). It signs its queries
-   with SigV4 as the workspace's IAM role (jsonData sigV4Auth / sigV4AuthType ``ec2_iam_role``, the "workspace
-   IAM role" of AMG's data source settings / sigV4Region,
-   https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-onboard-query-standalone-grafana.html);
+   with SigV4 (jsonData sigV4Auth + sigV4Region,
+   https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-onboard-query-standalone-grafana.html) as the
+   workspace's IAM role: sigV4AuthType ``ec2_iam_role``, the value grafana/grafana-aws-sdk's
+   pkg/awsds/types.go maps to AuthTypeEC2IAMRole, which Grafana's editor labels "Workspace IAM Role";
 3. the dashboard, POST /api/dashboards/db with ``overwrite: true``
    (https://grafana.com/docs/grafana/v10.4/developers/http_api/dashboard/), its ``datasource`` variable set
    to that data source;
@@ -171,10 +172,13 @@ def service_account_token(grafana: Any, workspace_id: str, token_name: str) -> I
 def on_event(event: dict[str, Any], grafana: Any) -> dict[str, Any]:
     """onEvent of the CDK provider framework (it reports the result to CloudFormation)."""
     props = event["ResourceProperties"]
-    physical_id = event.get("PhysicalResourceId") or f"{props['WorkspaceId']}/{props['DataSourceUid']}"
     if event["RequestType"] == "Delete":
+        physical_id = event["PhysicalResourceId"]
         log.info("delete %s: nothing to do (the workspace holds the data source and the dashboard)", physical_id)
         return {"PhysicalResourceId": physical_id}
+    # Named after the workspace: another workspace is another resource (CloudFormation then deletes the old
+    # one, which does nothing).
+    physical_id = f"{props['WorkspaceId']}/{props['DataSourceUid']}"
     uid, name = props["DataSourceUid"], props["DataSourceName"]
     dashboard = dashboard_with_datasource(json.loads(props["Dashboard"]), uid, name)
     token_name = f"cfn-{event.get('RequestId', 'request')}"[:128]
