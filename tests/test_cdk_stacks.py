@@ -830,7 +830,7 @@ def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) ->
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"  # served by metrics-server's metrics.k8s.io
 
 
-def test_grafana_gets_the_data_source_and_the_dashboard_on_every_deploy(synth: Synth) -> None:
+def test_grafana_gets_the_data_source_and_the_dashboard_from_the_stack(synth: Synth) -> None:
     """The custom resource of cdk/grafana (tests/test_grafana_provision.py runs its handler) is given the
     workspace, its endpoint, the AMP workspace's endpoint and the dashboard file itself (a changed file is a
     changed property: the next deploy updates the dashboard); its function may only mint and delete

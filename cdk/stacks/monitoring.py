@@ -393,8 +393,9 @@ class MonitoringStack(cdk.Stack):
         cdk.CfnOutput(self, "GrafanaWorkspaceId", value=self.grafana.attr_id)
 
     def _provision_grafana(self) -> None:
-        """The custom resource that adds the data source and the dashboard to the workspace on every deploy
-        (upserts: an unchanged deploy changes nothing), with a service-account token that it deletes again."""
+        """The custom resource that puts the data source and the dashboard into the workspace when the stack is
+        created and whenever its inputs change (the dashboard file, the endpoints), with a service-account
+        token that it deletes again. Its steps are upserts, so a repeated run converges."""
         workspace_arn = (f"arn:{cdk.Aws.PARTITION}:grafana:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}"
                          f":/workspaces/{self.grafana.attr_id}")
         fn = lambda_.Function(
