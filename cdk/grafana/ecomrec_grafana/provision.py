@@ -8,7 +8,8 @@ On Create and Update, with a Grafana service-account token that lives for this i
    for it: the Amazon Managed Grafana API's CreateWorkspaceServiceAccount and
    CreateWorkspaceServiceAccountToken (https://docs.aws.amazon.com/grafana/latest/APIReference/API_CreateWorkspaceServiceAccount.html,
    https://docs.aws.amazon.com/grafana/latest/APIReference/API_CreateWorkspaceServiceAccountToken.html);
-   botocore has them since 1.34.106 (its CHANGELOG), the Lambda Python 3.14 runtime ships a later one;
+   botocore has them since 1.34.106 (its CHANGELOG.rst), older than the SDK the Lambda Python 3.14 runtime
+   includes (https://docs.aws.amazon.com/lambda/latest/dg/lambda-python.html#python-sdk-included);
 2. the data source, by a fixed uid, through Grafana's HTTP API: GET /api/datasources/uid/:uid, then
    POST /api/datasources (404) or PUT /api/datasources/uid/:uid
    (https://grafana.com/docs/grafana/v10.4/developers/http_api/data_source/; the same pages in AMG:
