@@ -80,6 +80,23 @@ METRICS_SERVER_ADDON = "metrics-server"
 NEW_ACCOUNT_CONCURRENCY = 10
 UNRESERVED_MINIMUM = 100
 
+# https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html#AMP-collector-eks-setup:
+# with the cluster's authentication mode "either API or API_AND_CONFIG_MAP", "any scrapers you create through
+# the Amazon Managed Service for Prometheus API or CLI ... will automatically have the correct access entry
+# policy created for you" (rules: get/list/watch on nodes, nodes/proxy, nodes/metrics, services, endpoints,
+# pods, ingresses, configmaps; ingresses(/status) in extensions and networking.k8s.io; get on
+# metrics.eks.amazonaws.com kcm/metrics and ksh/metrics; get on /metrics). The manual ClusterRole +
+# aws-auth mapping on that page is the alternative for clusters that use the aws-auth ConfigMap.
+# https://docs.aws.amazon.com/eks/latest/userguide/creating-access-entries.html: one access entry per IAM
+# principal and cluster (a second CreateAccessEntry for it fails "already in use").
+AMP_AUTO_ACCESS_ENTRY_MODES = {"API", "API_AND_CONFIG_MAP"}
+
+# https://docs.aws.amazon.com/grafana/latest/APIReference/API_CreateWorkspaceServiceAccount.html: "You can only
+# create service accounts for workspaces that are compatible with Grafana version 9 and above"; Amazon Managed
+# Grafana's first 9.x is 9.4 ("With the release of Grafana 9.4, Amazon Managed Grafana added support for service
+# accounts", https://aws.amazon.com/blogs/big-data/migrating-from-api-keys-to-service-account-tokens-in-grafana-dashboards-using-terraform).
+GRAFANA_SERVICE_ACCOUNTS_SINCE = (9, 4)
+
 
 # ------------------------------------------------------------------ checkers (pure, on template dicts)
 
@@ -158,6 +175,25 @@ def lambda_concurrency_problems(template: dict[str, Any], account_quota: int) ->
         if reserved is not None and account_quota - int(reserved) < UNRESERVED_MINIMUM:
             problems.append(f"{lid}: ReservedConcurrentExecutions {reserved} leaves less than "
                             f"{UNRESERVED_MINIMUM} unreserved of {account_quota}")
+    return problems
+
+
+def scraper_access_problems(templates: dict[str, dict[str, Any]]) -> list[str]:
+    """An AMP scraper on a cluster whose authentication mode does not get it an automatic access entry, or an
+    access entry of ours for the scraper's role (it collides with the one AMP creates)."""
+    problems: list[str] = []
+    scrapers = {lid for t in templates.values() for lid in _resources(t, "AWS::APS::Scraper")}
+    if not scrapers:
+        return problems
+    for name, template in templates.items():
+        for lid, cluster in _resources(template, "AWS::EKS::Cluster").items():
+            mode = cluster["Properties"].get("AccessConfig", {}).get("AuthenticationMode", "CONFIG_MAP")
+            if mode not in AMP_AUTO_ACCESS_ENTRY_MODES:
+                problems.append(f"{name}/{lid}: authentication mode {mode}: AMP creates no access entry")
+        for lid, entry in _resources(template, "AWS::EKS::AccessEntry").items():
+            principal = entry["Properties"].get("PrincipalArn")
+            if isinstance(principal, dict) and principal.get("Fn::GetAtt", [None])[0] in scrapers:
+                problems.append(f"{name}/{lid}: an access entry for the scraper's role (AMP creates it)")
     return problems
 
 
@@ -249,3 +285,33 @@ def test_no_function_reserves_concurrency_a_new_account_cannot_give(templates: d
     one = {"Resources": {"F": {"Type": "AWS::Lambda::Function", "Properties": {"ReservedConcurrentExecutions": 1}}}}
     assert lambda_concurrency_problems(one, NEW_ACCOUNT_CONCURRENCY)
     assert lambda_concurrency_problems(one, 1000) == []
+
+
+# ------------------------------------------------------------------ Amazon Managed Service for Prometheus, Grafana
+
+
+def test_the_scraper_gets_its_cluster_access_from_amp(templates: dict[str, dict[str, Any]]) -> None:
+    """AMP-collector-how-to.html (see AMP_AUTO_ACCESS_ENTRY_MODES): the cluster's authentication mode makes AMP
+    create the scraper's access entry with the read-only rules above, so the stacks create none of their own
+    (the monitoring stack had one, which would have failed the deploy on the entry AMP had just made) and no
+    ClusterRole for it (the manual path is for aws-auth clusters)."""
+    assert scraper_access_problems(templates) == []
+    applied = json.dumps(templates["EcomrecServing"])
+    assert "aps-collector" not in applied
+    # The check itself, on the entry the monitoring stack had.
+    broken = json.loads(json.dumps(templates))
+    [scraper] = _resources(broken["EcomrecMonitoring"], "AWS::APS::Scraper")
+    broken["EcomrecMonitoring"]["Resources"]["ScraperAccess"] = {"Type": "AWS::EKS::AccessEntry", "Properties": {
+        "ClusterName": "c", "PrincipalArn": {"Fn::GetAtt": [scraper, "RoleArn"]}, "Username": "aps-collector-user"}}
+    [cluster] = _resources(broken["EcomrecServing"], "AWS::EKS::Cluster")
+    broken["EcomrecServing"]["Resources"][cluster]["Properties"]["AccessConfig"]["AuthenticationMode"] = "CONFIG_MAP"
+    found = "\n".join(scraper_access_problems(broken))
+    assert "ScraperAccess: an access entry for the scraper's role" in found
+    assert "authentication mode CONFIG_MAP" in found
+
+
+def test_the_grafana_workspace_allows_service_accounts(templates: dict[str, dict[str, Any]]) -> None:
+    """API_CreateWorkspaceServiceAccount.html: service accounts (the dashboard provisioner's token) need Grafana
+    9.4 or later in Amazon Managed Grafana; the workspace pins a version that has them."""
+    [workspace] = _resources(templates["EcomrecMonitoring"], "AWS::Grafana::Workspace").values()
+    assert _version(workspace["Properties"]["GrafanaVersion"]) >= GRAFANA_SERVICE_ACCOUNTS_SINCE

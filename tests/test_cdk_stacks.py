@@ -804,13 +804,8 @@ def test_prometheus_scrapes_the_pods_and_evaluates_the_rules(synth: Synth, tmp_p
         path.write_text(json.dumps(checked))
         proc = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    # The scraper's role is the Kubernetes user the aps-collector ClusterRole is bound to.
-    [entry] = resources(raw, "AWS::EKS::AccessEntry").values()
-    assert entry["Properties"]["Username"] == k8s.SCRAPER_USER
-    applied = _applied_manifests(synth.raw(synth.built.serving))
-    binding = k8s.find(applied, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "User", "name": k8s.SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}]
-    assert k8s.find(applied, "ClusterRole")["metadata"]["name"] == binding["roleRef"]["name"]
+    # The scraper's cluster access is the entry AMP creates itself (tests/test_aws_constraints.py).
+    assert resources(raw, "AWS::EKS::AccessEntry") == {}
 
 
 def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) -> None:
@@ -833,6 +828,40 @@ def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) ->
     assert "CloudWatchAgentServerPolicy" in json.dumps(role["ManagedPolicyArns"])
     hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"  # served by metrics-server's metrics.k8s.io
+
+
+def test_grafana_gets_the_data_source_and_the_dashboard_from_the_stack(synth: Synth) -> None:
+    """The custom resource of cdk/grafana (tests/test_grafana_provision.py runs its handler) is given the
+    workspace, its endpoint, the AMP workspace's endpoint and the dashboard file itself (a changed file is a
+    changed property: the next deploy updates the dashboard); its function may only mint and delete
+    service-account tokens of that one workspace."""
+    from stacks.monitoring import DASHBOARD_FILE, GRAFANA_PROVISIONER_ACTIONS
+
+    raw = synth.raw(synth.built.monitoring)
+    [grafana_id] = resources(raw, "AWS::Grafana::Workspace")
+    [amp_id] = resources(raw, "AWS::APS::Workspace")
+    [dashboard] = resources(raw, "Custom::EcomrecGrafanaDashboard").values()
+    props = dashboard["Properties"]
+    assert props["Dashboard"] == DASHBOARD_FILE.read_text()
+    assert props["WorkspaceId"] == {"Fn::GetAtt": [grafana_id, "Id"]}
+    assert props["PrometheusUrl"] == {"Fn::GetAtt": [amp_id, "PrometheusEndpoint"]}
+    assert props["GrafanaUrl"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [grafana_id, "Endpoint"]}]]}
+    assert props["Region"] == {"Ref": "AWS::Region"}
+    # The provider framework calls our function, which runs the provisioner package.
+    fns = resources(raw, "AWS::Lambda::Function")
+    [(fn_id, fn)] = [(k, v) for k, v in fns.items()
+                     if v["Properties"].get("Handler") == "ecomrec_grafana.provision.handler"]
+    assert fn["Properties"]["Runtime"].startswith("python3.")
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = [pol["Properties"] for pol in resources(raw, "AWS::IAM::Policy").values()]
+    granted = [st for pol in policies if {"Ref": role_id} in pol["Roles"] for st in pol["PolicyDocument"]["Statement"]]
+    [grant] = granted
+    assert sorted(as_list(grant["Action"])) == sorted(f"grafana:{a}" for a in GRAFANA_PROVISIONER_ACTIONS)
+    resource = json.dumps(grant["Resource"])
+    assert ":grafana:" in resource and ":/workspaces/" in resource and grafana_id in resource
+    assert "*" not in resource
+    assert dashboard["Properties"]["ServiceToken"]["Fn::GetAtt"][0].startswith("GrafanaProvisionerProvider")
+    assert fn_id.startswith("GrafanaProvisionerFn")
 
 
 # ------------------------------------------------------------------ github
@@ -889,6 +918,45 @@ def test_deploy_role_may_run_cd_ymls_checks_before_the_upsert(synth: Synth) -> N
     for action in ("s3:ListBucket", "s3:GetBucketLocation"):
         assert allowed(action, "ExportsOutputFnGetAttProcessed"), action
     assert allowed("sagemaker:DescribeModelPackageGroup", "model-package-group/ecomrec")
+
+
+def test_cd_doctor_checks_the_raw_data_the_retraining_schedule_reads(synth: Synth) -> None:
+    """cd.yml's `pipeline doctor` looks for raw data (and the role's read grants on it) where the scheduled
+    runs will read it: the InputDataUri the EcomrecEvents schedule passes, the raw bucket's raw prefix (not the
+    definition's default under the processed bucket). The deploy role may list that bucket."""
+    import yaml
+
+    cd = yaml.safe_load((REPO / ".github" / "workflows" / "cd.yml").read_text())
+    steps = [step for job in cd["jobs"].values() for step in job["steps"]]
+    doctor = next(step["run"] for step in steps if "ecomrec pipeline doctor" in step.get("run", ""))
+    match = re.search(r'--input-data-uri "\$\{\{ steps\.names\.outputs\.(\w+) \}\}"', doctor)
+    assert match, doctor
+    names = next(step["run"] for step in steps if step.get("id") == "names")
+    [template] = re.findall(rf'echo "{match.group(1)}=([^"]+)"', names)
+    rendered = (template.replace("${PREFIX}", cd["env"]["PREFIX"]).replace("${account}", ACCOUNT)
+                .replace("${AWS_REGION}", REGION))
+
+    data = synth.raw(synth.built.data)
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return str(sep).join(resolve(part) for part in parts)
+        if "Fn::ImportValue" in value:
+            export = value["Fn::ImportValue"].split(":", 1)[1]
+            ref = data["Outputs"][export]["Value"]["Ref"]
+            return str(data["Resources"][ref]["Properties"]["BucketName"])
+        raise AssertionError(f"cannot resolve {value}")
+
+    [schedule] = resources(synth.raw(synth.built.events), "AWS::Scheduler::Schedule").values()
+    params = schedule["Properties"]["Target"]["SageMakerPipelineParameters"]["PipelineParameterList"]
+    scheduled = resolve(next(p["Value"] for p in params if p["Name"] == "InputDataUri"))
+    assert rendered == scheduled == f"s3://ecomrec-raw-{ACCOUNT}-{REGION}/raw/"
+    assert any(
+        "s3:ListBucket" in as_list(st["Action"]) and "ExportsOutputFnGetAttRaw" in json.dumps(st["Resource"])
+        for st in statements(synth.raw(synth.built.github), "DeployRole"))
 
 
 # ------------------------------------------------------------------ cdk-nag and cfn-lint

@@ -156,6 +156,7 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         "EcomrecGithub",
         config=config,
         processed_bucket=data.processed_bucket,
+        raw_bucket=data.raw_bucket,
         repositories=[ml.inference_repo, ml.steps_repo],
         sagemaker_role=ml.role,
         env=env,

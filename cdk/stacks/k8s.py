@@ -273,38 +273,6 @@ def ingress(p: ManifestParams) -> dict[str, Any]:
     }
 
 
-# The Kubernetes user the Amazon Managed Service for Prometheus scraper's access entry maps to, and the
-# read-only role it needs for service discovery and scraping, as the AMP guide gives them:
-# https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html (cluster configuration).
-SCRAPER_USER = "aps-collector-user"
-SCRAPER_ROLE = "aps-collector-role"
-
-
-def scraper_rbac() -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": SCRAPER_ROLE},
-            "rules": [
-                {"apiGroups": [""], "resources": ["nodes", "nodes/proxy", "nodes/metrics", "services", "endpoints",
-                                                  "pods", "ingresses", "configmaps"],
-                 "verbs": ["describe", "get", "list", "watch"]},
-                {"apiGroups": ["extensions", "networking.k8s.io"], "resources": ["ingresses/status", "ingresses"],
-                 "verbs": ["describe", "get", "list", "watch"]},
-                {"apiGroups": ["metrics.eks.amazonaws.com"], "resources": ["kcm/metrics", "ksh/metrics"],
-                 "verbs": ["get"]},
-                {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": SCRAPER_ROLE + "-binding"},
-            "subjects": [{"kind": "User", "name": SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}],
-            "roleRef": {"kind": "ClusterRole", "name": SCRAPER_ROLE, "apiGroup": "rbac.authorization.k8s.io"},
-        },
-    ]
 def network_policy(p: ManifestParams) -> dict[str, Any]:
     """Only the load balancer and the metrics scraper reach the pods, and only on the serving port: no
     other pod in the cluster can call /admin/*, /invocations or /metrics (issue 13, finding 1).
@@ -345,7 +313,6 @@ def inference_manifests(p: ManifestParams) -> list[dict[str, Any]]:
     """All objects in apply order (namespace first; deletion runs in reverse)."""
     return [
         namespace(),
-        *scraper_rbac(),
         service_account(),
         *ingress_class(),
         deployment(p),
