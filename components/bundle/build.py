@@ -84,7 +84,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     # with how often and how recently: the console's explorer shows a user's history from them
     history = [c for c in (s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST) if c in ui.columns]
     purchased = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX, *history]]
-    history = _history_tables(fold, ui)
+    tables = _history_tables(fold, ui)
     archive = train / s.MODEL_ARCHIVE
     if not archive.is_file():
         raise BundleError(f"missing trained model {archive}")
@@ -108,7 +108,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         model_file=model_dir / s.MODEL_FILE,
         window=json.loads((etl / s.WINDOWS_FILE).read_text()),
         evaluation=json.loads((evaluation / s.EVALUATION_FILE).read_text()),
-        history=history,
+        history=tables,
     )
 
 

@@ -49,6 +49,7 @@ class FreshAnswers:
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._scored: OrderedDict[tuple[str, int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
                   ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
@@ -76,6 +77,15 @@ class FreshAnswers:
         """The user's candidate items and their per-request scores, features as of ``at_us`` for a bundle
         without history (default: now), or as of the user's newest event with one (features.as_of_us)."""
         assert model.ranker is not None
+        # With history the answer is a function of the user's events alone: computed once per new event
+        # (build_features costs tens of milliseconds), then read from here.
+        key = (model.version, user_idx, tuple(e.key for e in events))
+        if model.user_history is not None:
+            with self._lock:
+                hit = self._scored.get(key)
+                if hit is not None:
+                    self._scored.move_to_end(key)
+                    return hit
         cut = cutoff_us(model)
         items, prepared, positions = self._prepared(model, user_idx, rows)
         numeric = prepared.numeric.copy()
@@ -94,6 +104,11 @@ class FreshAnswers:
         for name, values in columns.items():
             numeric[:, positions[name]] = values
         scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
+        if model.user_history is not None:
+            with self._lock:
+                self._scored[key] = (items, scores)
+                if len(self._scored) > PREPARED_CACHE_USERS:
+                    self._scored.popitem(last=False)
         return items, scores
 
     def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None) -> list[StoredEvent]:
