@@ -1,6 +1,7 @@
 """Fresh answers: a user with events since the bundle's cutoff is scored per request by the bundle's
-CatBoost model, on their candidate rows with the user-event features recomputed as of the request time
-(components/realtime/features.py says which). Users without such events keep the load-time scores.
+CatBoost model, on their candidate rows with the user-event features recomputed as of their newest event
+(components/realtime/features.py says which). Users without such events keep the load-time scores, which
+are their per-request scores (tests/test_realtime_parity.py).
 
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
