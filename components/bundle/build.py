@@ -128,13 +128,16 @@ def _history_tables(fold: Path, user_item: pd.DataFrame) -> dict[str, pd.DataFra
             "item_history.parquet": item_history_stats(user_item)}
 
 
+# The ETL settings real-time features need with the history (ui_weight: components/etl/weights.py).
+REALTIME_ETL_KEYS = ("event_weights", "purchase_weight_by_quantity", "quantity_cap", "decay_half_life_days",
+                     "weight_unit", "quantity_scale")
+
+
 # CatBoost stamps every model with a random GUID and the finish time, and stores how it ran: its logging and
 # file options, and the machine's share (threads, RAM limit, hosts) in the params. None changes a prediction;
 # all would change the bundle's checksums, and with them its content-derived version: the same data and
 # config trained on a laptop and on a SageMaker instance (thread_count -1 there, the hyperparameters in
 # another order) must give one version.
-REALTIME_ETL_KEYS = ("event_weights", "purchase_weight_by_quantity", "quantity_cap", "decay_half_life_days",
-                     "weight_unit", "quantity_scale")
 VOLATILE_MODEL_METADATA = ("model_guid", "train_finish_time", "output_options")
 MACHINE_PARAMS = ("thread_count", "used_ram_limit")  # in params.flat_params; params.system_options is all machine
 
@@ -230,6 +233,9 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec",
     parts = [f"{s.BUNDLE_CANDIDATES}/{path.name}" for path in sorted((staging / s.BUNDLE_CANDIDATES).iterdir())]
     history = []
     if inputs.history is not None:
+        if not etl_config:
+            raise BundleError("a bundle with the fold's history needs the ETL settings it was computed with "
+                              "(write_bundle's etl_config)")
         (staging / s.BUNDLE_HISTORY).mkdir()
         for name, table in inputs.history.items():
             table.to_parquet(staging / s.BUNDLE_HISTORY / name, index=False, row_group_size=65_536)
@@ -250,7 +256,7 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec",
         "metrics": inputs.evaluation.get("ranking_metrics", {}),
         "feature_spec": inputs.feature_spec,
         # the interaction-weight settings ui_weight was computed with (real-time features recompute it)
-        **({"etl": {k: etl_config[k] for k in REALTIME_ETL_KEYS if k in etl_config}} if etl_config else {}),
+        **({"etl": {k: etl_config[k] for k in REALTIME_ETL_KEYS}} if history and etl_config else {}),
         "counts": {
             "users": len(inputs.users_map),
             "items": len(inputs.items_map),

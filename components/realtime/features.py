@@ -18,6 +18,9 @@ candidate generators' columns (ALS, co-occurrence, TIFU scores, ``from_*`` flags
 every user's events, which this user's request does not know) and the ``x_*`` built from item features
 only, and the shop's attributes.
 
+The service computes them as of the user's newest event (:func:`as_of_us`), not the clock: a user's
+features change with their events only, so a user without fresh events is the snapshot itself.
+
 Windows at a t that is not a midnight use the ETL's own formula, ``day >= t // day - N`` (the day of t
 counts). An event on an item the bundle does not know counts for the user's features; its item has no
 item features (the batch would have them from the event itself: ``x_price_ratio`` may differ).
@@ -74,25 +77,12 @@ def _shift(values: np.ndarray, by_days: float) -> np.ndarray:
     return np.where(values >= DAYS_SENTINEL, values, values + by_days)
 
 
-def features_as_of(rows: pd.DataFrame, events: Sequence[StoredEvent], *, item_index: dict[str, int],
-                   bought_before: set[int], cutoff_us: int, at_us: int) -> pd.DataFrame:
-    """A copy of one user's candidate ``rows`` (item_idx + features at the cutoff) with the subset
-    recomputed as of ``at_us`` from ``events`` (the user's events in [cutoff, at)). ``bought_before``:
-    the items the user bought before the cutoff (the bundle's purchased list)."""
-    out = rows.copy()
-    columns = {name: out[name].to_numpy(np.float64, copy=True) for name in AS_OF_FEATURES if name in out.columns}
-    apply_as_of(columns, out[s.ITEM_IDX].to_numpy(np.int64), events, item_index=item_index,
-                bought_before=bought_before, cutoff_us=cutoff_us, at_us=at_us)
-    for name, values in columns.items():
-        out[name] = values
-    return out
-
-
 def apply_as_of(columns: dict[str, np.ndarray], items: np.ndarray, events: Sequence[StoredEvent], *,
                 item_index: dict[str, int], bought_before: set[int], cutoff_us: int, at_us: int) -> None:
-    """The same on arrays: ``columns`` maps the subset's names present in the rows to their float64
-    values at the cutoff (one per row of ``items``), updated in place. The serving path calls this on its
-    prepared matrix; :func:`features_as_of` on a frame."""
+    """The subset (:data:`AS_OF_FEATURES`) as of ``at_us`` from ``events`` (the user's events in [cutoff,
+    at)), for a bundle without history: ``columns`` maps the subset's names present in the rows to their
+    float64 values at the cutoff (one per row of ``items``), updated in place. ``bought_before``: the
+    items the user bought before the cutoff (the bundle's purchased list)."""
     shift = _days(at_us - cutoff_us)
     for name in (*PAIR_DAYS, *USER_DAYS):
         if name in columns:
@@ -229,11 +219,7 @@ class UserHistory:
                                                      if "price" in n or n in self.spec.categorical]}
         window = bundle.manifest["window"]
         self.horizon_days = float(window["test_days"])
-        etl = bundle.manifest.get("etl") or {}
-        defaults = {"event_weights": {s.VIEW: 1.0, s.ADD_TO_CART: 3.0, s.PURCHASE: 5.0, s.RETURN: -5.0},
-                    "purchase_weight_by_quantity": True, "quantity_cap": 100, "decay_half_life_days": None,
-                    "weight_unit": "day", "quantity_scale": "log"}  # EtlConfig's, for a manifest without them
-        etl = {**defaults, **etl}
+        etl = bundle.manifest["etl"]  # the weight settings, written with the history (bundle/build.py)
         self.weights = Weights(
             event_weights={str(k): float(v) for k, v in etl["event_weights"].items()},
             by_quantity=bool(etl["purchase_weight_by_quantity"]), quantity_cap=float(etl["quantity_cap"]),
@@ -248,7 +234,7 @@ class UserHistory:
     @classmethod
     def load(cls, bundle: Bundle) -> UserHistory | None:
         """None for a bundle without ``history/`` (the subset path then applies)."""
-        return cls(bundle) if (bundle.root / s.BUNDLE_HISTORY / "daily.parquet").is_file() else None
+        return cls(bundle) if f"{s.BUNDLE_HISTORY}/daily.parquet" in bundle.manifest["files"] else None
 
     def user_daily(self, user_idx: int) -> dict[str, np.ndarray]:
         rows = slice(int(self.offsets[user_idx]), int(self.offsets[user_idx + 1]))
