@@ -7,6 +7,7 @@ in [c, t), t = c + 14 days, has those events replayed online (components/realtim
 (components/etl/features.py, as the ETL step calls them) with the log's cutoff at t, then by the ranker's
 ``build_features`` with the snapshot's item tables (item features stay at the snapshot online: they count
 every user's events). Every recomputed column must agree: counts and ranks exactly, the rest to float32.
+The same runs on the Online Retail pipeline run (slow) for a sample of users.
 
 Second, REALTIME.md's "users with no event since the cutoff may be answered from precomputed scores,
 provided that equals what per-request scoring would return": checked on the same bundle for every user.
@@ -14,6 +15,7 @@ provided that equals what per-request scoring would return": checked on the same
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,20 +78,27 @@ def stored_events(frame: pd.DataFrame) -> list[StoredEvent]:
             for i, r in enumerate(frame.sort_values("ts_us").to_dict("records"))]
 
 
-def test_online_features_equal_the_batch_features_at_the_same_cutoff(spark: object, tiny_run: Path) -> None:
-    bundle = load_bundle(tiny_run / "bundle" / s.MODEL_ARCHIVE)
+def check_parity(spark: object, run: Path, max_users: int | None = None) -> dict[str, int]:
+    """Replay the events of [c, c + HORIZON_DAYS) of up to ``max_users`` users (every one by default)
+    online and in batch and compare every recomputed column; returns how many rows each moved from the
+    snapshot."""
+    bundle = load_bundle(run / "bundle" / s.MODEL_ARCHIVE)
     history = UserHistory.load(bundle)
     assert history is not None, "the pipeline's bundle carries the test fold's history"
     assert ETL_EVENT_FEATURES & set(history.spec.features) <= set(history.recomputed)
     cutoff = int(pd.Timestamp(bundle.manifest["window"]["test_start"]).value // 1000)
     at = cutoff + HORIZON_DAYS * DAY_US
-    rows = pd.concat(list(bundle.iter_candidate_parts()), ignore_index=True)
-    clean = pd.read_parquet(tiny_run / "etl" / s.CLEAN_DIR / s.EVENTS)
+    clean = pd.read_parquet(run / "etl" / s.CLEAN_DIR / s.EVENTS)
     # Spark wrote the session's UTC wall clock (naive or UTC-marked, by version): microseconds either way
     clean["ts_us"] = pd.to_datetime(clean[s.TIMESTAMP], utc=True).astype("int64") // 1000
     fresh = clean[(clean["ts_us"] >= cutoff) & (clean["ts_us"] < at)]
-    users = sorted(set(fresh[s.USER_IDX]) & set(rows[s.USER_IDX]))
-    assert len(users) >= 10, "the tiny shop should have users with fresh events and candidates"
+    with_rows = set(pd.concat(list(bundle.iter_candidate_parts([])))[s.USER_IDX])
+    users = sorted(set(fresh[s.USER_IDX]) & with_rows)
+    assert len(users) >= 10, "the shop should have users with fresh events and candidates"
+    if max_users is not None and len(users) > max_users:
+        users = sorted(np.random.default_rng(0).choice(users, max_users, replace=False).tolist())
+    rows = pd.concat([part[part[s.USER_IDX].isin(users)] for part in bundle.iter_candidate_parts()],
+                     ignore_index=True)
 
     online_parts = []
     for user in users:
@@ -99,16 +108,15 @@ def test_online_features_equal_the_batch_features_at_the_same_cutoff(spark: obje
         online_parts.append(mine[[s.USER_IDX, s.ITEM_IDX]].assign(**columns))
     online = pd.concat(online_parts, ignore_index=True)
 
-    user_frame, user_item, user_category = batch_tables(spark, tiny_run / "etl", at)
-    fold = tiny_run / "etl" / s.FOLDS_DIR / s.TEST_FOLD
+    user_frame, user_item, user_category = batch_tables(spark, run / "etl", at)
+    fold = run / "etl" / s.FOLDS_DIR / s.TEST_FOLD
     snapshot_ui = pd.read_parquet(fold / s.USER_ITEM_FEATURES)
-    candidates = rows.loc[rows[s.USER_IDX].isin(users),
-                          [s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS]]
+    candidates = rows[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS]]
     batch, _ = rf.build_features(candidates, user_frame[user_frame[s.USER_IDX].isin(users)],
                                  pd.read_parquet(fold / s.ITEM_FEATURES),
                                  user_item[user_item[s.USER_IDX].isin(users)], history.lists,
-                                 user_category=user_category, horizon_days=history.horizon_days,
-                                 item_history=rf.item_history_stats(snapshot_ui))
+                                 user_category=user_category[user_category[s.USER_IDX].isin(users)],
+                                 horizon_days=history.horizon_days, item_history=rf.item_history_stats(snapshot_ui))
     batch = online[[s.USER_IDX, s.ITEM_IDX]].merge(batch, how="left", on=[s.USER_IDX, s.ITEM_IDX])
     snapshot = online[[s.USER_IDX, s.ITEM_IDX]].merge(rows, how="left", on=[s.USER_IDX, s.ITEM_IDX])
     moved = {}
@@ -119,13 +127,27 @@ def test_online_features_equal_the_batch_features_at_the_same_cutoff(spark: obje
         else:
             np.testing.assert_allclose(got, want, rtol=FLOAT32_RTOL, atol=1e-9, err_msg=name)
         moved[name] = int((~np.isclose(got, snapshot[name].to_numpy(np.float64), rtol=1e-6)).sum())
+    print(f"\n{run}: {len(history.recomputed)} features equal on {len(online)} rows of {len(users)} users; rows "
+          f"moved from the snapshot: {moved}")
+    return moved
+
+
+def test_online_features_equal_the_batch_features_at_the_same_cutoff(spark: object, tiny_run: Path) -> None:
+    moved = check_parity(spark, tiny_run)
     # the events since the cutoff moved the windows (old purchases left them, new ones came in), the
     # weights, intervals, shares and derived ranks: each a column the snapshot had wrong at t
     for name in (s.U_PURCHASE_DAYS_28D, s.UI_PURCHASE_DAYS_90D, s.UI_WEIGHT, s.U_N_INVOICES, s.UI_MEAN_INTERVAL_DAYS,
                  s.UC_SHARE, rf.HIST_RANK, rf.EXPECTED_REBUY, rf.U_DUE):
         assert moved[name] > 0, name
-    print(f"\n{len(history.recomputed)} features equal on {len(online)} rows of {len(users)} users; rows moved "
-          f"from the snapshot: {moved}")
+
+
+@pytest.mark.slow
+def test_online_features_equal_the_batch_features_on_online_retail(spark: object, online_retail_run: Path) -> None:
+    """The same on the real Online Retail log (returns, invoices as orders, wholesale quantities), for a
+    sample of ECOMREC_PARITY_USERS users (recomputing costs ~60 ms a user)."""
+    moved = check_parity(spark, online_retail_run, int(os.environ.get("ECOMREC_PARITY_USERS", "150")))
+    for name in (s.U_PURCHASE_DAYS_28D, s.U_PURCHASE_DAYS_90D, s.UI_WEIGHT, s.U_N_INVOICES, rf.HIST_RANK):
+        assert moved[name] > 0, name
 
 
 def test_precomputed_answers_equal_per_request_scoring_for_users_without_fresh_events(tiny_run: Path,
