@@ -145,7 +145,7 @@ def test_online_features_equal_the_batch_features_at_the_same_cutoff(spark: obje
 def test_online_features_equal_the_batch_features_on_online_retail(spark: object, online_retail_run: Path) -> None:
     """The same on the real Online Retail log (returns, invoices as orders, wholesale quantities), for a
     sample of ECOMREC_PARITY_USERS users (recomputing costs ~60 ms a user)."""
-    moved = check_parity(spark, online_retail_run, int(os.environ.get("ECOMREC_PARITY_USERS", "150")))
+    moved = check_parity(spark, online_retail_run, int(os.environ.get("ECOMREC_PARITY_USERS", "100")))
     for name in (s.U_PURCHASE_DAYS_28D, s.U_PURCHASE_DAYS_90D, s.UI_WEIGHT, s.U_N_INVOICES, rf.HIST_RANK):
         assert moved[name] > 0, name
 
