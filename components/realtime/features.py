@@ -195,7 +195,7 @@ class UserHistory:
     def __init__(self, bundle: Bundle) -> None:
         root = bundle.root / s.BUNDLE_HISTORY
         daily = pd.read_parquet(root / "daily.parquet")
-        # ~100 bytes a row in memory (Online Retail: ~390,000 rows); the event type as a small code
+        # ~75 bytes a row in memory (Online Retail: 333,568 rows, 25 MB); the event type as a small code
         kinds = pd.Categorical(daily[s.EVENT_TYPE])
         self.kinds = np.asarray(kinds.categories, dtype=object)
         self.daily = {name: daily[name].to_numpy() for name in daily.columns if name not in (s.USER_IDX, s.EVENT_TYPE)}
