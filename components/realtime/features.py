@@ -216,7 +216,7 @@ class UserHistory:
         # The item columns the recomputed features read (the price and the categories, in the spec's order,
         # so build_features picks the same price): fewer columns, a faster request, the same values.
         self.request_lists = {**self.lists, "item": [n for n in self.lists["item"]
-                                                     if "price" in n or n in self.spec.categorical]}
+                                                     if "price" in n.lower() or n in self.spec.categorical]}
         window = bundle.manifest["window"]
         self.horizon_days = float(window["test_days"])
         etl = bundle.manifest["etl"]  # the weight settings, written with the history (bundle/build.py)
