@@ -68,6 +68,10 @@ ITEM_FEATURES: Final = "item_features"  # item_idx + features.json["item"]
 USER_ITEM_FEATURES: Final = "user_item_features"  # user_idx, item_idx + features.json["user_item"]
 TARGETS: Final = "targets"  # user_idx, item_idx: distinct purchases in the fold's target window
 TARGET_USERS: Final = "target_users"  # user_idx, segment: users with >= 1 target purchase
+# Test fold only, for real-time features (components/realtime/features.py): the history the fold's features
+# are computed from (etl/features.py: fold_history of daily_table and of orders_table), carried by the bundle.
+HISTORY_DAILY: Final = "history_daily"
+HISTORY_ORDERS: Final = "history_orders"
 WEIGHT: Final = "weight"
 SEGMENT: Final = "segment"
 WARM: Final = "warm"  # has events before the cutoff
@@ -203,6 +207,9 @@ BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fall
 BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
 BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff (+ ui_purchase_days,
 # ui_days_since_last: the explorer's history)
+# The test fold's history for real-time features (optional; components/realtime/features.py): daily.parquet
+# and orders.parquet (HISTORY_DAILY, HISTORY_ORDERS), item_features.parquet, item_history.parquet
+BUNDLE_HISTORY: Final = "history"
 # {"sha256": ...} of model.tar.gz, beside it: what registration records (locally, and on SageMaker as the
 # package's bundle_sha256 metadata through a property file of the bundle step)
 BUNDLE_DIGEST_FILE: Final = "bundle_digest.json"

@@ -41,6 +41,8 @@ class BundleInputs:
     model_file: Path  # native CatBoost file
     window: dict[str, Any]
     evaluation: dict[str, Any]
+    # Real-time features (components/realtime/features.py): file name in BUNDLE_HISTORY -> table; None: none
+    history: dict[str, pd.DataFrame] | None = None
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -82,6 +84,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     # with how often and how recently: the console's explorer shows a user's history from them
     history = [c for c in (s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST) if c in ui.columns]
     purchased = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX, *history]]
+    tables = _history_tables(fold, ui)
     archive = train / s.MODEL_ARCHIVE
     if not archive.is_file():
         raise BundleError(f"missing trained model {archive}")
@@ -105,7 +108,29 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         model_file=model_dir / s.MODEL_FILE,
         window=json.loads((etl / s.WINDOWS_FILE).read_text()),
         evaluation=json.loads((evaluation / s.EVALUATION_FILE).read_text()),
+        history=tables,
     )
+
+
+def _history_tables(fold: Path, user_item: pd.DataFrame) -> dict[str, pd.DataFrame] | None:
+    """The test fold's history (the ETL's daily and orders tables before the cutoff) sorted by user, its
+    item features and the per-item history statistics the ranker computed over every buyer: what real-time
+    features are recomputed from. None when the ETL wrote no history (an older run)."""
+    from components.ranker.features import item_history_stats
+
+    if not (fold / s.HISTORY_DAILY).exists():
+        return None
+    daily = _read_table(fold / s.HISTORY_DAILY)
+    daily = daily.sort_values([s.USER_IDX, s.ITEM_IDX, s.EVENT_TYPE, "_day"], kind="stable").reset_index(drop=True)
+    orders = _read_table(fold / s.HISTORY_ORDERS).sort_values([s.USER_IDX, "_day"], kind="stable")
+    return {"daily.parquet": daily, "orders.parquet": orders.reset_index(drop=True),
+            "item_features.parquet": _read_table(fold / s.ITEM_FEATURES).sort_values(s.ITEM_IDX),
+            "item_history.parquet": item_history_stats(user_item)}
+
+
+# The ETL settings real-time features need with the history (ui_weight: components/etl/weights.py).
+REALTIME_ETL_KEYS = ("event_weights", "purchase_weight_by_quantity", "quantity_cap", "decay_half_life_days",
+                     "weight_unit", "quantity_scale")
 
 
 # CatBoost stamps every model with a random GUID and the finish time, and stores how it ran: its logging and
@@ -182,7 +207,8 @@ def _require_columns(present: Iterable[str], columns: list[str], what: str) -> N
         raise BundleError(f"{what} lack columns {missing}")
 
 
-def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") -> Path:
+def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec",
+                 etl_config: dict[str, Any] | None = None) -> Path:
     """Write ``output/model.tar.gz`` and ``output/manifest.json``; return the archive path.
 
     The version is derived from the content (window + checksums), so rerunning on the same input gives
@@ -205,7 +231,16 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
     inputs.purchased.sort_values([s.USER_IDX, s.ITEM_IDX]).to_parquet(staging / s.BUNDLE_PURCHASED, index=False)
 
     parts = [f"{s.BUNDLE_CANDIDATES}/{path.name}" for path in sorted((staging / s.BUNDLE_CANDIDATES).iterdir())]
-    files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *parts)}
+    history = []
+    if inputs.history is not None:
+        if not etl_config:
+            raise BundleError("a bundle with the fold's history needs the ETL settings it was computed with "
+                              "(write_bundle's etl_config)")
+        (staging / s.BUNDLE_HISTORY).mkdir()
+        for name, table in inputs.history.items():
+            table.to_parquet(staging / s.BUNDLE_HISTORY / name, index=False, row_group_size=65_536)
+            history.append(f"{s.BUNDLE_HISTORY}/{name}")
+    files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *parts, *history)}
     # Sizes and Parquet row counts let a reader refuse a bundle before unpacking or loading a byte of it.
     sizes = {rel: (staging / rel).stat().st_size for rel in files}
     rows = {rel: pq.read_metadata(staging / rel).num_rows for rel in files if rel.endswith(".parquet")}
@@ -220,6 +255,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
         "fit_on": "every accepted event before window.test_start (the evaluated test fold)",
         "metrics": inputs.evaluation.get("ranking_metrics", {}),
         "feature_spec": inputs.feature_spec,
+        # the interaction-weight settings ui_weight was computed with (real-time features recompute it)
+        **({"etl": {k: etl_config[k] for k in REALTIME_ETL_KEYS}} if history and etl_config else {}),
         "counts": {
             "users": len(inputs.users_map),
             "items": len(inputs.items_map),

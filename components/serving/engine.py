@@ -145,6 +145,7 @@ class ServingModel:
         # service takes events (build_serving_model's feature_dir), for per-request scoring.
         self.ranker: Ranker | None = None
         self.feature_rows: Any = None  # components.realtime.rows.FeatureRows
+        self.user_history: Any = None  # components.realtime.features.UserHistory (a bundle with history/)
 
     @property
     def n_users(self) -> int:
@@ -259,9 +260,11 @@ def build_serving_model(bundle: Bundle, *, source: str, registry_version: int | 
     model = ServingModel(bundle, scored, source=source, registry_version=registry_version)
     model.smoke_check()
     if feature_dir is not None:  # real time: keep what per-request scoring needs
+        from components.realtime.features import UserHistory
         from components.realtime.rows import FeatureRows
 
         model.ranker = ranker
+        model.user_history = UserHistory.load(bundle)
         # one copy per worker process (each loads the bundle itself)
         model.feature_rows = FeatureRows.write(bundle, feature_dir / f"{model.version}-{os.getpid()}")
     return model
