@@ -11,14 +11,20 @@ trims the set, atomically: two workers adding the same retry store one copy. Eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+import redis
 
 from components.realtime.store import StoredEvent, StoreLimits, StoreUnavailableError, by_user
 
 DEFAULT_PREFIX: Final = "ecomrec:"
+IAM_TOKEN_SECONDS: Final = 900  # "The IAM authentication token is valid for 15 minutes" (auth-iam.html)
+IAM_TOKEN_REUSE_S: Final = 600  # a token signs new connections for 10 minutes, then a fresh one is made
 
 # KEYS[1] = the user's event set, KEYS[2..] = the events' key markers; ARGV[1] key ttl (s), ARGV[2] max
 # events, ARGV[3] max age (us), ARGV[4..] (score, member) per event. Returns the number stored.
@@ -54,18 +60,80 @@ def _decode(user_id: str, member: bytes) -> StoredEvent:
                        price=price, session_id=session)
 
 
+class ElastiCacheIamCredentials(redis.CredentialProvider):
+    """ElastiCache IAM authentication for redis-py: the user's name and, as its password, an IAM token (a
+    SigV4-presigned ``connect`` request, the scheme left off) signed with the process's AWS credentials (on
+    EKS, the pod's Pod Identity role, which needs ``elasticache:Connect`` on the cache and the user).
+
+    From https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth-iam.html: the request is
+    ``GET http://<cache name>/?Action=connect&User=<user id>`` (serverless caches add
+    ``ResourceType=ServerlessCache``), signed for the service ``elasticache`` in the cache's region, valid 15
+    minutes; the IAM-enabled user's id and name are the same; TLS is required. The same request as the AWS
+    sample's IAMAuthTokenRequest.java (aws-samples/elasticache-iam-auth-demo-app at abcf116). redis-py asks
+    for credentials on every new connection (AUTH at connect), so a pool reconnecting after ElastiCache
+    closes an IAM connection (at 12 hours) signs a fresh token."""
+
+    def __init__(self, user: str, cache_name: str, region: str, *, serverless: bool = True,
+                 credentials: Any | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.user = user
+        self.cache_name = cache_name.lower()
+        self.region = region
+        self.serverless = serverless
+        self._credentials = credentials
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: tuple[float, str] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, cache_name: str) -> ElastiCacheIamCredentials:
+        """The user of ``rediss://USER@HOST:PORT``; region and credentials from botocore's usual chain."""
+        import botocore.session
+
+        user = urlsplit(url).username
+        if not user:
+            raise ValueError(f"ECOMREC_STORE_URL {url!r}: IAM authentication needs the user, rediss://USER@HOST")
+        session = botocore.session.get_session()
+        region = session.get_config_variable("region")
+        if not region:
+            raise ValueError("ElastiCache IAM authentication: no AWS region (set AWS_REGION)")
+        return cls(user, cache_name, region, credentials=session.get_credentials())
+
+    def token(self) -> str:
+        from botocore.auth import SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+
+        if self._credentials is None:
+            raise StoreUnavailableError("ElastiCache IAM authentication: no AWS credentials")
+        params = {"Action": "connect", "User": self.user}
+        if self.serverless:
+            params["ResourceType"] = "ServerlessCache"
+        request = AWSRequest(method="GET", url=f"http://{self.cache_name}/", params=params)
+        SigV4QueryAuth(self._credentials.get_frozen_credentials(), "elasticache", self.region,
+                       expires=IAM_TOKEN_SECONDS).add_auth(request)
+        return str(request.url).removeprefix("http://")
+
+    def get_credentials(self) -> tuple[str, str]:
+        with self._lock:
+            now = self._clock()
+            if self._token is None or now - self._token[0] >= IAM_TOKEN_REUSE_S:
+                self._token = (now, self.token())
+            return self.user, self._token[1]
+
+
 class RedisStore:
     def __init__(self, url: str, *, limits: StoreLimits | None = None, timeout_s: float = 0.05,
-                 prefix: str = DEFAULT_PREFIX, client: Any | None = None) -> None:
-        import redis
-
+                 prefix: str = DEFAULT_PREFIX, client: Any | None = None,
+                 credential_provider: redis.CredentialProvider | None = None) -> None:
         self.limits = limits or StoreLimits()
         self.prefix = prefix
         self.url = url
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        if credential_provider is not None:  # the provider names the user: redis-py refuses both
+            parts = urlsplit(url)
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.client = client or redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
-            health_check_interval=0)
+            health_check_interval=0, credential_provider=credential_provider)
         self._add = self.client.register_script(_ADD)
 
     def _events_key(self, user_id: str) -> str:
