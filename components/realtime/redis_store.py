@@ -11,6 +11,7 @@ trims the set, atomically: two workers adding the same retry store one copy. Eve
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,9 @@ import redis
 from components.realtime.store import StoredEvent, StoreLimits, StoreUnavailableError, by_user
 
 DEFAULT_PREFIX: Final = "ecomrec:"
+# The ACL of the service's user on ElastiCache (the CDK stack's AWS::ElastiCache::User; ElastiCache access
+# strings are Valkey ACL rules): our keys only, no administrative or dangerous command.
+ACCESS_STRING: Final = f"on ~{DEFAULT_PREFIX}* +@all -@dangerous -@admin"
 IAM_TOKEN_SECONDS: Final = 900  # "The IAM authentication token is valid for 15 minutes" (auth-iam.html)
 IAM_TOKEN_REUSE_S: Final = 600  # a token signs new connections for 10 minutes, then a fresh one is made
 
@@ -93,7 +97,7 @@ class ElastiCacheIamCredentials(redis.CredentialProvider):
         if not user:
             raise ValueError(f"ECOMREC_STORE_URL {url!r}: IAM authentication needs the user, rediss://USER@HOST")
         session = botocore.session.get_session()
-        region = session.get_config_variable("region")
+        region = os.environ.get("AWS_REGION") or session.get_config_variable("region")
         if not region:
             raise ValueError("ElastiCache IAM authentication: no AWS region (set AWS_REGION)")
         return cls(user, cache_name, region, credentials=session.get_credentials())
