@@ -48,7 +48,12 @@ def test_token_is_the_documented_presigned_connect_request() -> None:
     assert len(query["X-Amz-Signature"]) == 64
     # A token signs new connections for 10 minutes, well inside its 15; then a fresh one is signed.
     signed: list[str] = []
-    provider.token = lambda: signed.append("new") or "fresh"  # type: ignore[method-assign]
+
+    def fresh() -> str:
+        signed.append("new")
+        return "fresh"
+
+    provider.token = fresh  # type: ignore[method-assign]
     clock[0] += 599
     assert provider.get_credentials()[1] == token and not signed
     clock[0] += 1
