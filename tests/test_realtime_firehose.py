@@ -236,3 +236,19 @@ def test_firehose_objects_are_raw_events_the_etl_reads(spark: object, aws: Any, 
     assert [(r[s.USER_ID], r[s.ITEM_ID], r[s.EVENT_TYPE], r[s.QUANTITY], r[s.SESSION_ID]) for r in mine] == [
         ("rt-1", "sku-001", "purchase", 2, 'say "hi", ok'), ("rt-2", "sku-002", "view", 1, None)]
     assert result.reports[s.EVENTS].rejected.get("duplicate", 0) == 1
+
+
+def test_headerless_files_are_refused_outside_events_and_when_empty(tmp_path: Path) -> None:
+    """The header-less form is the event log's only: elsewhere, or empty, it is a clear error naming the file
+    (raised while listing, before Spark reads anything)."""
+    from components.errors import DataContractError
+    from components.etl.read import read_table
+
+    (tmp_path / s.ITEMS).mkdir()
+    (tmp_path / s.ITEMS / f"x{s.HEADERLESS_CSV_SUFFIX}").write_text("i1,mugs\n")
+    with pytest.raises(DataContractError, match=r"x\.headerless\.csv: a \.headerless\.csv file holds the event log"):
+        read_table(None, tmp_path, s.ITEMS, [s.ITEM_ID])  # type: ignore[arg-type]
+    (tmp_path / s.EVENTS).mkdir()
+    (tmp_path / s.EVENTS / f"e{s.HEADERLESS_CSV_SUFFIX}").write_text("\n")
+    with pytest.raises(DataContractError, match=r"e\.headerless\.csv: empty file \(no rows\)"):
+        read_table(None, tmp_path, s.EVENTS, s.REQUIRED_EVENT_COLUMNS)  # type: ignore[arg-type]
