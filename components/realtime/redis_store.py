@@ -19,7 +19,6 @@ from typing import Any, Final, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-import redis
 
 from components.realtime.store import StoredEvent, StoreLimits, StoreUnavailableError, by_user
 
@@ -64,7 +63,7 @@ def _decode(user_id: str, member: bytes) -> StoredEvent:
                        price=price, session_id=session)
 
 
-class ElastiCacheIamCredentials(redis.CredentialProvider):
+class ElastiCacheIamCredentials:
     """ElastiCache IAM authentication for redis-py: the user's name and, as its password, an IAM token (a
     SigV4-presigned ``connect`` request, the scheme left off) signed with the process's AWS credentials (on
     EKS, the pod's Pod Identity role, which needs ``elasticache:Connect`` on the cache and the user).
@@ -75,7 +74,8 @@ class ElastiCacheIamCredentials(redis.CredentialProvider):
     minutes; the IAM-enabled user's id and name are the same; TLS is required. The same request as the AWS
     sample's IAMAuthTokenRequest.java (aws-samples/elasticache-iam-auth-demo-app at abcf116). redis-py asks
     for credentials on every new connection (AUTH at connect), so a pool reconnecting after ElastiCache
-    closes an IAM connection (at 12 hours) signs a fresh token."""
+    closes an IAM connection (at 12 hours) signs a fresh token. (redis-py's CredentialProvider protocol:
+    ``get_credentials``; not subclassed, so this module and the CDK app need no redis-py to import.)"""
 
     def __init__(self, user: str, cache_name: str, region: str, *, serverless: bool = True,
                  credentials: Any | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -127,7 +127,9 @@ class ElastiCacheIamCredentials(redis.CredentialProvider):
 class RedisStore:
     def __init__(self, url: str, *, limits: StoreLimits | None = None, timeout_s: float = 0.05,
                  prefix: str = DEFAULT_PREFIX, client: Any | None = None,
-                 credential_provider: redis.CredentialProvider | None = None) -> None:
+                 credential_provider: Any | None = None) -> None:
+        import redis
+
         self.limits = limits or StoreLimits()
         self.prefix = prefix
         self.url = url
