@@ -614,12 +614,13 @@ def test_deployment_takes_events_through_firehose_and_the_store_with_iam(synth: 
     assert env["ECOMREC_EVENTS_FIREHOSE_STREAM"] == stream["DeliveryStreamName"]
     assert env["ECOMREC_STORE_URL"] == "rediss://ecomrec-inference@<cfn-reference>:<cfn-reference>"
     assert env["ECOMREC_STORE_IAM_CACHE"] == cache["ServerlessCacheName"]
+    assert env["ECOMREC_STORE_CLUSTER"] == "true"  # serverless caches are cluster-mode only
     assert env["AWS_REGION"] == "<cfn-reference>"
     assert "ECOMREC_EVENTS_RAW_ROOT" not in env
     settings = ServingSettings(**{k.removeprefix("ECOMREC_").lower(): v.replace("<cfn-reference>", "6379")
                                   for k, v in env.items() if k.startswith("ECOMREC_") and k != "ECOMREC_MODEL"},
                                model="s3://bucket/model.tar.gz")
-    assert settings.events_on and settings.store_iam_cache == "ecomrec-store"
+    assert settings.events_on and settings.store_iam_cache == "ecomrec-store" and settings.store_cluster
 
 
 # ------------------------------------------------------------------ events

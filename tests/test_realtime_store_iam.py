@@ -100,14 +100,17 @@ class FixedToken(ElastiCacheIamCredentials):
         return "token-of-the-moment"
 
 
-def test_the_store_authenticates_as_the_provider_says_and_the_acl_admits_it(tmp_path: Path) -> None:
-    with redis_server(tmp_path) as server:
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster-mode"])
+def test_the_store_authenticates_as_the_provider_says_and_the_acl_admits_it(cluster: bool, tmp_path: Path) -> None:
+    """Both ways a server may run; ElastiCache Serverless runs in cluster mode (the service's
+    ECOMREC_STORE_CLUSTER), where redis-py's cluster pipeline sends the store's script unloaded."""
+    with redis_server(tmp_path, cluster=cluster) as server:
         admin = redis.Redis.from_url(server.url)
         admin.execute_command("ACL", "SETUSER", USER, "reset", ">token-of-the-moment", *ACCESS_STRING.split())
         admin.execute_command("ACL", "SETUSER", "default", "off")  # like the stack's disabled default user
         url = f"redis://{USER}@127.0.0.1:{server.port}/0"
         provider = FixedToken(USER, CACHE, "eu-west-1")
-        store = RedisStore(url, timeout_s=1.0, credential_provider=provider)
+        store = RedisStore(url, timeout_s=1.0, credential_provider=provider, cluster=cluster)
         event = StoredEvent(key="id:a", user_id="u1", item_id="i1", event_type="view", timestamp_us=1,
                             quantity=1, price=None, session_id=None)
         assert store.add([event]) == 1

@@ -64,6 +64,7 @@ class ManifestParams:
     events_firehose_stream: str = ""
     store_url: str = ""
     store_iam_cache: str = ""
+    store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless does)
     region: str = ""  # AWS_REGION for the pods' SDK calls (Firehose, the IAM token's signature)
 
 
@@ -106,6 +107,7 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
                 ("ECOMREC_EVENTS_FIREHOSE_STREAM", p.events_firehose_stream),
                 ("ECOMREC_STORE_URL", p.store_url),
                 ("ECOMREC_STORE_IAM_CACHE", p.store_iam_cache),
+                ("ECOMREC_STORE_CLUSTER", "true" if p.store_cluster else ""),
             ) if value],
         ],
         "resources": {

@@ -148,6 +148,7 @@ class ServingStack(cdk.Stack):
             events_firehose_stream=self.realtime.stream_name,
             store_url=self.realtime.store_url,
             store_iam_cache=self.realtime.cache_name,
+            store_cluster=True,  # ElastiCache Serverless is cluster-mode only
             region=cdk.Aws.REGION,
         )
         self.manifests = k8s.inference_manifests(params)

@@ -127,20 +127,37 @@ class ElastiCacheIamCredentials:
 class RedisStore:
     def __init__(self, url: str, *, limits: StoreLimits | None = None, timeout_s: float = 0.05,
                  prefix: str = DEFAULT_PREFIX, client: Any | None = None,
-                 credential_provider: Any | None = None) -> None:
+                 credential_provider: Any | None = None, cluster: bool = False) -> None:
+        """``cluster``: the server runs in cluster mode (ElastiCache Serverless is "only available in a
+        cluster-mode enabled configuration", https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/WorkingWithRedis.html):
+        redis-py's cluster client, connected on first use (its constructor asks the server for the slot
+        map, and the service must start while the store is down)."""
         import redis
+        from redis.cluster import RedisCluster
+        from redis.exceptions import RedisClusterException
 
         self.limits = limits or StoreLimits()
         self.prefix = prefix
         self.url = url
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError)
         if credential_provider is not None:  # the provider names the user: redis-py refuses both
             parts = urlsplit(url)
             url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        self.client = client or redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
-            health_check_interval=0, credential_provider=credential_provider)
-        self._add = self.client.register_script(_ADD)
+        options: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                       credential_provider=credential_provider)
+        if not cluster:
+            options.update(retry_on_timeout=False, health_check_interval=0)
+        kind: Any = RedisCluster if cluster else redis.Redis
+        self._connect: Any = (lambda: client) if client is not None else (lambda: kind.from_url(url, **options))
+        self._client: Any = None
+        self._add: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+            self._add = self._client.register_script(_ADD)
+        return self._client
 
     def _events_key(self, user_id: str) -> str:
         return f"{self.prefix}{{{user_id}}}:ev"
@@ -168,17 +185,31 @@ class RedisStore:
             return 0
         limits = self.limits
         ttl = max(1, int(limits.key_ttl_days * 86_400))
+        calls: list[tuple[list[str], list[Any]]] = []
+        for user, group in by_user(events).items():
+            args: list[Any] = [ttl, limits.max_events, limits.max_age_us]
+            for e in group:
+                args += [e.timestamp_us, _encode(e)]
+            calls.append(([self._events_key(user), *[self._marker(user, e.key) for e in group]], args))
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for user, group in by_user(events).items():
-                keys = [self._events_key(user), *[self._marker(user, e.key) for e in group]]
-                args: list[Any] = [ttl, limits.max_events, limits.max_age_us]
-                for e in group:
-                    args += [e.timestamp_us, _encode(e)]
-                self._add(keys=keys, args=args, client=pipe)
-            return int(sum(pipe.execute()))
+            return self._run_add(calls)
+        except self._errors as error:
+            if not _is_noscript(error):
+                raise self._fail(error) from error
+        # A cluster pipeline sends EVALSHA without loading the script first (redis-py's plain pipeline loads
+        # it); a node may also have lost it (restart, scaling). Load it on every primary and run once more:
+        # the script is idempotent per key (SET NX), so events stored by the first run are not stored twice.
+        try:
+            self.client.script_load(_ADD)
+            return self._run_add(calls)
         except self._errors as error:
             raise self._fail(error) from error
+
+    def _run_add(self, calls: list[tuple[list[str], list[Any]]]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self._add(keys=keys, args=args, client=pipe)
+        return int(sum(pipe.execute()))
 
     def user_events(self, user_id: str) -> list[StoredEvent]:
         try:
@@ -196,4 +227,11 @@ class RedisStore:
             raise self._fail(error) from error
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+
+
+def _is_noscript(error: BaseException) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(error, NoScriptError) or "NOSCRIPT" in str(error) or "No matching script" in str(error)

@@ -28,7 +28,7 @@ def open_store(settings: ServingSettings) -> OnlineStore:
 
             credentials = ElastiCacheIamCredentials.from_url(settings.store_url, settings.store_iam_cache)
         return RedisStore(settings.store_url, limits=limits, timeout_s=settings.store_timeout_s,
-                          credential_provider=credentials)
+                          credential_provider=credentials, cluster=settings.store_cluster)
     work_dir = settings.work_dir or Path(tempfile.gettempdir()) / "ecomrec-serving"
     return SqliteStore(settings.store_path or work_dir / STORE_FILE, limits=limits,
                        timeout_s=settings.store_timeout_s)

@@ -86,6 +86,7 @@ class ServingSettings(BaseSettings):
     # ElastiCache IAM authentication: the cache's name; the password of store_url's user is then a fresh IAM
     # token (redis_store.ElastiCacheIamCredentials), signed with the pod's AWS credentials
     store_iam_cache: str | None = None
+    store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless): redis-py's cluster client
     store_path: Path | None = None  # the embedded store's file; default <work_dir>/online-store.sqlite
     store_timeout_s: float = Field(default=0.05, gt=0)  # per store call; then the answer is degraded
     store_retry_after_s: float = Field(default=1.0, ge=0)  # after a store failure, skip it this long
