@@ -101,6 +101,9 @@ FILE_EXTENSION_PATTERN, FILE_EXTENSION_MAX = r"^$|\.[0-9a-z!\-_.*'()]+", 128
 # (or Redis OSS 7.0+) and TLS, and "the user id and user name properties must be identical" for an
 # IAM-enabled user.
 IAM_AUTH_MIN_VALKEY = (7, 2)
+# https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/WorkingWithRedis.html: "ElastiCache serverless is only
+# available in a cluster-mode enabled configuration" (so the service must talk to it as to a cluster).
+SERVERLESS_IS_CLUSTER_MODE = True
 
 # https://docs.aws.amazon.com/eks/latest/userguide/auto-sgp.html: security groups for individual Pods in Auto
 # Mode apply "to EKS Auto Mode clusters running Kubernetes 1.36 or later"; before that a pod uses its node's
@@ -379,3 +382,18 @@ def test_store_admits_the_pods_by_the_cluster_security_group(templates: dict[str
     sources = [r["Properties"].get("SourceSecurityGroupId") for r in
                _resources(serving, "AWS::EC2::SecurityGroupIngress").values() if r["Properties"]["GroupId"] == sg]
     assert sources == [{"Fn::GetAtt": [cluster_id, "ClusterSecurityGroupId"]}]
+
+
+def test_the_pods_talk_to_the_serverless_cache_as_to_a_cluster(templates: dict[str, dict[str, Any]]) -> None:
+    """WorkingWithRedis.html: serverless caches are cluster-mode only; the Deployment tells the service so
+    (ECOMREC_STORE_CLUSTER, redis-py's cluster client: tests/test_realtime_store_iam.py runs it on a
+    cluster-mode redis-server)."""
+    serving = templates["EcomrecServing"]
+    assert _resources(serving, "AWS::ElastiCache::ServerlessCache") and SERVERLESS_IS_CLUSTER_MODE
+    [custom] = _resources(serving, "Custom::EcomrecKubernetesManifests").values()
+    separator, parts = custom["Properties"]["Manifests"]["Fn::Join"]  # JSON text with references inside strings
+    manifests = json.loads(separator.join(p if isinstance(p, str) else "<ref>" for p in parts))
+    [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["ECOMREC_STORE_CLUSTER"] == "true" and env["ECOMREC_STORE_URL"].startswith("rediss://")
