@@ -23,6 +23,12 @@ USERS: Final = "users"
 RAW_TABLES: Final = (EVENTS, ITEMS, USERS)
 REQUIRED_EVENT_COLUMNS: Final = (USER_ID, ITEM_ID, EVENT_TYPE, TIMESTAMP)
 OPTIONAL_EVENT_COLUMNS: Final = (QUANTITY, PRICE, SESSION_ID)
+# The durable event log (components/realtime/log.py): the contract's columns plus the client's event id.
+EVENT_ID: Final = "event_id"
+EVENT_LOG_COLUMNS: Final = (*REQUIRED_EVENT_COLUMNS, *OPTIONAL_EVENT_COLUMNS, EVENT_ID)
+# A CSV file named *.headerless.csv under events/ has no header row: its columns are EVENT_LOG_COLUMNS in
+# that order. Kinesis Data Firehose writes the log on AWS and concatenates records, so it cannot write one.
+HEADERLESS_CSV_SUFFIX: Final = ".headerless.csv"
 
 VIEW: Final = "view"
 ADD_TO_CART: Final = "add_to_cart"

@@ -113,6 +113,7 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         "EcomrecServing",
         config=config,
         models_bucket=data.models_bucket,
+        raw_bucket=data.raw_bucket,
         inference_repo=ml.inference_repo,
         env=env,
     )

@@ -25,7 +25,8 @@ METRICS_PATH = "/metrics"
 # ALB. /ping and /invocations are SageMaker's hosting contract, called by SageMaker when the container runs
 # as an endpoint, not by callers of the EKS service: they stay off the ALB too. Anything else gets the
 # ALB's default answer (404) without reaching a pod.
-PUBLIC_PATHS = ("/recommendations",)
+# POST /events (REALTIME.md) is the shops' way in: the same listener, the same TLS.
+PUBLIC_PATHS = ("/recommendations", "/events")
 UID = 10001
 # A rolling update is judged by Kubernetes: no progress for this long -> ProgressDeadlineExceeded (the rollout
 # function's cue to undo it). Each new pod may take the startup probe's budget to load its bundle.
@@ -58,6 +59,13 @@ class ManifestParams:
     # sources besides the scraper the NetworkPolicy lets reach the pods.
     load_balancer_cidrs: tuple[str, ...] = ()
     scraper_cidrs: tuple[str, ...] = ()  # the subnets of AMP's managed scraper's ENIs (no pod there)
+    # Real time (cdk/stacks/realtime.py): the event log's Firehose stream, the store's rediss:// URL (with the
+    # IAM-enabled user) and the cache's name for IAM authentication; empty: POST /events is off.
+    events_firehose_stream: str = ""
+    store_url: str = ""
+    store_iam_cache: str = ""
+    store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless does)
+    region: str = ""  # AWS_REGION for the pods' SDK calls (Firehose, the IAM token's signature)
 
 
 def namespace() -> dict[str, Any]:
@@ -94,6 +102,13 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
             {"name": "ECOMREC_MODEL_GROUP", "value": p.model_group},
             {"name": "ECOMREC_WATCH_INTERVAL_S", "value": "0"},  # the rollout function switches models
             {"name": "ECOMREC_WORK_DIR", "value": "/tmp/ecomrec"},
+            *[{"name": name, "value": value} for name, value in (
+                ("AWS_REGION", p.region),
+                ("ECOMREC_EVENTS_FIREHOSE_STREAM", p.events_firehose_stream),
+                ("ECOMREC_STORE_URL", p.store_url),
+                ("ECOMREC_STORE_IAM_CACHE", p.store_iam_cache),
+                ("ECOMREC_STORE_CLUSTER", "true" if p.store_cluster else ""),
+            ) if value],
         ],
         "resources": {
             "requests": {"cpu": p.cpu_request, "memory": p.memory_request},
