@@ -117,10 +117,12 @@ def free_port() -> int:
 
 @contextmanager
 def server_process(command: Sequence[str], port: int, *, env: dict[str, str] | None = None,
-                   ready_path: str = "/readyz", timeout_s: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server, wait until ``ready_path`` answers 200, stop it (by its pid) on exit."""
+                   ready_path: str = "/readyz", timeout_s: float = 180.0,
+                   cwd: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server (in ``cwd``: another tree for a baseline), wait until ``ready_path`` answers 200,
+    stop it (by its pid) on exit."""
     log_file = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(list(command), cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file,
+    process = subprocess.Popen(list(command), cwd=cwd, env={**os.environ, **(env or {})}, stdout=log_file,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components import schema as s
@@ -80,9 +81,11 @@ class FeatureRows:
             while 0 <= position < len(self._index) and self._index[position][0] <= user_idx:
                 _, last, number, group = self._index[position]
                 if last >= user_idx:
-                    table = self._file(number).read_row_group(group)
-                    frame = table.to_pandas()
-                    pieces.append(frame[frame[s.USER_IDX] == user_idx])
+                    # one thread (the request's): the row group is small, pyarrow's pool would only add
+                    # threads competing with the other worker; the user's rows are picked before pandas
+                    table = self._file(number).read_row_group(group, use_threads=False)
+                    table = table.filter(pc.equal(table[s.USER_IDX], user_idx))
+                    pieces.append(table.to_pandas(use_threads=False))
                 position += 1
             rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
             self._cache[user_idx] = rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 from functools import cache
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from components.serving.settings import ServerLimits, ServingSettings
 
@@ -146,6 +149,84 @@ def check_tls(cert: Path, key: Path) -> None:
         raise LaunchError(f"--tls-key {key} {what} {cert}") from None
 
 
+def spread_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets bound to one address with SO_REUSEPORT (not yet listening: each worker listens)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class SpreadMultiprocess(Multiprocess):
+    """uvicorn's worker supervisor (uvicorn 0.55, supervisors/multiprocess.py) with one SO_REUSEPORT
+    socket per worker instead of one socket shared by all: the kernel then spreads new connections over
+    the workers. On a shared socket whichever worker wakes first accepts every connection waiting, so a
+    client that opens its connections together (a load balancer's pool, wrk) lands on one worker while the
+    other idles (measured: 16 connections, all on one of two workers). A worker that dies is replaced on
+    its own socket, which the supervisor keeps open, so connections hashed to it wait rather than fail."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets=[])
+        self.worker_sockets = sockets
+        self.processes_num = len(sockets)
+
+    def init_processes(self) -> None:
+        for sock in self.worker_sockets:
+            process = Process(self.config, [sock])
+            process.start()
+            self.processes.append(process)
+
+    def keep_subprocess_alive(self) -> None:
+        # the parent's version, but a replacement takes its predecessor's socket
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:  # the app or the socket is broken: restarts would fail too
+                log.error("worker [%s] failed to start, stopping", process.pid)
+                self.should_exit.set()
+                return
+            log.info("worker [%s] died; starting another", process.pid)
+            replacement = Process(self.config, [self.worker_sockets[idx]])
+            replacement.start()
+            self.processes[idx] = replacement
+
+    def restart_all(self) -> None:  # SIGHUP: one worker at a time, each on its own socket
+        for idx, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = Process(self.config, [self.worker_sockets[idx]])
+            new.start()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                return
+            old.terminate()
+            old.join()
+            self.processes[idx] = new
+
+    def handle_ttin(self) -> None:
+        # a worker more would need a socket more, and one fewer would leave its socket's queue unserved
+        log.warning("SIGTTIN ignored: the worker count is fixed at %d (one socket each)", len(self.processes))
+
+    def handle_ttou(self) -> None:
+        log.warning("SIGTTOU ignored: the worker count is fixed at %d (one socket each)", len(self.processes))
+
+
 def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
         tls_cert: Path | None = None, tls_key: Path | None = None, registry: Path | None = None,
         group: str | None = None, log_level: str = "info") -> None:
@@ -164,8 +245,20 @@ def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, 
         raise LaunchError(f"invalid service settings: {error}") from error
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("serving on %s://%s:%d with %d worker(s)", "https" if tls_cert else "http", host, port, workers)
-    uvicorn.run(
-        "components.serving.main:app_factory", factory=True, host=host, port=port, workers=workers,
-        ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
-        log_level=log_level, **uvicorn_options(limits),
-    )
+    options: dict[str, Any] = {
+        "factory": True, "host": host, "port": port, "workers": workers, "log_level": log_level,
+        "ssl_certfile": str(tls_cert) if tls_cert else None, "ssl_keyfile": str(tls_key) if tls_key else None,
+        **uvicorn_options(limits)}
+    if workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
+        uvicorn.run("components.serving.main:app_factory", **options)
+        return
+    config = uvicorn.Config("components.serving.main:app_factory", **options)
+    try:
+        sockets = spread_sockets(host, port, workers)
+    except OSError as error:
+        raise LaunchError(f"cannot listen on {host}:{port}: {error}") from error
+    try:
+        SpreadMultiprocess(config, sockets).run()
+    finally:
+        for sock in sockets:
+            sock.close()
