@@ -456,10 +456,44 @@ def test_the_pods_talk_to_the_serverless_cache_as_to_a_cluster(templates: dict[s
     cluster-mode redis-server)."""
     serving = templates["EcomrecServing"]
     assert _resources(serving, "AWS::ElastiCache::ServerlessCache") and SERVERLESS_IS_CLUSTER_MODE
+    env = _deployment_env(serving)
+    assert env["ECOMREC_STORE_CLUSTER"] == "true" and env["ECOMREC_STORE_URL"].startswith("rediss://")
+
+
+def _deployment_env(serving: dict[str, Any], region: str = "eu-west-1") -> dict[str, str]:
+    """The inference container's environment as the manifests custom resource applies it: the stack's region
+    where the template says ``{"Ref": "AWS::Region"}``, ``<ref>`` for any other reference."""
     [custom] = _resources(serving, "Custom::EcomrecKubernetesManifests").values()
     separator, parts = custom["Properties"]["Manifests"]["Fn::Join"]  # JSON text with references inside strings
-    manifests = json.loads(separator.join(p if isinstance(p, str) else "<ref>" for p in parts))
+    manifests = json.loads(separator.join(
+        p if isinstance(p, str) else region if p == {"Ref": "AWS::Region"} else "<ref>" for p in parts))
     [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["ECOMREC_STORE_CLUSTER"] == "true" and env["ECOMREC_STORE_URL"].startswith("rediss://")
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_the_pods_aws_sdk_finds_the_region_for_firehose(templates: dict[str, dict[str, Any]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 takes a client's region from AWS_DEFAULT_REGION or the config file, not from AWS_REGION (botocore
+    1.44.8, the inference image's, configprovider.py BOTOCORE_DEFAUT_SESSION_VARIABLES: ``'region':
+    ('region', 'AWS_DEFAULT_REGION', None, None)``), and EKS Pod Identity injects credentials only
+    (AWS_CONTAINER_CREDENTIALS_FULL_URI, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE:
+    https://docs.aws.amazon.com/sdkref/latest/guide/feature-container-credentials.html). With AWS_REGION alone
+    the Firehose client raises NoRegionError, caught as EventLogUnavailableError: every POST /events a 503.
+    Here the real boto3 builds the event log's client in exactly the Deployment's environment."""
+    import boto3
+
+    from components.realtime import firehose_log
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session made earlier may hold another environment
+    env = _deployment_env(templates["EcomrecServing"], region="eu-west-1")
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/ecomrec-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ecomrec-credentials")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # Pod Identity's stand-in: no IMDS look-up
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    assert firehose_log._default_client().meta.region_name == "eu-west-1"
