@@ -128,6 +128,14 @@ SERVERLESS_IS_CLUSTER_MODE = True
 # group, https://docs.aws.amazon.com/eks/latest/userguide/create-node-class.html).
 AUTO_MODE_POD_SECURITY_GROUPS_FROM = (1, 36)
 
+# EC2 refuses a security group rule whose description has any other character (CloudFormation fails the stack
+# with "Invalid rule description"): a rule from a security group is a UserIdGroupPair, "Allowed characters are
+# a-z, A-Z, 0-9, spaces, and ._-:/()#,@[]+=;{}!$*" (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_UserIdGroupPair.html);
+# a rule from a CIDR is an IpRange, the same set and "&" (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_IpRange.html).
+# A group's own GroupDescription (CreateSecurityGroup, VPC) takes the IpRange set.
+SG_RULE_FROM_GROUP_CHARS = r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=;{}!$*]{0,255}"
+SG_RULE_FROM_CIDR_CHARS = r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}"
+
 
 # ------------------------------------------------------------------ checkers (pure, on template dicts)
 
@@ -265,6 +273,29 @@ def elasticache_problems(template: dict[str, Any]) -> list[str]:
             problems.append(f"{lid}: Valkey {props['MajorEngineVersion']} has no IAM authentication")
         if "UserGroupId" not in props:
             problems.append(f"{lid}: no user group: any client in the network reaches it as the default user")
+    return problems
+
+
+def security_group_description_problems(template: dict[str, Any]) -> list[str]:
+    """Security group (rule) descriptions EC2 would refuse (SG_RULE_FROM_GROUP_CHARS, SG_RULE_FROM_CIDR_CHARS)."""
+    rules: list[tuple[str, dict[str, Any]]] = []
+    problems = []
+    for lid, res in template.get("Resources", {}).items():
+        props = res.get("Properties", {})
+        if res["Type"] in ("AWS::EC2::SecurityGroupIngress", "AWS::EC2::SecurityGroupEgress"):
+            rules.append((lid, props))
+        elif res["Type"] == "AWS::EC2::SecurityGroup":
+            inline = props.get("SecurityGroupIngress", []) + props.get("SecurityGroupEgress", [])
+            rules += [(lid, rule) for rule in inline]
+            text = props.get("GroupDescription")
+            if isinstance(text, str) and not re.fullmatch(SG_RULE_FROM_CIDR_CHARS, text):
+                problems.append(f"{lid}: group description {text!r}")
+    for lid, rule in rules:
+        text = rule.get("Description")
+        from_group = "SourceSecurityGroupId" in rule or "DestinationSecurityGroupId" in rule
+        allowed = SG_RULE_FROM_GROUP_CHARS if from_group else SG_RULE_FROM_CIDR_CHARS
+        if isinstance(text, str) and not re.fullmatch(allowed, text):
+            problems.append(f"{lid}: rule description {text!r}")
     return problems
 
 
@@ -456,10 +487,61 @@ def test_the_pods_talk_to_the_serverless_cache_as_to_a_cluster(templates: dict[s
     cluster-mode redis-server)."""
     serving = templates["EcomrecServing"]
     assert _resources(serving, "AWS::ElastiCache::ServerlessCache") and SERVERLESS_IS_CLUSTER_MODE
+    env = _deployment_env(serving)
+    assert env["ECOMREC_STORE_CLUSTER"] == "true" and env["ECOMREC_STORE_URL"].startswith("rediss://")
+
+
+def _deployment_env(serving: dict[str, Any], region: str = "eu-west-1") -> dict[str, str]:
+    """The inference container's environment as the manifests custom resource applies it: the stack's region
+    where the template says ``{"Ref": "AWS::Region"}``, ``<ref>`` for any other reference."""
     [custom] = _resources(serving, "Custom::EcomrecKubernetesManifests").values()
     separator, parts = custom["Properties"]["Manifests"]["Fn::Join"]  # JSON text with references inside strings
-    manifests = json.loads(separator.join(p if isinstance(p, str) else "<ref>" for p in parts))
+    manifests = json.loads(separator.join(
+        p if isinstance(p, str) else region if p == {"Ref": "AWS::Region"} else "<ref>" for p in parts))
     [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["ECOMREC_STORE_CLUSTER"] == "true" and env["ECOMREC_STORE_URL"].startswith("rediss://")
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_the_pods_aws_sdk_finds_the_region_for_firehose(templates: dict[str, dict[str, Any]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 takes a client's region from AWS_DEFAULT_REGION or the config file, not from AWS_REGION (botocore
+    1.44.8, the inference image's, configprovider.py BOTOCORE_DEFAUT_SESSION_VARIABLES: ``'region':
+    ('region', 'AWS_DEFAULT_REGION', None, None)``), and EKS Pod Identity injects credentials only
+    (AWS_CONTAINER_CREDENTIALS_FULL_URI, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE:
+    https://docs.aws.amazon.com/sdkref/latest/guide/feature-container-credentials.html). With AWS_REGION alone
+    the Firehose client raises NoRegionError, caught as EventLogUnavailableError: every POST /events a 503.
+    Here the real boto3 builds the event log's client in exactly the Deployment's environment."""
+    import boto3
+
+    from components.realtime import firehose_log
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session made earlier may hold another environment
+    env = _deployment_env(templates["EcomrecServing"], region="eu-west-1")
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/ecomrec-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ecomrec-credentials")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # Pod Identity's stand-in: no IMDS look-up
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    assert firehose_log._default_client().meta.region_name == "eu-west-1"
+
+
+def test_security_group_descriptions_are_what_ec2_accepts(templates: dict[str, dict[str, Any]]) -> None:
+    """API_UserIdGroupPair.html / API_IpRange.html (SG_RULE_FROM_GROUP_CHARS): a ">" in a rule's description
+    ("rollout function -> Kubernetes API") fails the stack's deploy; every stack's rules and groups here."""
+    found = [f"{name}/{problem}" for name, template in templates.items()
+             for problem in security_group_description_problems(template)]
+    assert found == []
+    broken = {"Resources": {
+        "R": {"Type": "AWS::EC2::SecurityGroupIngress",
+              "Properties": {"SourceSecurityGroupId": "sg-1", "Description": "a -> b"}},
+        "G": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
+            "GroupDescription": "ok & fine", "SecurityGroupIngress": [
+            {"CidrIp": "10.0.0.0/8", "Description": "cidr & fine"},
+            {"SourceSecurityGroupId": "sg-2", "Description": "group & not fine"}]}}}}
+    assert security_group_description_problems(broken) == [
+        "R: rule description 'a -> b'", "G: rule description 'group & not fine'"]

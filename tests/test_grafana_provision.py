@@ -53,6 +53,7 @@ class FakeGrafana:
     dashboards: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_dashboards: bool = False
+    transient: list[int] = field(default_factory=list)  # statuses answered before anything else, one per call
 
 
 def _server(state: FakeGrafana) -> ThreadingHTTPServer:
@@ -75,6 +76,8 @@ def _server(state: FakeGrafana) -> ThreadingHTTPServer:
 
         def _handle(self) -> None:
             state.calls.append((self.command, self.path))
+            if state.transient:
+                return self._answer(state.transient.pop(0), {"message": "Bad Gateway"})
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._answer(401, {"message": "Unauthorized"})
             ds_prefix = "/api/datasources/uid/"
@@ -231,13 +234,53 @@ def test_a_leftover_service_account_is_reused_and_then_deleted(grafana_http, amg
     assert DS_UID in state.datasources
 
 
-def test_the_token_is_deleted_when_grafana_fails(grafana_http, amg) -> None:
+def test_the_token_is_deleted_when_grafana_fails(grafana_http, amg, monkeypatch: pytest.MonkeyPatch) -> None:
     state, url = grafana_http
     state.fail_dashboards = True
     client, stubber = amg
+    monkeypatch.setattr(p, "_sleep", lambda s: None)
     expect_token_lifecycle(stubber)  # the fixture asserts the two deletions happened
     with pytest.raises(p.ProvisionError, match=r"POST /api/dashboards/db: HTTP 500"):
         p.on_event(event(url), client)
+    assert state.calls.count(("POST", "/api/dashboards/db")) == p.HTTP_ATTEMPTS  # retried, then given up
+
+
+def test_transient_grafana_errors_are_retried(grafana_http, amg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 502/503/429 or a dropped connection from the workspace's endpoint is retried with backoff, as AWS
+    advises for server errors and throttling (https://docs.aws.amazon.com/general/latest/gr/api-retries.html):
+    one such answer must not fail the stack's create and roll back the monitoring stack. Every call is an
+    upsert (a POST of the data source that answers 409 after a lost answer becomes the PUT), so a retry converges."""
+    state, url = grafana_http
+    client, stubber = amg
+    slept: list[float] = []
+    monkeypatch.setattr(p, "_sleep", slept.append)
+    expect_token_lifecycle(stubber)
+    state.transient = [502, 503, 429]
+    p.on_event(event(url), client)
+    assert DS_UID in state.datasources and "ecomrec-inference" in state.dashboards
+    assert state.calls[:4] == [("GET", f"/api/datasources/uid/{DS_UID}")] * 4
+    assert slept == [p.HTTP_BACKOFF_S, p.HTTP_BACKOFF_S * 2, p.HTTP_BACKOFF_S * 4]
+    # A POST whose answer was lost: the data source exists, the repeated POST answers 409, the PUT updates it.
+    state.datasources.clear()
+    api = p.GrafanaApi(url, TOKEN)
+    body = p.datasource_body(DS_UID, DS_NAME, AMP_URL, "eu-west-1")
+    api.call("POST", "/api/datasources", body)
+    monkeypatch.setattr(api, "call", _lose_first_get(api.call))
+    p.upsert_datasource(api, body)
+    assert state.datasources[DS_UID]["version"] == 2
+
+
+def _lose_first_get(call):  # type: ignore[no-untyped-def]
+    """The GET answers 404 as if the earlier POST had not landed (its answer was lost on the way back)."""
+    seen: list[str] = []
+
+    def wrapped(method: str, path: str, body=None, ok_missing: bool = False):  # type: ignore[no-untyped-def]
+        if method == "GET" and not seen:
+            seen.append(path)
+            return None
+        return call(method, path, body, ok_missing=ok_missing)
+
+    return wrapped
 
 
 def test_delete_touches_nothing(grafana_http, amg) -> None:

@@ -210,7 +210,7 @@ class EventsStack(cdk.Stack):
             ip_protocol="tcp",
             from_port=443,
             to_port=443,
-            description="rollout function -> Kubernetes API",
+            description="rollout function to the Kubernetes API",
         )
         fn = lambda_.Function(
             self,

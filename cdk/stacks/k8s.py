@@ -65,7 +65,7 @@ class ManifestParams:
     store_url: str = ""
     store_iam_cache: str = ""
     store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless does)
-    region: str = ""  # AWS_REGION for the pods' SDK calls (Firehose, the IAM token's signature)
+    region: str = ""  # AWS_REGION and AWS_DEFAULT_REGION for the pods' SDK calls (Firehose, the IAM token)
 
 
 def namespace() -> dict[str, Any]:
@@ -104,6 +104,9 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
             {"name": "ECOMREC_WORK_DIR", "value": "/tmp/ecomrec"},
             *[{"name": name, "value": value} for name, value in (
                 ("AWS_REGION", p.region),
+                # boto3 reads a client's region from AWS_DEFAULT_REGION, not AWS_REGION, and Pod Identity
+                # injects credentials only: without it the Firehose client has no region (NoRegionError).
+                ("AWS_DEFAULT_REGION", p.region),
                 ("ECOMREC_EVENTS_FIREHOSE_STREAM", p.events_firehose_stream),
                 ("ECOMREC_STORE_URL", p.store_url),
                 ("ECOMREC_STORE_IAM_CACHE", p.store_iam_cache),

@@ -404,7 +404,7 @@ class MonitoringStack(cdk.Stack):
             runtime=LAMBDA_RUNTIME,
             code=lambda_.Code.from_asset(str(GRAFANA_CODE), exclude=["**/__pycache__", "*.pyc", ".mypy_cache"]),
             handler="ecomrec_grafana.provision.handler",
-            timeout=Duration.minutes(2),
+            timeout=Duration.minutes(5),  # the HTTP calls' retries (provision.HTTP_ATTEMPTS)
             memory_size=128,
             log_group=lambda_log_group(self, "GrafanaProvisionerLogs"),
             description="Adds the Prometheus data source and the ecomrec dashboard to the Grafana workspace",

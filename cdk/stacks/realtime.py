@@ -115,7 +115,7 @@ class Realtime(Construct):
         sg = ec2.SecurityGroup(self, "StoreSg", vpc=vpc, allow_all_outbound=False,
                                description="Online store (Valkey, TLS): the inference pods only")
         sg.add_ingress_rule(pod_security_group, ec2.Port.tcp(STORE_PORT),
-                            "EKS Auto Mode nodes and their pods (the cluster security group) -> Valkey/TLS")
+                            "EKS Auto Mode nodes and their pods (the cluster security group) to Valkey over TLS")
         # A user group must hold a user named "default"; this one is off (no unauthenticated access). A
         # "valkey" group takes only password or IAM users, so the group and its users are "redis", which a
         # Valkey cache accepts (https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/Clusters.RBAC.html).

@@ -358,7 +358,7 @@ class ServingStack(cdk.Stack):
             description="Kubernetes manifests custom resource: reaches the EKS API",
         )
         self.cluster.cluster_security_group.add_ingress_rule(
-            sg, ec2.Port.tcp(443), "manifests custom resource -> Kubernetes API"
+            sg, ec2.Port.tcp(443), "manifests custom resource to the Kubernetes API"
         )
         fn = lambda_.Function(
             self,

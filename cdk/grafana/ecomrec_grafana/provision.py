@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -45,11 +46,22 @@ log.setLevel(logging.INFO)
 SERVICE_ACCOUNT = "ecomrec-provisioner"
 TOKEN_TTL_S = 900  # the whole invocation fits; the token is deleted at its end anyway
 DATASOURCE_VARIABLE = "datasource"  # the dashboard's data-source template variable
-HTTP_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 20.0
+# Server errors and throttling are retried with exponential backoff, as AWS advises
+# (https://docs.aws.amazon.com/general/latest/gr/api-retries.html): every call is an upsert, so a repeat
+# converges. 4 attempts of at most 20 s plus 2+4+8 s of backoff fit the function's 5 minutes.
+HTTP_ATTEMPTS = 4
+HTTP_BACKOFF_S = 2.0
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+_sleep = time.sleep
 
 
 class ProvisionError(RuntimeError):
-    """A Grafana or Amazon Managed Grafana call failed; the message names the call."""
+    """A Grafana or Amazon Managed Grafana call failed; the message names the call (``status``: Grafana's)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def datasource_body(uid: str, name: str, prometheus_url: str, region: str) -> dict[str, Any]:
@@ -96,27 +108,42 @@ class GrafanaApi:
             headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json",
                      "Content-Type": "application/json"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer: dict[str, Any] = json.loads(response.read() or b"{}")
-                return answer
-        except urllib.error.HTTPError as error:
-            if ok_missing and error.code == 404:
-                return None
-            detail = error.read()[:300].decode(errors="replace")
-            raise ProvisionError(f"Grafana {method} {path}: HTTP {error.code}: {detail}") from None
-        except urllib.error.URLError as error:
-            raise ProvisionError(f"Grafana {method} {path}: {error.reason}") from None
+        for attempt in range(HTTP_ATTEMPTS):
+            if attempt:
+                _sleep(HTTP_BACKOFF_S * 2 ** (attempt - 1))
+            last = attempt + 1 == HTTP_ATTEMPTS
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                    return answer
+            except urllib.error.HTTPError as error:
+                if ok_missing and error.code == 404:
+                    return None
+                detail = error.read()[:300].decode(errors="replace")
+                if error.code in RETRIED_STATUSES and not last:
+                    log.warning("Grafana %s %s: HTTP %s, retrying", method, path, error.code)
+                    continue
+                raise ProvisionError(f"Grafana {method} {path}: HTTP {error.code}: {detail}", error.code) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                if not last:
+                    log.warning("Grafana %s %s: %s, retrying", method, path, error)
+                    continue
+                raise ProvisionError(f"Grafana {method} {path}: {getattr(error, 'reason', error)}") from None
+        raise AssertionError("unreachable")
 
 
 def upsert_datasource(api: GrafanaApi, body: dict[str, Any]) -> None:
     uid = body["uid"]
     if api.call("GET", f"/api/datasources/uid/{uid}", ok_missing=True) is None:
-        api.call("POST", "/api/datasources", body)
-        log.info("created data source %s", uid)
-    else:
-        api.call("PUT", f"/api/datasources/uid/{uid}", body)
-        log.info("updated data source %s", uid)
+        try:
+            api.call("POST", "/api/datasources", body)
+            log.info("created data source %s", uid)
+            return
+        except ProvisionError as error:
+            if error.status != 409:  # 409: it exists after all (an earlier POST whose answer was lost)
+                raise
+    api.call("PUT", f"/api/datasources/uid/{uid}", body)
+    log.info("updated data source %s", uid)
 
 
 def put_dashboard(api: GrafanaApi, dashboard: dict[str, Any]) -> dict[str, Any]:
