@@ -4,7 +4,10 @@ User-grouped K-fold CV over the TRAIN fold's candidate users (warm users with a 
 per CV fold the ranker trains exactly as the pipeline does (sampled rows of the training users, early
 stopping on a seeded 20 % of them) and is judged on the held-out users' WHOLE candidate lists: NDCG@10
 as EVALUATION.md defines it (|R| counts targets outside the candidate list), next to repurchase, als and
-popular on the same users and lists.
+popular on the same users and lists. Beside it the exploration view (EVALUATION.md's exclude_purchased, as
+components/evaluation builds it): the lists without the items each user bought before the fold's cutoff,
+topped up with the popular list, judged on the label-window items the user had not bought before; two_stage
+(the CV ranker's order) and als (ALS candidates in ALS order).
 
 Extra training windows (earlier cutoffs) come as more (etl, als, fold) triples: their labelled rows are
 stacked onto the training rows (every user: a held-out user's earlier behaviour is history, as the test
@@ -30,6 +33,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,8 @@ from machine import REPO, machine, machine_line
 sys.path.insert(0, str(REPO))
 from components import schema as s
 from components.config import RankerConfig
+from components.evaluation.recommenders import ranked_lists
+from components.evaluation.recompute import metric_block
 from components.ranker.data import (
     hash_uniform,
     label_candidates,
@@ -49,17 +56,18 @@ from components.ranker.data import (
     training_users,
     validation_mask,
 )
-from components.ranker.features import HIST_RANK, build_features
+from components.ranker.features import HIST_RANK, RANK_SENTINEL, build_features
 from components.ranker.hyperparameters import catboost_params, hyperparameters_from_config, parse_hyperparameters
 from components.ranker.io import feature_lists, load_fold
+from components.ranker.model import PopularFallback
 
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float, *, tifu_features: bool = False
-                   ) -> tuple[pd.DataFrame, list[str], list[str]]:
+def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float, *, tifu_features: bool = False,
+                   itemknn_features: bool = False) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One fold's candidates with features, label and n_targets (the pipeline's build_features; with
-    ``tifu_features``, TIFU-KNN's pair scores as ranker_data adds them)."""
+    ``tifu_features`` / ``itemknn_features``, TIFU-KNN's / itemknn's pair scores as ranker_data adds them)."""
     tables = load_fold(etl, als, fold)
     candidates = tables.candidates
     if tifu_features:
@@ -67,6 +75,12 @@ def labelled_frame(etl: Path, als: Path, fold: s.Fold, horizon: float, *, tifu_f
         from components.ranker.data_step import fold_tifu_model
 
         candidates = tifu.with_pair_scores(fold_tifu_model(etl, fold, candidates[s.USER_IDX].unique()), candidates)
+    if itemknn_features:
+        from components.candidates import itemknn
+        from components.ranker.data_step import fold_itemknn
+
+        knn = fold_itemknn(etl, fold)
+        candidates = itemknn.with_pair_scores(candidates, knn.similarity, knn.user_items)
     frame, spec = build_features(candidates, tables.user_features, tables.item_features,
                                  tables.user_item_features, feature_lists(etl), user_category=tables.user_category,
                                  horizon_days=horizon)
@@ -92,6 +106,55 @@ def ndcg(frame: pd.DataFrame, score: np.ndarray, k: int = 10) -> float:
     n_targets = n_targets.loc[n_targets > 0]
     idcg = np.cumsum(discounts)[np.minimum(n_targets.to_numpy(), k) - 1]
     return float((dcg.reindex(n_targets.index).fillna(0.0).to_numpy() / idcg).mean())
+
+
+def _lists(pairs: pd.DataFrame) -> dict[Hashable, list[Hashable]]:
+    """user_idx -> its item_idx in row order (Python ints)."""
+    out: dict[Hashable, list[Hashable]] = {}
+    for user, item in zip(pairs[s.USER_IDX].tolist(), pairs[s.ITEM_IDX].tolist(), strict=True):
+        out.setdefault(user, []).append(item)
+    return out
+
+
+def _sets(pairs: pd.DataFrame) -> dict[Hashable, set[Hashable]]:
+    return {user: set(items) for user, items in _lists(pairs).items()}
+
+
+@dataclass(frozen=True)
+class ExploreView:
+    """What the exploration view needs besides the candidate rows (one fold)."""
+
+    purchased: pd.DataFrame  # user_idx, item_idx bought before the fold's cutoff
+    new_truth: dict[Hashable, set[Hashable]]  # user -> the target items they had not bought before (>= 1)
+    fallback: PopularFallback
+    n_items: int
+
+    @classmethod
+    def load(cls, etl: Path, als: Path, fold: s.Fold) -> ExploreView:
+        tables = load_fold(etl, als, fold)
+        ui = tables.user_item_features
+        purchased = ui.loc[ui[s.UI_PURCHASE_DAYS].fillna(0) > 0, [s.USER_IDX, s.ITEM_IDX]]
+        bought = _sets(purchased)
+        truth = {u: items - bought.get(u, set()) for u, items in _sets(tables.targets).items()}
+        n_items = len(pd.read_parquet(etl / s.ID_MAPS_DIR / s.ITEMS, columns=[s.ITEM_IDX]))
+        return cls(purchased, {u: t for u, t in truth.items() if t},
+                   PopularFallback.from_item_features(tables.item_features), n_items)
+
+    def ndcg(self, frame: pd.DataFrame, score: np.ndarray, users: np.ndarray, k: int = 10) -> float:
+        """NDCG@k over ``users`` with a new target item: each one's rows of ``frame`` ranked by ``score`` (desc,
+        ties item_idx asc) without their purchased items, topped up with popular ones (the evaluation's lists)."""
+        pool = frame[[s.USER_IDX, s.ITEM_IDX]].assign(**{s.SCORE: np.asarray(score, dtype=np.float64)})
+        lists = ranked_lists(pool, [s.SCORE], [False], users, self.fallback, k, exclude=self.purchased)
+        per_user = _lists(lists)  # rows come by user, then rank
+        truth = {u: self.new_truth[u] for u in users.tolist() if u in self.new_truth}
+        return float(metric_block(per_user, truth, self.n_items, ks=(k,))[s.metric_key("ndcg", k)]["value"])
+
+    def two_stage_and_als(self, frame: pd.DataFrame, score: np.ndarray) -> tuple[float, float]:
+        """(two_stage: every candidate by ``score``, als: the ALS candidates in ALS order) on the frame's users."""
+        users = np.unique(frame[s.USER_IDX].to_numpy())
+        ranked = (frame[s.FROM_ALS] > 0) & (frame[s.ALS_RANK] < RANK_SENTINEL)
+        return (self.ndcg(frame, score, users),
+                self.ndcg(frame.loc[ranked], -frame.loc[ranked, s.ALS_RANK].to_numpy(np.float64), users))
 
 
 def baselines(frame: pd.DataFrame) -> dict[str, float]:
@@ -160,7 +223,8 @@ def sample(labelled: pd.DataFrame, negatives: int, seed: int, experiment: dict[s
 
 
 def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: list[str], cats: list[str],
-                   experiment: dict[str, Any], folds: int, seed: int) -> dict[str, Any]:
+                   experiment: dict[str, Any], folds: int, seed: int, view: ExploreView | None = None
+                   ) -> dict[str, Any]:
     from catboost import Pool
 
     config = RankerConfig()
@@ -170,7 +234,7 @@ def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: lis
     used_cats = [c for c in cats if c in used]
     users = np.unique(frame[s.USER_IDX].to_numpy())
     part = (hash_uniform(seed, users) * folds).astype(int)
-    scores, base, seconds, trees, rows = [], [], [], [], []
+    scores, base, seconds, trees, rows, explored = [], [], [], [], [], []
     for k in range(folds):
         held = users[part == k]
         rest = frame.loc[~frame[s.USER_IDX].isin(held)]
@@ -187,16 +251,24 @@ def cross_validate(frame: pd.DataFrame, extra: list[pd.DataFrame], features: lis
         ranking = "ranking_loss" in experiment.get("params", {})  # CatBoostRanker predicts raw values
         raw = model.predict(pool) if ranking else model.predict(pool, prediction_type="RawFormulaVal")
         scores.append(ndcg(evaluated, raw))
+        if view is not None:
+            explored.append(view.two_stage_and_als(evaluated, raw))
         base.append(baselines(evaluated))
         seconds.append(took)
         trees.append(int(model.tree_count_))
         rows.append(len(train))
     mean_base = {name: float(np.mean([b[name] for b in base])) for name in base[0]}
     two_stage = float(np.mean(scores))
+    explore: dict[str, Any] = {}
+    if explored:  # the exploration view (exclude_purchased)
+        new_two_stage, new_als = (float(np.mean(values)) for values in zip(*explored, strict=True))
+        explore = {"two_stage": new_two_stage, "als": new_als, "two_stage_over_als": new_two_stage / new_als,
+                   "per_fold": [e[0] for e in explored], "als_per_fold": [e[1] for e in explored]}
     return {
         "name": experiment["name"], "experiment": experiment, "two_stage": two_stage, "per_fold": scores,
         **mean_base, "ratio": two_stage / max(mean_base["repurchase"], mean_base["popular"]),
         "fit_seconds": float(np.mean(seconds)), "trees": trees, "training_rows": rows, "features": len(used),
+        "explore": explore,
     }
 
 
@@ -254,6 +326,9 @@ def main() -> None:
     parser.add_argument("--tag", default="ranker_cv")
     parser.add_argument("--tifu", action="store_true",
                         help="add TIFU-KNN's pair features (compare with an experiment that drops them)")
+    parser.add_argument("--itemknn", action="store_true",
+                        help="add itemknn's pair features (ranker.itemknn_features; compare with an experiment that "
+                             "drops them)")
     args = parser.parse_args()
     info = machine()
     if args.als_configs:
@@ -266,13 +341,15 @@ def main() -> None:
     windows = json.loads((args.etl / s.WINDOWS_FILE).read_text())
     started = time.perf_counter()
     frame, features, cats = labelled_frame(args.etl, args.als, s.TRAIN_FOLD, float(windows["label_days"]),
-                                           tifu_features=args.tifu)
+                                           tifu_features=args.tifu, itemknn_features=args.itemknn)
+    view = ExploreView.load(args.etl, args.als, s.TRAIN_FOLD)
     extra = []
     for spec in args.extra:
         etl, als, fold = spec.split(":")
         extra_windows = json.loads((Path(etl) / s.WINDOWS_FILE).read_text())
         horizon = float(extra_windows["label_days" if fold == s.TRAIN_FOLD else "test_days"])
-        extra_frame, extra_features, _ = labelled_frame(Path(etl), Path(als), fold, horizon, tifu_features=args.tifu)
+        extra_frame, extra_features, _ = labelled_frame(Path(etl), Path(als), fold, horizon, tifu_features=args.tifu,
+                                                        itemknn_features=args.itemknn)
         missing = set(features) - set(extra_features)
         if missing:
             raise SystemExit(f"extra window {spec} lacks features {sorted(missing)}")
@@ -282,12 +359,16 @@ def main() -> None:
           f"{[(len(e), int(e[s.LABEL].sum())) for e in extra]}", flush=True)
     results = []
     for experiment in experiments:
-        result = cross_validate(frame, extra, features, cats, experiment, args.folds, args.seed)
+        result = cross_validate(frame, extra, features, cats, experiment, args.folds, args.seed, view)
         results.append(result)
         folds = " ".join(f"{x:.4f}" for x in result["per_fold"])
+        new = result["explore"]
         print(f"{result['name']:32s} ndcg {result['two_stage']:.4f} ({folds}) "
               f"repurchase {result['repurchase']:.4f} als {result['als']:.4f} popular {result['popular']:.4f} "
-              f"ratio {result['ratio']:.3f} fit {result['fit_seconds']:.1f}s trees {result['trees']}", flush=True)
+              f"ratio {result['ratio']:.3f} fit {result['fit_seconds']:.1f}s trees {result['trees']}; "
+              f"exclude_purchased {new['two_stage']:.4f} ({' '.join(f'{x:.4f}' for x in new['per_fold'])}) "
+              f"als {new['als']:.4f} = "
+              f"{new['two_stage_over_als']:.3f}x", flush=True)
     report = {"machine": info, "etl": str(args.etl), "als": str(args.als), "extra": args.extra,
               "folds": args.folds, "seed": args.seed, "results": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -295,10 +376,12 @@ def main() -> None:
     lines = [f"# Ranker train-fold CV ({args.tag})", "", f"Machine: {machine_line(info)}", "",
              f"{args.folds}-fold user-grouped CV on the train fold (never the test window); NDCG@10 on held-out "
              "users' whole candidate lists.", "",
-             "| experiment | two_stage | repurchase | als | popular | ratio | fit s | trees |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| experiment | two_stage | repurchase | als | popular | ratio | exclude_purchased: two_stage | als | "
+             "two_stage / als | fit s | trees |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['two_stage']:.4f} | {r['repurchase']:.4f} | {r['als']:.4f} | {r['popular']:.4f} | "
-              f"{r['ratio']:.3f} | {r['fit_seconds']:.1f} | {r['trees']} |" for r in results]
+              f"{r['ratio']:.3f} | {r['explore']['two_stage']:.4f} | {r['explore']['als']:.4f} | "
+              f"{r['explore']['two_stage_over_als']:.3f} | {r['fit_seconds']:.1f} | {r['trees']} |" for r in results]
     (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
 
 

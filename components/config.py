@@ -111,6 +111,10 @@ class RankerConfig(_Strict):
     # NDCG@10 +0.001 to +0.004 (within noise), ~1/3 more trees, ~18 % more pipeline time (budget 15 %): off
     # (README, issue 17; benchmarks/results/ranker_cv_tifu.md).
     tifu_features: bool = False
+    # itemknn's score of each candidate (BM25 item-item over the user's history), its rank and its share of the
+    # user's best: "items like yours", what ranks never-bought items. Train-fold CV (issue 17; README,
+    # benchmarks/results/ranker_cv_itemknn.md): exclude_purchased NDCG@10 up, the main view not worse.
+    itemknn_features: bool = True
 
 
 class GateConfig(_Strict):

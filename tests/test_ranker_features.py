@@ -137,3 +137,21 @@ def test_left_join_matches_a_pandas_left_merge() -> None:
         pd.testing.assert_frame_equal(_left_join(frame, table, keys), expected)
     with pytest.raises(ValueError, match=r"columns \['f'\] would be joined twice"):
         _left_join(frame, right.assign(f=1.0), [s.USER_IDX, s.ITEM_IDX])
+
+
+def test_itemknn_score_rank_and_share_of_the_users_best() -> None:
+    """ranker_data's itemknn column (ranker.itemknn_features) becomes three features: the score, its rank
+    within the user's candidates (ties by item_idx; unscored items after every rank) and its share of the
+    user's best; without the column none of them exists."""
+    from components.ranker.features import ITEMKNN_RANK, ITEMKNN_REL
+
+    t = tables()
+    candidates = t["candidates"].assign(**{s.ITEMKNN_PAIR_COLUMN: [0.5, 2.0, 0.5, 0.0]})
+    frame, spec = build_features(candidates, t["users"], t["items"], t["ui"], LISTS,
+                                 user_category=t["user_category"])
+    frame = frame.set_index([s.USER_IDX, s.ITEM_IDX])
+    assert {s.ITEMKNN_PAIR_COLUMN, ITEMKNN_RANK, ITEMKNN_REL} <= set(spec.features) and spec.numeric_first
+    assert frame[ITEMKNN_RANK].to_dict() == {(0, 10): 2.0, (0, 11): 1.0, (0, 12): 3.0, (1, 10): RANK_SENTINEL}
+    assert frame[ITEMKNN_REL].to_dict() == {(0, 10): 0.25, (0, 11): 1.0, (0, 12): 0.25, (1, 10): 0.0}
+    _, without = build()
+    assert not {s.ITEMKNN_PAIR_COLUMN, ITEMKNN_RANK, ITEMKNN_REL} & set(without.features)
