@@ -139,19 +139,14 @@ def test_left_join_matches_a_pandas_left_merge() -> None:
         _left_join(frame, right.assign(f=1.0), [s.USER_IDX, s.ITEM_IDX])
 
 
-def test_itemknn_score_rank_and_share_of_the_users_best() -> None:
-    """ranker_data's itemknn column (ranker.itemknn_features) becomes three features: the score, its rank
-    within the user's candidates (ties by item_idx; unscored items after every rank) and its share of the
-    user's best; without the column none of them exists."""
-    from components.ranker.features import ITEMKNN_RANK, ITEMKNN_REL
-
+def test_itemknn_score_is_a_feature_when_ranker_data_adds_it() -> None:
+    """ranker_data's itemknn column (ranker.itemknn_features) becomes a numeric feature, 0 where missing;
+    without the column there is no such feature."""
     t = tables()
-    candidates = t["candidates"].assign(**{s.ITEMKNN_PAIR_COLUMN: [0.5, 2.0, 0.5, 0.0]})
+    candidates = t["candidates"].assign(**{s.ITEMKNN_PAIR_COLUMN: [0.5, 2.0, np.nan, 0.0]})
     frame, spec = build_features(candidates, t["users"], t["items"], t["ui"], LISTS,
                                  user_category=t["user_category"])
-    frame = frame.set_index([s.USER_IDX, s.ITEM_IDX])
-    assert {s.ITEMKNN_PAIR_COLUMN, ITEMKNN_RANK, ITEMKNN_REL} <= set(spec.features) and spec.numeric_first
-    assert frame[ITEMKNN_RANK].to_dict() == {(0, 10): 2.0, (0, 11): 1.0, (0, 12): 3.0, (1, 10): RANK_SENTINEL}
-    assert frame[ITEMKNN_REL].to_dict() == {(0, 10): 0.25, (0, 11): 1.0, (0, 12): 0.25, (1, 10): 0.0}
+    assert s.ITEMKNN_PAIR_COLUMN in spec.numeric and spec.numeric_first
+    assert frame[s.ITEMKNN_PAIR_COLUMN].tolist() == [0.5, 2.0, 0.0, 0.0]
     _, without = build()
-    assert not {s.ITEMKNN_PAIR_COLUMN, ITEMKNN_RANK, ITEMKNN_REL} & set(without.features)
+    assert s.ITEMKNN_PAIR_COLUMN not in without.features

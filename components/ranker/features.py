@@ -47,8 +47,6 @@ UI_KNOWN: Final = "ui_known"
 TIFU_ALPHA: Final = 0.7
 TIFU_SCORE: Final = "x_tifu_score"  # alpha-blend of the two TIFU-KNN pair columns (components/candidates/tifu.py)
 TIFU_RANK: Final = "x_tifu_rank"  # the candidate's position by x_tifu_score within the user's list
-ITEMKNN_RANK: Final = "x_itemknn_rank"  # the candidate's position by itemknn's score within the user's list
-ITEMKNN_REL: Final = "x_itemknn_rel"  # itemknn's score / the user's best candidate's
 HIST_RANK: Final = "x_hist_rank"  # position in the `repurchase` baseline's order for this user
 UI_PURCHASE_DAYS_REL: Final = "x_ui_purchase_days_rel"  # / the user's top item's purchase days
 UI_PURCHASE_SHARE: Final = "x_ui_purchase_share"  # / the user's total item-purchase-days
@@ -295,11 +293,8 @@ def _build_features(
                                                                                  RANK_SENTINEL)
         pair_features = [*s.TIFU_PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK]
     if s.ITEMKNN_PAIR_COLUMN in pair_columns:  # items like the user's own: what ranks never-bought items
-        knn = frame[s.ITEMKNN_PAIR_COLUMN].astype(np.float64).fillna(0.0)
-        frame[s.ITEMKNN_PAIR_COLUMN] = knn
-        frame[ITEMKNN_RANK] = _rank_within_user(frame, [s.ITEMKNN_PAIR_COLUMN], [False]).where(knn > 0, RANK_SENTINEL)
-        frame[ITEMKNN_REL] = knn / knn.groupby(frame[s.USER_IDX]).transform("max").where(lambda v: v > 0, 1.0)
-        pair_features += [s.ITEMKNN_PAIR_COLUMN, ITEMKNN_RANK, ITEMKNN_REL]
+        frame[s.ITEMKNN_PAIR_COLUMN] = frame[s.ITEMKNN_PAIR_COLUMN].astype(np.float64).fillna(0.0)
+        pair_features.append(s.ITEMKNN_PAIR_COLUMN)
 
     ui = user_item_features[[s.USER_IDX, s.ITEM_IDX, *ui_names]].copy()
     ui[UI_KNOWN] = 1.0

@@ -45,8 +45,6 @@ from components.ranker.features import (
     COOC_RANK,
     DAYS_SENTINEL,
     I_MEAN_PURCHASE_DAYS,
-    ITEMKNN_RANK,
-    ITEMKNN_REL,
     N_SOURCES,
     POP_RANK_IN_USER,
     TIFU_RANK,
@@ -156,7 +154,7 @@ WEIGHT_CANCELLED_RTOL: Final = 1e-9  # components/etl/features.py
 USER_WINDOWS: Final = (28, 90)  # u_purchase_days_28d / _90d; ui_purchase_days_90d: 90
 # x_* features built from candidate or item columns only: the same at t as in the snapshot.
 KEPT_X: Final = frozenset({N_SOURCES, ALS_SCORE_GAP, COOC_RANK, TIFU_SCORE, TIFU_RANK, I_MEAN_PURCHASE_DAYS,
-                           POP_RANK_IN_USER, TREND_RANK_IN_USER, BUYERS_28D_SHARE, ITEMKNN_RANK, ITEMKNN_REL})
+                           POP_RANK_IN_USER, TREND_RANK_IN_USER, BUYERS_28D_SHARE})
 _KEPT_COLUMNS: Final = frozenset({*s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS, *s.TIFU_PAIR_COLUMNS,
                                    s.ITEMKNN_PAIR_COLUMN})
 
