@@ -138,7 +138,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fake shop (seed 5: tifu_knn is its strongest baseline) through ranker_data and train."""
     root = tmp_path_factory.mktemp("peers")
     etl, als = make_fake_outputs(root, seed=5)
-    config = PipelineConfig(ranker=RankerConfig(iterations=80, negatives_per_user=20, tifu_features=True)).to_json()
+    config = PipelineConfig(ranker=RankerConfig(iterations=80, negatives_per_user=20, tifu_features=True,
+                                                 itemknn_features=True)).to_json()
     data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(root / "ranker_data"),
                     "--config", config])
     train_step.main(["--ranker_data", str(root / "ranker_data"), "--output", str(root / "train"),
@@ -249,7 +250,7 @@ def test_ranker_reads_tifu_pair_scores_on_both_folds(shop: dict[str, Path]) -> N
 
 
 def test_ranker_reads_itemknn_scores_of_each_folds_own_history(shop: dict[str, Path]) -> None:
-    """ranker.itemknn_features (on by default): the train fold's rows carry itemknn fitted on the train fold's
+    """ranker.itemknn_features: the train fold's rows carry itemknn fitted on the train fold's
     interactions, the scoring rows (the bundle's) itemknn fitted on the test fold's, so nothing of the label
     window reaches a training row and serving sees the evaluation's features."""
     from components.ranker.data_step import fold_itemknn

@@ -150,3 +150,13 @@ def test_itemknn_score_is_a_feature_when_ranker_data_adds_it() -> None:
     assert frame[s.ITEMKNN_PAIR_COLUMN].tolist() == [0.5, 2.0, 0.0, 0.0]
     _, without = build()
     assert s.ITEMKNN_PAIR_COLUMN not in without.features
+
+
+def test_fresh_answers_keep_the_itemknn_score_of_the_snapshot() -> None:
+    """components/realtime/features.py recomputes the user-event features of a user with fresh events through
+    build_features over the candidate columns; itemknn's score is a model fitted at the cutoff, as ALS's: kept
+    at the snapshot (recomputing it there would find no such column: every fresh answer would fail)."""
+    from components.realtime.features import recomputed_features
+
+    spec = FeatureSpec(features=(s.ALS_SCORE, s.ITEMKNN_PAIR_COLUMN, s.UI_PURCHASE_DAYS))
+    assert recomputed_features(spec) == [s.UI_PURCHASE_DAYS]

@@ -403,7 +403,7 @@ def recompute(rows: pd.DataFrame, events: Sequence[StoredEvent], history: UserHi
     for name in (n for n in history.lists["user"] if n.startswith(s.USER_ATTR_PREFIX) and n in rows.columns):
         user[name] = rows[name].iloc[0]  # the shop's attributes: as in the snapshot
     candidates = rows[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS,
-                       *[c for c in (*s.TIFU_PAIR_COLUMNS, s.ITEMKNN_PAIR_COLUMN) if c in rows.columns]]]
+                       *[c for c in s.TIFU_PAIR_COLUMNS if c in rows.columns]]]
     frame, _ = build_features(candidates, user, history.item_features, ui, history.request_lists,
                               user_category=user_category if s.UC_SHARE in history.spec.features else None,
                               horizon_days=history.horizon_days, item_history=history.item_history)
