@@ -23,7 +23,9 @@ An experiment: {"name", "params" (CatBoost overrides; "ranking_loss": e.g. "Yeti
 CatBoostRanker instead, for comparison), "negatives_per_user", "negatives_ratio", "hard_by", "hard_c" (see
 sample), "validation_user_share"
 (early-stopping users), "drop" (features),
-"extra" (true: stack the --extra windows), "keep" (only these features)}. Results:
+"extra" (true: stack the --extra windows), "keep" (only these features)}. `--itemknn` / `--tifu` add those pair
+features (drop them in an experiment to compare); `--temporal` trains on the train fold and scores the test fold
+of an ETL + ALS run on a log cut at the real test_start (the pipeline one window earlier). Results:
 benchmarks/results/<tag>.{json,md}, with the machine they ran on (benchmarks/machine.py).
 """
 
