@@ -111,6 +111,12 @@ class RankerConfig(_Strict):
     # NDCG@10 +0.001 to +0.004 (within noise), ~1/3 more trees, ~18 % more pipeline time (budget 15 %): off
     # (README, issue 17; benchmarks/results/ranker_cv_tifu.md).
     tifu_features: bool = False
+    # itemknn's score of each candidate (BM25 item-item over the user's own history: "items like yours", for the
+    # exclude_purchased view). Chosen on the train side (benchmarks/results/ranker_cv_itemknn.md: CV over 3 user
+    # splits, exclude_purchased NDCG@10 0.1240 -> 0.1288, main 0.3417 -> 0.3471; ranker_temporal_itemknn.md: one
+    # window earlier, both up too), then checked once on the test window: both went down (0.3800 -> 0.3710,
+    # 1.285x -> 1.240x als; quality_peers_itemknn_features.md). Off, as the main view must not get worse (README).
+    itemknn_features: bool = False
 
 
 class GateConfig(_Strict):

@@ -227,3 +227,6 @@ MISSING_CATEGORY: Final = "__missing__"
 # TIFU-KNN pair features (components/candidates/tifu.py writes them, components/ranker/features.py reads them):
 # the user's own decayed item frequency u[item] and the k nearest users' mean u[item]
 TIFU_PAIR_COLUMNS: Final = ("x_tifu_own", "x_tifu_neighbours")
+# itemknn's score of a candidate (components/candidates/itemknn.py writes it, components/ranker/features.py
+# reads it): sum over the user's items of weight x BM25 item-item similarity
+ITEMKNN_PAIR_COLUMN: Final = "x_itemknn_score"

@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from components import schema as s
-from components.candidates import tifu
+from components.candidates import itemknn, tifu
 from components.candidates.itemknn import ItemKnn
 from components.config import GateConfig, PipelineConfig, RankerConfig
 from components.errors import QualityGateError
@@ -111,12 +111,35 @@ def test_itemknn_scores_as_implicit_recommends() -> None:
         assert set(mine[s.ITEM_IDX]) == set(ids[user][theirs])  # equal scores may tie in either order
 
 
+def test_itemknn_pair_scores_are_the_scores_it_ranks_by() -> None:
+    """A candidate's itemknn feature is the score ItemKnn.recommend ranks by (implicit's product of the user's
+    row and the similarity), also when the matrix holds only a shard's users' rows."""
+    rng = np.random.default_rng(2)
+    n_users, n_items = 50, 30
+    interactions = pd.DataFrame({s.USER_IDX: rng.integers(0, n_users, 400),
+                                 s.ITEM_IDX: rng.integers(0, n_items, 400)}).drop_duplicates()
+    interactions[s.WEIGHT] = rng.integers(1, 5, len(interactions)).astype(float)
+    model = ItemKnn(interactions, n_users, n_items)
+    dense = np.vstack([block for _, block in model.score_blocks(np.arange(n_users))])
+    users, items = np.repeat(np.arange(n_users), n_items), np.tile(np.arange(n_items), n_users)
+    order = rng.permutation(len(users))  # any row order
+    got = itemknn.pair_scores(model.similarity, model.user_items, users[order], items[order])
+    np.testing.assert_allclose(got, dense[users[order], items[order]], rtol=1e-12)
+    assert (got > 0).any() and (got == 0).any()
+    shard = interactions.loc[interactions[s.USER_IDX].between(10, 19)]
+    rows = itemknn.user_item_matrix(shard, n_users, n_items)
+    mine = (users >= 10) & (users < 20)
+    np.testing.assert_allclose(itemknn.pair_scores(model.similarity, rows, users[mine], items[mine]),
+                               dense[users[mine], items[mine]], rtol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fake shop (seed 5: tifu_knn is its strongest baseline) through ranker_data and train."""
     root = tmp_path_factory.mktemp("peers")
     etl, als = make_fake_outputs(root, seed=5)
-    config = PipelineConfig(ranker=RankerConfig(iterations=80, negatives_per_user=20, tifu_features=True)).to_json()
+    config = PipelineConfig(ranker=RankerConfig(iterations=80, negatives_per_user=20, tifu_features=True,
+                                                 itemknn_features=True)).to_json()
     data_step.main(["--etl", str(etl), "--als", str(als), "--output", str(root / "ranker_data"),
                     "--config", config])
     train_step.main(["--ranker_data", str(root / "ranker_data"), "--output", str(root / "train"),
@@ -224,6 +247,25 @@ def test_ranker_reads_tifu_pair_scores_on_both_folds(shop: dict[str, Path]) -> N
     np.testing.assert_allclose(scoring[tifu.OWN], own, rtol=1e-6)
     np.testing.assert_allclose(scoring[tifu.NEIGHBOURS], neighbours, rtol=1e-6)
     assert (scoring[tifu.OWN] > 0).any() and (scoring[tifu.NEIGHBOURS] > 0).any()
+
+
+def test_ranker_reads_itemknn_scores_of_each_folds_own_history(shop: dict[str, Path]) -> None:
+    """ranker.itemknn_features: the train fold's rows carry itemknn fitted on the train fold's
+    interactions, the scoring rows (the bundle's) itemknn fitted on the test fold's, so nothing of the label
+    window reaches a training row and serving sees the evaluation's features."""
+    from components.ranker.data_step import fold_itemknn
+    from components.ranker.model import FeatureSpec
+
+    spec = FeatureSpec.load(shop["ranker_data"] / s.FEATURE_SPEC_FILE)
+    assert s.ITEMKNN_PAIR_COLUMN in spec.features
+    for rows_dir, fold in ((s.VALIDATION_RANKING_DIR, s.TRAIN_FOLD), (s.SCORING_DIR, s.TEST_FOLD)):
+        rows = pd.read_parquet(shop["ranker_data"] / rows_dir)
+        pairs = rows[s.USER_IDX].to_numpy(), rows[s.ITEM_IDX].to_numpy()
+        own, other = (fold_itemknn(shop["etl"], f) for f in (fold, ({s.TRAIN_FOLD, s.TEST_FOLD} - {fold}).pop()))
+        expected = itemknn.pair_scores(own.similarity, own.user_items, *pairs)
+        np.testing.assert_allclose(rows[s.ITEMKNN_PAIR_COLUMN], expected, rtol=1e-6)  # float32 in the files
+        assert (expected > 0).any()
+        assert not np.allclose(expected, itemknn.pair_scores(other.similarity, other.user_items, *pairs))
 
 
 def test_history_baskets_follow_a_rewritten_etl(shop: dict[str, Path], tmp_path: Path) -> None:

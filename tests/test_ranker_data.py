@@ -21,7 +21,8 @@ from components.ranker.io import load_fold, user_chunks, user_row_counts
 from components.ranker.model import FeatureSpec
 from tests.test_ranker_fixtures import make_fake_outputs
 
-CONFIG = RankerConfig(negatives_per_user=6, validation_user_share=0.25, seed=11)
+# itemknn_features: its scores in shards of users too (test_shards_of_users_...)
+CONFIG = RankerConfig(negatives_per_user=6, validation_user_share=0.25, seed=11, itemknn_features=True)
 
 
 @pytest.fixture(scope="module")

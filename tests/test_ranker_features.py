@@ -137,3 +137,26 @@ def test_left_join_matches_a_pandas_left_merge() -> None:
         pd.testing.assert_frame_equal(_left_join(frame, table, keys), expected)
     with pytest.raises(ValueError, match=r"columns \['f'\] would be joined twice"):
         _left_join(frame, right.assign(f=1.0), [s.USER_IDX, s.ITEM_IDX])
+
+
+def test_itemknn_score_is_a_feature_when_ranker_data_adds_it() -> None:
+    """ranker_data's itemknn column (ranker.itemknn_features) becomes a numeric feature, 0 where missing;
+    without the column there is no such feature."""
+    t = tables()
+    candidates = t["candidates"].assign(**{s.ITEMKNN_PAIR_COLUMN: [0.5, 2.0, np.nan, 0.0]})
+    frame, spec = build_features(candidates, t["users"], t["items"], t["ui"], LISTS,
+                                 user_category=t["user_category"])
+    assert s.ITEMKNN_PAIR_COLUMN in spec.numeric and spec.numeric_first
+    assert frame[s.ITEMKNN_PAIR_COLUMN].tolist() == [0.5, 2.0, 0.0, 0.0]
+    _, without = build()
+    assert s.ITEMKNN_PAIR_COLUMN not in without.features
+
+
+def test_fresh_answers_keep_the_itemknn_score_of_the_snapshot() -> None:
+    """components/realtime/features.py recomputes the user-event features of a user with fresh events through
+    build_features over the candidate columns; itemknn's score is a model fitted at the cutoff, as ALS's: kept
+    at the snapshot (recomputing it there would find no such column: every fresh answer would fail)."""
+    from components.realtime.features import recomputed_features
+
+    spec = FeatureSpec(features=(s.ALS_SCORE, s.ITEMKNN_PAIR_COLUMN, s.UI_PURCHASE_DAYS))
+    assert recomputed_features(spec) == [s.UI_PURCHASE_DAYS]

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from components import schema as s
-from components.candidates import tifu
+from components.candidates import itemknn, tifu
 from components.config import RankerConfig
 from components.memory import release_memory
 from components.ranker.data import (
@@ -88,11 +89,14 @@ def _train_fold(etl: Path, als: Path, config: RankerConfig) -> tuple[FoldCounts,
         users_capped=counts["capped"], target_pairs=int(fold.targets[s.USER_IDX].isin(candidate_users).sum()))
     chosen = replace(fold, candidates=fold.candidates.loc[fold.candidates[s.USER_IDX].isin(users)])
     model = fold_tifu_model(etl, s.TRAIN_FOLD, users) if config.tifu_features else None
+    knn = fold_itemknn(etl, s.TRAIN_FOLD) if config.itemknn_features else None
 
     def chunks() -> Iterator[TrainingChunk]:
         spec: FeatureSpec | None = None
         for chunk in user_chunks(chosen, config.chunk_rows):
             candidates = tifu.with_pair_scores(model, chunk.candidates) if model else chunk.candidates
+            if knn is not None:
+                candidates = itemknn.with_pair_scores(candidates, knn.similarity, knn.user_items)
             frame, spec = build_features(candidates, chunk.user_features, chunk.item_features,
                                          chunk.user_item_features, lists, user_category=chunk.user_category,
                                          horizon_days=horizon, spec=spec, item_history=item_history)
@@ -143,11 +147,27 @@ def write_training_data(etl: Path, als: Path, output: Path, config: RankerConfig
     return spec, SampleReport.combine(fold_counts, sum_counts(channel_counts))
 
 
+def _id_map_sizes(etl: Path) -> tuple[int, int]:
+    """(users, items) in ETL's dense id maps."""
+    return (len(read_table(etl / s.ID_MAPS_DIR / s.USERS, [s.USER_IDX])),
+            len(read_table(etl / s.ID_MAPS_DIR / s.ITEMS, [s.ITEM_IDX])))
+
+
 def fold_tifu_model(etl: Path, fold: s.Fold, users: np.ndarray) -> tifu.TifuModel:
     """TIFU-KNN over the fold's history for ``users`` (the neighbours come from every user with a basket)."""
-    sizes = [len(read_table(etl / s.ID_MAPS_DIR / name, [idx])) for name, idx in ((s.USERS, s.USER_IDX),
-                                                                                   (s.ITEMS, s.ITEM_IDX))]
-    return tifu.fold_model(etl, fold, users, sizes[0], sizes[1])
+    n_users, n_items = _id_map_sizes(etl)
+    return tifu.fold_model(etl, fold, users, n_users, n_items)
+
+
+def _fold_interactions(etl: Path, fold: s.Fold, users: tuple[int, int] | None = None) -> pd.DataFrame:
+    shard = [(s.USER_IDX, ">=", users[0]), (s.USER_IDX, "<", users[1])] if users else None
+    return read_table(etl / s.FOLDS_DIR / fold / s.INTERACTIONS, [s.USER_IDX, s.ITEM_IDX, s.WEIGHT], filters=shard)
+
+
+def fold_itemknn(etl: Path, fold: s.Fold) -> itemknn.ItemKnn:
+    """itemknn (BM25 item-item, the evaluation's peer) fitted on the fold's interactions (before its cutoff)."""
+    n_users, n_items = _id_map_sizes(etl)
+    return itemknn.ItemKnn(_fold_interactions(etl, fold), n_users, n_items)
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,7 @@ class ScoringShard:
     warm_output: Path  # scoring_warm/: the warm test-target users' rows (evaluation reads only those)
     spec: FeatureSpec
     item_history: pd.DataFrame  # per-item stats over the whole fold (a shard sees only its users)
+    itemknn_similarity: sp.csr_matrix | None  # fitted on the whole fold; None when the spec has no itemknn score
     first: int
     stop: int
     part: int
@@ -176,9 +197,15 @@ def score_shard(shard: ScoringShard) -> tuple[int, int]:
     warm = fold.target_users.loc[fold.target_users[s.SEGMENT] == s.WARM, s.USER_IDX]
     model = (fold_tifu_model(shard.etl, s.TEST_FOLD, fold.candidates[s.USER_IDX].unique())
              if set(tifu.PAIR_COLUMNS) <= set(shard.spec.features) else None)
+    knn_rows = None
+    if shard.itemknn_similarity is not None:  # the shard's users' rows: their scores need no other user's
+        knn_rows = itemknn.user_item_matrix(_fold_interactions(shard.etl, s.TEST_FOLD, (shard.first, shard.stop)),
+                                            *_id_map_sizes(shard.etl))
     rows = users = 0
     for number, chunk in enumerate(user_chunks(fold, shard.chunk_rows)):
         candidates = tifu.with_pair_scores(model, chunk.candidates) if model else chunk.candidates
+        if knn_rows is not None and shard.itemknn_similarity is not None:
+            candidates = itemknn.with_pair_scores(candidates, shard.itemknn_similarity, knn_rows)
         frame, _ = build_features(candidates, chunk.user_features, chunk.item_features,
                                   chunk.user_item_features, lists, user_category=chunk.user_category,
                                   spec=shard.spec, horizon_days=horizon, item_history=shard.item_history)
@@ -211,10 +238,11 @@ def write_scoring_rows(etl: Path, als: Path, spec: FeatureSpec, output: Path, co
     candidate_users, rows_per_user = user_row_counts(als / s.FOLDS_DIR / s.TEST_FOLD / s.CANDIDATES)
     item_history = item_history_stats(read_table(etl / s.FOLDS_DIR / s.TEST_FOLD / s.USER_ITEM_FEATURES,
                                                  list(ITEM_HISTORY_INPUTS)))
+    similarity = fold_itemknn(etl, s.TEST_FOLD).similarity if s.ITEMKNN_PAIR_COLUMN in spec.features else None
     release_memory()  # the train fold's tables are garbage now; the workers below need the room
     workers = config.workers or os.cpu_count() or 1
     shards = [ScoringShard(etl, als, output / s.SCORING_DIR, output / s.SCORING_WARM_DIR, spec, item_history,
-                           first, stop, k * PARTS_PER_SHARD, config.chunk_rows)
+                           similarity, first, stop, k * PARTS_PER_SHARD, config.chunk_rows)
               for k, (first, stop) in enumerate(scoring_shards(candidate_users, rows_per_user, workers,
                                                                config.chunk_rows))]
     log.info("scoring %d test-fold rows of %d users in %d process(es)", rows_per_user.sum(), len(candidate_users),

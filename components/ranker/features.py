@@ -270,8 +270,9 @@ def _build_features(
     item_names = [n for n in feature_lists.get("item", []) if n in item_features.columns]
     ui_names = [n for n in feature_lists.get("user_item", []) if n in user_item_features.columns]
 
-    tifu_columns = [c for c in s.TIFU_PAIR_COLUMNS if c in candidates.columns]  # ranker_data adds them
-    frame = candidates[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS, *tifu_columns]].copy()
+    # ranker_data adds them (ranker.tifu_features, ranker.itemknn_features)
+    pair_columns = [c for c in (*s.TIFU_PAIR_COLUMNS, s.ITEMKNN_PAIR_COLUMN) if c in candidates.columns]
+    frame = candidates[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *_SOURCE_FLAGS, *pair_columns]].copy()
     frame = frame.drop_duplicates([s.USER_IDX, s.ITEM_IDX]).reset_index(drop=True)
     for flag in _SOURCE_FLAGS:
         frame[flag] = frame[flag].fillna(False).astype(np.float64)
@@ -284,13 +285,16 @@ def _build_features(
     frame[s.COOC_SCORE] = frame[s.COOC_SCORE].astype(np.float64).fillna(0.0)
     cooc_rank = _rank_within_user(frame, [s.COOC_SCORE], [False])
     frame[COOC_RANK] = cooc_rank.where(frame[s.COOC_SCORE] > 0, RANK_SENTINEL)
-    tifu_features: list[str] = []
-    if len(tifu_columns) == len(s.TIFU_PAIR_COLUMNS):  # TIFU-KNN's score (Hu et al. 2020) and its rank
+    pair_features: list[str] = []
+    if set(s.TIFU_PAIR_COLUMNS) <= set(pair_columns):  # TIFU-KNN's score (Hu et al. 2020) and its rank
         own, neighbours = s.TIFU_PAIR_COLUMNS
         frame[TIFU_SCORE] = TIFU_ALPHA * frame[own].astype(np.float64) + (1 - TIFU_ALPHA) * frame[neighbours]
         frame[TIFU_RANK] = _rank_within_user(frame, [TIFU_SCORE], [False]).where(frame[TIFU_SCORE] > 0,
                                                                                  RANK_SENTINEL)
-        tifu_features = [*s.TIFU_PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK]
+        pair_features = [*s.TIFU_PAIR_COLUMNS, TIFU_SCORE, TIFU_RANK]
+    if s.ITEMKNN_PAIR_COLUMN in pair_columns:  # items like the user's own: what ranks never-bought items
+        frame[s.ITEMKNN_PAIR_COLUMN] = frame[s.ITEMKNN_PAIR_COLUMN].astype(np.float64).fillna(0.0)
+        pair_features.append(s.ITEMKNN_PAIR_COLUMN)
 
     ui = user_item_features[[s.USER_IDX, s.ITEM_IDX, *ui_names]].copy()
     ui[UI_KNOWN] = 1.0
@@ -371,7 +375,7 @@ def _build_features(
         derived.append(s.UC_SHARE)
 
     numeric = [s.ALS_SCORE, s.ALS_RANK, s.COOC_SCORE, *_SOURCE_FLAGS, N_SOURCES, ALS_SCORE_GAP, COOC_RANK,
-               *tifu_features,
+               *pair_features,
                *[n for n in ui_names if n not in categorical_declared], UI_KNOWN, *derived,
                *[n for n in user_names if n not in categorical_declared], *numeric_items]
     numeric = list(dict.fromkeys(numeric))  # the same name from two tables is one column anyway

@@ -13,7 +13,7 @@ ETL's Spark features and build_features at the same cutoff.
 Recomputed (:func:`recomputed_features`): every ETL user and user-item feature (windowed counts,
 ``ui_weight``, intervals, ratios, averages and ``u_n_invoices`` included), ``ui_known``, ``uc_share``, and
 the ``x_*`` features that read them. Kept at the snapshot (:data:`KEPT_X` and the prefixes below): the
-candidate generators' columns (ALS, co-occurrence, TIFU scores, ``from_*`` flags, ``x_n_sources``,
+candidate generators' columns (ALS, co-occurrence, TIFU and itemknn scores, ``from_*`` flags, ``x_n_sources``,
 ``x_als_score_gap``, ``x_cooc_rank``: models fit at the cutoff), every item feature (``i_*``: they count
 every user's events, which this user's request does not know) and the ``x_*`` built from item features
 only, and the shop's attributes.
@@ -155,7 +155,8 @@ USER_WINDOWS: Final = (28, 90)  # u_purchase_days_28d / _90d; ui_purchase_days_9
 # x_* features built from candidate or item columns only: the same at t as in the snapshot.
 KEPT_X: Final = frozenset({N_SOURCES, ALS_SCORE_GAP, COOC_RANK, TIFU_SCORE, TIFU_RANK, I_MEAN_PURCHASE_DAYS,
                            POP_RANK_IN_USER, TREND_RANK_IN_USER, BUYERS_28D_SHARE})
-_KEPT_COLUMNS: Final = frozenset({*s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS, *s.TIFU_PAIR_COLUMNS})
+_KEPT_COLUMNS: Final = frozenset({*s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS, *s.TIFU_PAIR_COLUMNS,
+                                   s.ITEMKNN_PAIR_COLUMN})
 
 
 def recomputed_features(spec: FeatureSpec) -> list[str]:
