@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 from components import schema as s
 from components.bundle.format import FORMAT_VERSION, REQUIRED_FILES, ascending_after, sha256_file
 from components.errors import BundleError
+
+if TYPE_CHECKING:
+    from components.config import PipelineConfig  # the bundle step's; serving never imports this path
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ class BundleInputs:
     model_file: Path  # native CatBoost file
     window: dict[str, Any]
     evaluation: dict[str, Any]
+    # real-time candidates (optional, components/realtime/candidates.py): the co-occurrence neighbours, the
+    # item feature table and how the batch steps used them (manifest key "realtime")
+    item_neighbours: pd.DataFrame | None = None
+    item_features: pd.DataFrame | None = None
+    realtime: dict[str, Any] | None = None
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -66,10 +74,47 @@ def popular_ranking(item_features: pd.DataFrame) -> pd.DataFrame:
     return ranked.reset_index(drop=True).astype({s.ITEM_IDX: "int64", s.SCORE: "float64"})
 
 
+def realtime_parts(etl: Path, feature_spec: dict[str, Any], config: PipelineConfig
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """What real-time candidates need from the test fold, made by the batch steps' own code: the
+    co-occurrence neighbours (the candidates step's CoocGenerator refitted on the same fold tables with the
+    same settings: the very table it scored with; 0.7 s on Online Retail, cheaper than another als output),
+    the ranker's item features with the per-item history statistics (build_features' item inputs), and the
+    settings to compute candidate-source features as the batch did (manifest key "realtime")."""
+    from components.candidates.cooc import CoocGenerator
+    from components.candidates.io import read_fold_tables
+    from components.ranker.features import ITEM_HISTORY_INPUTS, item_history_stats
+    from components.ranker.io import feature_lists, horizon_days
+
+    fold = etl / s.FOLDS_DIR / s.TEST_FOLD
+    cand = config.candidates
+    cooc = CoocGenerator(neighbours=cand.cooc_neighbours, half_life_days=cand.cooc_half_life_days,
+                         max_items_per_user=cand.cooc_max_items_per_user).fit(read_fold_tables(etl, s.TEST_FOLD))
+    lists = feature_lists(etl)
+    wanted = set(feature_spec["features"])
+    item_names = [n for n in lists["item"] if n in wanted]
+    items = _read_table(fold / s.ITEM_FEATURES)[[s.ITEM_IDX, *item_names]]
+    ui = _read_table(fold / s.USER_ITEM_FEATURES)
+    history = item_history_stats(ui[[c for c in ITEM_HISTORY_INPUTS if c in ui.columns]])
+    items = items.merge(history, on=s.ITEM_IDX, how="left").sort_values(s.ITEM_IDX).reset_index(drop=True)
+    settings = {
+        "feature_lists": lists,
+        "horizon_days": horizon_days(etl, s.TEST_FOLD),
+        "item_history_columns": [c for c in history.columns if c != s.ITEM_IDX],
+        "candidates": cand.model_dump(),
+        "als": {"regularization": config.als.regularization, "alpha": config.als.alpha,
+                "confidence": config.als.confidence, "recency_half_life_days": config.als.recency_half_life_days},
+        "etl": config.etl.model_dump(include={"event_weights", "purchase_weight_by_quantity", "quantity_cap",
+                                              "quantity_scale"}),
+    }
+    return cooc.neighbour_table(), items, settings
+
+
 def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evaluation: Path, *,
-                     scratch: Path) -> BundleInputs:
+                     scratch: Path, config: PipelineConfig | None = None) -> BundleInputs:
     """Collect the test-fold artefacts: exactly the models and tables the evaluation scored. The model is
-    unpacked under ``scratch`` (never into another step's folder), which must outlive the inputs."""
+    unpacked under ``scratch`` (never into another step's folder), which must outlive the inputs. With
+    ``config`` (the run's), also what real-time candidates need (:func:`realtime_parts`)."""
     fold = etl / s.FOLDS_DIR / s.TEST_FOLD
     users_map = _read_table(etl / s.ID_MAPS_DIR / s.USERS)[[s.USER_ID, s.USER_IDX]]
     items_map = _read_table(etl / s.ID_MAPS_DIR / s.ITEMS)[[s.ITEM_ID, s.ITEM_IDX]]
@@ -90,6 +135,9 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         tar.extractall(model_dir, filter="data")
     if not (model_dir / s.MODEL_FILE).is_file():
         raise BundleError(f"{archive} holds no file named {s.MODEL_FILE!r}")
+    feature_spec = json.loads((ranker_data / s.FEATURE_SPEC_FILE).read_text())
+    neighbours, item_features, realtime = (realtime_parts(etl, feature_spec, config) if config is not None
+                                           else (None, None, None))
     return BundleInputs(
         users_map=users_map,
         items_map=items_map,
@@ -101,10 +149,13 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         popular=popular_ranking(_read_table(fold / s.ITEM_FEATURES)),
         items=items,
         purchased=purchased,
-        feature_spec=json.loads((ranker_data / s.FEATURE_SPEC_FILE).read_text()),
+        feature_spec=feature_spec,
         model_file=model_dir / s.MODEL_FILE,
         window=json.loads((etl / s.WINDOWS_FILE).read_text()),
         evaluation=json.loads((evaluation / s.EVALUATION_FILE).read_text()),
+        item_neighbours=neighbours,
+        item_features=item_features,
+        realtime=realtime,
     )
 
 
@@ -204,8 +255,14 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
     inputs.items.sort_values(s.ITEM_IDX).to_parquet(staging / s.BUNDLE_ITEMS, index=False)
     inputs.purchased.sort_values([s.USER_IDX, s.ITEM_IDX]).to_parquet(staging / s.BUNDLE_PURCHASED, index=False)
 
+    optional = []
+    for relative, table in ((s.BUNDLE_ITEM_NEIGHBOURS, inputs.item_neighbours),
+                            (s.BUNDLE_ITEM_FEATURES, inputs.item_features)):
+        if table is not None:
+            table.to_parquet(staging / relative, index=False)
+            optional.append(relative)
     parts = [f"{s.BUNDLE_CANDIDATES}/{path.name}" for path in sorted((staging / s.BUNDLE_CANDIDATES).iterdir())]
-    files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *parts)}
+    files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *optional, *parts)}
     # Sizes and Parquet row counts let a reader refuse a bundle before unpacking or loading a byte of it.
     sizes = {rel: (staging / rel).stat().st_size for rel in files}
     rows = {rel: pq.read_metadata(staging / rel).num_rows for rel in files if rel.endswith(".parquet")}
@@ -227,6 +284,7 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
             "users_with_candidates": candidate_users,
             "popular": len(inputs.popular),
         },
+        **({"realtime": inputs.realtime} if inputs.realtime is not None else {}),
         "files": files,
         "sizes": sizes,
         "rows": rows,

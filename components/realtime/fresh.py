@@ -1,6 +1,9 @@
 """Fresh answers: a user with events since the bundle's cutoff is scored per request by the bundle's
 CatBoost model, on their candidate rows with the user-event features recomputed as of the request time
 (components/realtime/features.py says which). Users without such events keep the load-time scores.
+With a bundle that carries them (components/realtime/candidates.py), the candidates are the user's bundle
+rows plus those of their fresh events (the items, their co-occurrence neighbours, ALS fold-in for a user the
+bundle does not know), so a new user's first event already gives a personal list (``fallback: false``).
 
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
@@ -20,7 +23,7 @@ import pandas as pd
 
 from components import schema as s
 from components.ranker.model import PreparedFeatures, rank_top_k
-from components.realtime.features import AS_OF_FEATURES, apply_as_of
+from components.realtime.features import AS_OF_FEATURES, apply_as_of, features_as_of
 from components.realtime.intake import StoreGuard
 from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
@@ -89,27 +92,42 @@ class FreshAnswers:
         except StoreUnavailableError:
             return None, True
         user_idx = model.user_index.get(user_id)
-        if not events or user_idx is None:
+        sources = model.fresh_sources
+        if not events or (user_idx is None and sources is None):
             return None, False
         try:
-            rows = model.feature_rows.user_rows(user_idx)
+            rows = model.feature_rows.user_rows(user_idx) if user_idx is not None else pd.DataFrame()
         except OSError:  # the rows' folder went with a model swapped out mid-request: its own scores answer
             return None, False
-        if rows.empty:
+        if rows.empty and sources is None:
             return None, False
         cut = cutoff_us(model)
         # as of the request; an event stamped ahead of this clock counts as just before it
         at = at_us if at_us is not None else max(self.clock(), max(e.timestamp_us for e in events) + 1)
-        start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
-        bought = set(model.purchased_items[start:stop].tolist())
-        items, prepared, positions = self._prepared(model, user_idx, rows)
-        numeric = prepared.numeric.copy()
-        columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
-        apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
-                    at_us=at)
-        for name, j in positions.items():
-            numeric[:, j] = columns[name]
-        scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
+        bought: set[int] = set()
+        if user_idx is not None:
+            start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
+            bought = set(model.purchased_items[start:stop].tolist())
+        if sources is not None:  # the bundle's rows plus candidates from the fresh events
+            try:
+                frame = sources.rows_as_of(user_idx, rows, events, model.item_index, cut, at)
+            except OSError:  # a swapped-out model's memory-mapped factors went with its folder
+                return None, False
+            if frame.empty:
+                return None, False
+            frame = features_as_of(frame, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
+                                   at_us=at)
+            items = frame[s.ITEM_IDX].to_numpy(np.int64)
+            scores = model.ranker.score_prepared(model.ranker.prepare(frame))
+        else:
+            items, prepared, positions = self._prepared(model, user_idx, rows)
+            numeric = prepared.numeric.copy()
+            columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+            apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
+                        at_us=at)
+            for name, j in positions.items():
+                numeric[:, j] = columns[name]
+            scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
         blocked = model._blocked(user_idx, exclude_purchased, exclude, category)
         if exclude_purchased:
             fresh_bought = [model.item_index[e.item_id] for e in events

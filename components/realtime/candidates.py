@@ -1,0 +1,408 @@
+"""Candidates from a user's fresh events (REALTIME.md): the bundle's candidate rows of the user plus
+(a) the items of their events since the cutoff, (b) those items' co-occurrence neighbours and, for a user
+the bundle does not know, (c) ALS fold-in (and the popular items every batch user gets), each new row built
+with every feature the ranker uses, by the batch steps' own definitions.
+
+Candidate-source features as of the request time t (the models stay at the cutoff, the user's side moves):
+- ``als_score`` / ``als_rank`` / ``from_als``: the dot product of the user's factor with each item's, the
+  item's rank among every item ALS saw; proposed (from_als) within the batch's ``als_top_n``, else NaN / 0 as
+  in the union (components/candidates/union.py). A known user's factor is the bundle's; a new user's is
+  folded in from their fresh items by implicit's own normal equations (:func:`fold_in`, the bundle's ALS
+  regularisation and alpha; tests/test_realtime_candidates.py checks it against implicit's recalculate_user).
+- ``cooc_score`` / ``from_cooc``: components/candidates/cooc.py's score, sum over the user's items a of
+  0.5 ** (days since a / half-life) * sim(a, b), over the bundle's neighbour table (the candidates step's
+  own top neighbours), with the user's items as of t (before the cutoff from the bundle's purchased
+  table, shifted to t; the fresh items at their last event); proposed within the batch's ``cooc_top_n``.
+- ``from_history``: the item is in the user's history as of t within ``history_top_n`` (history.py's
+  order); ``from_popular``: in the bundle's popular list within ``popular_top_n``.
+Every other feature of a new row comes from :func:`components.ranker.features.build_features` itself, fed
+the user's features (a known user's from their bundle rows; none for a new user: the documented neutral
+values), the bundle's item feature table and per-item statistics, and the user's purchases before the
+cutoff. Then the features ranked or compared within the user's candidates (``x_cooc_rank``,
+``x_pop_rank_in_user``, ``x_trend_rank_in_user``, ``x_als_score_gap``, ``x_n_sources``) are recomputed
+over the whole new candidate set, as the batch step computes them over its candidates.
+
+Not exact (documented in the README): a pair the user touched before the cutoff that is not among their
+bundle rows gets only ui_purchase_days and ui_days_since_last (the bundle's purchased table), the rest
+neutral; the user's items before the cutoff are their purchases (interactions without a purchase are not
+in the bundle); ``uc_share`` of a category none of the user's bundle rows has is 0; a new user's ALS weight
+per item is the ETL's rule (one contribution per event type and UTC day, purchases scaled by units).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.ranker.features import (
+    ALS_SCORE_GAP,
+    COOC_RANK,
+    DAYS_SENTINEL,
+    HIST_RANK,
+    MISSING_SCORE,
+    N_SOURCES,
+    ORDERS_AGO,
+    POP_RANK_IN_USER,
+    RANK_SENTINEL,
+    RECENCY_RANK,
+    RECENCY_REL,
+    TREND_RANK_IN_USER,
+    U_REPEAT_SHARE,
+    UI_PURCHASE_DAYS_REL,
+    UI_PURCHASE_SHARE,
+    _rank_within_user,
+    build_features,
+    history_stats,
+)
+from components.ranker.model import FeatureSpec
+from components.realtime.store import DAY_US, StoredEvent
+
+if TYPE_CHECKING:
+    from components.bundle import Bundle
+
+# How many candidates fresh events add (fixed by reasoning, not tuned on any window): the neighbours are
+# the cooc_top_n (100, the batch's own co-occurrence list length) best by the fresh items' share of the
+# cooc score; a new user also gets the ALS fold-in's and the popular list's first NEW_USER_LIST items,
+# so their ~300 rows match a batch user's ~200 fused rows plus their fresh items and neighbours.
+NEW_USER_LIST: Final = 100
+FRESH_ITEMS_MAX: Final = 100  # the most recent distinct fresh items taken as candidates (the store keeps 500 events)
+SOURCE_FLAGS: Final = s.CANDIDATE_SOURCE_COLUMNS
+
+
+@dataclass(frozen=True)
+class Settings:
+    """manifest["realtime"]: how the batch steps made the candidates and features of this bundle."""
+
+    feature_lists: dict[str, list[str]]
+    horizon_days: float
+    item_history_columns: list[str]
+    candidates: dict[str, Any]
+    als: dict[str, Any]
+    etl_weights: dict[str, Any]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Settings | None:
+        data = manifest.get("realtime")
+        if not isinstance(data, dict):
+            return None
+        return cls(feature_lists={k: list(v) for k, v in data["feature_lists"].items()},
+                   horizon_days=float(data["horizon_days"]), item_history_columns=list(data["item_history_columns"]),
+                   candidates=dict(data["candidates"]), als=dict(data["als"]), etl_weights=dict(data.get("etl", {})))
+
+
+def recency(days: np.ndarray, half_life_days: float | None) -> np.ndarray:
+    """components/candidates/cooc.py's recency_weight (the inference image carries no candidates package)."""
+    if half_life_days is None:
+        return np.ones(len(days))
+    return np.power(0.5, np.maximum(np.nan_to_num(np.asarray(days, np.float64), nan=0.0), 0.0) / half_life_days)
+
+
+def fold_in(item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray, confidence: np.ndarray,
+            regularization: float) -> np.ndarray:
+    """A user's ALS factor from their items' confidences (alpha * value), the item factors fixed: implicit's
+    normal equations (implicit/cpu/als.py, user_linear_equation: (YtY + reg I + sum (c - 1) y y^T) x =
+    sum c y). ``gram`` = Y^T Y."""
+    y = item_factors[items].astype(np.float64)
+    a = gram + regularization * np.eye(gram.shape[0]) + (y.T * (confidence - 1.0)) @ y
+    b = (confidence[:, None] * y).sum(axis=0)
+    return np.linalg.solve(a, b)
+
+
+def etl_weight(events: Sequence[StoredEvent], rules: dict[str, Any]) -> float:
+    """One item's interaction weight by the ETL's rule (components/etl/weights.py): one contribution per
+    (event type, UTC day), purchases and returns scaled by their units (log2(1 + min(q, cap)) or min(q, cap))."""
+    weights = rules.get("event_weights") or {}
+    days: dict[tuple[str, int], int] = {}
+    for e in events:
+        key = (e.event_type, e.timestamp_us // DAY_US)
+        days[key] = days.get(key, 0) + max(int(e.quantity), 1)
+    total = 0.0
+    for (kind, _), units in days.items():
+        scale = 1.0
+        if kind in (s.PURCHASE, s.RETURN) and rules.get("purchase_weight_by_quantity", True):
+            capped = min(units, int(rules.get("quantity_cap", 100)))
+            scale = capped if rules.get("quantity_scale") == "linear" else math.log2(1.0 + capped)
+        total += float(weights.get(kind, 0.0)) * scale
+    return total
+
+
+class FreshSources:
+    """What the bundle carries for candidates from fresh events, laid out for requests."""
+
+    def __init__(self, bundle: Bundle, settings: Settings, folder: Path) -> None:
+        self.settings = settings
+        self.spec = FeatureSpec.from_dict(bundle.manifest["feature_spec"])
+        n_items = len(bundle.item_ids)
+        self.item_factors = np.asarray(bundle.item_factors, dtype=np.float32)
+        self.als_items = np.flatnonzero(np.abs(self.item_factors).sum(axis=1) > 0)  # the items ALS fitted
+        self.gram = self.item_factors.astype(np.float64).T @ self.item_factors.astype(np.float64)
+        # one user's factor per request: memory-mapped from this worker's copy (the bundle's folder goes)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.root / s.BUNDLE_USER_FACTORS, folder / "user_factors.npy")
+        self.user_factors = np.load(folder / "user_factors.npy", mmap_mode="r")
+        neighbours = bundle.optional_table(s.BUNDLE_ITEM_NEIGHBOURS)
+        assert neighbours is not None
+        neighbours = neighbours.sort_values([s.ITEM_IDX, s.SIMILARITY], ascending=[True, False], kind="stable")
+        self.neighbour_offsets = np.zeros(n_items + 1, dtype=np.int64)
+        np.cumsum(np.bincount(neighbours[s.ITEM_IDX].to_numpy(np.int64), minlength=n_items),
+                  out=self.neighbour_offsets[1:])
+        self.neighbour_items = neighbours[s.NEIGHBOUR_IDX].to_numpy(np.int64)
+        self.neighbour_sims = neighbours[s.SIMILARITY].to_numpy(np.float64)
+        items = bundle.optional_table(s.BUNDLE_ITEM_FEATURES)
+        assert items is not None
+        history = settings.item_history_columns
+        self.item_features = items.drop(columns=history)
+        self.item_history = items[[s.ITEM_IDX, *history]].dropna(how="all", subset=history)
+        popular_n = int(settings.candidates.get("popular_top_n", 0))
+        self.popular = {int(i): rank for rank, i in enumerate(bundle.popular_items[:popular_n].tolist(), start=1)}
+        self.popular_items = np.asarray(bundle.popular_items, dtype=np.int64)
+        purchased = pd.read_parquet(bundle.root / s.BUNDLE_PURCHASED).sort_values([s.USER_IDX, s.ITEM_IDX],
+                                                                                   kind="stable")
+        self.purchased = purchased.reset_index(drop=True)  # user_idx, item_idx, ui_purchase_days, ui_days_since_last
+        self.purchased_offsets = np.asarray(bundle.purchased_offsets, dtype=np.int64)
+
+    @classmethod
+    def load(cls, bundle: Bundle, folder: Path) -> FreshSources | None:
+        """None for a bundle without what fresh candidates need (made before them): its users with fresh
+        events are re-scored on their bundle rows only."""
+        settings = Settings.from_manifest(bundle.manifest)
+        files = bundle.manifest.get("files", {})
+        if settings is None or s.BUNDLE_ITEM_NEIGHBOURS not in files or s.BUNDLE_ITEM_FEATURES not in files:
+            return None
+        return cls(bundle, settings, folder)
+
+    # ------------------------------------------------------------------ the user's side as of t
+    def history(self, user_idx: int | None) -> pd.DataFrame:
+        """The user's purchases before the cutoff (user_idx, item_idx, ui_purchase_days, ui_days_since_last)."""
+        if user_idx is None:
+            return self.purchased.iloc[0:0]
+        return self.purchased.iloc[self.purchased_offsets[user_idx]:self.purchased_offsets[user_idx + 1]]
+
+    def user_items_as_of(self, user_idx: int | None, events: Sequence[StoredEvent], item_index: dict[str, int],
+                         cutoff_us: int, at_us: int) -> pd.DataFrame:
+        """item_idx, days_since_last (as of t), purchase_days (distinct UTC days) of the user's items: before
+        the cutoff (shifted to t) and from the fresh events in [cutoff, t)."""
+        past = self.history(user_idx)
+        shift = (at_us - cutoff_us) / DAY_US
+        days = dict(zip(past[s.ITEM_IDX].tolist(), (past[s.UI_DAYS_SINCE_LAST].to_numpy(np.float64) + shift).tolist(),
+                        strict=True))
+        purchase = dict(zip(past[s.ITEM_IDX].tolist(), past[s.UI_PURCHASE_DAYS].to_numpy(np.float64).tolist(),
+                            strict=True))
+        new_days: dict[int, set[int]] = {}
+        for e in events:
+            item = item_index.get(e.item_id)
+            if item is None or not cutoff_us <= e.timestamp_us < at_us:
+                continue
+            days[item] = min(days.get(item, math.inf), (at_us - e.timestamp_us) / DAY_US)
+            if e.event_type == s.PURCHASE:
+                new_days.setdefault(item, set()).add(e.timestamp_us // DAY_US)
+            purchase.setdefault(item, 0.0)
+        for item, added in new_days.items():
+            purchase[item] += len(added)
+        items = np.fromiter(days, dtype=np.int64, count=len(days))
+        return pd.DataFrame({s.ITEM_IDX: items, "days": [days[i] for i in items.tolist()],
+                             "purchase_days": [purchase[i] for i in items.tolist()]})
+
+    def cooc_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """sum_a weights[a] * sim(a, b) for every item b (dense over the catalogue)."""
+        out = np.zeros(len(self.neighbour_offsets) - 1)
+        for item, weight in zip(items.tolist(), weights.tolist(), strict=True):
+            lo, hi = self.neighbour_offsets[item], self.neighbour_offsets[item + 1]
+            np.add.at(out, self.neighbour_items[lo:hi], weight * self.neighbour_sims[lo:hi])
+        return out
+
+    def user_factor(self, user_idx: int | None, events: Sequence[StoredEvent], item_index: dict[str, int],
+                    at_us: int) -> np.ndarray | None:
+        """The bundle's factor of a known user; a new user's folded in from their fresh items (confidence
+        alpha * f(weight) * recency, as the ALS step weighs an interaction); None when neither exists."""
+        if user_idx is not None and user_idx < len(self.user_factors):
+            factor = np.asarray(self.user_factors[user_idx], dtype=np.float64)
+            return factor if factor.any() else None
+        by_item: dict[int, list[StoredEvent]] = {}
+        for e in events:
+            item = item_index.get(e.item_id)
+            if item is not None and self.item_factors[item].any():
+                by_item.setdefault(item, []).append(e)
+        if not by_item:
+            return None
+        als = self.settings.als
+        items = np.fromiter(by_item, dtype=np.int64, count=len(by_item))
+        weight = np.array([etl_weight(by_item[i], self.settings.etl_weights) for i in items.tolist()])
+        keep = weight > 0
+        if not keep.any():
+            return None
+        items, weight = items[keep], weight[keep]
+        last = np.array([max(e.timestamp_us for e in by_item[i]) for i in items.tolist()])
+        scaled = np.log1p(weight) if als.get("confidence", "log") == "log" else weight
+        value = scaled * recency((at_us - last) / DAY_US, als.get("recency_half_life_days"))
+        return fold_in(self.item_factors, self.gram, items, float(als["alpha"]) * value, float(als["regularization"]))
+
+    # ------------------------------------------------------------------ candidates and their rows
+    def sources(self, user_idx: int | None, events: Sequence[StoredEvent], item_index: dict[str, int],
+                cutoff_us: int, at_us: int, existing: np.ndarray) -> pd.DataFrame:
+        """The new candidate set's source columns (user_idx, item_idx, als_score, als_rank, cooc_score,
+        from_*) as of t: the ``existing`` bundle items plus the fresh ones (see the module docstring)."""
+        cfg = self.settings.candidates
+        mine = self.user_items_as_of(user_idx, events, item_index, cutoff_us, at_us)
+        my_items = mine[s.ITEM_IDX].to_numpy(np.int64)
+        weights = recency(mine["days"].to_numpy(np.float64), cfg.get("cooc_half_life_days"))
+        cooc = self.cooc_scores(my_items, weights)
+        cooc_top = _top(cooc, int(cfg["cooc_top_n"]), positive=True)
+        fresh_items = _recent_items(events, item_index, cutoff_us, at_us)[:FRESH_ITEMS_MAX]
+        fresh_weights = weights[_positions(my_items, fresh_items)]
+        neighbours = _top(self.cooc_scores(fresh_items, fresh_weights), int(cfg["cooc_top_n"]), positive=True)
+        new = [fresh_items, neighbours]
+        factor = self.user_factor(user_idx, events, item_index, at_us)
+        als_rank = np.zeros(len(cooc), dtype=np.int64)
+        als_score = np.full(len(cooc), np.nan)
+        if factor is not None:
+            scores = self.item_factors[self.als_items].astype(np.float64) @ factor
+            order = np.lexsort((self.als_items, -scores))[:int(cfg["als_top_n"])]
+            als_rank[self.als_items[order]] = np.arange(1, len(order) + 1)
+            als_score[self.als_items[order]] = scores[order]
+            if user_idx is None:
+                new.append(self.als_items[order[:NEW_USER_LIST]])
+        if user_idx is None:
+            new.append(self.popular_items[:NEW_USER_LIST])
+        items = np.unique(np.concatenate([existing.astype(np.int64), *[np.asarray(n, np.int64) for n in new]]))
+        # history.py's order as of t: more purchase days, then more recent, then the smaller item
+        order = np.lexsort((my_items, mine["days"].to_numpy(), -mine["purchase_days"].to_numpy()))
+        history_rank = np.zeros(len(cooc), dtype=np.int64)
+        history_rank[my_items[order]] = np.arange(1, len(order) + 1)
+        in_cooc = np.zeros(len(cooc), dtype=bool)
+        in_cooc[cooc_top] = True
+        frame = pd.DataFrame({
+            s.USER_IDX: np.full(len(items), -1 if user_idx is None else user_idx, dtype=np.int64),
+            s.ITEM_IDX: items,
+            s.ALS_SCORE: als_score[items], s.ALS_RANK: als_rank[items],
+            s.COOC_SCORE: np.where(in_cooc[items], cooc[items], 0.0),
+            s.FROM_ALS: als_rank[items] > 0,
+            s.FROM_HISTORY: (history_rank[items] > 0) & (history_rank[items] <= int(cfg["history_top_n"])),
+            s.FROM_COOC: in_cooc[items],
+            s.FROM_POPULAR: np.array([i in self.popular for i in items.tolist()], dtype=bool),
+        })
+        return frame
+
+    def new_rows(self, user_idx: int | None, sources: pd.DataFrame, existing_rows: pd.DataFrame) -> pd.DataFrame:
+        """Feature rows at the cutoff for ``sources``' items without a bundle row, by build_features."""
+        lists = self.settings.feature_lists
+        key = sources[s.USER_IDX].iat[0] if len(sources) else -1
+        user_names = [n for n in lists["user"] if n in self.spec.features]
+        if len(existing_rows):  # the user's ETL features, as every bundle row of theirs carries them
+            users = existing_rows[user_names].iloc[:1].assign(**{s.USER_IDX: key})
+        else:
+            users = pd.DataFrame({s.USER_IDX: pd.Series([], dtype=np.int64),
+                                  **{n: pd.Series([], dtype=object) for n in user_names}})
+        history = self.history(user_idx).assign(**{s.USER_IDX: key})
+        for name in lists["user_item"]:
+            if name not in history.columns:
+                history[name] = np.nan  # not in the bundle: the neutral value
+        shares = pd.DataFrame({s.USER_IDX: pd.Series([], dtype=np.int64), s.ITEM_CATEGORY: pd.Series([], dtype=object),
+                               s.UC_SHARE: pd.Series([], dtype=np.float64)})
+        category = s.ITEM_ATTR_PREFIX + s.ITEM_CATEGORY
+        if s.UC_SHARE in self.spec.features and len(existing_rows) and category in existing_rows.columns:
+            seen = existing_rows[[category, s.UC_SHARE]].drop_duplicates(category)
+            shares = pd.DataFrame({s.USER_IDX: key, s.ITEM_CATEGORY: seen[category].astype(object).to_numpy(),
+                                   s.UC_SHARE: seen[s.UC_SHARE].astype(np.float64).to_numpy()})
+        for name in s.TIFU_PAIR_COLUMNS:  # TIFU-KNN's pair scores (off by default) are not computed online
+            if name in self.spec.features:
+                sources = sources.assign(**{name: 0.0})
+        frame, _ = build_features(sources, users, self.item_features, history, lists, user_category=shares,
+                                  spec=self.spec, horizon_days=self.settings.horizon_days,
+                                  item_history=self.item_history)
+        return frame
+
+    def rows_as_of(self, user_idx: int | None, existing_rows: pd.DataFrame, events: Sequence[StoredEvent],
+                   item_index: dict[str, int], cutoff_us: int, at_us: int) -> pd.DataFrame:
+        """The user's candidate rows for a request at t: the bundle's rows and the new ones, with the
+        source features as of t and the within-candidates features over the whole set. The user-event
+        features are still the cutoff's (components/realtime/features.py moves them to t)."""
+        existing_items = (existing_rows[s.ITEM_IDX].to_numpy(np.int64) if len(existing_rows)
+                          else np.array([], dtype=np.int64))
+        sources = self.sources(user_idx, events, item_index, cutoff_us, at_us, existing_items)
+        fresh = sources.loc[~sources[s.ITEM_IDX].isin(existing_items)]
+        parts = [existing_rows[[s.USER_IDX, s.ITEM_IDX, *self.spec.features]]] if len(existing_rows) else []
+        if len(fresh):
+            parts.append(self.new_rows(user_idx, fresh, existing_rows))
+        rows = pd.concat(parts, ignore_index=True).sort_values(s.ITEM_IDX, kind="stable").reset_index(drop=True)
+        by_item = sources.set_index(s.ITEM_IDX).reindex(rows[s.ITEM_IDX])
+        rows[s.COOC_SCORE] = by_item[s.COOC_SCORE].to_numpy(np.float64)
+        for flag in (s.FROM_COOC, s.FROM_HISTORY):
+            rows[flag] = by_item[flag].to_numpy(np.float64)
+        rows = within_candidates(rows, self.spec)
+        mine = self.user_items_as_of(user_idx, events, item_index, cutoff_us, at_us)
+        return history_as_of(rows, mine, self.spec)
+
+
+# history_stats' outputs and build_features' stand-ins for a pair outside the user's history
+_HISTORY_FILL: Final = {HIST_RANK: RANK_SENTINEL, RECENCY_RANK: RANK_SENTINEL, UI_PURCHASE_DAYS_REL: 0.0,
+                        UI_PURCHASE_SHARE: 0.0, RECENCY_REL: DAYS_SENTINEL, ORDERS_AGO: RANK_SENTINEL}
+
+
+def history_as_of(rows: pd.DataFrame, mine: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """The ranker's history statistics (components/ranker/features.py history_stats: the repurchase order,
+    recency ranks, purchase shares, repeat share) over the user's items as of t (``mine``: item_idx, days,
+    purchase_days), for every row: a fresh item ranks as the repurchase baseline would rank it now."""
+    wanted = [n for n in (*_HISTORY_FILL, U_REPEAT_SHARE) if n in spec.features]
+    if not wanted or mine.empty:
+        return rows
+    key = int(rows[s.USER_IDX].iat[0])
+    ui = pd.DataFrame({s.USER_IDX: key, s.ITEM_IDX: mine[s.ITEM_IDX].to_numpy(np.int64),
+                       s.UI_PURCHASE_DAYS: mine["purchase_days"].to_numpy(np.float64),
+                       s.UI_DAYS_SINCE_LAST: mine["days"].to_numpy(np.float64)})
+    pairs, users = history_stats(ui)
+    found = pairs.set_index(s.ITEM_IDX).reindex(rows[s.ITEM_IDX])
+    for name, fill in _HISTORY_FILL.items():
+        if name in wanted:
+            rows[name] = found[name].fillna(fill).to_numpy(np.float64)
+    if U_REPEAT_SHARE in wanted and len(users):
+        rows[U_REPEAT_SHARE] = float(users[U_REPEAT_SHARE].iat[0])
+    return rows
+
+
+def within_candidates(rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """The features build_features ranks or compares within a user's candidates, over ``rows`` (one user),
+    by its own definitions."""
+    wanted = set(spec.features)
+    if N_SOURCES in wanted:
+        rows[N_SOURCES] = rows[list(SOURCE_FLAGS)].astype(np.float64).sum(axis=1)
+    if ALS_SCORE_GAP in wanted:
+        score = rows[s.ALS_SCORE].astype(np.float64).where(rows[s.ALS_SCORE] != MISSING_SCORE)
+        rows[ALS_SCORE_GAP] = (score.max() - score).fillna(-MISSING_SCORE)
+    if COOC_RANK in wanted:
+        rows[COOC_RANK] = _rank_within_user(rows, [s.COOC_SCORE], [False]).where(rows[s.COOC_SCORE] > 0, RANK_SENTINEL)
+    for name, column in ((POP_RANK_IN_USER, s.ITEM_BUYERS_28D), (TREND_RANK_IN_USER, s.ITEM_BUYERS_7D)):
+        if name in wanted and column in rows.columns:
+            rows[name] = _rank_within_user(rows, [column], [False])
+    return rows
+
+
+def _top(scores: np.ndarray, n: int, *, positive: bool) -> np.ndarray:
+    """Indices of the n best scores, ties to the smaller index (the generators' order)."""
+    candidates = np.flatnonzero(scores > 0) if positive else np.arange(len(scores))
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order[:n]]
+
+
+def _positions(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    sorter = np.argsort(haystack)
+    return sorter[np.searchsorted(haystack, needles, sorter=sorter)]
+
+
+def _recent_items(events: Sequence[StoredEvent], item_index: dict[str, int], cutoff_us: int,
+                  at_us: int) -> np.ndarray:
+    """The distinct known items of the events in [cutoff, t), most recent first."""
+    last: dict[int, int] = {}
+    for e in events:
+        item = item_index.get(e.item_id)
+        if item is not None and cutoff_us <= e.timestamp_us < at_us:
+            last[item] = max(last.get(item, e.timestamp_us), e.timestamp_us)
+    return np.array(sorted(last, key=lambda i: (-last[i], i)), dtype=np.int64)
