@@ -211,6 +211,7 @@ BUNDLE_DIGEST_FILE: Final = "bundle_digest.json"
 # (item_idx + the ranker's item features and per-item history statistics); manifest key "realtime" says how.
 BUNDLE_ITEM_NEIGHBOURS: Final = "item_neighbours.parquet"
 BUNDLE_ITEM_FEATURES: Final = "item_features.parquet"
+BUNDLE_USER_CATEGORY: Final = "user_category.parquet"  # the ETL's user_category (uc_share of a new row)
 NEIGHBOUR_IDX: Final = "neighbour_idx"
 SIMILARITY: Final = "similarity"
 ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present

@@ -48,6 +48,7 @@ class BundleInputs:
     # item feature table and how the batch steps used them (manifest key "realtime")
     item_neighbours: pd.DataFrame | None = None
     item_features: pd.DataFrame | None = None
+    user_category: pd.DataFrame | None = None
     realtime: dict[str, Any] | None = None
 
 
@@ -75,7 +76,7 @@ def popular_ranking(item_features: pd.DataFrame) -> pd.DataFrame:
 
 
 def realtime_parts(etl: Path, feature_spec: dict[str, Any], config: PipelineConfig
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
     """What real-time candidates need from the test fold, made by the batch steps' own code: the
     co-occurrence neighbours (the candidates step's CoocGenerator refitted on the same fold tables with the
     same settings: the very table it scored with; 0.7 s on Online Retail, cheaper than another als output),
@@ -107,7 +108,11 @@ def realtime_parts(etl: Path, feature_spec: dict[str, Any], config: PipelineConf
         "etl": config.etl.model_dump(include={"event_weights", "purchase_weight_by_quantity", "quantity_cap",
                                               "quantity_scale"}),
     }
-    return cooc.neighbour_table(), items, settings
+    user_category = None
+    if s.UC_SHARE in wanted and (fold / s.USER_CATEGORY).exists():
+        user_category = _read_table(fold / s.USER_CATEGORY)[[s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE]]
+        user_category = user_category.sort_values([s.USER_IDX, s.ITEM_CATEGORY], kind="stable")
+    return cooc.neighbour_table(), items, user_category, settings
 
 
 def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evaluation: Path, *,
@@ -136,8 +141,8 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     if not (model_dir / s.MODEL_FILE).is_file():
         raise BundleError(f"{archive} holds no file named {s.MODEL_FILE!r}")
     feature_spec = json.loads((ranker_data / s.FEATURE_SPEC_FILE).read_text())
-    neighbours, item_features, realtime = (realtime_parts(etl, feature_spec, config) if config is not None
-                                           else (None, None, None))
+    neighbours, item_features, user_category, realtime = (realtime_parts(etl, feature_spec, config)
+                                                          if config is not None else (None, None, None, None))
     return BundleInputs(
         users_map=users_map,
         items_map=items_map,
@@ -155,6 +160,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         evaluation=json.loads((evaluation / s.EVALUATION_FILE).read_text()),
         item_neighbours=neighbours,
         item_features=item_features,
+        user_category=user_category,
         realtime=realtime,
     )
 
@@ -257,7 +263,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
 
     optional = []
     for relative, table in ((s.BUNDLE_ITEM_NEIGHBOURS, inputs.item_neighbours),
-                            (s.BUNDLE_ITEM_FEATURES, inputs.item_features)):
+                            (s.BUNDLE_ITEM_FEATURES, inputs.item_features),
+                            (s.BUNDLE_USER_CATEGORY, inputs.user_category)):
         if table is not None:
             table.to_parquet(staging / relative, index=False)
             optional.append(relative)

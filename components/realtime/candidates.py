@@ -25,7 +25,7 @@ over the whole new candidate set, as the batch step computes them over its candi
 Not exact (documented in the README): a pair the user touched before the cutoff that is not among their
 bundle rows gets only ui_purchase_days and ui_days_since_last (the bundle's purchased table), the rest
 neutral; the user's items before the cutoff are their purchases (interactions without a purchase are not
-in the bundle); ``uc_share`` of a category none of the user's bundle rows has is 0; a new user's ALS weight
+in the bundle); a new user's ALS weight
 per item is the ETL's rule (one contribution per event type and UTC day, purchases scaled by units).
 """
 
@@ -168,6 +168,12 @@ class FreshSources:
                                                                                    kind="stable")
         self.purchased = purchased.reset_index(drop=True)  # user_idx, item_idx, ui_purchase_days, ui_days_since_last
         self.purchased_offsets = np.asarray(bundle.purchased_offsets, dtype=np.int64)
+        shares = bundle.optional_table(s.BUNDLE_USER_CATEGORY)
+        self.user_category = shares.reset_index(drop=True) if shares is not None else None
+        if self.user_category is not None:
+            self.user_category_offsets = np.zeros(len(bundle.user_ids) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self.user_category[s.USER_IDX].to_numpy(np.int64), minlength=len(bundle.user_ids)),
+                      out=self.user_category_offsets[1:])
 
     @classmethod
     def load(cls, bundle: Bundle, folder: Path) -> FreshSources | None:
@@ -294,7 +300,7 @@ class FreshSources:
     def new_rows(self, user_idx: int | None, sources: pd.DataFrame, existing_rows: pd.DataFrame) -> pd.DataFrame:
         """Feature rows at the cutoff for ``sources``' items without a bundle row, by build_features."""
         lists = self.settings.feature_lists
-        key = sources[s.USER_IDX].iat[0] if len(sources) else -1
+        key = int(sources[s.USER_IDX].to_numpy()[0]) if len(sources) else -1
         user_names = [n for n in lists["user"] if n in self.spec.features]
         if len(existing_rows):  # the user's ETL features, as every bundle row of theirs carries them
             users = existing_rows[user_names].iloc[:1].assign(**{s.USER_IDX: key})
@@ -307,11 +313,9 @@ class FreshSources:
                 history[name] = np.nan  # not in the bundle: the neutral value
         shares = pd.DataFrame({s.USER_IDX: pd.Series([], dtype=np.int64), s.ITEM_CATEGORY: pd.Series([], dtype=object),
                                s.UC_SHARE: pd.Series([], dtype=np.float64)})
-        category = s.ITEM_ATTR_PREFIX + s.ITEM_CATEGORY
-        if s.UC_SHARE in self.spec.features and len(existing_rows) and category in existing_rows.columns:
-            seen = existing_rows[[category, s.UC_SHARE]].drop_duplicates(category)
-            shares = pd.DataFrame({s.USER_IDX: key, s.ITEM_CATEGORY: seen[category].astype(object).to_numpy(),
-                                   s.UC_SHARE: seen[s.UC_SHARE].astype(np.float64).to_numpy()})
+        if self.user_category is not None and user_idx is not None:  # the ETL's table, shipped in the bundle
+            lo, hi = self.user_category_offsets[user_idx], self.user_category_offsets[user_idx + 1]
+            shares = self.user_category.iloc[lo:hi].assign(**{s.USER_IDX: key})
         for name in s.TIFU_PAIR_COLUMNS:  # TIFU-KNN's pair scores (off by default) are not computed online
             if name in self.spec.features:
                 sources = sources.assign(**{name: 0.0})
@@ -354,7 +358,7 @@ def history_as_of(rows: pd.DataFrame, mine: pd.DataFrame, spec: FeatureSpec) -> 
     wanted = [n for n in (*_HISTORY_FILL, U_REPEAT_SHARE) if n in spec.features]
     if not wanted or mine.empty:
         return rows
-    key = int(rows[s.USER_IDX].iat[0])
+    key = int(rows[s.USER_IDX].to_numpy()[0])
     ui = pd.DataFrame({s.USER_IDX: key, s.ITEM_IDX: mine[s.ITEM_IDX].to_numpy(np.int64),
                        s.UI_PURCHASE_DAYS: mine["purchase_days"].to_numpy(np.float64),
                        s.UI_DAYS_SINCE_LAST: mine["days"].to_numpy(np.float64)})
@@ -364,7 +368,7 @@ def history_as_of(rows: pd.DataFrame, mine: pd.DataFrame, spec: FeatureSpec) -> 
         if name in wanted:
             rows[name] = found[name].fillna(fill).to_numpy(np.float64)
     if U_REPEAT_SHARE in wanted and len(users):
-        rows[U_REPEAT_SHARE] = float(users[U_REPEAT_SHARE].iat[0])
+        rows[U_REPEAT_SHARE] = float(users[U_REPEAT_SHARE].to_numpy()[0])
     return rows
 
 

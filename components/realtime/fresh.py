@@ -120,6 +120,7 @@ class FreshAnswers:
             items = frame[s.ITEM_IDX].to_numpy(np.int64)
             scores = model.ranker.score_prepared(model.ranker.prepare(frame))
         else:
+            assert user_idx is not None  # no sources: only a known user with rows gets here
             items, prepared, positions = self._prepared(model, user_idx, rows)
             numeric = prepared.numeric.copy()
             columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
