@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
 # cooc score; a new user also gets the ALS fold-in's and the popular list's first NEW_USER_LIST items,
 # so their ~300 rows match a batch user's ~200 fused rows plus their fresh items and neighbours.
 NEW_USER_LIST: Final = 100
+BUILT_CACHE_USERS: Final = 2048  # users whose new rows at the cutoff are kept (a few hundred KB each at most)
 FRESH_ITEMS_MAX: Final = 100  # the most recent distinct fresh items taken as candidates (the store keeps 500 events)
 SOURCE_FLAGS: Final = s.CANDIDATE_SOURCE_COLUMNS
 
@@ -164,6 +167,8 @@ class FreshSources:
         popular_n = int(settings.candidates.get("popular_top_n", 0))
         self.popular = {int(i): rank for rank, i in enumerate(bundle.popular_items[:popular_n].tolist(), start=1)}
         self.popular_items = np.asarray(bundle.popular_items, dtype=np.int64)
+        self._built: OrderedDict[Hashable, pd.DataFrame] = OrderedDict()
+        self._lock = threading.Lock()
         purchased = pd.read_parquet(bundle.root / s.BUNDLE_PURCHASED).sort_values([s.USER_IDX, s.ITEM_IDX],
                                                                                    kind="stable")
         self.purchased = purchased.reset_index(drop=True)  # user_idx, item_idx, ui_purchase_days, ui_days_since_last
@@ -324,23 +329,53 @@ class FreshSources:
                                   item_history=self.item_history)
         return frame
 
+    def _built_rows(self, cache_key: Hashable | None, user_idx: int | None, fresh: pd.DataFrame,
+                    existing_rows: pd.DataFrame) -> pd.DataFrame:
+        """New rows at the cutoff for ``fresh``'s items, built once per (user, item) and kept in a small LRU
+        (build_features costs far more than the rest of a request; a row at the cutoff does not depend on
+        the request time, and its time-dependent columns are overwritten by :meth:`rows_as_of`)."""
+        with self._lock:
+            cached = self._built.get(cache_key) if cache_key is not None else None
+            if cached is not None:
+                self._built.move_to_end(cache_key)
+        wanted = fresh[s.ITEM_IDX]
+        missing = fresh if cached is None else fresh.loc[~wanted.isin(cached[s.ITEM_IDX])]
+        if len(missing):
+            built = self.new_rows(user_idx, missing, existing_rows)
+            cached = built if cached is None else pd.concat([cached, built], ignore_index=True)
+            if cache_key is not None:
+                with self._lock:
+                    self._built[cache_key] = cached
+                    if len(self._built) > BUILT_CACHE_USERS:
+                        self._built.popitem(last=False)
+        assert cached is not None
+        return cached.loc[cached[s.ITEM_IDX].isin(wanted)]
+
     def rows_as_of(self, user_idx: int | None, existing_rows: pd.DataFrame, events: Sequence[StoredEvent],
-                   item_index: dict[str, int], cutoff_us: int, at_us: int) -> pd.DataFrame:
+                   item_index: dict[str, int], cutoff_us: int, at_us: int, *,
+                   cache_key: Hashable | None = None) -> pd.DataFrame:
         """The user's candidate rows for a request at t: the bundle's rows and the new ones, with the
         source features as of t and the within-candidates features over the whole set. The user-event
-        features are still the cutoff's (components/realtime/features.py moves them to t)."""
+        features are still the cutoff's (components/realtime/features.py moves them to t). ``cache_key``
+        (the model version and user) lets later requests reuse the new rows built at the cutoff."""
         existing_items = (existing_rows[s.ITEM_IDX].to_numpy(np.int64) if len(existing_rows)
                           else np.array([], dtype=np.int64))
         sources = self.sources(user_idx, events, item_index, cutoff_us, at_us, existing_items)
-        fresh = sources.loc[~sources[s.ITEM_IDX].isin(existing_items)]
+        is_new = ~sources[s.ITEM_IDX].isin(existing_items)
         parts = [existing_rows[[s.USER_IDX, s.ITEM_IDX, *self.spec.features]]] if len(existing_rows) else []
-        if len(fresh):
-            parts.append(self.new_rows(user_idx, fresh, existing_rows))
+        if is_new.any():
+            parts.append(self._built_rows(cache_key, user_idx, sources.loc[is_new], existing_rows))
         rows = pd.concat(parts, ignore_index=True).sort_values(s.ITEM_IDX, kind="stable").reset_index(drop=True)
         by_item = sources.set_index(s.ITEM_IDX).reindex(rows[s.ITEM_IDX])
         rows[s.COOC_SCORE] = by_item[s.COOC_SCORE].to_numpy(np.float64)
         for flag in (s.FROM_COOC, s.FROM_HISTORY):
             rows[flag] = by_item[flag].to_numpy(np.float64)
+        # a new row's ALS columns as build_features fills them (a new user's factor moves with their events)
+        new = ~rows[s.ITEM_IDX].isin(existing_items).to_numpy()
+        als_rank = by_item[s.ALS_RANK].to_numpy(np.float64)[new]
+        rows.loc[new, s.ALS_SCORE] = by_item[s.ALS_SCORE].fillna(MISSING_SCORE).to_numpy(np.float64)[new]
+        rows.loc[new, s.ALS_RANK] = np.where(als_rank > 0, als_rank, RANK_SENTINEL)
+        rows.loc[new, s.FROM_ALS] = by_item[s.FROM_ALS].to_numpy(np.float64)[new]
         rows = within_candidates(rows, self.spec)
         mine = self.user_items_as_of(user_idx, events, item_index, cutoff_us, at_us)
         return history_as_of(rows, mine, self.spec)

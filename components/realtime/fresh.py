@@ -110,7 +110,8 @@ class FreshAnswers:
             bought = set(model.purchased_items[start:stop].tolist())
         if sources is not None:  # the bundle's rows plus candidates from the fresh events
             try:
-                frame = sources.rows_as_of(user_idx, rows, events, model.item_index, cut, at)
+                frame = sources.rows_as_of(user_idx, rows, events, model.item_index, cut, at,
+                                           cache_key=user_idx if user_idx is not None else user_id)
             except OSError:  # a swapped-out model's memory-mapped factors went with its folder
                 return None, False
             if frame.empty:
