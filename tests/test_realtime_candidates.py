@@ -224,3 +224,23 @@ def test_events_at_or_after_the_request_moment_change_nothing(service: tuple[str
     assert np.array_equal(again.scores, answer.scores)
     now, _ = fresh.recommend(model, user, 20)  # as of now the later events count
     assert now is not None and not np.array_equal(now.scores, answer.scores)
+
+
+def test_a_bundle_whose_neighbours_name_an_item_beyond_its_map_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from components.bundle import load_bundle
+    from components.bundle.build import read_run_outputs, write_bundle
+    from components.config import GateConfig, PipelineConfig
+    from components.errors import BundleError
+    from components.serving.engine import build_serving_model
+    from tests.conftest import TINY_RUN_CONFIG_GATE
+
+    inputs = read_run_outputs(*(tiny_run / step for step in ("etl", "als", "ranker_data", "train", "evaluation")),
+                              scratch=tmp_path, config=PipelineConfig(gate=GateConfig(**TINY_RUN_CONFIG_GATE)))
+    assert inputs.item_neighbours is not None
+    bad = inputs.item_neighbours.copy()
+    bad.loc[0, s.NEIGHBOUR_IDX] = len(inputs.items_map)
+    archive = write_bundle(replace(inputs, item_neighbours=bad), tmp_path / "out")
+    with pytest.raises(BundleError, match="item_neighbours"):
+        build_serving_model(load_bundle(archive), source=str(archive), feature_dir=tmp_path / "features")

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
+from components.errors import BundleError
 from components.ranker.features import (
     ALS_SCORE_GAP,
     COOC_RANK,
@@ -154,6 +155,9 @@ class FreshSources:
         neighbours = bundle.optional_table(s.BUNDLE_ITEM_NEIGHBOURS)
         assert neighbours is not None
         neighbours = neighbours.sort_values([s.ITEM_IDX, s.SIMILARITY], ascending=[True, False], kind="stable")
+        owners = neighbours[s.ITEM_IDX].to_numpy(np.int64)
+        if len(owners) and (owners.min() < 0 or owners.max() >= n_items):
+            raise BundleError(f"{s.BUNDLE_ITEM_NEIGHBOURS}: an item_idx beyond the bundle's {n_items}-item map")
         self.neighbour_offsets = np.zeros(n_items + 1, dtype=np.int64)
         np.cumsum(np.bincount(neighbours[s.ITEM_IDX].to_numpy(np.int64), minlength=n_items),
                   out=self.neighbour_offsets[1:])
@@ -183,12 +187,32 @@ class FreshSources:
     @classmethod
     def load(cls, bundle: Bundle, folder: Path) -> FreshSources | None:
         """None for a bundle without what fresh candidates need (made before them): its users with fresh
-        events are re-scored on their bundle rows only."""
-        settings = Settings.from_manifest(bundle.manifest)
+        events are re-scored on their bundle rows only. Raises BundleError on parts that do not fit the
+        bundle (an index beyond its maps, a similarity that is not a finite number, missing settings)."""
         files = bundle.manifest.get("files", {})
-        if settings is None or s.BUNDLE_ITEM_NEIGHBOURS not in files or s.BUNDLE_ITEM_FEATURES not in files:
+        if "realtime" not in bundle.manifest or s.BUNDLE_ITEM_NEIGHBOURS not in files \
+                or s.BUNDLE_ITEM_FEATURES not in files:
             return None
-        return cls(bundle, settings, folder)
+        try:
+            settings = Settings.from_manifest(bundle.manifest)
+            assert settings is not None
+            sources = cls(bundle, settings, folder)
+        except (KeyError, TypeError, ValueError, AssertionError) as error:
+            raise BundleError(f"bundle {bundle.version}: unusable real-time parts ({type(error).__name__}: "
+                              f"{error})") from error
+        sources._check(len(bundle.item_ids), len(bundle.user_ids))
+        return sources
+
+    def _check(self, n_items: int, n_users: int) -> None:
+        indices = [("item_neighbours", self.neighbour_items, n_items),
+                   ("item_features", self.item_features[s.ITEM_IDX].to_numpy(np.int64), n_items)]
+        if self.user_category is not None:
+            indices.append(("user_category", self.user_category[s.USER_IDX].to_numpy(np.int64), n_users))
+        for name, values, size in indices:
+            if len(values) and (values.min() < 0 or values.max() >= size):
+                raise BundleError(f"{name}: an index beyond the bundle's {size}-row map")
+        if not np.isfinite(self.neighbour_sims).all() or self.item_factors.shape[0] != n_items:
+            raise BundleError("item_neighbours or item factors do not fit the bundle")
 
     # ------------------------------------------------------------------ the user's side as of t
     def history(self, user_idx: int | None) -> pd.DataFrame:
@@ -240,7 +264,7 @@ class FreshSources:
         by_item: dict[int, list[StoredEvent]] = {}
         for e in events:
             item = item_index.get(e.item_id)
-            if item is not None and self.item_factors[item].any():
+            if item is not None and e.timestamp_us < at_us and self.item_factors[item].any():
                 by_item.setdefault(item, []).append(e)
         if not by_item:
             return None
