@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from components import schema as s
-from components.realtime.candidates import fold_in
+from components.realtime.candidates import Matrix, fold_in
 from components.realtime.fresh import cutoff_us
 from components.realtime.store import DAY_US, StoredEvent
 from components.serving.app import create_app
@@ -153,8 +153,8 @@ def test_new_rows_equal_the_batch_rows_of_the_same_pairs(service: tuple[str, Ser
         every = theirs[s.ITEM_IDX].to_numpy()
         frame = sources.sources(user_idx, [], model.item_index, cut, cut, every)
         new = sources.new_rows(user_idx, frame.loc[~frame[s.ITEM_IDX].isin(rows[s.ITEM_IDX])], rows)
-        ours = pd.concat([rows, new], ignore_index=True).sort_values(s.ITEM_IDX).reset_index(drop=True)
-        ours = sources.rows_as_of(user_idx, ours, [], model.item_index, cut, cut)  # the whole set's ranks
+        both = pd.concat([rows, new], ignore_index=True).sort_values(s.ITEM_IDX).reset_index(drop=True)
+        ours = _as_of(model, user_idx, both, [], cut)  # the whole set's ranks and history statistics
         assert ours[s.ITEM_IDX].tolist() == every.tolist()
         fresh = ~_trimmed_rows(theirs).to_numpy()
         for name in sources.spec.features:
@@ -174,12 +174,26 @@ def test_new_rows_equal_the_batch_rows_of_the_same_pairs(service: tuple[str, Ser
     rows = model.feature_rows.user_rows(user_idx)
     outside = sorted(set(range(model.n_items)) - set(rows[s.ITEM_IDX].tolist()))
     events = [_event("someone", model.item_ids[outside[0]], s.VIEW, cut + DAY_US)]
-    frame = sources.rows_as_of(user_idx, rows, events, model.item_index, cut, cut + 2 * DAY_US)
+    frame = _as_of(model, user_idx, rows, events, cut + 2 * DAY_US)
     new = frame.loc[~frame[s.ITEM_IDX].isin(rows[s.ITEM_IDX]) & (frame[s.FROM_ALS] > 0)]
     assert outside[0] in new[s.ITEM_IDX].tolist()
     factor = np.asarray(sources.user_factors[user_idx], dtype=np.float64)
     assert np.allclose(new[s.ALS_SCORE], sources.item_factors[new[s.ITEM_IDX]].astype(np.float64) @ factor,
                        rtol=1e-5, atol=1e-6)
+
+
+def _as_of(model: ServingModel, user_idx: int, rows: pd.DataFrame, events: list[StoredEvent], at_us: int
+           ) -> pd.DataFrame:
+    """FreshSources.prepared_as_of over ``rows`` (+ the events' candidates), back to a frame."""
+    assert model.ranker is not None and model.ranker.spec is not None
+    prepared = model.ranker.prepare(rows)
+    matrix = model.fresh_sources.prepared_as_of(
+        user_idx, Matrix(rows[s.ITEM_IDX].to_numpy(np.int64), prepared.numeric, prepared.categorical), rows, events,
+        model.item_index, cutoff_us(model), at_us, prepare=model.ranker.prepare)
+    frame = pd.DataFrame(matrix.numeric, columns=list(model.ranker.spec.numeric))
+    for j, name in enumerate(model.ranker.spec.categorical):
+        frame[name] = matrix.categorical[:, j]
+    return frame.assign(**{s.ITEM_IDX: matrix.items, s.USER_IDX: user_idx})
 
 
 def test_the_fold_in_is_implicits_recalculate_user(service: tuple[str, ServiceState]) -> None:

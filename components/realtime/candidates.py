@@ -35,7 +35,7 @@ import math
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -61,11 +61,9 @@ from components.ranker.features import (
     U_REPEAT_SHARE,
     UI_PURCHASE_DAYS_REL,
     UI_PURCHASE_SHARE,
-    _rank_within_user,
     build_features,
-    history_stats,
 )
-from components.ranker.model import FeatureSpec
+from components.ranker.model import FeatureSpec, PreparedFeatures
 from components.realtime.store import DAY_US, StoredEvent
 
 if TYPE_CHECKING:
@@ -171,7 +169,7 @@ class FreshSources:
         popular_n = int(settings.candidates.get("popular_top_n", 0))
         self.popular = {int(i): rank for rank, i in enumerate(bundle.popular_items[:popular_n].tolist(), start=1)}
         self.popular_items = np.asarray(bundle.popular_items, dtype=np.int64)
-        self._built: OrderedDict[Hashable, pd.DataFrame] = OrderedDict()
+        self._built_rows: OrderedDict[Hashable, Matrix] = OrderedDict()
         self._lock = threading.Lock()
         purchased = pd.read_parquet(bundle.root / s.BUNDLE_PURCHASED).sort_values([s.USER_IDX, s.ITEM_IDX],
                                                                                    kind="stable")
@@ -353,56 +351,118 @@ class FreshSources:
                                   item_history=self.item_history)
         return frame
 
-    def _built_rows(self, cache_key: Hashable | None, user_idx: int | None, fresh: pd.DataFrame,
-                    existing_rows: pd.DataFrame) -> pd.DataFrame:
-        """New rows at the cutoff for ``fresh``'s items, built once per (user, item) and kept in a small LRU
-        (build_features costs far more than the rest of a request; a row at the cutoff does not depend on
-        the request time, and its time-dependent columns are overwritten by :meth:`rows_as_of`)."""
+    def _built(self, cache_key: Hashable | None, user_idx: int | None, fresh: pd.DataFrame,
+               existing_rows: pd.DataFrame, prepare: Callable[[pd.DataFrame], PreparedFeatures]) -> Matrix:
+        """New rows at the cutoff for ``fresh``'s items in the ranker's layout, built once per (user, item) and
+        kept in a small LRU (build_features costs far more than the rest of a request; a row at the cutoff
+        does not depend on the request time: its time-dependent columns are overwritten per request)."""
         with self._lock:
-            cached = self._built.get(cache_key) if cache_key is not None else None
+            cached = self._built_rows.get(cache_key) if cache_key is not None else None
             if cached is not None:
-                self._built.move_to_end(cache_key)
-        wanted = fresh[s.ITEM_IDX]
-        missing = fresh if cached is None else fresh.loc[~wanted.isin(cached[s.ITEM_IDX])]
+                self._built_rows.move_to_end(cache_key)
+        wanted = fresh[s.ITEM_IDX].to_numpy(np.int64)
+        missing = fresh if cached is None else fresh.loc[~np.isin(wanted, cached.items)]
         if len(missing):
-            built = self.new_rows(user_idx, missing, existing_rows)
-            cached = built if cached is None else pd.concat([cached, built], ignore_index=True)
+            frame = self.new_rows(user_idx, missing, existing_rows)
+            prepared = prepare(frame)
+            built = Matrix(frame[s.ITEM_IDX].to_numpy(np.int64), prepared.numeric, prepared.categorical)
+            cached = built if cached is None else cached.concat(built)
             if cache_key is not None:
                 with self._lock:
-                    self._built[cache_key] = cached
-                    if len(self._built) > BUILT_CACHE_USERS:
-                        self._built.popitem(last=False)
+                    self._built_rows[cache_key] = cached
+                    if len(self._built_rows) > BUILT_CACHE_USERS:
+                        self._built_rows.popitem(last=False)
         assert cached is not None
-        return cached.loc[cached[s.ITEM_IDX].isin(wanted)]
+        return cached.take(np.flatnonzero(np.isin(cached.items, wanted)))
 
-    def rows_as_of(self, user_idx: int | None, existing_rows: pd.DataFrame, events: Sequence[StoredEvent],
-                   item_index: dict[str, int], cutoff_us: int, at_us: int, *,
-                   cache_key: Hashable | None = None) -> pd.DataFrame:
-        """The user's candidate rows for a request at t: the bundle's rows and the new ones, with the
-        source features as of t and the within-candidates features over the whole set. The user-event
+    def prepared_as_of(self, user_idx: int | None, existing: Matrix, existing_rows: pd.DataFrame,
+                       events: Sequence[StoredEvent], item_index: dict[str, int], cutoff_us: int, at_us: int, *,
+                       prepare: Callable[[pd.DataFrame], PreparedFeatures],
+                       cache_key: Hashable | None = None) -> Matrix:
+        """The user's candidate rows for a request at t, in the ranker's layout (float64 numeric): the
+        bundle's rows (``existing``, from ``existing_rows``) and the new ones, with the source features as of
+        t and the within-candidates features and history statistics over the whole set. The user-event
         features are still the cutoff's (components/realtime/features.py moves them to t). ``cache_key``
-        (the model version and user) lets later requests reuse the new rows built at the cutoff."""
-        existing_items = (existing_rows[s.ITEM_IDX].to_numpy(np.int64) if len(existing_rows)
-                          else np.array([], dtype=np.int64))
-        sources = self.sources(user_idx, events, item_index, cutoff_us, at_us, existing_items)
-        is_new = ~sources[s.ITEM_IDX].isin(existing_items)
-        parts = [existing_rows[[s.USER_IDX, s.ITEM_IDX, *self.spec.features]]] if len(existing_rows) else []
+        (the user) lets later requests reuse the new rows built at the cutoff."""
+        sources = self.sources(user_idx, events, item_index, cutoff_us, at_us, existing.items)
+        is_new = ~np.isin(sources[s.ITEM_IDX].to_numpy(np.int64), existing.items)
+        rows = existing
         if is_new.any():
-            parts.append(self._built_rows(cache_key, user_idx, sources.loc[is_new], existing_rows))
-        rows = pd.concat(parts, ignore_index=True).sort_values(s.ITEM_IDX, kind="stable").reset_index(drop=True)
-        by_item = sources.set_index(s.ITEM_IDX).reindex(rows[s.ITEM_IDX])
-        rows[s.COOC_SCORE] = by_item[s.COOC_SCORE].to_numpy(np.float64)
+            rows = existing.concat(self._built(cache_key, user_idx, sources.loc[is_new], existing_rows, prepare))
+        rows = rows.take(np.argsort(rows.items, kind="stable"))
+        numeric = rows.numeric.astype(np.float64)
+        if not np.array_equal(rows.items, sources[s.ITEM_IDX].to_numpy(np.int64)):
+            raise ValueError("a user's candidate rows repeat an item")  # the bundle's rows are unique per pair
+        col = {name: j for j, name in enumerate(self.spec.numeric)}
+
+        def put(name: str, values: np.ndarray, where: np.ndarray | None = None) -> None:
+            if name in col:
+                if where is None:
+                    numeric[:, col[name]] = values
+                else:
+                    numeric[where, col[name]] = values[where]
+
+        put(s.COOC_SCORE, sources[s.COOC_SCORE].to_numpy(np.float64))
         for flag in (s.FROM_COOC, s.FROM_HISTORY):
-            rows[flag] = by_item[flag].to_numpy(np.float64)
+            put(flag, sources[flag].to_numpy(np.float64))
         # a new row's ALS columns as build_features fills them (a new user's factor moves with their events)
-        new = ~rows[s.ITEM_IDX].isin(existing_items).to_numpy()
-        als_rank = by_item[s.ALS_RANK].to_numpy(np.float64)[new]
-        rows.loc[new, s.ALS_SCORE] = by_item[s.ALS_SCORE].fillna(MISSING_SCORE).to_numpy(np.float64)[new]
-        rows.loc[new, s.ALS_RANK] = np.where(als_rank > 0, als_rank, RANK_SENTINEL)
-        rows.loc[new, s.FROM_ALS] = by_item[s.FROM_ALS].to_numpy(np.float64)[new]
-        rows = within_candidates(rows, self.spec)
+        new = ~np.isin(rows.items, existing.items)
+        als_rank = sources[s.ALS_RANK].to_numpy(np.float64)
+        put(s.ALS_SCORE, sources[s.ALS_SCORE].fillna(MISSING_SCORE).to_numpy(np.float64), new)
+        put(s.ALS_RANK, np.where(als_rank > 0, als_rank, RANK_SENTINEL), new)
+        put(s.FROM_ALS, sources[s.FROM_ALS].to_numpy(np.float64), new)
+        within_candidates(numeric, rows.items, col)
         mine = self.user_items_as_of(user_idx, events, item_index, cutoff_us, at_us)
-        return history_as_of(rows, mine, self.spec)
+        history_as_of(numeric, rows.items, col, mine)
+        return Matrix(rows.items, numeric, rows.categorical)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """One user's candidate rows in the ranker's layout (components/ranker/model.py PreparedFeatures)."""
+
+    items: np.ndarray  # item_idx per row
+    numeric: np.ndarray  # the spec's numeric features, in its order
+    categorical: np.ndarray  # the spec's categorical features (objects)
+
+    def take(self, rows: np.ndarray) -> Matrix:
+        return Matrix(self.items[rows], self.numeric[rows], self.categorical[rows])
+
+    def concat(self, other: Matrix) -> Matrix:
+        return Matrix(np.concatenate([self.items, other.items]),
+                      np.concatenate([self.numeric.astype(np.float64), other.numeric.astype(np.float64)]),
+                      np.concatenate([self.categorical, other.categorical]))
+
+    @property
+    def prepared(self) -> PreparedFeatures:
+        return PreparedFeatures(numeric=self.numeric.astype(np.float32), categorical=self.categorical)
+
+
+def _rank(items: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """1-based position under the sort by ``keys`` (first key first; negate a key for descending), ties by
+    the smaller item: components/ranker/features.py _rank_within_user for one user."""
+    order = np.lexsort((items, *reversed(keys)))
+    rank = np.empty(len(items), dtype=np.float64)
+    rank[order] = np.arange(1, len(items) + 1)
+    return rank
+
+
+def within_candidates(numeric: np.ndarray, items: np.ndarray, col: dict[str, int]) -> None:
+    """build_features' features ranked or compared within a user's candidates, over all the rows (one
+    user), in place: x_n_sources, x_als_score_gap, x_cooc_rank, x_pop_rank_in_user, x_trend_rank_in_user."""
+    if N_SOURCES in col:
+        numeric[:, col[N_SOURCES]] = numeric[:, [col[f] for f in SOURCE_FLAGS if f in col]].sum(axis=1)
+    if ALS_SCORE_GAP in col and s.ALS_SCORE in col:
+        score = numeric[:, col[s.ALS_SCORE]]
+        scored = score != MISSING_SCORE
+        best = score[scored].max() if scored.any() else np.nan
+        numeric[:, col[ALS_SCORE_GAP]] = np.where(scored, best - score, -MISSING_SCORE)
+    if COOC_RANK in col and s.COOC_SCORE in col:
+        cooc = numeric[:, col[s.COOC_SCORE]]
+        numeric[:, col[COOC_RANK]] = np.where(cooc > 0, _rank(items, -cooc), RANK_SENTINEL)
+    for name, column in ((POP_RANK_IN_USER, s.ITEM_BUYERS_28D), (TREND_RANK_IN_USER, s.ITEM_BUYERS_7D)):
+        if name in col and column in col:
+            numeric[:, col[name]] = _rank(items, -numeric[:, col[column]])
 
 
 # history_stats' outputs and build_features' stand-ins for a pair outside the user's history
@@ -410,42 +470,31 @@ _HISTORY_FILL: Final = {HIST_RANK: RANK_SENTINEL, RECENCY_RANK: RANK_SENTINEL, U
                         UI_PURCHASE_SHARE: 0.0, RECENCY_REL: DAYS_SENTINEL, ORDERS_AGO: RANK_SENTINEL}
 
 
-def history_as_of(rows: pd.DataFrame, mine: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """The ranker's history statistics (components/ranker/features.py history_stats: the repurchase order,
-    recency ranks, purchase shares, repeat share) over the user's items as of t (``mine``: item_idx, days,
-    purchase_days), for every row: a fresh item ranks as the repurchase baseline would rank it now."""
-    wanted = [n for n in (*_HISTORY_FILL, U_REPEAT_SHARE) if n in spec.features]
-    if not wanted or mine.empty:
-        return rows
-    key = int(rows[s.USER_IDX].to_numpy()[0])
-    ui = pd.DataFrame({s.USER_IDX: key, s.ITEM_IDX: mine[s.ITEM_IDX].to_numpy(np.int64),
-                       s.UI_PURCHASE_DAYS: mine["purchase_days"].to_numpy(np.float64),
-                       s.UI_DAYS_SINCE_LAST: mine["days"].to_numpy(np.float64)})
-    pairs, users = history_stats(ui)
-    found = pairs.set_index(s.ITEM_IDX).reindex(rows[s.ITEM_IDX])
-    for name, fill in _HISTORY_FILL.items():
-        if name in wanted:
-            rows[name] = found[name].fillna(fill).to_numpy(np.float64)
-    if U_REPEAT_SHARE in wanted and len(users):
-        rows[U_REPEAT_SHARE] = float(users[U_REPEAT_SHARE].to_numpy()[0])
-    return rows
-
-
-def within_candidates(rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """The features build_features ranks or compares within a user's candidates, over ``rows`` (one user),
-    by its own definitions."""
-    wanted = set(spec.features)
-    if N_SOURCES in wanted:
-        rows[N_SOURCES] = rows[list(SOURCE_FLAGS)].astype(np.float64).sum(axis=1)
-    if ALS_SCORE_GAP in wanted:
-        score = rows[s.ALS_SCORE].astype(np.float64).where(rows[s.ALS_SCORE] != MISSING_SCORE)
-        rows[ALS_SCORE_GAP] = (score.max() - score).fillna(-MISSING_SCORE)
-    if COOC_RANK in wanted:
-        rows[COOC_RANK] = _rank_within_user(rows, [s.COOC_SCORE], [False]).where(rows[s.COOC_SCORE] > 0, RANK_SENTINEL)
-    for name, column in ((POP_RANK_IN_USER, s.ITEM_BUYERS_28D), (TREND_RANK_IN_USER, s.ITEM_BUYERS_7D)):
-        if name in wanted and column in rows.columns:
-            rows[name] = _rank_within_user(rows, [column], [False])
-    return rows
+def history_as_of(numeric: np.ndarray, items: np.ndarray, col: dict[str, int], mine: pd.DataFrame) -> None:
+    """components/ranker/features.py history_stats (the repurchase order, recency ranks, purchase shares,
+    orders ago, repeat share) over the user's items as of t (``mine``: item_idx, days, purchase_days), in
+    place for every row: a fresh item ranks as the repurchase baseline would rank it now."""
+    if mine.empty or not any(n in col for n in (*_HISTORY_FILL, U_REPEAT_SHARE)):
+        return
+    history = mine[s.ITEM_IDX].to_numpy(np.int64)
+    days = np.nan_to_num(mine["days"].to_numpy(np.float64), nan=DAYS_SENTINEL)
+    bought = np.nan_to_num(mine["purchase_days"].to_numpy(np.float64), nan=0.0)
+    stats = {
+        HIST_RANK: _rank(history, -bought, days),
+        RECENCY_RANK: _rank(history, days),
+        UI_PURCHASE_DAYS_REL: bought / max(bought.max(), 1.0),
+        UI_PURCHASE_SHARE: bought / max(bought.sum(), 1.0),
+        RECENCY_REL: days - days.min(),
+        ORDERS_AGO: np.unique(days, return_inverse=True)[1].astype(np.float64),
+    }
+    order = np.argsort(history)
+    position = np.searchsorted(history, items, sorter=order).clip(max=len(history) - 1)
+    found = history[order[position]] == items
+    for name, values in stats.items():
+        if name in col:
+            numeric[:, col[name]] = np.where(found, values[order[position]], _HISTORY_FILL[name])
+    if U_REPEAT_SHARE in col:
+        numeric[:, col[U_REPEAT_SHARE]] = (bought >= 2).sum() / max(int((bought > 0).sum()), 1)
 
 
 def _top(scores: np.ndarray, n: int, *, positive: bool) -> np.ndarray:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from components import schema as s
 from components.ranker.model import PreparedFeatures, rank_top_k
-from components.realtime.features import AS_OF_FEATURES, apply_as_of, features_as_of
+from components.realtime.candidates import Matrix
+from components.realtime.features import AS_OF_FEATURES, apply_as_of
 from components.realtime.intake import StoreGuard
 from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
@@ -108,28 +109,35 @@ class FreshAnswers:
         if user_idx is not None:
             start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
             bought = set(model.purchased_items[start:stop].tolist())
+        ranker = model.ranker
+        numeric_names = list(ranker.spec.numeric) if ranker.spec is not None else []
+        positions: dict[str, int] = {n: numeric_names.index(n) for n in AS_OF_FEATURES if n in numeric_names}
+        if user_idx is not None and not rows.empty:
+            items, prepared, positions = self._prepared(model, user_idx, rows)
+            numeric, categorical = prepared.numeric, prepared.categorical
+        else:
+            items = np.array([], dtype=np.int64)
+            numeric = np.empty((0, len(numeric_names)), dtype=np.float32)
+            categorical = np.empty((0, len(ranker.spec.categorical) if ranker.spec else 0), dtype=object)
         if sources is not None:  # the bundle's rows plus candidates from the fresh events
             try:
-                frame = sources.rows_as_of(user_idx, rows, events, model.item_index, cut, at,
-                                           cache_key=user_idx if user_idx is not None else user_id)
+                matrix = sources.prepared_as_of(user_idx, Matrix(items, numeric, categorical), rows, events,
+                                                model.item_index, cut, at, prepare=ranker.prepare,
+                                                cache_key=user_idx if user_idx is not None else user_id)
             except OSError:  # a swapped-out model's memory-mapped factors went with its folder
                 return None, False
-            if frame.empty:
+            items, numeric, categorical = matrix.items, matrix.numeric, matrix.categorical
+            if not len(items):
                 return None, False
-            frame = features_as_of(frame, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
-                                   at_us=at)
-            items = frame[s.ITEM_IDX].to_numpy(np.int64)
-            scores = model.ranker.score_prepared(model.ranker.prepare(frame))
         else:
-            assert user_idx is not None  # no sources: only a known user with rows gets here
-            items, prepared, positions = self._prepared(model, user_idx, rows)
-            numeric = prepared.numeric.copy()
-            columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
-            apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
-                        at_us=at)
-            for name, j in positions.items():
-                numeric[:, j] = columns[name]
-            scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
+            numeric = numeric.copy()
+        columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+        apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
+                    at_us=at)
+        for name, j in positions.items():
+            numeric[:, j] = columns[name]
+        scores = ranker.score_prepared(PreparedFeatures(numeric=np.asarray(numeric, dtype=np.float32),
+                                                        categorical=categorical))
         blocked = model._blocked(user_idx, exclude_purchased, exclude, category)
         if exclude_purchased:
             fresh_bought = [model.item_index[e.item_id] for e in events
