@@ -17,16 +17,21 @@ Candidate-source features as of the request time t (the models stay at the cutof
   order); ``from_popular``: in the bundle's popular list within ``popular_top_n``.
 Every other feature of a new row comes from :func:`components.ranker.features.build_features` itself, fed
 the user's features (a known user's from their bundle rows; none for a new user: the documented neutral
-values), the bundle's item feature table and per-item statistics, and the user's purchases before the
-cutoff. Then the features ranked or compared within the user's candidates (``x_cooc_rank``,
-``x_pop_rank_in_user``, ``x_trend_rank_in_user``, ``x_als_score_gap``, ``x_n_sources``) are recomputed
-over the whole new candidate set, as the batch step computes them over its candidates.
+values), the bundle's item feature table, per-item statistics and user_category, and the user's purchases
+before the cutoff; it is built once per (user, item) at the cutoff and kept. Per request, on the ranker's
+numeric matrix of the whole new candidate set: the features ranked or compared within the user's
+candidates (``x_cooc_rank``, ``x_pop_rank_in_user``, ``x_trend_rank_in_user``, ``x_als_score_gap``,
+``x_n_sources``) and the history statistics of features.py's history_stats (``x_hist_rank``,
+``x_recency_rank``, purchase shares, ``x_recency_rel``, ``x_orders_ago``, ``x_u_repeat_share``) over the
+user's items as of t; then components/realtime/features.py moves the user-event features to t.
+tests/test_realtime_candidates.py rebuilds half of each tiny-shop user's rows this way and compares them
+with the batch pipeline's rows, feature by feature.
 
 Not exact (documented in the README): a pair the user touched before the cutoff that is not among their
 bundle rows gets only ui_purchase_days and ui_days_since_last (the bundle's purchased table), the rest
 neutral; the user's items before the cutoff are their purchases (interactions without a purchase are not
-in the bundle); a new user's ALS weight
-per item is the ETL's rule (one contribution per event type and UTC day, purchases scaled by units).
+in the bundle); a new user's ALS weight per item is the ETL's rule (one contribution per event type and UTC
+day, purchases scaled by units; components/etl/weights.py); TIFU-KNN's pair scores (off by default) are 0.
 """
 
 from __future__ import annotations
