@@ -150,6 +150,7 @@ class FreshSources:
         n_items = len(bundle.item_ids)
         self.item_factors = np.asarray(bundle.item_factors, dtype=np.float32)
         self.als_items = np.flatnonzero(np.abs(self.item_factors).sum(axis=1) > 0)  # the items ALS fitted
+        self.als_factors = self.item_factors[self.als_items].astype(np.float64)  # scored per request: copied once
         self.gram = self.item_factors.astype(np.float64).T @ self.item_factors.astype(np.float64)
         # one user's factor per request: memory-mapped from this worker's copy (the bundle's folder goes)
         folder.mkdir(parents=True, exist_ok=True)
@@ -302,7 +303,7 @@ class FreshSources:
         als_rank = np.zeros(len(cooc), dtype=np.int64)
         als_score = np.full(len(cooc), np.nan)
         if factor is not None:
-            scores = self.item_factors[self.als_items].astype(np.float64) @ factor
+            scores = self.als_factors @ factor
             order = np.lexsort((self.als_items, -scores))[:int(cfg["als_top_n"])]
             als_rank[self.als_items[order]] = np.arange(1, len(order) + 1)
             als_score[self.als_items[order]] = scores[order]
