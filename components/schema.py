@@ -23,6 +23,12 @@ USERS: Final = "users"
 RAW_TABLES: Final = (EVENTS, ITEMS, USERS)
 REQUIRED_EVENT_COLUMNS: Final = (USER_ID, ITEM_ID, EVENT_TYPE, TIMESTAMP)
 OPTIONAL_EVENT_COLUMNS: Final = (QUANTITY, PRICE, SESSION_ID)
+# The durable event log (components/realtime/log.py): the contract's columns plus the client's event id.
+EVENT_ID: Final = "event_id"
+EVENT_LOG_COLUMNS: Final = (*REQUIRED_EVENT_COLUMNS, *OPTIONAL_EVENT_COLUMNS, EVENT_ID)
+# A CSV file named *.headerless.csv under events/ has no header row: its columns are EVENT_LOG_COLUMNS in
+# that order. Kinesis Data Firehose writes the log on AWS and concatenates records, so it cannot write one.
+HEADERLESS_CSV_SUFFIX: Final = ".headerless.csv"
 
 VIEW: Final = "view"
 ADD_TO_CART: Final = "add_to_cart"
@@ -68,6 +74,10 @@ ITEM_FEATURES: Final = "item_features"  # item_idx + features.json["item"]
 USER_ITEM_FEATURES: Final = "user_item_features"  # user_idx, item_idx + features.json["user_item"]
 TARGETS: Final = "targets"  # user_idx, item_idx: distinct purchases in the fold's target window
 TARGET_USERS: Final = "target_users"  # user_idx, segment: users with >= 1 target purchase
+# Test fold only, for real-time features (components/realtime/features.py): the history the fold's features
+# are computed from (etl/features.py: fold_history of daily_table and of orders_table), carried by the bundle.
+HISTORY_DAILY: Final = "history_daily"
+HISTORY_ORDERS: Final = "history_orders"
 WEIGHT: Final = "weight"
 SEGMENT: Final = "segment"
 WARM: Final = "warm"  # has events before the cutoff
@@ -203,15 +213,16 @@ BUNDLE_POPULAR: Final = "popular.parquet"  # item_idx, score: the cold-user fall
 BUNDLE_ITEMS: Final = "items.parquet"  # item_idx, item_id + catalog attributes (category filter)
 BUNDLE_PURCHASED: Final = "purchased.parquet"  # user_idx, item_idx bought before the cutoff (+ ui_purchase_days,
 # ui_days_since_last: the explorer's history)
+# The test fold's history for real-time features (optional; components/realtime/features.py): daily.parquet
+# and orders.parquet (HISTORY_DAILY, HISTORY_ORDERS), item_features.parquet, item_history.parquet
+BUNDLE_HISTORY: Final = "history"
 # {"sha256": ...} of model.tar.gz, beside it: what registration records (locally, and on SageMaker as the
 # package's bundle_sha256 metadata through a property file of the bundle step)
 BUNDLE_DIGEST_FILE: Final = "bundle_digest.json"
-# Optional (real-time candidates, components/realtime/candidates.py): every item's co-occurrence neighbours as
-# the candidates step fitted them (item_idx, neighbour_idx, similarity), and the test fold's item feature table
-# (item_idx + the ranker's item features and per-item history statistics); manifest key "realtime" says how.
+# Optional (real-time candidates, components/realtime/candidates.py; with BUNDLE_HISTORY): every item's
+# co-occurrence neighbours as the candidates step fitted them (item_idx, neighbour_idx, similarity); manifest
+# key "realtime" says how the batch made candidates.
 BUNDLE_ITEM_NEIGHBOURS: Final = "item_neighbours.parquet"
-BUNDLE_ITEM_FEATURES: Final = "item_features.parquet"
-BUNDLE_USER_CATEGORY: Final = "user_category.parquet"  # the ETL's user_category (uc_share of a new row)
 NEIGHBOUR_IDX: Final = "neighbour_idx"
 SIMILARITY: Final = "similarity"
 ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present

@@ -45,7 +45,9 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[RedisServer]:
+def redis_server(workdir: Path, *, cluster: bool = False) -> Iterator[RedisServer]:
+    """``cluster``: one node in cluster mode owning every slot (a cluster-mode cache behind one endpoint, as
+    ElastiCache Serverless presents itself)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server not found: run `bash .ci/setup --dev` (Debian package redis-server)")
@@ -53,7 +55,8 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning",
+         *(["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"] if cluster else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, process)
     deadline = time.monotonic() + 10
@@ -69,6 +72,17 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
             process.kill()
             pytest.fail(f"redis-server did not start on port {port}")
         time.sleep(0.05)
+    if cluster:
+        import redis
+
+        admin = redis.Redis(port=port)
+        admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        while admin.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") < 0:
+            if time.monotonic() > deadline + 10:
+                server.kill()
+                pytest.fail("redis-server in cluster mode did not reach cluster_state:ok")
+            time.sleep(0.05)
+        admin.close()
     try:
         yield server
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import date
 from pathlib import Path
@@ -79,6 +80,53 @@ METRICS_SERVER_ADDON = "metrics-server"
 # concurrency."
 NEW_ACCOUNT_CONCURRENCY = 10
 UNRESERVED_MINIMUM = 100
+
+# https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html#AMP-collector-eks-setup:
+# with the cluster's authentication mode "either API or API_AND_CONFIG_MAP", "any scrapers you create through
+# the Amazon Managed Service for Prometheus API or CLI ... will automatically have the correct access entry
+# policy created for you" (rules: get/list/watch on nodes, nodes/proxy, nodes/metrics, services, endpoints,
+# pods, ingresses, configmaps; ingresses(/status) in extensions and networking.k8s.io; get on
+# metrics.eks.amazonaws.com kcm/metrics and ksh/metrics; get on /metrics). The manual ClusterRole +
+# aws-auth mapping on that page is the alternative for clusters that use the aws-auth ConfigMap.
+# https://docs.aws.amazon.com/eks/latest/userguide/creating-access-entries.html: one access entry per IAM
+# principal and cluster (a second CreateAccessEntry for it fails "already in use").
+AMP_AUTO_ACCESS_ENTRY_MODES = {"API", "API_AND_CONFIG_MAP"}
+
+# https://docs.aws.amazon.com/grafana/latest/APIReference/API_CreateWorkspaceServiceAccount.html: "You can only
+# create service accounts for workspaces that are compatible with Grafana version 9 and above"; Amazon Managed
+# Grafana's first 9.x is 9.4 ("With the release of Grafana 9.4, Amazon Managed Grafana added support for service
+# accounts", https://aws.amazon.com/blogs/big-data/migrating-from-api-keys-to-service-account-tokens-in-grafana-dashboards-using-terraform).
+GRAFANA_SERVICE_ACCOUNTS_SINCE = (9, 4)
+
+
+# https://docs.aws.amazon.com/firehose/latest/APIReference/API_PutRecordBatch.html: "Each PutRecordBatch
+# request supports up to 500 records. Each record in the request can be as large as 1,000 KB (before base64
+# encoding), up to a limit of 4 MB for the entire request. These limits cannot be changed."
+PUT_RECORD_BATCH_RECORDS, PUT_RECORD_BATCH_BYTES, FIREHOSE_RECORD_BYTES = 500, 4 * 1024 * 1024, 1000 * 1024
+
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-properties-kinesisfirehose-deliverystream-extendeds3destinationconfiguration.html
+# (FileExtension: pattern and length, as CloudFormation's resource schema has them; cfn-lint carries the same
+# schema); https://docs.aws.amazon.com/firehose/latest/dev/s3-object-name.html: the object name ends with
+# "<file extension>"; s3-prefixes.html: the timestamp namespace is "in UTC" by default.
+FILE_EXTENSION_PATTERN, FILE_EXTENSION_MAX = r"^$|\.[0-9a-z!\-_.*'()]+", 128
+
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-elasticache-usergroup.html:
+# UserIds: "A user named default must be included". https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/Clusters.RBAC.html:
+# a user group of engine "valkey" holds only users that authenticate (password or IAM); a Valkey cache takes
+# "redis" and "valkey" groups; RBAC is the only access control of a serverless cache.
+# https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth-iam.html: IAM authentication needs Valkey 7.2+
+# (or Redis OSS 7.0+) and TLS, and "the user id and user name properties must be identical" for an
+# IAM-enabled user.
+IAM_AUTH_MIN_VALKEY = (7, 2)
+# https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/WorkingWithRedis.html: "ElastiCache serverless is only
+# available in a cluster-mode enabled configuration" (so the service must talk to it as to a cluster).
+SERVERLESS_IS_CLUSTER_MODE = True
+
+# https://docs.aws.amazon.com/eks/latest/userguide/auto-sgp.html: security groups for individual Pods in Auto
+# Mode apply "to EKS Auto Mode clusters running Kubernetes 1.36 or later"; before that a pod uses its node's
+# network interface, and so the node's security groups (the built-in node class's: the cluster security
+# group, https://docs.aws.amazon.com/eks/latest/userguide/create-node-class.html).
+AUTO_MODE_POD_SECURITY_GROUPS_FROM = (1, 36)
 
 
 # ------------------------------------------------------------------ checkers (pure, on template dicts)
@@ -158,6 +206,65 @@ def lambda_concurrency_problems(template: dict[str, Any], account_quota: int) ->
         if reserved is not None and account_quota - int(reserved) < UNRESERVED_MINIMUM:
             problems.append(f"{lid}: ReservedConcurrentExecutions {reserved} leaves less than "
                             f"{UNRESERVED_MINIMUM} unreserved of {account_quota}")
+    return problems
+
+
+def scraper_access_problems(templates: dict[str, dict[str, Any]]) -> list[str]:
+    """An AMP scraper on a cluster whose authentication mode does not get it an automatic access entry, or an
+    access entry of ours for the scraper's role (it collides with the one AMP creates)."""
+    problems: list[str] = []
+    scrapers = {lid for t in templates.values() for lid in _resources(t, "AWS::APS::Scraper")}
+    if not scrapers:
+        return problems
+    for name, template in templates.items():
+        for lid, cluster in _resources(template, "AWS::EKS::Cluster").items():
+            mode = cluster["Properties"].get("AccessConfig", {}).get("AuthenticationMode", "CONFIG_MAP")
+            if mode not in AMP_AUTO_ACCESS_ENTRY_MODES:
+                problems.append(f"{name}/{lid}: authentication mode {mode}: AMP creates no access entry")
+        for lid, entry in _resources(template, "AWS::EKS::AccessEntry").items():
+            principal = entry["Properties"].get("PrincipalArn")
+            if isinstance(principal, dict) and principal.get("Fn::GetAtt", [None])[0] in scrapers:
+                problems.append(f"{name}/{lid}: an access entry for the scraper's role (AMP creates it)")
+    return problems
+
+
+def firehose_s3_problems(template: dict[str, Any]) -> list[str]:
+    problems = []
+    for lid, stream in _resources(template, "AWS::KinesisFirehose::DeliveryStream").items():
+        dest = stream["Properties"].get("ExtendedS3DestinationConfiguration", {})
+        ext = dest.get("FileExtension", "")
+        if len(ext) > FILE_EXTENSION_MAX or not re.fullmatch(FILE_EXTENSION_PATTERN, ext):
+            problems.append(f"{lid}: FileExtension {ext!r} does not match {FILE_EXTENSION_PATTERN}")
+        if dest.get("CustomTimeZone", "UTC") != "UTC":
+            problems.append(f"{lid}: days in {dest['CustomTimeZone']}, the local log's are UTC")
+        if "!{timestamp:" in dest.get("Prefix", "") and "!{firehose:error-output-type}" not in dest.get(
+                "ErrorOutputPrefix", ""):
+            problems.append(f"{lid}: error prefix without !{{firehose:error-output-type}}")
+    return problems
+
+
+def elasticache_problems(template: dict[str, Any]) -> list[str]:
+    problems = []
+    users = _resources(template, "AWS::ElastiCache::User")
+    groups = _resources(template, "AWS::ElastiCache::UserGroup")
+    for lid, group in groups.items():
+        members = [users[ref["Ref"]]["Properties"] for ref in group["Properties"]["UserIds"] if "Ref" in ref]
+        if not any(u["UserName"] == "default" for u in members):
+            problems.append(f"{lid}: no user named default")
+        if group["Properties"]["Engine"] == "valkey":
+            problems += [f"{lid}: valkey group with user {u['UserName']} that does not authenticate"
+                         for u in members if u["AuthenticationMode"]["Type"] == "no-password-required"]
+    for lid, user in users.items():
+        props = user["Properties"]
+        if props["AuthenticationMode"]["Type"] == "iam" and props["UserId"] != props["UserName"]:
+            problems.append(f"{lid}: IAM user with UserId {props['UserId']} != UserName {props['UserName']}")
+    for lid, cache in _resources(template, "AWS::ElastiCache::ServerlessCache").items():
+        props = cache["Properties"]
+        version = (int(props["MajorEngineVersion"]), 0)
+        if props["Engine"] == "valkey" and version < IAM_AUTH_MIN_VALKEY:
+            problems.append(f"{lid}: Valkey {props['MajorEngineVersion']} has no IAM authentication")
+        if "UserGroupId" not in props:
+            problems.append(f"{lid}: no user group: any client in the network reaches it as the default user")
     return problems
 
 
@@ -249,3 +356,110 @@ def test_no_function_reserves_concurrency_a_new_account_cannot_give(templates: d
     one = {"Resources": {"F": {"Type": "AWS::Lambda::Function", "Properties": {"ReservedConcurrentExecutions": 1}}}}
     assert lambda_concurrency_problems(one, NEW_ACCOUNT_CONCURRENCY)
     assert lambda_concurrency_problems(one, 1000) == []
+
+
+# ------------------------------------------------------------------ Amazon Managed Service for Prometheus, Grafana
+
+
+def test_the_scraper_gets_its_cluster_access_from_amp(templates: dict[str, dict[str, Any]]) -> None:
+    """AMP-collector-how-to.html (see AMP_AUTO_ACCESS_ENTRY_MODES): the cluster's authentication mode makes AMP
+    create the scraper's access entry with the read-only rules above, so the stacks create none of their own
+    (the monitoring stack had one, which would have failed the deploy on the entry AMP had just made) and no
+    ClusterRole for it (the manual path is for aws-auth clusters)."""
+    assert scraper_access_problems(templates) == []
+    applied = json.dumps(templates["EcomrecServing"])
+    assert "aps-collector" not in applied
+    # The check itself, on the entry the monitoring stack had.
+    broken = json.loads(json.dumps(templates))
+    [scraper] = _resources(broken["EcomrecMonitoring"], "AWS::APS::Scraper")
+    broken["EcomrecMonitoring"]["Resources"]["ScraperAccess"] = {"Type": "AWS::EKS::AccessEntry", "Properties": {
+        "ClusterName": "c", "PrincipalArn": {"Fn::GetAtt": [scraper, "RoleArn"]}, "Username": "aps-collector-user"}}
+    [cluster] = _resources(broken["EcomrecServing"], "AWS::EKS::Cluster")
+    broken["EcomrecServing"]["Resources"][cluster]["Properties"]["AccessConfig"]["AuthenticationMode"] = "CONFIG_MAP"
+    found = "\n".join(scraper_access_problems(broken))
+    assert "ScraperAccess: an access entry for the scraper's role" in found
+    assert "authentication mode CONFIG_MAP" in found
+
+
+def test_the_grafana_workspace_allows_service_accounts(templates: dict[str, dict[str, Any]]) -> None:
+    """API_CreateWorkspaceServiceAccount.html: service accounts (the dashboard provisioner's token) need Grafana
+    9.4 or later in Amazon Managed Grafana; the workspace pins a version that has them."""
+    [workspace] = _resources(templates["EcomrecMonitoring"], "AWS::Grafana::Workspace").values()
+    assert _version(workspace["Properties"]["GrafanaVersion"]) >= GRAFANA_SERVICE_ACCOUNTS_SINCE
+
+
+# ------------------------------------------------------------------ real time: Firehose and ElastiCache
+
+
+def test_the_firehose_log_cuts_calls_within_put_record_batch_limits() -> None:
+    """API_PutRecordBatch.html: the log's batches are cut at the documented limits (the batching itself is
+    tested in tests/test_realtime_firehose.py)."""
+    from components.realtime import firehose_log as fl
+
+    assert (fl.MAX_RECORDS_PER_CALL, fl.MAX_BYTES_PER_CALL, fl.MAX_RECORD_BYTES) == (
+        PUT_RECORD_BATCH_RECORDS, PUT_RECORD_BATCH_BYTES, FIREHOSE_RECORD_BYTES)
+
+
+def test_event_log_stream_is_a_valid_s3_destination_the_etl_reads(templates: dict[str, dict[str, Any]]) -> None:
+    """The FileExtension CloudFormation accepts, UTC days, an error prefix that names the error type; and
+    the extension is exactly what the ETL takes as header-less CSV."""
+    from components import schema as s
+    from components.etl.read import _suffix_kind
+
+    serving = templates["EcomrecServing"]
+    assert firehose_s3_problems(serving) == []
+    [stream] = _resources(serving, "AWS::KinesisFirehose::DeliveryStream").values()
+    ext = stream["Properties"]["ExtendedS3DestinationConfiguration"]["FileExtension"]
+    assert ext == s.HEADERLESS_CSV_SUFFIX
+    assert _suffix_kind(Path(f"ecomrec-events-1-2026-12-04-10-00-00-uuid{ext}")) == "headerless"
+    broken = json.loads(json.dumps(serving))
+    [lid] = _resources(broken, "AWS::KinesisFirehose::DeliveryStream")
+    dest = broken["Resources"][lid]["Properties"]["ExtendedS3DestinationConfiguration"]
+    dest.update(FileExtension=".Headerless.CSV", CustomTimeZone="Europe/Paris", ErrorOutputPrefix="errors/")
+    assert len(firehose_s3_problems(broken)) == 3
+
+
+def test_store_rbac_and_iam_authentication_are_what_elasticache_accepts(
+        templates: dict[str, dict[str, Any]]) -> None:
+    serving = templates["EcomrecServing"]
+    assert elasticache_problems(serving) == []
+    broken = json.loads(json.dumps(serving))
+    users = _resources(broken, "AWS::ElastiCache::User")
+    for lid, user in users.items():
+        if user["Properties"]["AuthenticationMode"]["Type"] == "iam":
+            broken["Resources"][lid]["Properties"]["UserId"] = "another-id"
+    [group] = _resources(broken, "AWS::ElastiCache::UserGroup")
+    broken["Resources"][group]["Properties"]["Engine"] = "valkey"
+    [cache] = _resources(broken, "AWS::ElastiCache::ServerlessCache")
+    broken["Resources"][cache]["Properties"]["MajorEngineVersion"] = "7"
+    found = "\n".join(elasticache_problems(broken))
+    assert "UserId another-id" in found and "does not authenticate" in found and "no IAM authentication" in found
+
+
+def test_store_admits_the_pods_by_the_cluster_security_group(templates: dict[str, dict[str, Any]]) -> None:
+    """auto-sgp.html: before Kubernetes 1.36 an Auto Mode pod has no security group of its own, so the
+    store's only source is the cluster security group the nodes carry (not a pod-level group)."""
+    serving = templates["EcomrecServing"]
+    [(cluster_id, cluster)] = _resources(serving, "AWS::EKS::Cluster").items()
+    assert _version(cluster["Properties"]["Version"]) < AUTO_MODE_POD_SECURITY_GROUPS_FROM, \
+        "Kubernetes 1.36: give the inference pods a security group of their own (SecurityGroupPolicy)"
+    [cache] = _resources(serving, "AWS::ElastiCache::ServerlessCache").values()
+    [sg] = cache["Properties"]["SecurityGroupIds"]
+    sources = [r["Properties"].get("SourceSecurityGroupId") for r in
+               _resources(serving, "AWS::EC2::SecurityGroupIngress").values() if r["Properties"]["GroupId"] == sg]
+    assert sources == [{"Fn::GetAtt": [cluster_id, "ClusterSecurityGroupId"]}]
+
+
+def test_the_pods_talk_to_the_serverless_cache_as_to_a_cluster(templates: dict[str, dict[str, Any]]) -> None:
+    """WorkingWithRedis.html: serverless caches are cluster-mode only; the Deployment tells the service so
+    (ECOMREC_STORE_CLUSTER, redis-py's cluster client: tests/test_realtime_store_iam.py runs it on a
+    cluster-mode redis-server)."""
+    serving = templates["EcomrecServing"]
+    assert _resources(serving, "AWS::ElastiCache::ServerlessCache") and SERVERLESS_IS_CLUSTER_MODE
+    [custom] = _resources(serving, "Custom::EcomrecKubernetesManifests").values()
+    separator, parts = custom["Properties"]["Manifests"]["Fn::Join"]  # JSON text with references inside strings
+    manifests = json.loads(separator.join(p if isinstance(p, str) else "<ref>" for p in parts))
+    [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["ECOMREC_STORE_CLUSTER"] == "true" and env["ECOMREC_STORE_URL"].startswith("rediss://")

@@ -33,6 +33,7 @@ sys.path[:0] = [str(REPO / "cdk"), str(REPO / "cdk" / "rollout")]
 from ecomrec_rollout import constants as c  # noqa: E402
 from stacks import EcomrecApp, build, cdk_json_context, k8s, nag  # noqa: E402
 
+from components import schema as s  # noqa: E402
 from pipelines.graph import STEP_NAMES  # noqa: E402
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
@@ -343,13 +344,16 @@ def test_vpc_egress_survives_a_zone_and_s3_skips_the_nat(synth: Synth) -> None:
 
 
 def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
+    """S3: the models bucket, read only. Besides: the event log's stream and the store (the next tests)."""
     raw = synth.raw(synth.built.serving)
     role = next(r for k, r in resources(raw, "AWS::IAM::Role").items() if k.startswith("InferencePodRole"))
     trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert {a for st in trust for a in as_list(st["Action"])} == {"sts:AssumeRole", "sts:TagSession"}
     assert all(st["Principal"] == {"Service": "pods.eks.amazonaws.com"} for st in trust)
-    sts = statements(raw, "InferencePodRole")
-    assert sorted(a for st in sts for a in as_list(st["Action"])) == ["s3:GetObject", "s3:ListBucket"]
+    every = statements(raw, "InferencePodRole")
+    assert sorted(a for st in every for a in as_list(st["Action"])) == [
+        "elasticache:Connect", "firehose:PutRecordBatch", "s3:GetObject", "s3:ListBucket"]
+    sts = [st for st in every if all(a.startswith("s3:") for a in as_list(st["Action"]))]
     for st in sts:
         text = json.dumps(st["Resource"])
         assert "GetAttModels" in text, st
@@ -456,14 +460,18 @@ def _applied_manifests(raw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_internet_facing_ingress_routes_only_the_public_api(synth: Synth) -> None:
-    """Through the ALB: GET /recommendations only. Not /metrics (it names the model's S3 location),
-    /docs, /openapi.json, /admin/*, nor a catch-all prefix that would include them."""
+    """Through the ALB (HTTPS, the certificate and TLS policy of the listener): GET /recommendations and the
+    shops' POST /events (REALTIME.md), exact paths. Not /metrics (it names the model's S3 location), /docs,
+    /openapi.json, /admin/*, nor a catch-all prefix that would include them."""
     applied = _applied_manifests(synth.raw(synth.built.serving))
     ingress = k8s.find(applied, "Ingress")
     assert k8s.find(applied, "IngressClassParams")["spec"]["scheme"] == "internet-facing"
     [rule] = ingress["spec"]["rules"]
     paths = rule["http"]["paths"]
-    assert [(p["path"], p["pathType"]) for p in paths] == [("/recommendations", "Exact")]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/recommendations", "Exact"), ("/events", "Exact")]
+    from components.serving.routers.events import ROUTE
+
+    assert ROUTE == "/events"  # the service's own route
     assert "defaultBackend" not in ingress["spec"]
     service = k8s.find(applied, "Service")
     for p in paths:
@@ -504,6 +512,115 @@ def test_operator_role_from_a_parameter_gets_cluster_admin(synth: Synth) -> None
     assert json.dumps(policy["PolicyArn"]).endswith('cluster-access-policy/AmazonEKSClusterAdminPolicy"]]}')
     condition = raw["Conditions"][entry["Condition"]]
     assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "OperatorRoleArn"}, ""]}]}
+
+
+# ------------------------------------------------------------------ real time (stacks/realtime.py)
+
+
+def _one(raw: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
+    [(logical, res)] = resources(raw, kind).items()
+    return logical, res["Properties"]
+
+
+def test_event_log_stream_delivers_where_the_etl_reads(synth: Synth) -> None:
+    """The Firehose stream writes the raw bucket's <rawPrefix>events/realtime/date=<day>/*.headerless.csv,
+    the settings the service's log and its moto test share (firehose_log.s3_destination); failures go
+    outside the raw contract; its role writes those two prefixes only."""
+    from components.realtime import firehose_log
+
+    raw = synth.raw(synth.built.serving)
+    _, stream = _one(raw, "AWS::KinesisFirehose::DeliveryStream")
+    assert stream["DeliveryStreamType"] == "DirectPut"
+    assert stream["DeliveryStreamName"] == "ecomrec-events"
+    assert stream["DeliveryStreamEncryptionConfigurationInput"] == {"KeyType": "AWS_OWNED_CMK"}
+    dest = stream["ExtendedS3DestinationConfiguration"]
+    assert "GetAttRaw" in json.dumps(dest["BucketARN"])
+    assert {k: dest[k] for k in firehose_log.s3_destination("raw/")} == firehose_log.s3_destination("raw/")
+    config = synth.built.config
+    assert dest["Prefix"].startswith(config.raw_prefix + "events/realtime/date=!{timestamp:yyyy-MM-dd}/")
+    assert dest["FileExtension"] == s.HEADERLESS_CSV_SUFFIX
+    assert not dest["ErrorOutputPrefix"].startswith(config.raw_prefix)
+    assert dest["CloudWatchLoggingOptions"]["Enabled"] is True
+    role_id = dest["RoleARN"]["Fn::GetAtt"][0]
+    writes = [st for st in statements(raw, role_id[:-8]) if "s3:PutObject" in as_list(st["Action"])]  # no hash
+    [write] = writes
+    assert sorted(r["Fn::Join"][1][-1] for r in write["Resource"]) == [
+        "/firehose-errors/events/*", "/raw/events/realtime/*"]
+
+
+def test_pods_append_to_this_stream_and_connect_to_this_store_only(synth: Synth) -> None:
+    raw = synth.raw(synth.built.serving)
+    stream_id, _ = _one(raw, "AWS::KinesisFirehose::DeliveryStream")
+    cache_id, _ = _one(raw, "AWS::ElastiCache::ServerlessCache")
+    user_id = next(k for k, u in resources(raw, "AWS::ElastiCache::User").items()
+                   if u["Properties"]["AuthenticationMode"]["Type"] == "iam")
+    sts = {st["Sid"]: st for st in statements(raw, "InferencePodRole")}
+    assert sts["AppendEventLog"]["Action"] == "firehose:PutRecordBatch"
+    assert sts["AppendEventLog"]["Resource"] == {"Fn::GetAtt": [stream_id, "Arn"]}
+    assert sts["ConnectToStore"]["Action"] == "elasticache:Connect"
+    assert sts["ConnectToStore"]["Resource"] == [{"Fn::GetAtt": [cache_id, "ARN"]}, {"Fn::GetAtt": [user_id, "Arn"]}]
+
+
+def test_store_is_serverless_valkey_in_the_pods_subnets_reachable_from_the_cluster_only(synth: Synth) -> None:
+    """ElastiCache Serverless for Valkey in the cluster's private subnets; its security group admits 6379 from
+    the cluster security group (Auto Mode's nodes, hence the pods) and nothing else, sends nothing; RBAC with
+    a disabled default user and one IAM user whose ACL is the store's (redis_store.ACCESS_STRING, the one
+    tests/test_realtime_store_iam.py runs the store under on a real redis-server)."""
+    from components.realtime.redis_store import ACCESS_STRING
+
+    raw = synth.raw(synth.built.serving)
+    _, cache = _one(raw, "AWS::ElastiCache::ServerlessCache")
+    assert cache["Engine"] == "valkey" and int(cache["MajorEngineVersion"]) >= 8
+    [cluster] = resources(raw, "AWS::EKS::Cluster").values()
+    assert sorted(map(json.dumps, cache["SubnetIds"])) == sorted(
+        map(json.dumps, cluster["Properties"]["ResourcesVpcConfig"]["SubnetIds"]))
+    [sg_ref] = cache["SecurityGroupIds"]
+    sg_id = sg_ref["Fn::GetAtt"][0]
+    sg = raw["Resources"][sg_id]["Properties"]
+    assert "SecurityGroupIngress" not in sg
+    assert sg["SecurityGroupEgress"][0]["Description"] == "Disallow all traffic"
+    rules = [r["Properties"] for r in resources(raw, "AWS::EC2::SecurityGroupIngress").values()
+             if r["Properties"]["GroupId"] == {"Fn::GetAtt": [sg_id, "GroupId"]}]
+    [rule] = rules
+    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 6379, 6379)
+    cluster_id = next(iter(resources(raw, "AWS::EKS::Cluster")))
+    assert rule["SourceSecurityGroupId"] == {"Fn::GetAtt": [cluster_id, "ClusterSecurityGroupId"]}
+    group_id, group = _one(raw, "AWS::ElastiCache::UserGroup")
+    assert cache["UserGroupId"] == {"Ref": group_id}
+    users = {k: u["Properties"] for k, u in resources(raw, "AWS::ElastiCache::User").items()}
+    assert sorted(json.dumps(u) for u in group["UserIds"]) == sorted(json.dumps({"Ref": k}) for k in users)
+    by_name = {u["UserName"]: u for u in users.values()}
+    assert by_name["default"]["AccessString"].split()[0] == "off"
+    app = by_name["ecomrec-inference"]
+    assert app["AuthenticationMode"] == {"Type": "iam"} and app["UserId"] == app["UserName"]
+    assert app["AccessString"] == ACCESS_STRING
+    assert {u["Engine"] for u in users.values()} == {group["Engine"]} == {"redis"}
+
+
+def test_deployment_takes_events_through_firehose_and_the_store_with_iam(synth: Synth) -> None:
+    """The pods' environment names the stream, the store (rediss://, the IAM user, the cache's endpoint) and
+    the cache for IAM tokens, and the service's own settings accept exactly that environment."""
+    from components.serving.settings import ServingSettings
+
+    raw = synth.raw(synth.built.serving)
+    [custom] = [r for r in raw["Resources"].values() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    cache_id, cache = _one(raw, "AWS::ElastiCache::ServerlessCache")
+    text = json.dumps(custom["Properties"]["Manifests"])
+    assert json.dumps({"Fn::GetAtt": [cache_id, "Endpoint.Address"]}) in text
+    assert json.dumps({"Fn::GetAtt": [cache_id, "Endpoint.Port"]}) in text
+    [container] = k8s.find(_applied_manifests(raw), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    _, stream = _one(raw, "AWS::KinesisFirehose::DeliveryStream")
+    assert env["ECOMREC_EVENTS_FIREHOSE_STREAM"] == stream["DeliveryStreamName"]
+    assert env["ECOMREC_STORE_URL"] == "rediss://ecomrec-inference@<cfn-reference>:<cfn-reference>"
+    assert env["ECOMREC_STORE_IAM_CACHE"] == cache["ServerlessCacheName"]
+    assert env["ECOMREC_STORE_CLUSTER"] == "true"  # serverless caches are cluster-mode only
+    assert env["AWS_REGION"] == "<cfn-reference>"
+    assert "ECOMREC_EVENTS_RAW_ROOT" not in env
+    settings = ServingSettings(**{k.removeprefix("ECOMREC_").lower(): v.replace("<cfn-reference>", "6379")
+                                  for k, v in env.items() if k.startswith("ECOMREC_") and k != "ECOMREC_MODEL"},
+                               model="s3://bucket/model.tar.gz")
+    assert settings.events_on and settings.store_iam_cache == "ecomrec-store" and settings.store_cluster
 
 
 # ------------------------------------------------------------------ events
@@ -804,13 +921,8 @@ def test_prometheus_scrapes_the_pods_and_evaluates_the_rules(synth: Synth, tmp_p
         path.write_text(json.dumps(checked))
         proc = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    # The scraper's role is the Kubernetes user the aps-collector ClusterRole is bound to.
-    [entry] = resources(raw, "AWS::EKS::AccessEntry").values()
-    assert entry["Properties"]["Username"] == k8s.SCRAPER_USER
-    applied = _applied_manifests(synth.raw(synth.built.serving))
-    binding = k8s.find(applied, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "User", "name": k8s.SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}]
-    assert k8s.find(applied, "ClusterRole")["metadata"]["name"] == binding["roleRef"]["name"]
+    # The scraper's cluster access is the entry AMP creates itself (tests/test_aws_constraints.py).
+    assert resources(raw, "AWS::EKS::AccessEntry") == {}
 
 
 def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) -> None:
@@ -833,6 +945,40 @@ def test_grafana_reads_prometheus_and_pod_logs_reach_cloudwatch(synth: Synth) ->
     assert "CloudWatchAgentServerPolicy" in json.dumps(role["ManagedPolicyArns"])
     hpa = k8s.find(_manifests(synth), "HorizontalPodAutoscaler")["spec"]
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"  # served by metrics-server's metrics.k8s.io
+
+
+def test_grafana_gets_the_data_source_and_the_dashboard_from_the_stack(synth: Synth) -> None:
+    """The custom resource of cdk/grafana (tests/test_grafana_provision.py runs its handler) is given the
+    workspace, its endpoint, the AMP workspace's endpoint and the dashboard file itself (a changed file is a
+    changed property: the next deploy updates the dashboard); its function may only mint and delete
+    service-account tokens of that one workspace."""
+    from stacks.monitoring import DASHBOARD_FILE, GRAFANA_PROVISIONER_ACTIONS
+
+    raw = synth.raw(synth.built.monitoring)
+    [grafana_id] = resources(raw, "AWS::Grafana::Workspace")
+    [amp_id] = resources(raw, "AWS::APS::Workspace")
+    [dashboard] = resources(raw, "Custom::EcomrecGrafanaDashboard").values()
+    props = dashboard["Properties"]
+    assert props["Dashboard"] == DASHBOARD_FILE.read_text()
+    assert props["WorkspaceId"] == {"Fn::GetAtt": [grafana_id, "Id"]}
+    assert props["PrometheusUrl"] == {"Fn::GetAtt": [amp_id, "PrometheusEndpoint"]}
+    assert props["GrafanaUrl"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [grafana_id, "Endpoint"]}]]}
+    assert props["Region"] == {"Ref": "AWS::Region"}
+    # The provider framework calls our function, which runs the provisioner package.
+    fns = resources(raw, "AWS::Lambda::Function")
+    [(fn_id, fn)] = [(k, v) for k, v in fns.items()
+                     if v["Properties"].get("Handler") == "ecomrec_grafana.provision.handler"]
+    assert fn["Properties"]["Runtime"].startswith("python3.")
+    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = [pol["Properties"] for pol in resources(raw, "AWS::IAM::Policy").values()]
+    granted = [st for pol in policies if {"Ref": role_id} in pol["Roles"] for st in pol["PolicyDocument"]["Statement"]]
+    [grant] = granted
+    assert sorted(as_list(grant["Action"])) == sorted(f"grafana:{a}" for a in GRAFANA_PROVISIONER_ACTIONS)
+    resource = json.dumps(grant["Resource"])
+    assert ":grafana:" in resource and ":/workspaces/" in resource and grafana_id in resource
+    assert "*" not in resource
+    assert dashboard["Properties"]["ServiceToken"]["Fn::GetAtt"][0].startswith("GrafanaProvisionerProvider")
+    assert fn_id.startswith("GrafanaProvisionerFn")
 
 
 # ------------------------------------------------------------------ github
@@ -889,6 +1035,45 @@ def test_deploy_role_may_run_cd_ymls_checks_before_the_upsert(synth: Synth) -> N
     for action in ("s3:ListBucket", "s3:GetBucketLocation"):
         assert allowed(action, "ExportsOutputFnGetAttProcessed"), action
     assert allowed("sagemaker:DescribeModelPackageGroup", "model-package-group/ecomrec")
+
+
+def test_cd_doctor_checks_the_raw_data_the_retraining_schedule_reads(synth: Synth) -> None:
+    """cd.yml's `pipeline doctor` looks for raw data (and the role's read grants on it) where the scheduled
+    runs will read it: the InputDataUri the EcomrecEvents schedule passes, the raw bucket's raw prefix (not the
+    definition's default under the processed bucket). The deploy role may list that bucket."""
+    import yaml
+
+    cd = yaml.safe_load((REPO / ".github" / "workflows" / "cd.yml").read_text())
+    steps = [step for job in cd["jobs"].values() for step in job["steps"]]
+    doctor = next(step["run"] for step in steps if "ecomrec pipeline doctor" in step.get("run", ""))
+    match = re.search(r'--input-data-uri "\$\{\{ steps\.names\.outputs\.(\w+) \}\}"', doctor)
+    assert match, doctor
+    names = next(step["run"] for step in steps if step.get("id") == "names")
+    [template] = re.findall(rf'echo "{match.group(1)}=([^"]+)"', names)
+    rendered = (template.replace("${PREFIX}", cd["env"]["PREFIX"]).replace("${account}", ACCOUNT)
+                .replace("${AWS_REGION}", REGION))
+
+    data = synth.raw(synth.built.data)
+
+    def resolve(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return str(sep).join(resolve(part) for part in parts)
+        if "Fn::ImportValue" in value:
+            export = value["Fn::ImportValue"].split(":", 1)[1]
+            ref = data["Outputs"][export]["Value"]["Ref"]
+            return str(data["Resources"][ref]["Properties"]["BucketName"])
+        raise AssertionError(f"cannot resolve {value}")
+
+    [schedule] = resources(synth.raw(synth.built.events), "AWS::Scheduler::Schedule").values()
+    params = schedule["Properties"]["Target"]["SageMakerPipelineParameters"]["PipelineParameterList"]
+    scheduled = resolve(next(p["Value"] for p in params if p["Name"] == "InputDataUri"))
+    assert rendered == scheduled == f"s3://ecomrec-raw-{ACCOUNT}-{REGION}/raw/"
+    assert any(
+        "s3:ListBucket" in as_list(st["Action"]) and "ExportsOutputFnGetAttRaw" in json.dumps(st["Resource"])
+        for st in statements(synth.raw(synth.built.github), "DeployRole"))
 
 
 # ------------------------------------------------------------------ cdk-nag and cfn-lint

@@ -3,9 +3,10 @@
 - a user the bundle does not know gets, from their first event, a personal list (not the popular one,
   ``fallback: false``) whose candidates hold the item's co-occurrence neighbours, over real HTTP;
 - a known user's just-viewed item outside their bundle candidates can appear in their answer;
-- the new rows' features follow the batch definitions: ALS scores and ranks as the ALS step's own
-  candidates, co-occurrence scores as its own generator's, item and user features as the bundle's rows;
-  the fold-in equals implicit's recalculate_user;
+- every row (bundle rows and new pairs) follows the batch definitions: ALS scores and ranks as the ALS
+  step's own candidates, co-occurrence scores as its own generator's, every user, user-item, item and
+  derived feature as the batch pipeline's rows (one build_features over the history-rebuilt tables); the
+  fold-in equals implicit's recalculate_user (new pairs after fresh events: tests/test_realtime_parity.py);
 - events at or after the request moment (``at_us``) change nothing."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 
 from components import schema as s
-from components.realtime.candidates import Matrix, fold_in
+from components.realtime.candidates import fold_in
 from components.realtime.fresh import cutoff_us
 from components.realtime.store import DAY_US, StoredEvent
 from components.serving.app import create_app
@@ -47,11 +48,13 @@ def trimmed_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from tests.conftest import TINY_RUN_CONFIG_GATE
 
     tmp = tmp_path_factory.mktemp("trimmed-bundle")
+    config = PipelineConfig(gate=GateConfig(**TINY_RUN_CONFIG_GATE))
     inputs = read_run_outputs(*(tiny_run / step for step in ("etl", "als", "ranker_data", "train", "evaluation")),
-                              scratch=tmp, config=PipelineConfig(gate=GateConfig(**TINY_RUN_CONFIG_GATE)))
+                              scratch=tmp, config=config)
     assert isinstance(inputs.candidates, Path)
     rows = pd.read_parquet(inputs.candidates)
-    return write_bundle(replace(inputs, candidates=rows.loc[_trimmed_rows(rows)]), tmp / "out")
+    return write_bundle(replace(inputs, candidates=rows.loc[_trimmed_rows(rows)]), tmp / "out",
+                        etl_config=config.etl.model_dump(mode="json"))
 
 
 @pytest.fixture(scope="module")
@@ -128,72 +131,48 @@ def test_a_known_users_just_viewed_item_outside_their_candidates_can_appear(serv
     assert len(scored) > model.candidate_count(user_idx)  # the just-viewed item and its neighbours joined
 
 
-# ui features the bundle does not carry for a pair outside the user's bundle rows (the module docstring)
-NOT_SHIPPED = (s.UI_DAYS_SINCE_FIRST, s.UI_N_EVENTS, s.UI_QUANTITY, s.UI_SPEND, s.UI_VIEWS, s.UI_CARTS,
-               s.UI_RETURNS, s.UI_WEIGHT, s.UI_MEAN_INTERVAL_DAYS, s.UI_RECENCY_RATIO, s.UI_PURCHASE_DAYS_90D,
-               s.UI_SHARE_OF_USER_DAYS, "x_i_cycle_due", "x_expected_rebuy_90d")
-
-
 def test_new_rows_equal_the_batch_rows_of_the_same_pairs(service: tuple[str, ServiceState], tiny_run: Path) -> None:
-    """The trimmed half of a user's rows, rebuilt online at the cutoff (no event), against the batch
-    pipeline's own rows for the same pairs (ranker_data's scoring/): source columns (ALS, co-occurrence,
-    history, popular), item, user and derived features, the within-candidates ranks over the whole set."""
+    """The trimmed half of every user's rows, rebuilt online at the cutoff (no event) by the per-request
+    mechanism (rows_as_of over the kept half), against the batch pipeline's own rows for the same pairs
+    (ranker_data's scoring/): every feature of the spec, for the kept rows and the rebuilt ones alike
+    (generator columns, user, user-item, item and derived features, the within-candidates ranks)."""
     model = _model(service)
     sources = model.fresh_sources
+    assert sources is not None
     cut = cutoff_us(model)
     batch = pd.read_parquet(tiny_run / "ranker_data" / s.SCORING_DIR)
-    interactions = pd.read_parquet(tiny_run / "etl" / s.FOLDS_DIR / s.TEST_FOLD / s.INTERACTIONS)
     compared = 0
-    for user_idx in range(model.n_users):
+    for user_idx in sorted(set(batch[s.USER_IDX].tolist())):
         theirs = batch.loc[batch[s.USER_IDX] == user_idx].sort_values(s.ITEM_IDX).reset_index(drop=True)
-        # the bundle keeps a user's purchases: compare users whose interactions are all purchases
-        if theirs.empty or len(sources.history(user_idx)) != int((interactions[s.USER_IDX] == user_idx).sum()):
-            continue
         rows = model.feature_rows.user_rows(user_idx)
         every = theirs[s.ITEM_IDX].to_numpy()
-        frame = sources.sources(user_idx, [], model.item_index, cut, cut, every)
-        new = sources.new_rows(user_idx, frame.loc[~frame[s.ITEM_IDX].isin(rows[s.ITEM_IDX])], rows)
-        both = pd.concat([rows, new], ignore_index=True).sort_values(s.ITEM_IDX).reset_index(drop=True)
-        ours = _as_of(model, user_idx, both, [], cut)  # the whole set's ranks and history statistics
+        # the set the batch had: the kept half plus the trimmed half, rebuilt
+        ours = sources.rows_as_of(user_idx, rows, [], model.item_index, cut, cut, extra=every)
+        assert ours is not None
         assert ours[s.ITEM_IDX].tolist() == every.tolist()
-        fresh = ~_trimmed_rows(theirs).to_numpy()
-        for name in sources.spec.features:
-            if name in NOT_SHIPPED:
-                continue
-            mine, batch_values = ours.loc[fresh, name].to_numpy(), theirs.loc[fresh, name].to_numpy()
-            if name in sources.spec.categorical:
+        rebuilt = ~ours[s.ITEM_IDX].isin(rows[s.ITEM_IDX]).to_numpy()
+        for name in sources.history.spec.features:
+            mine, batch_values = ours[name].to_numpy(), theirs[name].to_numpy()
+            if name in sources.history.spec.categorical:
                 assert (mine.astype(str) == batch_values.astype(str)).all(), name
             else:
                 assert np.allclose(mine.astype(np.float64), batch_values.astype(np.float64), rtol=1e-5, atol=1e-4,
                                    equal_nan=True), (user_idx, name, mine, batch_values)
-        compared += int(fresh.sum())
-    assert compared >= 100
+        compared += int(rebuilt.sum())
+    assert compared >= 300
 
     # a fresh event's new row: the ALS score is the dot product of the bundle's user and item factors
     user_idx = int(batch[s.USER_IDX].to_numpy()[0])
     rows = model.feature_rows.user_rows(user_idx)
     outside = sorted(set(range(model.n_items)) - set(rows[s.ITEM_IDX].tolist()))
     events = [_event("someone", model.item_ids[outside[0]], s.VIEW, cut + DAY_US)]
-    frame = _as_of(model, user_idx, rows, events, cut + 2 * DAY_US)
+    frame = sources.rows_as_of(user_idx, rows, events, model.item_index, cut, cut + 2 * DAY_US)
+    assert frame is not None
     new = frame.loc[~frame[s.ITEM_IDX].isin(rows[s.ITEM_IDX]) & (frame[s.FROM_ALS] > 0)]
     assert outside[0] in new[s.ITEM_IDX].tolist()
     factor = np.asarray(sources.user_factors[user_idx], dtype=np.float64)
     assert np.allclose(new[s.ALS_SCORE], sources.item_factors[new[s.ITEM_IDX]].astype(np.float64) @ factor,
                        rtol=1e-5, atol=1e-6)
-
-
-def _as_of(model: ServingModel, user_idx: int, rows: pd.DataFrame, events: list[StoredEvent], at_us: int
-           ) -> pd.DataFrame:
-    """FreshSources.prepared_as_of over ``rows`` (+ the events' candidates), back to a frame."""
-    assert model.ranker is not None and model.ranker.spec is not None
-    prepared = model.ranker.prepare(rows)
-    matrix = model.fresh_sources.prepared_as_of(
-        user_idx, Matrix(rows[s.ITEM_IDX].to_numpy(np.int64), prepared.numeric, prepared.categorical), rows, events,
-        model.item_index, cutoff_us(model), at_us, prepare=model.ranker.prepare)
-    frame = pd.DataFrame(matrix.numeric, columns=list(model.ranker.spec.numeric))
-    for j, name in enumerate(model.ranker.spec.categorical):
-        frame[name] = matrix.categorical[:, j]
-    return frame.assign(**{s.ITEM_IDX: matrix.items, s.USER_IDX: user_idx})
 
 
 def test_the_fold_in_is_implicits_recalculate_user(service: tuple[str, ServiceState]) -> None:
@@ -255,6 +234,7 @@ def test_a_bundle_whose_neighbours_name_an_item_beyond_its_map_is_refused(tiny_r
     assert inputs.item_neighbours is not None
     bad = inputs.item_neighbours.copy()
     bad.loc[0, s.NEIGHBOUR_IDX] = len(inputs.items_map)
-    archive = write_bundle(replace(inputs, item_neighbours=bad), tmp_path / "out")
+    archive = write_bundle(replace(inputs, item_neighbours=bad), tmp_path / "out",
+                           etl_config=PipelineConfig().etl.model_dump(mode="json"))
     with pytest.raises(BundleError, match="item_neighbours"):
         build_serving_model(load_bundle(archive), source=str(archive), feature_dir=tmp_path / "features")

@@ -113,6 +113,31 @@ def test_each_missing_piece_is_a_blocker_and_the_cli_exits_non_zero(account: dic
     assert "blocker(s): the first run would fail" in " ".join(result.output.split())
 
 
+def test_the_raw_data_is_looked_for_where_the_runs_will_read_it(account: dict[str, Any]) -> None:
+    """CD points the doctor at the raw bucket the retraining schedule passes as InputDataUri (cd.yml
+    --input-data-uri; tests/test_cdk_stacks.py checks the two agree): raw data there is found, and the same
+    bucket without it under the definition's default prefix is a warning, not a silent pass."""
+    from pipelines.cli import app
+
+    raw_bucket = "ecomrec-raw-bucket"
+    account["s3"].create_bucket(Bucket=raw_bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    account["s3"].delete_object(Bucket=BUCKET, Key="ecomrec/raw/events/part-0.csv")
+    assert _diagnose(account)["raw data"][0] == "warning"  # nothing under s3://BUCKET/ecomrec/raw/
+    account["s3"].put_object(Bucket=raw_bucket, Key="raw/events/part-0.csv", Body=b"user_id\n")
+    from pipelines.sagemaker.doctor import Clients, diagnose
+
+    clients = Clients(**{name: account[name] for name in ("iam", "s3", "ecr", "sagemaker")})
+    found = {f.check: (f.status, f.detail) for f in diagnose(_settings(), clients, f"s3://{raw_bucket}/raw")}
+    assert found["raw data"] == ("ok", f"s3://{raw_bucket}/raw/ holds objects")
+    base = ["pipeline", "doctor", "--role", ROLE, "--bucket", BUCKET, "--region", REGION]
+    result = CliRunner().invoke(app, [*base, "--input-data-uri", f"s3://{raw_bucket}/raw/"])
+    assert result.exit_code == 0, result.output
+    assert raw_bucket in result.output  # the table folds long cells: the row names the raw bucket
+    result = CliRunner().invoke(app, [*base, "--input-data-uri", "raw-bucket/raw/"])
+    assert result.exit_code == 2
+    assert "--input-data-uri 'raw-bucket/raw/' is not an s3://BUCKET/PREFIX/ URI" in " ".join(result.output.split())
+
+
 def test_the_pip_install_opt_in_is_checked_as_the_stock_image_and_warns_about_egress(
         account: dict[str, Any]) -> None:
     found = _diagnose(account, _settings(pip_install=True))

@@ -113,6 +113,7 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         "EcomrecServing",
         config=config,
         models_bucket=data.models_bucket,
+        raw_bucket=data.raw_bucket,
         inference_repo=ml.inference_repo,
         env=env,
     )
@@ -156,6 +157,7 @@ def build(app: cdk.App, *, with_nag: bool = True) -> EcomrecApp:
         "EcomrecGithub",
         config=config,
         processed_bucket=data.processed_bucket,
+        raw_bucket=data.raw_bucket,
         repositories=[ml.inference_repo, ml.steps_repo],
         sagemaker_role=ml.role,
         env=env,

@@ -35,6 +35,7 @@ class GithubStack(cdk.Stack):
         *,
         config: EcomrecConfig,
         processed_bucket: s3.IBucket,
+        raw_bucket: s3.IBucket,
         repositories: list[ecr.IRepository],
         sagemaker_role: iam.IRole,
         env: cdk.Environment | None = None,
@@ -144,6 +145,9 @@ class GithubStack(cdk.Stack):
         self.role.add_to_policy(iam.PolicyStatement(sid="DoctorReadsBucket",
                                                     actions=["s3:ListBucket", "s3:GetBucketLocation"],
                                                     resources=[processed_bucket.bucket_arn]))
+        # ... and lists the raw data where the retraining schedule points the runs (cd.yml --input-data-uri).
+        self.role.add_to_policy(iam.PolicyStatement(sid="DoctorListsRawData", actions=["s3:ListBucket"],
+                                                    resources=[raw_bucket.bucket_arn]))
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="DoctorReadsGroup",

@@ -25,7 +25,8 @@ METRICS_PATH = "/metrics"
 # ALB. /ping and /invocations are SageMaker's hosting contract, called by SageMaker when the container runs
 # as an endpoint, not by callers of the EKS service: they stay off the ALB too. Anything else gets the
 # ALB's default answer (404) without reaching a pod.
-PUBLIC_PATHS = ("/recommendations",)
+# POST /events (REALTIME.md) is the shops' way in: the same listener, the same TLS.
+PUBLIC_PATHS = ("/recommendations", "/events")
 UID = 10001
 # A rolling update is judged by Kubernetes: no progress for this long -> ProgressDeadlineExceeded (the rollout
 # function's cue to undo it). Each new pod may take the startup probe's budget to load its bundle.
@@ -58,6 +59,13 @@ class ManifestParams:
     # sources besides the scraper the NetworkPolicy lets reach the pods.
     load_balancer_cidrs: tuple[str, ...] = ()
     scraper_cidrs: tuple[str, ...] = ()  # the subnets of AMP's managed scraper's ENIs (no pod there)
+    # Real time (cdk/stacks/realtime.py): the event log's Firehose stream, the store's rediss:// URL (with the
+    # IAM-enabled user) and the cache's name for IAM authentication; empty: POST /events is off.
+    events_firehose_stream: str = ""
+    store_url: str = ""
+    store_iam_cache: str = ""
+    store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless does)
+    region: str = ""  # AWS_REGION for the pods' SDK calls (Firehose, the IAM token's signature)
 
 
 def namespace() -> dict[str, Any]:
@@ -94,6 +102,13 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
             {"name": "ECOMREC_MODEL_GROUP", "value": p.model_group},
             {"name": "ECOMREC_WATCH_INTERVAL_S", "value": "0"},  # the rollout function switches models
             {"name": "ECOMREC_WORK_DIR", "value": "/tmp/ecomrec"},
+            *[{"name": name, "value": value} for name, value in (
+                ("AWS_REGION", p.region),
+                ("ECOMREC_EVENTS_FIREHOSE_STREAM", p.events_firehose_stream),
+                ("ECOMREC_STORE_URL", p.store_url),
+                ("ECOMREC_STORE_IAM_CACHE", p.store_iam_cache),
+                ("ECOMREC_STORE_CLUSTER", "true" if p.store_cluster else ""),
+            ) if value],
         ],
         "resources": {
             "requests": {"cpu": p.cpu_request, "memory": p.memory_request},
@@ -273,38 +288,6 @@ def ingress(p: ManifestParams) -> dict[str, Any]:
     }
 
 
-# The Kubernetes user the Amazon Managed Service for Prometheus scraper's access entry maps to, and the
-# read-only role it needs for service discovery and scraping, as the AMP guide gives them:
-# https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html (cluster configuration).
-SCRAPER_USER = "aps-collector-user"
-SCRAPER_ROLE = "aps-collector-role"
-
-
-def scraper_rbac() -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": SCRAPER_ROLE},
-            "rules": [
-                {"apiGroups": [""], "resources": ["nodes", "nodes/proxy", "nodes/metrics", "services", "endpoints",
-                                                  "pods", "ingresses", "configmaps"],
-                 "verbs": ["describe", "get", "list", "watch"]},
-                {"apiGroups": ["extensions", "networking.k8s.io"], "resources": ["ingresses/status", "ingresses"],
-                 "verbs": ["describe", "get", "list", "watch"]},
-                {"apiGroups": ["metrics.eks.amazonaws.com"], "resources": ["kcm/metrics", "ksh/metrics"],
-                 "verbs": ["get"]},
-                {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": SCRAPER_ROLE + "-binding"},
-            "subjects": [{"kind": "User", "name": SCRAPER_USER, "apiGroup": "rbac.authorization.k8s.io"}],
-            "roleRef": {"kind": "ClusterRole", "name": SCRAPER_ROLE, "apiGroup": "rbac.authorization.k8s.io"},
-        },
-    ]
 def network_policy(p: ManifestParams) -> dict[str, Any]:
     """Only the load balancer and the metrics scraper reach the pods, and only on the serving port: no
     other pod in the cluster can call /admin/*, /invocations or /metrics (issue 13, finding 1).
@@ -345,7 +328,6 @@ def inference_manifests(p: ManifestParams) -> list[dict[str, Any]]:
     """All objects in apply order (namespace first; deletion runs in reverse)."""
     return [
         namespace(),
-        *scraper_rbac(),
         service_account(),
         *ingress_class(),
         deployment(p),

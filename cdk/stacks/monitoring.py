@@ -32,16 +32,27 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from stacks import k8s, nag
+from stacks import nag
 from stacks.config import EcomrecConfig
 from stacks.nag import acknowledge
+from stacks.serving import LAMBDA_RUNTIME, lambda_log_group
 
 MONITORING_ASSETS = Path(__file__).resolve().parents[2] / "containers" / "monitoring"
 RULES_FILE = MONITORING_ASSETS / "prometheus-rules.yml"
 DASHBOARD_FILE = MONITORING_ASSETS / "grafana-dashboard.json"
 SCRAPE_INTERVAL = "30s"
+GRAFANA_CODE = Path(__file__).resolve().parents[1] / "grafana"  # the provisioner's Lambda asset
+GRAFANA_VERSION = "10.4"
+GRAFANA_PROVISIONER_ACTIONS = (
+    "CreateWorkspaceServiceAccount",
+    "ListWorkspaceServiceAccounts",  # finds one left by a cut-off invocation
+    "CreateWorkspaceServiceAccountToken",
+    "DeleteWorkspaceServiceAccountToken",
+    "DeleteWorkspaceServiceAccount",
+)
 
 
 def scrape_configuration() -> dict[str, Any]:
@@ -319,21 +330,19 @@ class MonitoringStack(cdk.Stack):
                 configuration_blob=cdk.Fn.base64(json.dumps(scrape_configuration(), indent=1))
             ),
         )
-        # The scraper's role becomes the Kubernetes user the aps-collector ClusterRole is bound to (k8s.py).
-        eks.CfnAccessEntry(
-            self,
-            "ScraperAccess",
-            cluster_name=cluster.cluster_name,
-            principal_arn=self.scraper.attr_role_arn,
-            username=k8s.SCRAPER_USER,
-        )
+        # No access entry or RBAC of ours for the scraper: on a cluster whose authentication mode is API (the
+        # serving stack's), AMP creates the scraper's access entry itself, with the read-only rules it needs
+        # ("any scrapers you create through the Amazon Managed Service for Prometheus API ... will
+        # automatically have the correct access entry policy created for you",
+        # https://docs.aws.amazon.com/prometheus/latest/userguide/AMP-collector-how-to.html#AMP-collector-eks-setup).
+        # A second entry for the same role would fail the deploy (one access entry per principal).
         cdk.CfnOutput(self, "PrometheusWorkspaceId", value=self.workspace.attr_workspace_id)
         cdk.CfnOutput(self, "PrometheusQueryUrl", value=f"{self.workspace.attr_prometheus_endpoint}api/v1/query")
 
     def _grafana(self) -> None:
         """Amazon Managed Grafana, signing in through IAM Identity Center, reading the Prometheus workspace and
-        CloudWatch. The dashboard (containers/monitoring/grafana-dashboard.json) is imported by
-        cdk/README.md's step (Grafana's HTTP API with a workspace service-account token)."""
+        CloudWatch, with the Prometheus data source and the dashboard (containers/monitoring/grafana-dashboard.json)
+        put in by a custom resource (cdk/grafana/ecomrec_grafana/provision.py)."""
         role = iam.Role(
             self,
             "GrafanaRole",
@@ -373,10 +382,73 @@ class MonitoringStack(cdk.Stack):
             permission_type="CUSTOMER_MANAGED",
             role_arn=role.role_arn,
             data_sources=["PROMETHEUS", "CLOUDWATCH"],
+            # Pinned, not "the latest": service accounts (the provisioner's token) need Grafana 9 or later
+            # (https://docs.aws.amazon.com/grafana/latest/APIReference/API_CreateWorkspaceServiceAccount.html),
+            # and in 10.4 the core "prometheus" data source with SigV4 reads AMP, the type the dashboard names.
+            grafana_version=GRAFANA_VERSION,
             description="ecomrec: service dashboard (Prometheus) and CloudWatch",
         )
+        self._provision_grafana()
         cdk.CfnOutput(self, "GrafanaUrl", value=f"https://{self.grafana.attr_endpoint}")
         cdk.CfnOutput(self, "GrafanaWorkspaceId", value=self.grafana.attr_id)
+
+    def _provision_grafana(self) -> None:
+        """The custom resource that puts the data source and the dashboard into the workspace when the stack is
+        created and whenever its inputs change (the dashboard file, the endpoints), with a service-account
+        token that it deletes again. Its steps are upserts, so a repeated run converges."""
+        workspace_arn = (f"arn:{cdk.Aws.PARTITION}:grafana:{cdk.Aws.REGION}:{cdk.Aws.ACCOUNT_ID}"
+                         f":/workspaces/{self.grafana.attr_id}")
+        fn = lambda_.Function(
+            self,
+            "GrafanaProvisionerFn",
+            runtime=LAMBDA_RUNTIME,
+            code=lambda_.Code.from_asset(str(GRAFANA_CODE), exclude=["**/__pycache__", "*.pyc", ".mypy_cache"]),
+            handler="ecomrec_grafana.provision.handler",
+            timeout=Duration.minutes(2),
+            memory_size=128,
+            log_group=lambda_log_group(self, "GrafanaProvisionerLogs"),
+            description="Adds the Prometheus data source and the ecomrec dashboard to the Grafana workspace",
+        )
+        # Short-lived credentials only: a service account and a token for this invocation, both deleted.
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="GrafanaServiceAccountToken",
+                actions=[f"grafana:{action}" for action in GRAFANA_PROVISIONER_ACTIONS],
+                resources=[workspace_arn],
+            )
+        )
+        provider = cr.Provider(
+            self,
+            "GrafanaProvisionerProvider",
+            on_event_handler=fn,
+            log_group=lambda_log_group(self, "GrafanaProvisionerProviderLogs"),
+        )
+        self.grafana_provisioning = cdk.CustomResource(
+            self,
+            "GrafanaDashboard",
+            service_token=provider.service_token,
+            resource_type="Custom::EcomrecGrafanaDashboard",
+            properties={
+                "WorkspaceId": self.grafana.attr_id,
+                "GrafanaUrl": f"https://{self.grafana.attr_endpoint}",
+                "PrometheusUrl": self.workspace.attr_prometheus_endpoint,
+                "Region": cdk.Aws.REGION,
+                "DataSourceUid": f"{self.config.prefix}-amp",
+                "DataSourceName": f"{self.config.prefix} Prometheus",
+                # The file itself: a changed dashboard is a changed property, so the next deploy updates it.
+                "Dashboard": DASHBOARD_FILE.read_text(),
+            },
+        )
+        acknowledge(fn, {nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON})
+        acknowledge(
+            provider,
+            {
+                nag.iam4(nag.LAMBDA_BASIC): nag.LAMBDA_MANAGED_REASON,
+                nag.iam5(
+                    f"Resource::<{nag.logical_id(fn)}.Arn>:*"
+                ): "The CDK provider framework invokes any version of OUR Grafana provisioner only",
+            },
+        )
 
     def _alarm(
         self,

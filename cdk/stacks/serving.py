@@ -28,6 +28,7 @@ from ecomrec_rollout import constants as c
 from stacks import k8s, nag
 from stacks.config import EcomrecConfig
 from stacks.nag import acknowledge
+from stacks.realtime import Realtime
 
 # Auto Mode's built-in NodePools (https://docs.aws.amazon.com/eks/latest/userguide/set-builtin-node-pools.html):
 # "system" (CriticalAddonsOnly taint) for cluster add-ons, "general-purpose" for the inference pods.
@@ -60,6 +61,7 @@ class ServingStack(cdk.Stack):
         *,
         config: EcomrecConfig,
         models_bucket: s3.IBucket,
+        raw_bucket: s3.IBucket,
         inference_repo: ecr.IRepository,
         env: cdk.Environment | None = None,
     ) -> None:
@@ -127,6 +129,11 @@ class ServingStack(cdk.Stack):
 
         self._observability_addons()
         self._operator_access()
+        # Auto Mode's nodes carry the cluster security group, and pods use their node's network interfaces
+        # (per-pod security groups need Kubernetes 1.36: https://docs.aws.amazon.com/eks/latest/userguide/auto-sgp.html).
+        self.realtime = Realtime(self, "Realtime", config=config, vpc=self.vpc,
+                                 pod_security_group=self.cluster.cluster_security_group, pod_role=self.pod_role,
+                                 raw_bucket=raw_bucket)
 
         params = k8s.ManifestParams(
             image=f"{inference_repo.repository_uri}:{self.image_tag.value_as_string}",
@@ -138,6 +145,11 @@ class ServingStack(cdk.Stack):
             max_replicas=config.max_replicas,
             load_balancer_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.vpc.public_subnets),
             scraper_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.scraper_subnets),
+            events_firehose_stream=self.realtime.stream_name,
+            store_url=self.realtime.store_url,
+            store_iam_cache=self.realtime.cache_name,
+            store_cluster=True,  # ElastiCache Serverless is cluster-mode only
+            region=cdk.Aws.REGION,
         )
         self.manifests = k8s.inference_manifests(params)
         self._apply_manifests(association)

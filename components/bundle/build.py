@@ -44,11 +44,11 @@ class BundleInputs:
     model_file: Path  # native CatBoost file
     window: dict[str, Any]
     evaluation: dict[str, Any]
-    # real-time candidates (optional, components/realtime/candidates.py): the co-occurrence neighbours, the
-    # item feature table and how the batch steps used them (manifest key "realtime")
+    # Real-time features (components/realtime/features.py): file name in BUNDLE_HISTORY -> table; None: none
+    history: dict[str, pd.DataFrame] | None = None
+    # real-time candidates (optional, components/realtime/candidates.py): the co-occurrence neighbours and how
+    # the batch steps made candidates (manifest key "realtime")
     item_neighbours: pd.DataFrame | None = None
-    item_features: pd.DataFrame | None = None
-    user_category: pd.DataFrame | None = None
     realtime: dict[str, Any] | None = None
 
 
@@ -75,44 +75,23 @@ def popular_ranking(item_features: pd.DataFrame) -> pd.DataFrame:
     return ranked.reset_index(drop=True).astype({s.ITEM_IDX: "int64", s.SCORE: "float64"})
 
 
-def realtime_parts(etl: Path, feature_spec: dict[str, Any], config: PipelineConfig
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
-    """What real-time candidates need from the test fold, made by the batch steps' own code: the
-    co-occurrence neighbours (the candidates step's CoocGenerator refitted on the same fold tables with the
-    same settings: the very table it scored with; 0.7 s on Online Retail, cheaper than another als output),
-    the ranker's item features with the per-item history statistics (build_features' item inputs), and the
-    settings to compute candidate-source features as the batch did (manifest key "realtime")."""
+def realtime_parts(etl: Path, config: PipelineConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """What real-time candidates need besides the fold's history (:func:`_history_tables`), made by the batch
+    steps' own code: the co-occurrence neighbours (the candidates step's CoocGenerator refitted on the same
+    fold tables with the same settings: the very table it scored with; 0.7 s on Online Retail) and how the
+    candidates and ALS steps made candidates (manifest key "realtime")."""
     from components.candidates.cooc import CoocGenerator
     from components.candidates.io import read_fold_tables
-    from components.ranker.features import ITEM_HISTORY_INPUTS, item_history_stats
-    from components.ranker.io import feature_lists, horizon_days
 
-    fold = etl / s.FOLDS_DIR / s.TEST_FOLD
     cand = config.candidates
     cooc = CoocGenerator(neighbours=cand.cooc_neighbours, half_life_days=cand.cooc_half_life_days,
                          max_items_per_user=cand.cooc_max_items_per_user).fit(read_fold_tables(etl, s.TEST_FOLD))
-    lists = feature_lists(etl)
-    wanted = set(feature_spec["features"])
-    item_names = [n for n in lists["item"] if n in wanted]
-    items = _read_table(fold / s.ITEM_FEATURES)[[s.ITEM_IDX, *item_names]]
-    ui = _read_table(fold / s.USER_ITEM_FEATURES)
-    history = item_history_stats(ui[[c for c in ITEM_HISTORY_INPUTS if c in ui.columns]])
-    items = items.merge(history, on=s.ITEM_IDX, how="left").sort_values(s.ITEM_IDX).reset_index(drop=True)
     settings = {
-        "feature_lists": lists,
-        "horizon_days": horizon_days(etl, s.TEST_FOLD),
-        "item_history_columns": [c for c in history.columns if c != s.ITEM_IDX],
         "candidates": cand.model_dump(),
         "als": {"regularization": config.als.regularization, "alpha": config.als.alpha,
                 "confidence": config.als.confidence, "recency_half_life_days": config.als.recency_half_life_days},
-        "etl": config.etl.model_dump(include={"event_weights", "purchase_weight_by_quantity", "quantity_cap",
-                                              "quantity_scale"}),
     }
-    user_category = None
-    if s.UC_SHARE in wanted and (fold / s.USER_CATEGORY).exists():
-        user_category = _read_table(fold / s.USER_CATEGORY)[[s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE]]
-        user_category = user_category.sort_values([s.USER_IDX, s.ITEM_CATEGORY], kind="stable")
-    return cooc.neighbour_table(), items, user_category, settings
+    return cooc.neighbour_table(), settings
 
 
 def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evaluation: Path, *,
@@ -132,6 +111,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
     # with how often and how recently: the console's explorer shows a user's history from them
     history = [c for c in (s.UI_PURCHASE_DAYS, s.UI_DAYS_SINCE_LAST) if c in ui.columns]
     purchased = ui.loc[ui[s.UI_PURCHASE_DAYS] > 0, [s.USER_IDX, s.ITEM_IDX, *history]]
+    tables = _history_tables(fold, ui)
     archive = train / s.MODEL_ARCHIVE
     if not archive.is_file():
         raise BundleError(f"missing trained model {archive}")
@@ -140,9 +120,7 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         tar.extractall(model_dir, filter="data")
     if not (model_dir / s.MODEL_FILE).is_file():
         raise BundleError(f"{archive} holds no file named {s.MODEL_FILE!r}")
-    feature_spec = json.loads((ranker_data / s.FEATURE_SPEC_FILE).read_text())
-    neighbours, item_features, user_category, realtime = (realtime_parts(etl, feature_spec, config)
-                                                          if config is not None else (None, None, None, None))
+    neighbours, realtime = realtime_parts(etl, config) if config is not None and tables is not None else (None, None)
     return BundleInputs(
         users_map=users_map,
         items_map=items_map,
@@ -154,15 +132,35 @@ def read_run_outputs(etl: Path, als: Path, ranker_data: Path, train: Path, evalu
         popular=popular_ranking(_read_table(fold / s.ITEM_FEATURES)),
         items=items,
         purchased=purchased,
-        feature_spec=feature_spec,
+        feature_spec=json.loads((ranker_data / s.FEATURE_SPEC_FILE).read_text()),
         model_file=model_dir / s.MODEL_FILE,
         window=json.loads((etl / s.WINDOWS_FILE).read_text()),
         evaluation=json.loads((evaluation / s.EVALUATION_FILE).read_text()),
+        history=tables,
         item_neighbours=neighbours,
-        item_features=item_features,
-        user_category=user_category,
         realtime=realtime,
     )
+
+
+def _history_tables(fold: Path, user_item: pd.DataFrame) -> dict[str, pd.DataFrame] | None:
+    """The test fold's history (the ETL's daily and orders tables before the cutoff) sorted by user, its
+    item features and the per-item history statistics the ranker computed over every buyer: what real-time
+    features are recomputed from. None when the ETL wrote no history (an older run)."""
+    from components.ranker.features import item_history_stats
+
+    if not (fold / s.HISTORY_DAILY).exists():
+        return None
+    daily = _read_table(fold / s.HISTORY_DAILY)
+    daily = daily.sort_values([s.USER_IDX, s.ITEM_IDX, s.EVENT_TYPE, "_day"], kind="stable").reset_index(drop=True)
+    orders = _read_table(fold / s.HISTORY_ORDERS).sort_values([s.USER_IDX, "_day"], kind="stable")
+    return {"daily.parquet": daily, "orders.parquet": orders.reset_index(drop=True),
+            "item_features.parquet": _read_table(fold / s.ITEM_FEATURES).sort_values(s.ITEM_IDX),
+            "item_history.parquet": item_history_stats(user_item)}
+
+
+# The ETL settings real-time features need with the history (ui_weight: components/etl/weights.py).
+REALTIME_ETL_KEYS = ("event_weights", "purchase_weight_by_quantity", "quantity_cap", "decay_half_life_days",
+                     "weight_unit", "quantity_scale")
 
 
 # CatBoost stamps every model with a random GUID and the finish time, and stores how it ran: its logging and
@@ -239,7 +237,8 @@ def _require_columns(present: Iterable[str], columns: list[str], what: str) -> N
         raise BundleError(f"{what} lack columns {missing}")
 
 
-def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") -> Path:
+def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec",
+                 etl_config: dict[str, Any] | None = None) -> Path:
     """Write ``output/model.tar.gz`` and ``output/manifest.json``; return the archive path.
 
     The version is derived from the content (window + checksums), so rerunning on the same input gives
@@ -262,14 +261,20 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
     inputs.purchased.sort_values([s.USER_IDX, s.ITEM_IDX]).to_parquet(staging / s.BUNDLE_PURCHASED, index=False)
 
     optional = []
-    for relative, table in ((s.BUNDLE_ITEM_NEIGHBOURS, inputs.item_neighbours),
-                            (s.BUNDLE_ITEM_FEATURES, inputs.item_features),
-                            (s.BUNDLE_USER_CATEGORY, inputs.user_category)):
-        if table is not None:
-            table.to_parquet(staging / relative, index=False)
-            optional.append(relative)
+    if inputs.item_neighbours is not None:
+        inputs.item_neighbours.to_parquet(staging / s.BUNDLE_ITEM_NEIGHBOURS, index=False)
+        optional.append(s.BUNDLE_ITEM_NEIGHBOURS)
     parts = [f"{s.BUNDLE_CANDIDATES}/{path.name}" for path in sorted((staging / s.BUNDLE_CANDIDATES).iterdir())]
-    files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *optional, *parts)}
+    history = []
+    if inputs.history is not None:
+        if not etl_config:
+            raise BundleError("a bundle with the fold's history needs the ETL settings it was computed with "
+                              "(write_bundle's etl_config)")
+        (staging / s.BUNDLE_HISTORY).mkdir()
+        for name, table in inputs.history.items():
+            table.to_parquet(staging / s.BUNDLE_HISTORY / name, index=False, row_group_size=65_536)
+            history.append(f"{s.BUNDLE_HISTORY}/{name}")
+    files = {rel: sha256_file(staging / rel) for rel in (*REQUIRED_FILES[1:], *optional, *parts, *history)}
     # Sizes and Parquet row counts let a reader refuse a bundle before unpacking or loading a byte of it.
     sizes = {rel: (staging / rel).stat().st_size for rel in files}
     rows = {rel: pq.read_metadata(staging / rel).num_rows for rel in files if rel.endswith(".parquet")}
@@ -284,6 +289,8 @@ def write_bundle(inputs: BundleInputs, output: Path, *, group: str = "ecomrec") 
         "fit_on": "every accepted event before window.test_start (the evaluated test fold)",
         "metrics": inputs.evaluation.get("ranking_metrics", {}),
         "feature_spec": inputs.feature_spec,
+        # the interaction-weight settings ui_weight was computed with (real-time features recompute it)
+        **({"etl": {k: etl_config[k] for k in REALTIME_ETL_KEYS}} if history and etl_config else {}),
         "counts": {
             "users": len(inputs.users_map),
             "items": len(inputs.items_map),

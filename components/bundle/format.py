@@ -61,8 +61,7 @@ def estimate_load_bytes(manifest: dict[str, Any]) -> int:
     columns = len(manifest["feature_spec"]["features"]) + 2
     ids = rows[f"{s.BUNDLE_ID_MAPS}/users.parquet"] + rows[f"{s.BUNDLE_ID_MAPS}/items.parquet"]
     resident = sum(parts) * 20 + ids * 200 + rows[s.BUNDLE_PURCHASED] * 24 + rows[s.BUNDLE_ITEMS] * 200
-    # real-time candidates' tables (optional): neighbours as CSR, item features as a frame
-    resident += rows.get(s.BUNDLE_ITEM_NEIGHBOURS, 0) * 16 + rows.get(s.BUNDLE_ITEM_FEATURES, 0) * 400
+    resident += rows.get(s.BUNDLE_ITEM_NEIGHBOURS, 0) * 16  # real-time candidates' neighbours, as CSR
     return resident + max(parts, default=0) * columns * 8 * 2
 
 

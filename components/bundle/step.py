@@ -19,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ecomrec-bundle-") as scratch:
         inputs = read_run_outputs(*(args.inputs[name] for name in INPUTS), scratch=Path(scratch),
                                   config=args.config)
-        write_bundle(inputs, args.output, group=args.config.model_package_group)
+        write_bundle(inputs, args.output, group=args.config.model_package_group,
+                     etl_config=args.config.etl.model_dump(mode="json"))
 
 
 if __name__ == "__main__":

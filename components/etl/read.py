@@ -1,5 +1,7 @@
 """Read one raw table (DATA_CONTRACT.md): a folder of Parquet files, or of CSV files (optionally .gz) with a
-header row, from a local path or an s3:// prefix.
+header row, from a local path or an s3:// prefix. Under events/, a ``*.headerless.csv`` file (the durable
+event log as Kinesis Data Firehose delivers it: records concatenated, no header) holds the event log's
+columns (schema.EVENT_LOG_COLUMNS) in that order.
 
 Every value is read as a string, so a bad value becomes a rejected row later instead of a crash here. What
 cannot be read at all (a missing folder, an empty file, a header that is not UTF-8, a corrupt Parquet
@@ -37,6 +39,7 @@ MALFORMED = "_malformed_record"  # the raw CSV line when the row has the wrong n
 ROW_ID = "_row_id"  # read order, so "the first of several duplicates" is well defined
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
+HEADERLESS_SUFFIXES = (s.HEADERLESS_CSV_SUFFIX, s.HEADERLESS_CSV_SUFFIX + ".gz")
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq", ".parquet.gz", ".snappy.parquet")
 NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 PER_FILE_READS = 256  # see _with_source_file
@@ -101,6 +104,8 @@ def resolve_raw_root(uri: str | Path, *, s3_client: Any | None = None) -> Path:
 
 def _suffix_kind(path: Path) -> str | None:
     name = path.name.lower()
+    if name.endswith(HEADERLESS_SUFFIXES):
+        return "headerless"
     if name.endswith(CSV_SUFFIXES):
         return "csv"
     if name.endswith(PARQUET_SUFFIXES):
@@ -203,7 +208,8 @@ def _source_file_column(root: Path) -> Column:
     return sf.regexp_replace(decoded, r"^.*?\Q" + str(root) + r"/\E", "")
 
 
-def _read_csv_group(spark: SparkSession, files: list[Path], names: list[str], root: Path) -> DataFrame:
+def _read_csv_group(spark: SparkSession, files: list[Path], names: list[str], root: Path, *,
+                    header: bool = True) -> DataFrame:
     from pyspark.sql import functions as sf
     from pyspark.sql.types import StringType, StructField, StructType
 
@@ -211,7 +217,7 @@ def _read_csv_group(spark: SparkSession, files: list[Path], names: list[str], ro
                         + [StructField(MALFORMED, StringType())])
     def read(paths: list[Path]) -> DataFrame:
         return spark.read.csv(
-            [local_uri(f) for f in paths], schema=struct, header=True, enforceSchema=True, mode="PERMISSIVE",
+            [local_uri(f) for f in paths], schema=struct, header=header, enforceSchema=True, mode="PERMISSIVE",
             columnNameOfCorruptRecord=MALFORMED, encoding="UTF-8", escape='"', multiLine=False,
         )
 
@@ -271,12 +277,24 @@ def read_table(spark: SparkSession, root: Path, table: str, required: Sequence[s
         raise DataContractError(f"table {table}: folder {folder} does not exist")
     files = list_table_files(root, table)
     csv_groups: dict[tuple[str, ...], list[Path]] = {}
+    headerless: list[Path] = []
     parquet_groups: dict[tuple[tuple[str, str], ...], list[Path]] = {}
     parquet_types: dict[tuple[tuple[str, str], ...], list[tuple[str, pa.DataType]]] = {}
     order: list[str] = []
     footer_rows: int | None = 0
     for path in files:
-        if _suffix_kind(path) == "csv":
+        kind = _suffix_kind(path)
+        if kind == "headerless":
+            if table != s.EVENTS:
+                raise DataContractError(
+                    f"{path}: a {s.HEADERLESS_CSV_SUFFIX} file holds the event log's columns; only {s.EVENTS}/ "
+                    f"may have one (give {table}/ files a header row)")
+            if not _open_text_head(path).strip():
+                raise DataContractError(f"{path}: empty file (no rows)")
+            names = list(s.EVENT_LOG_COLUMNS)
+            headerless.append(path)
+            footer_rows = None
+        elif kind == "csv":
             names, has_rows = csv_header(path)
             if not has_rows:
                 raise DataContractError(f"{path}: empty file (a header and no rows)")
@@ -299,6 +317,8 @@ def read_table(spark: SparkSession, root: Path, table: str, required: Sequence[s
 
     parts: list[DataFrame] = [_read_csv_group(spark, group, list(names), root)
                               for names, group in csv_groups.items()]
+    if headerless:
+        parts.append(_read_csv_group(spark, headerless, list(s.EVENT_LOG_COLUMNS), root, header=False))
     needs_nanos = any(pa.types.is_timestamp(t) and t.unit == "ns"
                       for typed in parquet_types.values() for _, t in typed)
     if needs_nanos:

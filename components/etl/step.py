@@ -356,6 +356,9 @@ def _run(spark: SparkSession, raw_root: Path, output: Path, config: EtlConfig, t
             _Output(targets, fold_dir / s.TARGETS, 1),
             _Output(target_users, fold_dir / s.TARGET_USERS, 1),
         ]
+        if fold == s.TEST_FOLD:  # what the bundle's real-time features start from (components/realtime)
+            outputs += [_Output(daily, fold_dir / s.HISTORY_DAILY, many),
+                        _Output(feat.fold_history(orders_all, cutoff_us), fold_dir / s.HISTORY_ORDERS, many)]
     _write_all(outputs)
     for frame in fold_caches:
         frame.unpersist()

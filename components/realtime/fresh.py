@@ -1,9 +1,11 @@
 """Fresh answers: a user with events since the bundle's cutoff is scored per request by the bundle's
-CatBoost model, on their candidate rows with the user-event features recomputed as of the request time
-(components/realtime/features.py says which). Users without such events keep the load-time scores.
-With a bundle that carries them (components/realtime/candidates.py), the candidates are the user's bundle
-rows plus those of their fresh events (the items, their co-occurrence neighbours, ALS fold-in for a user the
-bundle does not know), so a new user's first event already gives a personal list (``fallback: false``).
+CatBoost model. With a bundle that carries the fold's history and the co-occurrence neighbours, the
+candidates are the user's bundle rows plus those of their fresh events (the items, their neighbours, ALS
+fold-in for a user the bundle does not know), and every feature of every row is computed as of the user's
+newest event by one mechanism (components/realtime/candidates.py, rows_as_of), so a new user's first event
+already gives a personal list (``fallback: false``). Older bundles: the bundle rows with the user-event
+features recomputed (components/realtime/features.py says which). Users without fresh events keep the
+load-time scores, which are their per-request scores (tests/test_realtime_parity.py).
 
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
@@ -23,8 +25,7 @@ import pandas as pd
 
 from components import schema as s
 from components.ranker.model import PreparedFeatures, rank_top_k
-from components.realtime.candidates import Matrix
-from components.realtime.features import AS_OF_FEATURES, apply_as_of
+from components.realtime.features import AS_OF_FEATURES, apply_as_of, as_of_us, recompute
 from components.realtime.intake import StoreGuard
 from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
@@ -53,6 +54,7 @@ class FreshAnswers:
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._scored: OrderedDict[tuple[str, int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
                   ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
@@ -66,13 +68,64 @@ class FreshAnswers:
                 return hit
         assert model.ranker is not None and model.ranker.spec is not None
         numeric_names = list(model.ranker.spec.numeric)
-        positions: dict[str, int] = {n: numeric_names.index(n) for n in AS_OF_FEATURES if n in numeric_names}
+        moved = model.user_history.recomputed if model.user_history is not None else AS_OF_FEATURES
+        positions: dict[str, int] = {n: numeric_names.index(n) for n in moved if n in numeric_names}
         value = (rows[s.ITEM_IDX].to_numpy(np.int64), model.ranker.prepare(rows), positions)
         with self._lock:
             self._cache[key] = value
             if len(self._cache) > PREPARED_CACHE_USERS:
                 self._cache.popitem(last=False)
         return value
+
+    def score(self, model: ServingModel, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
+              at_us: int | None = None, *, user_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """The user's candidate items and their per-request scores. With history, features as of the user's
+        newest event (features.as_of_us) on the bundle rows plus fresh candidates when the bundle carries
+        them (``user_idx`` None: a user the bundle does not know, ``user_id``); without, the bundle rows
+        with the subset as of ``at_us`` (default: now)."""
+        assert model.ranker is not None
+        # With history the answer is a function of the user's events alone: computed once per new event
+        # (build_features costs tens of milliseconds), then read from here.
+        key = (model.version, user_idx if user_idx is not None else user_id, tuple(e.key for e in events))
+        if model.user_history is not None:
+            with self._lock:
+                hit = self._scored.get(key)
+                if hit is not None:
+                    self._scored.move_to_end(key)
+                    return hit
+        cut = cutoff_us(model)
+        frame = None
+        if model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
+            frame = model.fresh_sources.rows_as_of(user_idx, rows, events, model.item_index, cut, as_of_us(cut, events))
+        if frame is not None:
+            items = frame[s.ITEM_IDX].to_numpy(np.int64)
+            scores = model.ranker.score_prepared(model.ranker.prepare(frame))
+        elif user_idx is None or rows.empty:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        else:
+            items, prepared, positions = self._prepared(model, user_idx, rows)
+            numeric = prepared.numeric.copy()
+            if model.user_history is not None:
+                columns = recompute(rows, events, model.user_history, user_idx=user_idx,
+                                    item_index=model.item_index, cutoff_us=cut, at_us=as_of_us(cut, events))
+            else:
+                # as of the request; an event stamped ahead of this clock counts as just before it
+                newest = max((e.timestamp_us + 1 for e in events), default=cut)
+                at = at_us if at_us is not None else max(self.clock(), newest)
+                start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
+                bought = set(model.purchased_items[start:stop].tolist())
+                columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+                apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought,
+                            cutoff_us=cut, at_us=at)
+            for name, values in columns.items():
+                numeric[:, positions[name]] = values
+            scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
+        if model.user_history is not None:
+            with self._lock:
+                self._scored[key] = (items, scores)
+                if len(self._scored) > PREPARED_CACHE_USERS:
+                    self._scored.popitem(last=False)
+        return items, scores
 
     def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None) -> list[StoredEvent]:
         """The user's stored events since the cutoff and before ``at_us`` (default: all of them, events
@@ -102,42 +155,12 @@ class FreshAnswers:
             return None, False
         if rows.empty and sources is None:
             return None, False
-        cut = cutoff_us(model)
-        # as of the request; an event stamped ahead of this clock counts as just before it
-        at = at_us if at_us is not None else max(self.clock(), max(e.timestamp_us for e in events) + 1)
-        bought: set[int] = set()
-        if user_idx is not None:
-            start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
-            bought = set(model.purchased_items[start:stop].tolist())
-        ranker = model.ranker
-        numeric_names = list(ranker.spec.numeric) if ranker.spec is not None else []
-        positions: dict[str, int] = {n: numeric_names.index(n) for n in AS_OF_FEATURES if n in numeric_names}
-        if user_idx is not None and not rows.empty:
-            items, prepared, positions = self._prepared(model, user_idx, rows)
-            numeric, categorical = prepared.numeric, prepared.categorical
-        else:
-            items = np.array([], dtype=np.int64)
-            numeric = np.empty((0, len(numeric_names)), dtype=np.float32)
-            categorical = np.empty((0, len(ranker.spec.categorical) if ranker.spec else 0), dtype=object)
-        if sources is not None:  # the bundle's rows plus candidates from the fresh events
-            try:
-                matrix = sources.prepared_as_of(user_idx, Matrix(items, numeric, categorical), rows, events,
-                                                model.item_index, cut, at, prepare=ranker.prepare,
-                                                cache_key=user_idx if user_idx is not None else user_id)
-            except OSError:  # a swapped-out model's memory-mapped factors went with its folder
-                return None, False
-            items, numeric, categorical = matrix.items, matrix.numeric, matrix.categorical
-            if not len(items):
-                return None, False
-        else:
-            numeric = numeric.copy()
-        columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
-        apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
-                    at_us=at)
-        for name, j in positions.items():
-            numeric[:, j] = columns[name]
-        scores = ranker.score_prepared(PreparedFeatures(numeric=np.asarray(numeric, dtype=np.float32),
-                                                        categorical=categorical))
+        try:
+            items, scores = self.score(model, user_idx, rows, events, at_us, user_id=user_id)
+        except OSError:  # a swapped-out model's memory-mapped factors went with its folder
+            return None, False
+        if not len(items):
+            return None, False
         blocked = model._blocked(user_idx, exclude_purchased, exclude, category)
         if exclude_purchased:
             fresh_bought = [model.item_index[e.item_id] for e in events

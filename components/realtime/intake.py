@@ -27,7 +27,7 @@ from typing import Final, TypeVar
 import orjson
 
 from components.event_rules import DUPLICATE, MALFORMED_ROW, ParsedEvent, check_event, raw_text
-from components.realtime.log import EVENT_ID, LOG_COLUMNS, EventLog
+from components.realtime.log import EVENT_ID, LOG_COLUMNS, DurableLog
 from components.realtime.store import OnlineStore, StoredEvent, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class IntakeResult:
 
 
 class EventIntake:
-    def __init__(self, event_log: EventLog, guard: StoreGuard) -> None:
+    def __init__(self, event_log: DurableLog, guard: StoreGuard) -> None:
         self.log = event_log
         self.guard = guard
 

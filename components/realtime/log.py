@@ -25,13 +25,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from components import schema as s
 
 REALTIME_DIR: Final = "realtime"  # under RAW/events/
-EVENT_ID: Final = "event_id"  # optional client id of an event: retries with it are idempotent
-LOG_COLUMNS: Final = (*s.REQUIRED_EVENT_COLUMNS, *s.OPTIONAL_EVENT_COLUMNS, EVENT_ID)
+EVENT_ID: Final = s.EVENT_ID  # optional client id of an event: retries with it are idempotent
+LOG_COLUMNS: Final = s.EVENT_LOG_COLUMNS
+
+
+class DurableLog(Protocol):
+    """The durable event log port: :class:`EventLog` here (local files), and on AWS
+    :class:`components.realtime.firehose_log.FirehoseEventLog` (Kinesis Data Firehose to the raw bucket)."""
+
+    def append(self, rows: Sequence[Mapping[str, object]]) -> None:
+        """Make ``rows`` durable before returning; raise OSError (nothing acknowledged) otherwise."""
+
+    def close(self) -> None: ...
+
+
+def csv_line(row: Mapping[str, object]) -> str:
+    """One row as a CSV line of LOG_COLUMNS (missing or None = empty), newline-terminated."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(["" if row.get(c) is None else row.get(c) for c in LOG_COLUMNS])
+    return buffer.getvalue()
 
 
 def log_folder(raw_root: Path) -> Path:

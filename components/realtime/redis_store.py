@@ -11,14 +11,23 @@ trims the set, atomically: two workers adding the same retry store one copy. Eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from components.realtime.store import StoredEvent, StoreLimits, StoreUnavailableError, by_user
 
 DEFAULT_PREFIX: Final = "ecomrec:"
+# The ACL of the service's user on ElastiCache (the CDK stack's AWS::ElastiCache::User; ElastiCache access
+# strings are Valkey ACL rules): our keys only, no administrative or dangerous command.
+ACCESS_STRING: Final = f"on ~{DEFAULT_PREFIX}* +@all -@dangerous -@admin"
+IAM_TOKEN_SECONDS: Final = 900  # "The IAM authentication token is valid for 15 minutes" (auth-iam.html)
+IAM_TOKEN_REUSE_S: Final = 600  # a token signs new connections for 10 minutes, then a fresh one is made
 
 # KEYS[1] = the user's event set, KEYS[2..] = the events' key markers; ARGV[1] key ttl (s), ARGV[2] max
 # events, ARGV[3] max age (us), ARGV[4..] (score, member) per event. Returns the number stored.
@@ -54,19 +63,101 @@ def _decode(user_id: str, member: bytes) -> StoredEvent:
                        price=price, session_id=session)
 
 
+class ElastiCacheIamCredentials:
+    """ElastiCache IAM authentication for redis-py: the user's name and, as its password, an IAM token (a
+    SigV4-presigned ``connect`` request, the scheme left off) signed with the process's AWS credentials (on
+    EKS, the pod's Pod Identity role, which needs ``elasticache:Connect`` on the cache and the user).
+
+    From https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth-iam.html: the request is
+    ``GET http://<cache name>/?Action=connect&User=<user id>`` (serverless caches add
+    ``ResourceType=ServerlessCache``), signed for the service ``elasticache`` in the cache's region, valid 15
+    minutes; the IAM-enabled user's id and name are the same; TLS is required. The same request as the AWS
+    sample's IAMAuthTokenRequest.java (aws-samples/elasticache-iam-auth-demo-app at abcf116). redis-py asks
+    for credentials on every new connection (AUTH at connect), so a pool reconnecting after ElastiCache
+    closes an IAM connection (at 12 hours) signs a fresh token. (redis-py's CredentialProvider protocol:
+    ``get_credentials``; not subclassed, so this module and the CDK app need no redis-py to import.)"""
+
+    def __init__(self, user: str, cache_name: str, region: str, *, serverless: bool = True,
+                 credentials: Any | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.user = user
+        self.cache_name = cache_name.lower()
+        self.region = region
+        self.serverless = serverless
+        self._credentials = credentials
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: tuple[float, str] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, cache_name: str) -> ElastiCacheIamCredentials:
+        """The user of ``rediss://USER@HOST:PORT``; region and credentials from botocore's usual chain."""
+        import botocore.session
+
+        user = urlsplit(url).username
+        if not user:
+            raise ValueError(f"ECOMREC_STORE_URL {url!r}: IAM authentication needs the user, rediss://USER@HOST")
+        session = botocore.session.get_session()
+        region = os.environ.get("AWS_REGION") or session.get_config_variable("region")
+        if not region:
+            raise ValueError("ElastiCache IAM authentication: no AWS region (set AWS_REGION)")
+        return cls(user, cache_name, region, credentials=session.get_credentials())
+
+    def token(self) -> str:
+        from botocore.auth import SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+
+        if self._credentials is None:
+            raise StoreUnavailableError("ElastiCache IAM authentication: no AWS credentials")
+        params = {"Action": "connect", "User": self.user}
+        if self.serverless:
+            params["ResourceType"] = "ServerlessCache"
+        request = AWSRequest(method="GET", url=f"http://{self.cache_name}/", params=params)
+        SigV4QueryAuth(self._credentials.get_frozen_credentials(), "elasticache", self.region,
+                       expires=IAM_TOKEN_SECONDS).add_auth(request)
+        return str(request.url).removeprefix("http://")
+
+    def get_credentials(self) -> tuple[str, str]:
+        with self._lock:
+            now = self._clock()
+            if self._token is None or now - self._token[0] >= IAM_TOKEN_REUSE_S:
+                self._token = (now, self.token())
+            return self.user, self._token[1]
+
+
 class RedisStore:
     def __init__(self, url: str, *, limits: StoreLimits | None = None, timeout_s: float = 0.05,
-                 prefix: str = DEFAULT_PREFIX, client: Any | None = None) -> None:
+                 prefix: str = DEFAULT_PREFIX, client: Any | None = None,
+                 credential_provider: Any | None = None, cluster: bool = False) -> None:
+        """``cluster``: the server runs in cluster mode (ElastiCache Serverless is "only available in a
+        cluster-mode enabled configuration", https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/WorkingWithRedis.html):
+        redis-py's cluster client, connected on first use (its constructor asks the server for the slot
+        map, and the service must start while the store is down)."""
         import redis
+        from redis.cluster import RedisCluster
+        from redis.exceptions import RedisClusterException
 
         self.limits = limits or StoreLimits()
         self.prefix = prefix
         self.url = url
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self.client = client or redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
-            health_check_interval=0)
-        self._add = self.client.register_script(_ADD)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError)
+        if credential_provider is not None:  # the provider names the user: redis-py refuses both
+            parts = urlsplit(url)
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        options: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                       credential_provider=credential_provider)
+        if not cluster:
+            options.update(retry_on_timeout=False, health_check_interval=0)
+        kind: Any = RedisCluster if cluster else redis.Redis
+        self._connect: Any = (lambda: client) if client is not None else (lambda: kind.from_url(url, **options))
+        self._client: Any = None
+        self._add: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+            self._add = self._client.register_script(_ADD)
+        return self._client
 
     def _events_key(self, user_id: str) -> str:
         return f"{self.prefix}{{{user_id}}}:ev"
@@ -94,17 +185,31 @@ class RedisStore:
             return 0
         limits = self.limits
         ttl = max(1, int(limits.key_ttl_days * 86_400))
+        calls: list[tuple[list[str], list[Any]]] = []
+        for user, group in by_user(events).items():
+            args: list[Any] = [ttl, limits.max_events, limits.max_age_us]
+            for e in group:
+                args += [e.timestamp_us, _encode(e)]
+            calls.append(([self._events_key(user), *[self._marker(user, e.key) for e in group]], args))
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for user, group in by_user(events).items():
-                keys = [self._events_key(user), *[self._marker(user, e.key) for e in group]]
-                args: list[Any] = [ttl, limits.max_events, limits.max_age_us]
-                for e in group:
-                    args += [e.timestamp_us, _encode(e)]
-                self._add(keys=keys, args=args, client=pipe)
-            return int(sum(pipe.execute()))
+            return self._run_add(calls)
+        except self._errors as error:
+            if not _is_noscript(error):
+                raise self._fail(error) from error
+        # A cluster pipeline sends EVALSHA without loading the script first (redis-py's plain pipeline loads
+        # it); a node may also have lost it (restart, scaling). Load it on every primary and run once more:
+        # the script is idempotent per key (SET NX), so events stored by the first run are not stored twice.
+        try:
+            self.client.script_load(_ADD)
+            return self._run_add(calls)
         except self._errors as error:
             raise self._fail(error) from error
+
+    def _run_add(self, calls: list[tuple[list[str], list[Any]]]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self._add(keys=keys, args=args, client=pipe)
+        return int(sum(pipe.execute()))
 
     def user_events(self, user_id: str) -> list[StoredEvent]:
         try:
@@ -122,4 +227,11 @@ class RedisStore:
             raise self._fail(error) from error
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+
+
+def _is_noscript(error: BaseException) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(error, NoScriptError) or "NOSCRIPT" in str(error) or "No matching script" in str(error)

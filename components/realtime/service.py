@@ -8,7 +8,7 @@ from pathlib import Path
 
 from components.realtime.fresh import FreshAnswers
 from components.realtime.intake import EventIntake, StoreGuard
-from components.realtime.log import EventLog
+from components.realtime.log import DurableLog, EventLog
 from components.realtime.metrics import RealtimeMetrics
 from components.realtime.store import OnlineStore, SqliteStore, StoreLimits
 from components.serving.settings import ServingSettings
@@ -22,7 +22,13 @@ def open_store(settings: ServingSettings) -> OnlineStore:
     if settings.store_url:
         from components.realtime.redis_store import RedisStore
 
-        return RedisStore(settings.store_url, limits=limits, timeout_s=settings.store_timeout_s)
+        credentials = None
+        if settings.store_iam_cache:
+            from components.realtime.redis_store import ElastiCacheIamCredentials
+
+            credentials = ElastiCacheIamCredentials.from_url(settings.store_url, settings.store_iam_cache)
+        return RedisStore(settings.store_url, limits=limits, timeout_s=settings.store_timeout_s,
+                          credential_provider=credentials, cluster=settings.store_cluster)
     work_dir = settings.work_dir or Path(tempfile.gettempdir()) / "ecomrec-serving"
     return SqliteStore(settings.store_path or work_dir / STORE_FILE, limits=limits,
                        timeout_s=settings.store_timeout_s)
@@ -41,12 +47,23 @@ class Realtime:
         self.store.close()
 
 
+def open_log(settings: ServingSettings) -> DurableLog | None:
+    """The durable event log: the Firehose stream (AWS) or files under the raw folder; None: events off."""
+    if settings.events_firehose_stream:
+        from components.realtime.firehose_log import FirehoseEventLog
+
+        return FirehoseEventLog(settings.events_firehose_stream)
+    if settings.events_raw_root is not None:
+        return EventLog(settings.events_raw_root, fsync=settings.events_fsync)
+    return None
+
+
 def build_realtime(settings: ServingSettings, metrics: RealtimeMetrics) -> Realtime | None:
-    """None unless ECOMREC_EVENTS_RAW_ROOT is set."""
-    if settings.events_raw_root is None:
+    """None unless ECOMREC_EVENTS_RAW_ROOT or ECOMREC_EVENTS_FIREHOSE_STREAM is set."""
+    event_log = open_log(settings)
+    if event_log is None:
         return None
     store = open_store(settings)
     guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
-    event_log = EventLog(settings.events_raw_root, fsync=settings.events_fsync)
     return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics,
                     fresh=FreshAnswers(guard))

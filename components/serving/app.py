@@ -68,7 +68,7 @@ def create_app(settings: ServingSettings | None = None, *,
                             memory_share=settings.load_memory_share)
     holder = ModelHolder(fetcher, service_metrics, smoke_users=settings.smoke_users,
                          scoring_threads=settings.scoring_threads,
-                         feature_dir=fetcher.work_dir / "features" if settings.events_raw_root else None)
+                         feature_dir=fetcher.work_dir / "features" if settings.events_on else None)
     watcher = (RegistryWatcher(registry, settings.model_group, holder, settings.watch_interval_s)
                if registry is not None else None)
     realtime = build_realtime(settings, service_metrics.realtime)

@@ -78,15 +78,26 @@ class ServingSettings(BaseSettings):
     # Real time (components/realtime, REALTIME.md): POST /events and fresh answers, on when events_raw_root
     # is set: the raw folder whose events/realtime/ receives the durable event log.
     events_raw_root: Path | None = None
+    # On AWS instead: the Firehose delivery stream that writes the log to the raw bucket (firehose_log.py)
+    events_firehose_stream: str | None = None
     events_fsync: bool = True  # fsync the log before acknowledging (off only for throwaway benchmarks)
     max_events_per_request: int = Field(default=1000, ge=1)
     store_url: str | None = None  # redis:// or rediss:// (Redis, Valkey, ElastiCache); unset: embedded SQLite
+    # ElastiCache IAM authentication: the cache's name; the password of store_url's user is then a fresh IAM
+    # token (redis_store.ElastiCacheIamCredentials), signed with the pod's AWS credentials
+    store_iam_cache: str | None = None
+    store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless): redis-py's cluster client
     store_path: Path | None = None  # the embedded store's file; default <work_dir>/online-store.sqlite
     store_timeout_s: float = Field(default=0.05, gt=0)  # per store call; then the answer is degraded
     store_retry_after_s: float = Field(default=1.0, ge=0)  # after a store failure, skip it this long
     store_max_events: int = Field(default=500, ge=1)  # kept per user (the newest)
     store_max_days: float = Field(default=365.0, gt=0)  # kept per user: within this of their newest event
     store_key_ttl_days: float = Field(default=7.0, gt=0)  # how long an event_id retry is recognised
+
+    @property
+    def events_on(self) -> bool:
+        """POST /events and fresh answers: a durable log is configured (a folder, or Firehose on AWS)."""
+        return self.events_raw_root is not None or bool(self.events_firehose_stream)
 
     @field_validator("model_sha256", mode="before")
     @classmethod
@@ -100,6 +111,12 @@ class ServingSettings(BaseSettings):
                 f"ECOMREC_DEFAULT_TOP_K ({self.default_top_k}) exceeds ECOMREC_MAX_TOP_K ({self.max_top_k})")
         if self.model and not is_s3_uri(self.model) and not Path(self.model).exists():
             raise ValueError(f"ECOMREC_MODEL: no such file or folder: {self.model}")
+        if self.events_raw_root is not None and self.events_firehose_stream:
+            raise ValueError("ECOMREC_EVENTS_RAW_ROOT and ECOMREC_EVENTS_FIREHOSE_STREAM both set: the event log "
+                             "is one of them (a folder, or the Firehose stream on AWS)")
+        if self.store_iam_cache and not (self.store_url or "").startswith("rediss://"):
+            raise ValueError("ECOMREC_STORE_IAM_CACHE needs ECOMREC_STORE_URL=rediss://USER@HOST:PORT (IAM "
+                             "authentication works over TLS only, with the IAM-enabled user's name)")
         if self.registry_root is not None and not self.registry_root.is_dir():
             raise ValueError(f"ECOMREC_REGISTRY_ROOT: not a folder: {self.registry_root}")
         if self.model is None and self.registry_root is None and not SAGEMAKER_MODEL_DIR.exists():

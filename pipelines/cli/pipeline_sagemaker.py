@@ -273,7 +273,11 @@ def images(region: str | None = REGION, prefix: str = PREFIX,
 
 def doctor(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | None = REGION,
            prefix: str = PREFIX, config: str | None = CONFIG, inference_image: str | None = INFERENCE_IMAGE,
-           steps_image: str | None = STEPS_IMAGE, pip_install: bool = PIP_INSTALL) -> None:
+           steps_image: str | None = STEPS_IMAGE, pip_install: bool = PIP_INSTALL,
+           input_data_uri: str | None = typer.Option(
+               None, "--input-data-uri", help="raw data the runs read when it is not the definition's default "
+                                              "s3://BUCKET/PREFIX/raw/ (CD: the raw bucket the retraining "
+                                              "schedule passes)")) -> None:
     """Check the account before the first run (role, bucket, images, model package group); starts nothing.
 
     Exit code 1 when a check finds a blocker (the first run would fail)."""
@@ -288,7 +292,7 @@ def doctor(role: str | None = ROLE, bucket: str | None = BUCKET, region: str | N
                          for name in ("iam", "s3", "ecr", "sagemaker")})
     try:
         _quiet_sdk(settings.region)
-        findings = diagnose(settings, clients)
+        findings = diagnose(settings, clients, input_data_uri)
     except EcomrecError as error:
         raise _fail(str(error)) from error
     colours = {"ok": "green", "warning": "yellow", "blocker": "bold red", "not checked": "magenta"}

@@ -18,9 +18,10 @@ import json
 import re
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from components.errors import EcomrecError
 from components.storage import split_s3_uri
 from pipelines.sagemaker import params as p
 from pipelines.sagemaker.images import SPARK_REPOSITORY
@@ -260,8 +261,17 @@ def check_group(settings: PipelineSettings, sagemaker: Any) -> Finding:
     return Finding("model package group", "ok", f"{group} exists")
 
 
-def diagnose(settings: PipelineSettings, clients: Clients) -> list[Finding]:
+def diagnose(settings: PipelineSettings, clients: Clients, input_data_uri: str | None = None) -> list[Finding]:
+    """``input_data_uri``: the raw data the runs will read when it is not the definition's default (the CDK
+    retraining schedule passes the raw bucket's prefix as InputDataUri): its listing and the role's read
+    grants are checked there."""
     defaults = parameter_defaults(settings)
+    if input_data_uri:
+        try:
+            split_s3_uri(input_data_uri)
+        except EcomrecError:
+            raise EcomrecError(f"--input-data-uri {input_data_uri!r} is not an s3://BUCKET/PREFIX/ URI") from None
+        defaults = replace(defaults, input_data_uri=input_data_uri.rstrip("/") + "/")
     return [check_trust(settings, clients.iam), check_permissions(settings, defaults, clients.iam),
             *check_bucket(settings, defaults, clients.s3), *check_images(settings, defaults, clients.ecr),
             check_group(settings, clients.sagemaker)]
