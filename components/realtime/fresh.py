@@ -54,7 +54,7 @@ class FreshAnswers:
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
-        self._scored: OrderedDict[tuple[str, int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._scored: OrderedDict[tuple[str, int | str, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
                   ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
