@@ -26,7 +26,7 @@ from components import schema as s
 from components.bundle import load_bundle
 from components.config import EtlConfig
 from components.ranker import features as rf
-from components.realtime.features import UserHistory, recompute
+from components.realtime.features import UserHistory, recompute, user_state
 from components.realtime.store import DAY_US, StoredEvent
 
 pytestmark = pytest.mark.spark
@@ -140,7 +140,8 @@ def check_fresh_candidates(bundle: object, history: UserHistory, rows: pd.DataFr
     """The per-request rows with fresh candidates (components/realtime/candidates.py rows_as_of: the
     bundle rows plus the fresh items, their neighbours; one build_features over the history-rebuilt
     tables) against build_features over the ETL's Spark tables at the same moment for the same candidate
-    set: every feature of every row, new pairs included (their user-item features are exact: the pair's
+    set (candidates_as_of: the generator columns as the union step hands them over): every feature of
+    every row, new pairs included (their user-item features are exact: the pair's
     events before the cutoff come from the bundle's history). ``trim``: every other bundle row of a user is
     left out (the tiny shop's users have every item as a candidate: nothing would be new). Returns how many
     new pairs were compared."""
@@ -152,31 +153,40 @@ def check_fresh_candidates(bundle: object, history: UserHistory, rows: pd.DataFr
     with tempfile.TemporaryDirectory() as folder:
         sources = FreshSources.load(bundle, history, Path(folder))  # type: ignore[arg-type]
         assert sources is not None, "the pipeline's bundle carries what fresh candidates need"
-        frames = []
+        frames, generated = [], []
         for user in users:
             mine = rows[rows[s.USER_IDX] == user].reset_index(drop=True)
+            # at the cutoff without events the same mechanism gives back the bundle's own rows
+            snapshot = sources.rows_as_of(user, mine, [], bundle.item_index, cutoff, cutoff)  # type: ignore[attr-defined]
+            assert snapshot is not None and snapshot[s.ITEM_IDX].tolist() == mine[s.ITEM_IDX].tolist()
+            for name in history.spec.numeric:
+                np.testing.assert_allclose(snapshot[name].to_numpy(np.float64), mine[name].to_numpy(np.float64),
+                                           rtol=FLOAT32_RTOL, atol=1e-6, err_msg=f"user {user} at the cutoff: {name}")
             if trim:
                 mine = mine.iloc[::2].reset_index(drop=True)
-            frame = sources.rows_as_of(user, mine, stored_events(fresh[fresh[s.USER_IDX] == user]),
-                                       bundle.item_index, cutoff, at)  # type: ignore[attr-defined]
+            events = stored_events(fresh[fresh[s.USER_IDX] == user])
+            frame = sources.rows_as_of(user, mine, events, bundle.item_index, cutoff, at)  # type: ignore[attr-defined]
             assert frame is not None
+            state = user_state(history, user, events, item_index=bundle.item_index,  # type: ignore[attr-defined]
+                               cutoff_us=cutoff, at_us=at)
+            assert state is not None
+            # the candidate set as the union step hands it to build_features (the batch's input)
+            generated.append(sources.candidates_as_of(user, mine, state[1], events,
+                                                      bundle.item_index, cutoff, at))  # type: ignore[attr-defined]
             frames.append(frame.assign(_new=~frame[s.ITEM_IDX].isin(mine[s.ITEM_IDX])))
     online = pd.concat(frames, ignore_index=True)
-    generated = [s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS,
-                 *[c for c in s.TIFU_PAIR_COLUMNS if c in online.columns]]
+    candidates = pd.concat(generated, ignore_index=True)
     attributes = [n for n in history.lists["user"] if n.startswith(s.USER_ATTR_PREFIX)]
     batch_users = user_frame[user_frame[s.USER_IDX].isin(users)]
     if attributes:  # the shop's attributes: the bundle rows' (the snapshot's), as online
         batch_users = batch_users.merge(rows.drop_duplicates(s.USER_IDX)[[s.USER_IDX, *attributes]], on=s.USER_IDX)
-    batch, _ = rf.build_features(online[generated], batch_users, pd.read_parquet(fold / s.ITEM_FEATURES),
+    batch, _ = rf.build_features(candidates, batch_users, pd.read_parquet(fold / s.ITEM_FEATURES),
                                  user_item[user_item[s.USER_IDX].isin(users)], history.lists,
                                  user_category=user_category[user_category[s.USER_IDX].isin(users)],
                                  spec=history.spec, horizon_days=history.horizon_days,
                                  item_history=rf.item_history_stats(pd.read_parquet(fold / s.USER_ITEM_FEATURES)))
     assert batch[[s.USER_IDX, s.ITEM_IDX]].equals(online[[s.USER_IDX, s.ITEM_IDX]])
     for name in history.spec.features:
-        if name in generated:
-            continue
         got, want = online[name].to_numpy(), batch[name].to_numpy()
         if name in history.spec.categorical:
             np.testing.assert_array_equal(got.astype(str), want.astype(str), err_msg=name)

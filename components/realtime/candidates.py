@@ -38,6 +38,7 @@ import pandas as pd
 
 from components import schema as s
 from components.errors import BundleError
+from components.ranker.features import MISSING_SCORE, RANK_SENTINEL
 from components.realtime.features import UserHistory, feature_frame, user_state
 from components.realtime.store import StoredEvent
 
@@ -213,34 +214,50 @@ class FreshSources:
             s.FROM_POPULAR: np.array([i in self.popular for i in items.tolist()], dtype=bool),
         })
 
+    def candidates_as_of(self, user_idx: int | None, rows: pd.DataFrame, ui: pd.DataFrame,
+                         events: Sequence[StoredEvent], item_index: dict[str, int], cutoff_us: int, at_us: int, *,
+                         extra: np.ndarray | None = None) -> pd.DataFrame:
+        """The candidate set's generator columns at t as the union step hands them to build_features (NaN
+        ALS score and 0 rank when not from ALS): the bundle's ``rows`` of the user (their ALS columns and
+        popular flag: the user's factor and the list are the bundle's) and the fresh candidates, from the
+        user's user-item table at t (``ui``); ``extra`` items are candidates too (the parity tests' pairs)."""
+        existing = rows[s.ITEM_IDX].to_numpy(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
+        wanted = existing if extra is None else np.union1d(existing, extra)
+        candidates = self.sources(user_idx, ui, events, item_index, cutoff_us, at_us, wanted)
+        if len(existing):
+            # the bundle rows hold build_features' stand-ins: back to the union's missing values
+            position = np.searchsorted(candidates[s.ITEM_IDX].to_numpy(np.int64), existing)
+            score = rows[s.ALS_SCORE].to_numpy(np.float64)
+            rank = rows[s.ALS_RANK].to_numpy(np.float64)
+            bundle = {s.ALS_SCORE: np.where(score == MISSING_SCORE, np.nan, score),
+                      s.ALS_RANK: np.where(rank >= RANK_SENTINEL, 0.0, rank),
+                      s.FROM_ALS: rows[s.FROM_ALS].to_numpy(np.float64) > 0,
+                      s.FROM_POPULAR: rows[s.FROM_POPULAR].to_numpy(np.float64) > 0}
+            for name, values in bundle.items():
+                column = candidates[name].to_numpy(values.dtype, copy=True)
+                column[position] = values
+                candidates[name] = column
+        for name in s.TIFU_PAIR_COLUMNS:  # TIFU-KNN's pair scores (off by default): the bundle's, 0 for a new pair
+            if name in self.history.spec.features:
+                column = np.zeros(len(candidates))
+                if len(existing) and name in rows.columns:
+                    column[np.searchsorted(candidates[s.ITEM_IDX].to_numpy(np.int64), existing)] = \
+                        rows[name].to_numpy(np.float64)
+                candidates[name] = column
+        return candidates
+
     def rows_as_of(self, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
                    item_index: dict[str, int], cutoff_us: int, at_us: int, *,
                    extra: np.ndarray | None = None) -> pd.DataFrame | None:
         """The user's candidate rows for a request at t (user_idx, item_idx + every spec feature, item_idx
         ascending): the bundle's ``rows`` of the user and the new pairs, every feature as of t (the module
-        docstring); ``extra`` items are candidates too (the parity tests' pairs). None when the user has
-        neither history nor fresh events."""
+        docstring); ``extra``: see :meth:`candidates_as_of`. None when the user has neither history nor
+        fresh events."""
         state = user_state(self.history, user_idx, events, item_index=item_index, cutoff_us=cutoff_us, at_us=at_us)
         if state is None:
             return None
-        existing = rows[s.ITEM_IDX].to_numpy(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
-        wanted = existing if extra is None else np.union1d(existing, extra)
-        candidates = self.sources(user_idx, state[1], events, item_index, cutoff_us, at_us, wanted)
-        if len(existing):
-            # a bundle row keeps the ALS step's columns (the user's factor is the bundle's) and the popular
-            # flag (the same list); TIFU-KNN's pair scores of a new pair are 0 (not computed online)
-            mine = rows.set_index(s.ITEM_IDX)
-            kept = [c for c in (s.ALS_SCORE, s.ALS_RANK, s.FROM_ALS, s.FROM_POPULAR, *s.TIFU_PAIR_COLUMNS)
-                    if c in rows.columns]
-            position = np.searchsorted(candidates[s.ITEM_IDX].to_numpy(np.int64), mine.index.to_numpy(np.int64))
-            for name in kept:
-                values = candidates[name].to_numpy(np.float64 if name not in s.CANDIDATE_SOURCE_COLUMNS else bool,
-                                                   copy=True) if name in candidates else np.zeros(len(candidates))
-                values[position] = mine[name].to_numpy(values.dtype)
-                candidates[name] = values
-        for name in s.TIFU_PAIR_COLUMNS:
-            if name in self.history.spec.features and name not in candidates:
-                candidates[name] = 0.0
+        candidates = self.candidates_as_of(user_idx, rows, state[1], events, item_index, cutoff_us, at_us,
+                                           extra=extra)
         return feature_frame(candidates, state, self.history, attributes=rows if len(rows) else None, full=True)
 
 
