@@ -219,6 +219,12 @@ BUNDLE_HISTORY: Final = "history"
 # {"sha256": ...} of model.tar.gz, beside it: what registration records (locally, and on SageMaker as the
 # package's bundle_sha256 metadata through a property file of the bundle step)
 BUNDLE_DIGEST_FILE: Final = "bundle_digest.json"
+# Optional (real-time candidates, components/realtime/candidates.py; with BUNDLE_HISTORY): every item's
+# co-occurrence neighbours as the candidates step fitted them (item_idx, neighbour_idx, similarity); manifest
+# key "realtime" says how the batch made candidates.
+BUNDLE_ITEM_NEIGHBOURS: Final = "item_neighbours.parquet"
+NEIGHBOUR_IDX: Final = "neighbour_idx"
+SIMILARITY: Final = "similarity"
 ITEM_CATEGORY: Final = "category"  # catalog attribute the serving `category=` filter reads, if present
 # A categorical feature's value when unknown (CatBoost cannot take a NULL category); the ETL writes it, the
 # trainer and every scorer map an empty field to it.

@@ -26,7 +26,7 @@ from components import schema as s
 from components.bundle import load_bundle
 from components.config import EtlConfig
 from components.ranker import features as rf
-from components.realtime.features import UserHistory, recompute
+from components.realtime.features import UserHistory, recompute, user_state
 from components.realtime.store import DAY_US, StoredEvent
 
 pytestmark = pytest.mark.spark
@@ -78,7 +78,7 @@ def stored_events(frame: pd.DataFrame) -> list[StoredEvent]:
             for i, r in enumerate(frame.sort_values("ts_us").to_dict("records"))]
 
 
-def check_parity(spark: object, run: Path, max_users: int | None = None) -> dict[str, int]:
+def check_parity(spark: object, run: Path, max_users: int | None = None, *, trim: bool = False) -> dict[str, int]:
     """Replay the events of [c, c + HORIZON_DAYS) of up to ``max_users`` users (every one by default)
     online and in batch and compare every recomputed column; returns how many rows each moved from the
     snapshot."""
@@ -129,16 +129,86 @@ def check_parity(spark: object, run: Path, max_users: int | None = None) -> dict
         moved[name] = int((~np.isclose(got, snapshot[name].to_numpy(np.float64), rtol=1e-6)).sum())
     print(f"\n{run}: {len(history.recomputed)} features equal on {len(online)} rows of {len(users)} users; rows "
           f"moved from the snapshot: {moved}")
+    moved["new pairs"] = check_fresh_candidates(bundle, history, rows, fresh, users, cutoff, at,
+                                                (user_frame, user_item, user_category), fold, trim=trim)
     return moved
 
 
+def check_fresh_candidates(bundle: object, history: UserHistory, rows: pd.DataFrame, fresh: pd.DataFrame,
+                           users: list[int], cutoff: int, at: int,
+                           tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], fold: Path, *, trim: bool) -> int:
+    """The per-request rows with fresh candidates (components/realtime/candidates.py rows_as_of: the
+    bundle rows plus the fresh items, their neighbours; one build_features over the history-rebuilt
+    tables) against build_features over the ETL's Spark tables at the same moment for the same candidate
+    set (candidates_as_of: the generator columns as the union step hands them over): every feature of
+    every row, new pairs included (their user-item features are exact: the pair's
+    events before the cutoff come from the bundle's history). ``trim``: every other bundle row of a user is
+    left out (the tiny shop's users have every item as a candidate: nothing would be new). Returns how many
+    new pairs were compared."""
+    import tempfile
+
+    from components.realtime.candidates import FreshSources
+
+    user_frame, user_item, user_category = tables
+    with tempfile.TemporaryDirectory() as folder:
+        sources = FreshSources.load(bundle, history, Path(folder))  # type: ignore[arg-type]
+        assert sources is not None, "the pipeline's bundle carries what fresh candidates need"
+        frames, generated = [], []
+        for user in users:
+            mine = rows[rows[s.USER_IDX] == user].reset_index(drop=True)
+            # at the cutoff without events the same mechanism gives back the bundle's own rows
+            snapshot = sources.rows_as_of(user, mine, [], bundle.item_index, cutoff, cutoff)  # type: ignore[attr-defined]
+            assert snapshot is not None and snapshot[s.ITEM_IDX].tolist() == mine[s.ITEM_IDX].tolist()
+            for name in history.spec.numeric:
+                np.testing.assert_allclose(snapshot[name].to_numpy(np.float64), mine[name].to_numpy(np.float64),
+                                           rtol=FLOAT32_RTOL, atol=1e-6, err_msg=f"user {user} at the cutoff: {name}")
+            if trim:
+                mine = mine.iloc[::2].reset_index(drop=True)
+            events = stored_events(fresh[fresh[s.USER_IDX] == user])
+            frame = sources.rows_as_of(user, mine, events, bundle.item_index, cutoff, at)  # type: ignore[attr-defined]
+            assert frame is not None
+            state = user_state(history, user, events, item_index=bundle.item_index,  # type: ignore[attr-defined]
+                               cutoff_us=cutoff, at_us=at)
+            assert state is not None
+            # the candidate set as the union step hands it to build_features (the batch's input)
+            generated.append(sources.candidates_as_of(user, mine, state[1], events,
+                                                      bundle.item_index, cutoff, at))  # type: ignore[attr-defined]
+            frames.append(frame.assign(_new=~frame[s.ITEM_IDX].isin(mine[s.ITEM_IDX])))
+    online = pd.concat(frames, ignore_index=True)
+    candidates = pd.concat(generated, ignore_index=True)
+    attributes = [n for n in history.lists["user"] if n.startswith(s.USER_ATTR_PREFIX)]
+    batch_users = user_frame[user_frame[s.USER_IDX].isin(users)]
+    if attributes:  # the shop's attributes: the bundle rows' (the snapshot's), as online
+        batch_users = batch_users.merge(rows.drop_duplicates(s.USER_IDX)[[s.USER_IDX, *attributes]], on=s.USER_IDX)
+    batch, _ = rf.build_features(candidates, batch_users, pd.read_parquet(fold / s.ITEM_FEATURES),
+                                 user_item[user_item[s.USER_IDX].isin(users)], history.lists,
+                                 user_category=user_category[user_category[s.USER_IDX].isin(users)],
+                                 spec=history.spec, horizon_days=history.horizon_days,
+                                 item_history=rf.item_history_stats(pd.read_parquet(fold / s.USER_ITEM_FEATURES)))
+    assert batch[[s.USER_IDX, s.ITEM_IDX]].equals(online[[s.USER_IDX, s.ITEM_IDX]])
+    for name in history.spec.features:
+        got, want = online[name].to_numpy(), batch[name].to_numpy()
+        if name in history.spec.categorical:
+            np.testing.assert_array_equal(got.astype(str), want.astype(str), err_msg=name)
+        elif name in EXACT:
+            np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64), err_msg=name)
+        else:
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=FLOAT32_RTOL,
+                                       atol=1e-9, err_msg=name)
+    new_pairs = int(online["_new"].sum())
+    print(f"{len(history.spec.features)} features equal on {len(online)} rows with fresh candidates, "
+          f"{new_pairs} of them new pairs")
+    return new_pairs
+
+
 def test_online_features_equal_the_batch_features_at_the_same_cutoff(spark: object, tiny_run: Path) -> None:
-    moved = check_parity(spark, tiny_run)
+    moved = check_parity(spark, tiny_run, trim=True)
     # the events since the cutoff moved the windows (old purchases left them, new ones came in), the
     # weights, intervals, shares and derived ranks: each a column the snapshot had wrong at t
     for name in (s.U_PURCHASE_DAYS_28D, s.UI_PURCHASE_DAYS_90D, s.UI_WEIGHT, s.U_N_INVOICES, s.UI_MEAN_INTERVAL_DAYS,
                  s.UC_SHARE, rf.HIST_RANK, rf.EXPECTED_REBUY, rf.U_DUE):
         assert moved[name] > 0, name
+    assert moved["new pairs"] >= 50, "fresh events brought candidates outside the users' bundle rows"
 
 
 @pytest.mark.slow
@@ -148,6 +218,7 @@ def test_online_features_equal_the_batch_features_on_online_retail(spark: object
     moved = check_parity(spark, online_retail_run, int(os.environ.get("ECOMREC_PARITY_USERS", "100")))
     for name in (s.U_PURCHASE_DAYS_28D, s.U_PURCHASE_DAYS_90D, s.UI_WEIGHT, s.U_N_INVOICES, rf.HIST_RANK):
         assert moved[name] > 0, name
+    assert moved["new pairs"] > 0
 
 
 def test_precomputed_answers_equal_per_request_scoring_for_users_without_fresh_events(tiny_run: Path,

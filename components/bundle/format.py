@@ -61,6 +61,7 @@ def estimate_load_bytes(manifest: dict[str, Any]) -> int:
     columns = len(manifest["feature_spec"]["features"]) + 2
     ids = rows[f"{s.BUNDLE_ID_MAPS}/users.parquet"] + rows[f"{s.BUNDLE_ID_MAPS}/items.parquet"]
     resident = sum(parts) * 20 + ids * 200 + rows[s.BUNDLE_PURCHASED] * 24 + rows[s.BUNDLE_ITEMS] * 200
+    resident += rows.get(s.BUNDLE_ITEM_NEIGHBOURS, 0) * 16  # real-time candidates' neighbours, as CSR
     return resident + max(parts, default=0) * columns * 8 * 2
 
 
@@ -230,6 +231,15 @@ class Bundle:
         if len(users) and users[-1] >= self.n_users:
             raise BundleError(f"{path}: {s.USER_IDX} {users[-1]} beyond the {self.n_users}-user map")
         return frame
+
+    def optional_table(self, relative: str) -> pd.DataFrame | None:
+        """A table the manifest may list (checked, sized and counted with the rest), or None when it does not."""
+        if relative not in self.manifest["files"]:
+            return None
+        try:
+            return pd.read_parquet(self.root / relative)
+        except (OSError, ValueError) as error:
+            raise BundleError(f"{self.root}: unreadable bundle table {relative} ({error})") from error
 
     def purchased(self, user_idx: int) -> np.ndarray:
         return self.purchased_items[self.purchased_offsets[user_idx]:self.purchased_offsets[user_idx + 1]]

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_step_args(argv, "bundle", INPUTS)
     with tempfile.TemporaryDirectory(prefix="ecomrec-bundle-") as scratch:
-        inputs = read_run_outputs(*(args.inputs[name] for name in INPUTS), scratch=Path(scratch))
+        inputs = read_run_outputs(*(args.inputs[name] for name in INPUTS), scratch=Path(scratch),
+                                  config=args.config)
         write_bundle(inputs, args.output, group=args.config.model_package_group,
                      etl_config=args.config.etl.model_dump(mode="json"))
 

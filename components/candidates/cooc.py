@@ -91,6 +91,18 @@ class CoocGenerator(CandidateGenerator):
                                                     self.neighbours)
         self._similar = sp.csr_matrix((top_sim, (top_a, top_b)), shape=co.shape)
 
+    def neighbour_table(self) -> pd.DataFrame:
+        """item_idx, neighbour_idx, similarity: every item's kept neighbours (global indices), the table
+        the bundle ships for real-time candidates (components/realtime/candidates.py)."""
+        assert self._profile is not None and self._similar is not None
+        similar = self._similar.tocoo()
+        keep = similar.data > 0
+        items = self._profile.items
+        table = pd.DataFrame({s.ITEM_IDX: items[similar.row[keep]].astype(np.int32),
+                              s.NEIGHBOUR_IDX: items[similar.col[keep]].astype(np.int32),
+                              s.SIMILARITY: similar.data[keep].astype(np.float64)})
+        return table.sort_values([s.ITEM_IDX, s.NEIGHBOUR_IDX], kind="stable").reset_index(drop=True)
+
     def _recommend(self, users: np.ndarray, n: int) -> pd.DataFrame:
         assert self._profile is not None and self._similar is not None
         positions, rows = self._profile.rows_of(users)

@@ -99,6 +99,10 @@ def _left_join(frame: pd.DataFrame, right: pd.DataFrame, on: Sequence[str]) -> p
     else:
         position = pd.MultiIndex.from_frame(right[keys]).get_indexer(pd.MultiIndex.from_frame(frame[keys]))
     found = pd.Series(position >= 0, index=frame.index)
+    if right.empty:  # nothing to find (a new user online): the merge's all-missing columns
+        return pd.concat([frame, pd.DataFrame({c: pd.Series(np.nan, index=frame.index, dtype=object
+                                                             if right[c].dtype == object else np.float64)
+                                               for c in added})], axis=1)
     picked = right[added].iloc[np.where(position >= 0, position, 0)].set_axis(frame.index)
     # Unmatched rows become missing exactly as in a merge (ints -> float NaN, bools/strings -> object NaN).
     looked_up = picked.where(found, axis=0) if not found.all() else picked

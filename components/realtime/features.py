@@ -18,6 +18,10 @@ candidate generators' columns (ALS, co-occurrence, TIFU and itemknn scores, ``fr
 every user's events, which this user's request does not know) and the ``x_*`` built from item features
 only, and the shop's attributes.
 
+With fresh candidates (components/realtime/candidates.py, a bundle with the neighbour table) the same
+tables feed one build_features over the whole candidate set (:func:`user_state`, :func:`feature_frame`):
+every feature of every row, new pairs included, is then the batch's.
+
 The service computes them as of the user's newest event (:func:`as_of_us`), not the clock: a user's
 features change with their events only, so a user without fresh events is the snapshot itself.
 
@@ -385,12 +389,19 @@ def user_tables(daily: dict[str, np.ndarray], orders: set[str], user_idx: int, a
     return user, ui, user_category
 
 
-def recompute(rows: pd.DataFrame, events: Sequence[StoredEvent], history: UserHistory, *, user_idx: int,
-              item_index: dict[str, int], cutoff_us: int, at_us: int) -> dict[str, np.ndarray]:
-    """The user's :func:`recomputed_features` at ``at_us`` for their candidate ``rows`` (the bundle's rows,
-    item_idx ascending), from the bundle's history and ``events`` (those in [cutoff, at) count)."""
-    daily = history.user_daily(user_idx)
-    orders = history.user_orders(user_idx)
+def user_state(history: UserHistory, user_idx: int | None, events: Sequence[StoredEvent], *,
+               item_index: dict[str, int], cutoff_us: int, at_us: int
+               ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+    """The user's ETL tables (user_features, user_item_features, user_category) at ``at_us`` from the
+    bundle's history of ``user_idx`` (None: a user the bundle does not know, user_idx -1 in the tables) and
+    ``events`` (those in [cutoff, at) count); None when the user has no event at all."""
+    if user_idx is None:
+        daily = {name: values[:0] for name, values in history.daily.items()}
+        daily[s.EVENT_TYPE] = history.kinds[daily[s.EVENT_TYPE]]
+        orders: set[str] = set()
+    else:
+        daily = history.user_daily(user_idx)
+        orders = history.user_orders(user_idx)
     fresh = [e for e in events if cutoff_us <= e.timestamp_us < at_us]
     if fresh:
         rows_new, orders_new = _fresh_daily(fresh, item_index, history.weights)
@@ -398,13 +409,37 @@ def recompute(rows: pd.DataFrame, events: Sequence[StoredEvent], history: UserHi
                  if name in rows_new}
         orders |= orders_new
     if len(daily[s.ITEM_IDX]) == 0:  # no history at all: nothing of the user's to recompute
+        return None
+    return user_tables(daily, orders, -1 if user_idx is None else user_idx, at_us, history.weights,
+                       history.categories)
+
+
+def feature_frame(candidates: pd.DataFrame, state: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+                  history: UserHistory, *, attributes: pd.DataFrame | None, full: bool) -> pd.DataFrame:
+    """build_features over one user's ``candidates`` (user_idx, item_idx + the generators' columns) with the
+    user's tables ``state`` (:func:`user_state`), the bundle's item features and per-item history statistics.
+    ``attributes``: a bundle row of the user (their shop attributes, as in the snapshot; None: missing).
+    ``full``: every feature of the spec, in its order (new rows); else the columns :func:`recompute` needs."""
+    user, ui, user_category = state
+    user = user.copy()
+    for name in (n for n in history.lists["user"] if n.startswith(s.USER_ATTR_PREFIX)):
+        user[name] = attributes[name].iloc[0] if attributes is not None and name in attributes.columns else np.nan
+    frame, _ = build_features(candidates, user, history.item_features, ui,
+                              history.lists if full else history.request_lists,
+                              user_category=user_category if s.UC_SHARE in history.spec.features else None,
+                              spec=history.spec if full else None, horizon_days=history.horizon_days,
+                              item_history=history.item_history)
+    return frame
+
+
+def recompute(rows: pd.DataFrame, events: Sequence[StoredEvent], history: UserHistory, *, user_idx: int,
+              item_index: dict[str, int], cutoff_us: int, at_us: int) -> dict[str, np.ndarray]:
+    """The user's :func:`recomputed_features` at ``at_us`` for their candidate ``rows`` (the bundle's rows,
+    item_idx ascending), from the bundle's history and ``events`` (those in [cutoff, at) count)."""
+    state = user_state(history, user_idx, events, item_index=item_index, cutoff_us=cutoff_us, at_us=at_us)
+    if state is None:
         return {}
-    user, ui, user_category = user_tables(daily, orders, user_idx, at_us, history.weights, history.categories)
-    for name in (n for n in history.lists["user"] if n.startswith(s.USER_ATTR_PREFIX) and n in rows.columns):
-        user[name] = rows[name].iloc[0]  # the shop's attributes: as in the snapshot
     candidates = rows[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS,
                        *[c for c in s.TIFU_PAIR_COLUMNS if c in rows.columns]]]
-    frame, _ = build_features(candidates, user, history.item_features, ui, history.request_lists,
-                              user_category=user_category if s.UC_SHARE in history.spec.features else None,
-                              horizon_days=history.horizon_days, item_history=history.item_history)
+    frame = feature_frame(candidates, state, history, attributes=rows, full=False)
     return {name: frame[name].to_numpy(np.float64) for name in history.recomputed}

@@ -1,7 +1,11 @@
 """Fresh answers: a user with events since the bundle's cutoff is scored per request by the bundle's
-CatBoost model, on their candidate rows with the user-event features recomputed as of their newest event
-(components/realtime/features.py says which). Users without such events keep the load-time scores, which
-are their per-request scores (tests/test_realtime_parity.py).
+CatBoost model. With a bundle that carries the fold's history and the co-occurrence neighbours, the
+candidates are the user's bundle rows plus those of their fresh events (the items, their neighbours, ALS
+fold-in for a user the bundle does not know), and every feature of every row is computed as of the user's
+newest event by one mechanism (components/realtime/candidates.py, rows_as_of), so a new user's first event
+already gives a personal list (``fallback: false``). Older bundles: the bundle rows with the user-event
+features recomputed (components/realtime/features.py says which). Users without fresh events keep the
+load-time scores, which are their per-request scores (tests/test_realtime_parity.py).
 
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
@@ -50,7 +54,7 @@ class FreshAnswers:
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
-        self._scored: OrderedDict[tuple[str, int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._scored: OrderedDict[tuple[str, int | str, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
                   ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
@@ -73,14 +77,16 @@ class FreshAnswers:
                 self._cache.popitem(last=False)
         return value
 
-    def score(self, model: ServingModel, user_idx: int, rows: pd.DataFrame, events: Sequence[StoredEvent],
-              at_us: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The user's candidate items and their per-request scores, features as of ``at_us`` for a bundle
-        without history (default: now), or as of the user's newest event with one (features.as_of_us)."""
+    def score(self, model: ServingModel, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
+              at_us: int | None = None, *, user_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """The user's candidate items and their per-request scores. With history, features as of the user's
+        newest event (features.as_of_us) on the bundle rows plus fresh candidates when the bundle carries
+        them (``user_idx`` None: a user the bundle does not know, ``user_id``); without, the bundle rows
+        with the subset as of ``at_us`` (default: now)."""
         assert model.ranker is not None
         # With history the answer is a function of the user's events alone: computed once per new event
         # (build_features costs tens of milliseconds), then read from here.
-        key = (model.version, user_idx, tuple(e.key for e in events))
+        key = (model.version, user_idx if user_idx is not None else user_id, tuple(e.key for e in events))
         if model.user_history is not None:
             with self._lock:
                 hit = self._scored.get(key)
@@ -88,23 +94,32 @@ class FreshAnswers:
                     self._scored.move_to_end(key)
                     return hit
         cut = cutoff_us(model)
-        items, prepared, positions = self._prepared(model, user_idx, rows)
-        numeric = prepared.numeric.copy()
-        if model.user_history is not None:
-            columns = recompute(rows, events, model.user_history, user_idx=user_idx, item_index=model.item_index,
-                                cutoff_us=cut, at_us=as_of_us(cut, events))
+        frame = None
+        if model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
+            frame = model.fresh_sources.rows_as_of(user_idx, rows, events, model.item_index, cut, as_of_us(cut, events))
+        if frame is not None:
+            items = frame[s.ITEM_IDX].to_numpy(np.int64)
+            scores = model.ranker.score_prepared(model.ranker.prepare(frame))
+        elif user_idx is None or rows.empty:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         else:
-            # as of the request; an event stamped ahead of this clock counts as just before it
-            newest = max((e.timestamp_us + 1 for e in events), default=cut)
-            at = at_us if at_us is not None else max(self.clock(), newest)
-            start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
-            bought = set(model.purchased_items[start:stop].tolist())
-            columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
-            apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought, cutoff_us=cut,
-                        at_us=at)
-        for name, values in columns.items():
-            numeric[:, positions[name]] = values
-        scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
+            items, prepared, positions = self._prepared(model, user_idx, rows)
+            numeric = prepared.numeric.copy()
+            if model.user_history is not None:
+                columns = recompute(rows, events, model.user_history, user_idx=user_idx,
+                                    item_index=model.item_index, cutoff_us=cut, at_us=as_of_us(cut, events))
+            else:
+                # as of the request; an event stamped ahead of this clock counts as just before it
+                newest = max((e.timestamp_us + 1 for e in events), default=cut)
+                at = at_us if at_us is not None else max(self.clock(), newest)
+                start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
+                bought = set(model.purchased_items[start:stop].tolist())
+                columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+                apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought,
+                            cutoff_us=cut, at_us=at)
+            for name, values in columns.items():
+                numeric[:, positions[name]] = values
+            scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
         if model.user_history is not None:
             with self._lock:
                 self._scored[key] = (items, scores)
@@ -131,15 +146,21 @@ class FreshAnswers:
         except StoreUnavailableError:
             return None, True
         user_idx = model.user_index.get(user_id)
-        if not events or user_idx is None:
+        sources = model.fresh_sources
+        if not events or (user_idx is None and sources is None):
             return None, False
         try:
-            rows = model.feature_rows.user_rows(user_idx)
+            rows = model.feature_rows.user_rows(user_idx) if user_idx is not None else pd.DataFrame()
         except OSError:  # the rows' folder went with a model swapped out mid-request: its own scores answer
             return None, False
-        if rows.empty:
+        if rows.empty and sources is None:
             return None, False
-        items, scores = self.score(model, user_idx, rows, events, at_us)
+        try:
+            items, scores = self.score(model, user_idx, rows, events, at_us, user_id=user_id)
+        except OSError:  # a swapped-out model's memory-mapped factors went with its folder
+            return None, False
+        if not len(items):
+            return None, False
         blocked = model._blocked(user_idx, exclude_purchased, exclude, category)
         if exclude_purchased:
             fresh_bought = [model.item_index[e.item_id] for e in events

@@ -146,6 +146,7 @@ class ServingModel:
         self.ranker: Ranker | None = None
         self.feature_rows: Any = None  # components.realtime.rows.FeatureRows
         self.user_history: Any = None  # components.realtime.features.UserHistory (a bundle with history/)
+        self.fresh_sources: Any = None  # components.realtime.candidates.FreshSources (None: bundle rows only)
 
     @property
     def n_users(self) -> int:
@@ -260,11 +261,14 @@ def build_serving_model(bundle: Bundle, *, source: str, registry_version: int | 
     model = ServingModel(bundle, scored, source=source, registry_version=registry_version)
     model.smoke_check()
     if feature_dir is not None:  # real time: keep what per-request scoring needs
+        from components.realtime.candidates import FreshSources
         from components.realtime.features import UserHistory
         from components.realtime.rows import FeatureRows
 
         model.ranker = ranker
         model.user_history = UserHistory.load(bundle)
         # one copy per worker process (each loads the bundle itself)
-        model.feature_rows = FeatureRows.write(bundle, feature_dir / f"{model.version}-{os.getpid()}")
+        folder = feature_dir / f"{model.version}-{os.getpid()}"
+        model.feature_rows = FeatureRows.write(bundle, folder)
+        model.fresh_sources = FreshSources.load(bundle, model.user_history, folder / "fresh")
     return model
