@@ -173,6 +173,8 @@ class ServingStack(cdk.Stack):
         )
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(self, "PodRoleArn", value=self.pod_role.role_arn)
+        # The secret's ARN, not its value: the shop's sender reads the token with get-secret-value.
+        cdk.CfnOutput(self, "EventsTokenSecretArn", value=self.realtime.events_token_secret_arn)
 
     @property
     def availability_zones(self) -> list[str]:
