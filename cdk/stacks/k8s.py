@@ -70,7 +70,6 @@ class ManifestParams:
     events_token_secret: str = ""
     region: str = ""  # AWS_REGION and AWS_DEFAULT_REGION for the pods' SDK calls (Firehose, the IAM token)
 
-
     def __post_init__(self) -> None:
         if self.events_firehose_stream and not self.events_token_secret:
             raise ValueError("ManifestParams.events_token_secret: POST /events is public, it needs the token's secret")

@@ -70,7 +70,7 @@ def events_token(settings: ServingSettings) -> str | None:
 
     secret = settings.events_token_secret
     try:
-        token = boto3.client("secretsmanager").get_secret_value(SecretId=secret).get("SecretString")
+        token = boto3.client("secretsmanager").get_secret_value(SecretId=secret).get("SecretString", "").strip()
     except (BotoCoreError, ClientError) as error:
         raise EcomrecError(f"ECOMREC_EVENTS_TOKEN_SECRET: cannot read the secret {secret}: {error}") from error
     if not token or len(token) < 16:
