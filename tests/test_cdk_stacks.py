@@ -344,7 +344,8 @@ def test_vpc_egress_survives_a_zone_and_s3_skips_the_nat(synth: Synth) -> None:
 
 
 def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
-    """S3: the models bucket, read only. Besides: the event log's stream and the store (the next tests)."""
+    """S3: the models bucket, read only. Besides: the event log's stream, the store and the events token's
+    secret (the next tests)."""
     raw = synth.raw(synth.built.serving)
     role = next(r for k, r in resources(raw, "AWS::IAM::Role").items() if k.startswith("InferencePodRole"))
     trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
@@ -352,7 +353,8 @@ def test_inference_pod_role_reads_the_models_bucket_only(synth: Synth) -> None:
     assert all(st["Principal"] == {"Service": "pods.eks.amazonaws.com"} for st in trust)
     every = statements(raw, "InferencePodRole")
     assert sorted(a for st in every for a in as_list(st["Action"])) == [
-        "elasticache:Connect", "firehose:PutRecordBatch", "s3:GetObject", "s3:ListBucket"]
+        "elasticache:Connect", "firehose:PutRecordBatch", "s3:GetObject", "s3:ListBucket",
+        "secretsmanager:GetSecretValue"]
     sts = [st for st in every if all(a.startswith("s3:") for a in as_list(st["Action"]))]
     for st in sts:
         text = json.dumps(st["Resource"])
@@ -621,6 +623,39 @@ def test_deployment_takes_events_through_firehose_and_the_store_with_iam(synth: 
                                   for k, v in env.items() if k.startswith("ECOMREC_") and k != "ECOMREC_MODEL"},
                                model="s3://bucket/model.tar.gz")
     assert settings.events_on and settings.store_iam_cache == "ecomrec-store" and settings.store_cluster
+
+
+def test_post_events_token_is_a_generated_secret_the_pods_alone_read(synth: Synth) -> None:
+    """Issue #14: POST /events is public (k8s.PUBLIC_PATHS), so the pods get ECOMREC_EVENTS_TOKEN_SECRET = the
+    ARN (Ref) of a Secrets Manager secret whose value CloudFormation generates (none in the template), and
+    the pod role may GetSecretValue on exactly that secret."""
+    from components.serving.settings import ServingSettings
+
+    assert "/events" in k8s.PUBLIC_PATHS
+    raw = synth.raw(synth.built.serving)
+    secret_id, secret = _one(raw, "AWS::SecretsManager::Secret")
+    assert "SecretString" not in secret and secret["GenerateSecretString"]["PasswordLength"] >= 32
+    assert "SecretStringTemplate" not in secret["GenerateSecretString"]  # the string is the token itself
+    # The env value, with each reference of the custom resource's Fn::Join kept as itself.
+    [custom] = [r for r in raw["Resources"].values() if r["Type"] == "Custom::EcomrecKubernetesManifests"]
+    _, parts = custom["Properties"]["Manifests"]["Fn::Join"]
+    text = "".join(p if isinstance(p, str) else f"<ref:{i}>" for i, p in enumerate(parts))
+    [container] = k8s.find(json.loads(text), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    ref = re.fullmatch(r"<ref:(\d+)>", env["ECOMREC_EVENTS_TOKEN_SECRET"])
+    assert ref is not None and parts[int(ref.group(1))] == {"Ref": secret_id}
+    grants = [st for policy in resources(raw, "AWS::IAM::Policy").values()
+              for st in policy["Properties"]["PolicyDocument"]["Statement"]
+              if any(a.startswith("secretsmanager:") for a in as_list(st["Action"]))]
+    [grant] = grants  # nobody else in the stack reads secrets
+    assert grant["Action"] == "secretsmanager:GetSecretValue" and grant["Resource"] == {"Ref": secret_id}
+    assert grant in statements(raw, "InferencePodRole")
+    # the service takes that environment (the secret is read at start-up, not by the settings)
+    assert ServingSettings(events_firehose_stream="s", events_token_secret="arn:aws:secretsmanager:x",
+                           model="s3://b/m.tar.gz").events_token_secret
+    with pytest.raises(ValueError, match="events_token_secret"):
+        k8s.ManifestParams(image="i", model_uri="", model_group="g", certificate_arn="c", load_balancer_name="n",
+                           events_firehose_stream="ecomrec-events")
 
 
 # ------------------------------------------------------------------ events

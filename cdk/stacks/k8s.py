@@ -65,7 +65,14 @@ class ManifestParams:
     store_url: str = ""
     store_iam_cache: str = ""
     store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless does)
+    # The Secrets Manager secret holding POST /events's bearer token; required with the event log, since the
+    # route is on the internet-facing load balancer.
+    events_token_secret: str = ""
     region: str = ""  # AWS_REGION and AWS_DEFAULT_REGION for the pods' SDK calls (Firehose, the IAM token)
+
+    def __post_init__(self) -> None:
+        if self.events_firehose_stream and not self.events_token_secret:
+            raise ValueError("ManifestParams.events_token_secret: POST /events is public, it needs the token's secret")
 
 
 def namespace() -> dict[str, Any]:
@@ -108,6 +115,7 @@ def deployment(p: ManifestParams) -> dict[str, Any]:
                 # injects credentials only: without it the Firehose client has no region (NoRegionError).
                 ("AWS_DEFAULT_REGION", p.region),
                 ("ECOMREC_EVENTS_FIREHOSE_STREAM", p.events_firehose_stream),
+                ("ECOMREC_EVENTS_TOKEN_SECRET", p.events_token_secret),
                 ("ECOMREC_STORE_URL", p.store_url),
                 ("ECOMREC_STORE_IAM_CACHE", p.store_iam_cache),
                 ("ECOMREC_STORE_CLUSTER", "true" if p.store_cluster else ""),

@@ -11,6 +11,10 @@
   (``redis_store.ACCESS_STRING``) reaches the store's keys only. Only the pods' role may
   ``elasticache:Connect`` as that user; the network admits 6379 from the cluster security group only (Auto
   Mode nodes, and so their pods, carry it; per-pod security groups need Kubernetes 1.36).
+- **Events token**: POST /events is on the internet-facing load balancer, so it takes a bearer token: a
+  Secrets Manager secret whose string CloudFormation generates (no value in the template or the manifest).
+  The pods read it once at start-up (ECOMREC_EVENTS_TOKEN_SECRET, GetSecretValue on this secret only); the
+  shop's sender reads it with ``aws secretsmanager get-secret-value``.
 
 Both live in the serving stack: the store needs the cluster's VPC and security group, and the Deployment
 needs the store's endpoint and the stream's name (a stack of their own would depend on serving both ways).
@@ -25,6 +29,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesisfirehose as firehose
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from components.realtime import firehose_log
@@ -55,6 +60,22 @@ class Realtime(Construct):
         self.user_name = f"{config.prefix}-inference"
         self._event_log(config, raw_bucket, pod_role)
         self._store(config, vpc, pod_security_group, pod_role)
+        self._events_token(pod_role)
+
+    def _events_token(self, pod_role: iam.Role) -> None:
+        secret = secretsmanager.Secret(
+            self, "EventsToken", description="ecomrec: the bearer token of POST /events (the shop's sender)",
+            # A plain string (no JSON template): the service takes SecretString as the token itself.
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=48, exclude_punctuation=True, include_space=False))
+        self.events_token_secret_arn = secret.secret_arn
+        pod_role.add_to_policy(iam.PolicyStatement(
+            sid="ReadEventsToken", actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn]))
+        acknowledge(secret, {
+            "AwsSolutions-SMG4": "a static token shared with the shop's sender, who must fetch each new value: "
+                                 "rotated by hand (cdk/README.md, Real time: put-secret-value, then restart "
+                                 "the pods), not by a rotation Lambda",
+        })
 
     def _event_log(self, config: EcomrecConfig, raw_bucket: s3.IBucket, pod_role: iam.Role) -> None:
         destination = firehose_log.s3_destination(config.raw_prefix)

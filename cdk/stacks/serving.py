@@ -146,6 +146,7 @@ class ServingStack(cdk.Stack):
             load_balancer_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.vpc.public_subnets),
             scraper_cidrs=tuple(subnet.ipv4_cidr_block for subnet in self.scraper_subnets),
             events_firehose_stream=self.realtime.stream_name,
+            events_token_secret=self.realtime.events_token_secret_arn,
             store_url=self.realtime.store_url,
             store_iam_cache=self.realtime.cache_name,
             store_cluster=True,  # ElastiCache Serverless is cluster-mode only
@@ -172,6 +173,8 @@ class ServingStack(cdk.Stack):
         )
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
         cdk.CfnOutput(self, "PodRoleArn", value=self.pod_role.role_arn)
+        # The secret's ARN, not its value: the shop's sender reads the token with get-secret-value.
+        cdk.CfnOutput(self, "EventsTokenSecretArn", value=self.realtime.events_token_secret_arn)
 
     @property
     def availability_zones(self) -> list[str]:

@@ -91,14 +91,16 @@ def _post(client: httpx.Client, url: str, batch: list[dict[str, Any]], retries: 
 
 
 def send_events(path: Path, url: str, *, batch_size: int = 100, retries: int = 3, timeout_s: float = 30.0,
-                progress: Callable[[int], None] = lambda n: None) -> SendReport:
-    """Post every row of ``path`` to ``url`` (the service's base URL or its /events URL)."""
+                token: str | None = None, progress: Callable[[int], None] = lambda n: None) -> SendReport:
+    """Post every row of ``path`` to ``url`` (the service's base URL or its /events URL), with
+    ``Authorization: Bearer <token>`` when a token is given."""
     target = url.rstrip("/")
     if not target.endswith("/events"):
         target += "/events"
     report = SendReport()
     started = time.perf_counter()
-    with httpx.Client(timeout=timeout_s) as client:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=timeout_s, headers=headers) as client:
         batch: list[dict[str, Any]] = []
         rows = iter_rows(path)
         while True:

@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.errors import EcomrecError
 from components.realtime.fresh import FreshAnswers
 from components.realtime.intake import EventIntake, StoreGuard
 from components.realtime.log import DurableLog, EventLog
@@ -41,6 +42,7 @@ class Realtime:
     intake: EventIntake
     metrics: RealtimeMetrics
     fresh: FreshAnswers
+    token: str | None = None  # POST /events needs `Bearer <token>` when set
 
     def close(self) -> None:
         self.intake.log.close()
@@ -58,12 +60,32 @@ def open_log(settings: ServingSettings) -> DurableLog | None:
     return None
 
 
+def events_token(settings: ServingSettings) -> str | None:
+    """The bearer token of POST /events: ECOMREC_EVENTS_TOKEN, or the string of the Secrets Manager secret
+    ECOMREC_EVENTS_TOKEN_SECRET (read once, here at start-up); None: the route is open."""
+    if not settings.events_token_secret:
+        return settings.events_token
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    secret = settings.events_token_secret
+    try:
+        token = boto3.client("secretsmanager").get_secret_value(SecretId=secret).get("SecretString", "").strip()
+    except (BotoCoreError, ClientError) as error:
+        raise EcomrecError(f"ECOMREC_EVENTS_TOKEN_SECRET: cannot read the secret {secret}: {error}") from error
+    if not token or len(token) < 16:
+        raise EcomrecError(f"ECOMREC_EVENTS_TOKEN_SECRET: the secret {secret} holds no string of 16+ characters")
+    return token
+
+
 def build_realtime(settings: ServingSettings, metrics: RealtimeMetrics) -> Realtime | None:
     """None unless ECOMREC_EVENTS_RAW_ROOT or ECOMREC_EVENTS_FIREHOSE_STREAM is set."""
-    event_log = open_log(settings)
-    if event_log is None:
+    if not settings.events_on:
         return None
+    token = events_token(settings)  # first: a secret that cannot be read stops the start, naming it
+    event_log = open_log(settings)
+    assert event_log is not None  # events_on
     store = open_store(settings)
     guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
     return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics,
-                    fresh=FreshAnswers(guard))
+                    fresh=FreshAnswers(guard), token=token)

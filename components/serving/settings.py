@@ -80,6 +80,12 @@ class ServingSettings(BaseSettings):
     events_raw_root: Path | None = None
     # On AWS instead: the Firehose delivery stream that writes the log to the raw bucket (firehose_log.py)
     events_firehose_stream: str | None = None
+    # POST /events needs `Authorization: Bearer <token>` when a token is configured: ECOMREC_EVENTS_TOKEN
+    # (local use), or ECOMREC_EVENTS_TOKEN_SECRET, a Secrets Manager secret id or ARN whose string is the
+    # token, read once at start-up (EKS sets it: no token in the manifest or template). Neither: open
+    # (a local default; the internet-facing deployment always sets the secret).
+    events_token: str | None = Field(default=None, min_length=16)
+    events_token_secret: str | None = None
     events_fsync: bool = True  # fsync the log before acknowledging (off only for throwaway benchmarks)
     max_events_per_request: int = Field(default=1000, ge=1)
     store_url: str | None = None  # redis:// or rediss:// (Redis, Valkey, ElastiCache); unset: embedded SQLite
@@ -114,6 +120,9 @@ class ServingSettings(BaseSettings):
         if self.events_raw_root is not None and self.events_firehose_stream:
             raise ValueError("ECOMREC_EVENTS_RAW_ROOT and ECOMREC_EVENTS_FIREHOSE_STREAM both set: the event log "
                              "is one of them (a folder, or the Firehose stream on AWS)")
+        if self.events_token and self.events_token_secret:
+            raise ValueError("ECOMREC_EVENTS_TOKEN and ECOMREC_EVENTS_TOKEN_SECRET both set: the POST /events "
+                             "token is one of them (the token itself, or the Secrets Manager secret holding it)")
         if self.store_iam_cache and not (self.store_url or "").startswith("rediss://"):
             raise ValueError("ECOMREC_STORE_IAM_CACHE needs ECOMREC_STORE_URL=rediss://USER@HOST:PORT (IAM "
                              "authentication works over TLS only, with the IAM-enabled user's name)")

@@ -30,6 +30,8 @@ def send(
     url: Annotated[str, typer.Option(help="the service's base URL, e.g. http://localhost:8080")],
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="events per request")] = 100,
     retries: Annotated[int, typer.Option(min=0, help="resends of a batch after a network error or 5xx")] = 3,
+    token: Annotated[str | None, typer.Option(envvar="ECOMREC_EVENTS_TOKEN", show_default=False,
+                                              help="the service's events token (sent as a bearer token)")] = None,
 ) -> None:
     from components.realtime.send import send_events
 
@@ -38,7 +40,7 @@ def send(
         with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("events", total=total)
-            report = send_events(file, url, batch_size=batch_size, retries=retries,
+            report = send_events(file, url, batch_size=batch_size, retries=retries, token=token,
                                  progress=lambda n: bar.advance(task, n))
     except EcomrecError as error:
         console.print(f"[red]error:[/red] {error}")

@@ -3,12 +3,14 @@ online store (components/realtime/intake.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+import hmac
+from typing import Annotated, Any
 
 import orjson
 from anyio import to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from components.realtime.service import Realtime
@@ -17,6 +19,7 @@ from components.serving.routers.models import ErrorBody
 from components.serving.settings import ServingSettings
 
 ROUTE = "/events"
+bearer = HTTPBearer(auto_error=False, description="ECOMREC_EVENTS_TOKEN (or the secret ECOMREC_EVENTS_TOKEN_SECRET)")
 
 
 class RejectedEvent(BaseModel):
@@ -56,9 +59,18 @@ def build_router(settings: ServingSettings) -> APIRouter:
     @router.post(ROUTE, response_model=EventsAnswer, summary="Send shop events",
                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                      "schema": BATCH_SCHEMA}}}},
-                 responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-    async def events(request: Request) -> Response:
+                 responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def events(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+    ) -> Response:
         realtime: Realtime = request.app.state.realtime  # the route exists only when it is set
+        # Checked before a byte of the body is read; Connection: close drops the unread body with the client.
+        if realtime.token is not None and (credentials is None or not hmac.compare_digest(
+                credentials.credentials.encode(), realtime.token.encode())):
+            return error_response(401, "POST /events needs Authorization: Bearer <the events token>",
+                                  parameter="authorization",
+                                  headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
         try:
             body: Any = orjson.loads(await request.body())
         except orjson.JSONDecodeError as error:
