@@ -247,3 +247,51 @@ def test_precomputed_answers_equal_per_request_scoring_for_users_without_fresh_e
         ranked_items, ranked_scores = model.popular.top_up(*rank_top_k(items, scores, k), k)
         np.testing.assert_array_equal(ranked_items, precomputed.item_idx, err_msg=user_id)
         np.testing.assert_allclose(ranked_scores, precomputed.scores, rtol=1e-9, atol=1e-12, err_msg=user_id)
+
+
+def test_past_the_exact_budget_answers_take_the_fast_path_and_the_exact_one_follows(tiny_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """An exact rebuild costs one build_features call (tens of ms); a worker makes at most
+    ECOMREC_FRESH_EXACT_PER_S of them a second. Past the budget the answer is the fast one (the bundle rows,
+    the 16 counts and durations moved to the request; no rebuild, not cached), and the next request with
+    budget gets the exact answer, equal to an unlimited worker's."""
+    from components.realtime.fresh import ExactBudget, FreshAnswers
+    from components.realtime.intake import StoreGuard
+    from components.realtime.store import SqliteStore
+    from components.serving.engine import build_serving_model
+
+    bundle = load_bundle(tiny_run / "bundle" / s.MODEL_ARCHIVE)
+    model = build_serving_model(bundle, source="test", feature_dir=tmp_path / "rows")
+    assert model.user_history is not None and model.fresh_sources is not None
+    store = SqliteStore(tmp_path / "store.sqlite")
+    cut = int(pd.Timestamp(bundle.manifest["window"]["test_start"]).value // 1000)
+    users = [bundle.user_ids[u] for u in range(model.n_users) if model.candidate_count(u) > 0][:6]
+    store.add([StoredEvent(key=f"k{n}", user_id=u, item_id=model.item_ids[n], event_type=s.PURCHASE,
+                           timestamp_us=cut + DAY_US, quantity=1, price=2.0, session_id=None)
+               for n, u in enumerate(users)])
+    unlimited = FreshAnswers(StoreGuard(store))
+    fast_calls: list[int] = []
+    budgeted = FreshAnswers(StoreGuard(store), exact_per_s=2.0, on_fast=lambda: fast_calls.append(1))
+    ticks = [0.0]
+    budgeted.budget = ExactBudget(2.0, clock=lambda: ticks[0])
+    rebuilds: list[str] = []
+    rows_as_of = model.fresh_sources.rows_as_of
+
+    def counted(*args: object, **kwargs: object) -> object:
+        rebuilds.append("rebuild")
+        return rows_as_of(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.fresh_sources.rows_as_of = counted  # type: ignore[method-assign]
+    exact = {u: unlimited.recommend(model, u, 10)[0] for u in users}
+    rebuilds.clear()
+    first = {u: budgeted.recommend(model, u, 10)[0] for u in users}
+    assert len(rebuilds) == 2 and len(fast_calls) == 4  # a burst of 2, then the fast path
+    for u in users[:2]:
+        assert first[u] is not None and first[u].item_idx.tolist() == exact[u].item_idx.tolist(), u  # type: ignore[union-attr]
+    ticks[0] = 10.0  # the budget refills: the exact answers follow, not the cached fast ones
+    again = {u: budgeted.recommend(model, u, 10)[0] for u in users[2:4]}
+    for u, rec in again.items():
+        assert rec is not None and rec.item_idx.tolist() == exact[u].item_idx.tolist(), u  # type: ignore[union-attr]
+        np.testing.assert_allclose(rec.scores, exact[u].scores)  # type: ignore[union-attr]
+    zero = ExactBudget(0.0)
+    assert not zero.take()

@@ -117,3 +117,16 @@ def test_a_killed_worker_is_replaced_on_its_socket(two_workers: tuple[int, psuti
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_workers_run_blas_single_threaded(two_workers: tuple[int, psutil.Process]) -> None:
+    """Each worker's fresh answers do small BLAS work (ALS scores, a fold-in solve); an OpenBLAS pool per
+    worker would only fight the other worker for the cores. The launcher sets the thread counts to 1
+    before it spawns the workers (unless the environment names them)."""
+    _, supervisor = two_workers
+    workers = [p for p in supervisor.children(recursive=True) if "python" in p.name().lower()]
+    assert workers
+    for worker in workers:
+        environment = worker.environ()
+        assert environment.get("OPENBLAS_NUM_THREADS") == "1", environment.get("OPENBLAS_NUM_THREADS")
+

@@ -7,6 +7,13 @@ already gives a personal list (``fallback: false``). Older bundles: the bundle r
 features recomputed (components/realtime/features.py says which). Users without fresh events keep the
 load-time scores, which are their per-request scores (tests/test_realtime_parity.py).
 
+The exact rebuild costs one ``build_features`` call (~60 ms of CPU on Online Retail), once per new event of
+the user. A worker spends at most ``exact_per_s`` of them a second (a token bucket; the service's
+ECOMREC_FRESH_EXACT_PER_S): beyond it, until tokens come back, an answer is the fast one (the bundle rows
+with the 16 counts and durations moved to the request, ~1 ms; a user the bundle does not know gets the
+popular list), so a burst of events slows nobody's answers for seconds. The replay evaluation has no
+budget: it measures the exact answers.
+
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
 the bundle's alone, marked degraded; never an error.
@@ -14,6 +21,7 @@ the bundle's alone, marked degraded; never an error.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -47,10 +55,39 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+class ExactBudget:
+    """At most ``per_second`` exact rebuilds a second on average, bursts of up to ``max(1, per_second)``
+    (a token bucket); ``math.inf``: no limit, 0: never."""
+
+    def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self.capacity = max(1.0, per_second) if per_second > 0 else 0.0
+        self.tokens = self.capacity
+        self.clock = clock
+        self.last = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        if math.isinf(self.per_second):
+            return True
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.per_second)
+            self.last = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+
 class FreshAnswers:
-    def __init__(self, guard: StoreGuard, *, clock: Callable[[], int] = now_us) -> None:
+    def __init__(self, guard: StoreGuard, *, clock: Callable[[], int] = now_us,
+                 exact_per_s: float = math.inf, on_fast: Callable[[], None] | None = None) -> None:
         self.guard = guard
         self.clock = clock
+        self.budget = ExactBudget(exact_per_s)
+        self.fast_answers = 0  # answers made by the fast path because the budget was spent
+        self._on_fast = on_fast
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -94,8 +131,13 @@ class FreshAnswers:
                     self._scored.move_to_end(key)
                     return hit
         cut = cutoff_us(model)
+        exact = model.user_history is not None and self.budget.take()
+        if model.user_history is not None and not exact:
+            self.fast_answers += 1
+            if self._on_fast is not None:
+                self._on_fast()
         frame = None
-        if model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
+        if exact and model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
             frame = model.fresh_sources.rows_as_of(user_idx, rows, events, model.item_index, cut, as_of_us(cut, events))
         if frame is not None:
             items = frame[s.ITEM_IDX].to_numpy(np.int64)
@@ -105,7 +147,7 @@ class FreshAnswers:
         else:
             items, prepared, positions = self._prepared(model, user_idx, rows)
             numeric = prepared.numeric.copy()
-            if model.user_history is not None:
+            if exact:
                 columns = recompute(rows, events, model.user_history, user_idx=user_idx,
                                     item_index=model.item_index, cutoff_us=cut, at_us=as_of_us(cut, events))
             else:
@@ -120,7 +162,7 @@ class FreshAnswers:
             for name, values in columns.items():
                 numeric[:, positions[name]] = values
             scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
-        if model.user_history is not None:
+        if exact:  # a fast answer is not cached: the next request with budget makes the exact one
             with self._lock:
                 self._scored[key] = (items, scores)
                 if len(self._scored) > PREPARED_CACHE_USERS:

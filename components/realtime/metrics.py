@@ -30,6 +30,9 @@ class RealtimeMetrics:
         self.degraded = Counter(m.DEGRADED_TOTAL.removesuffix("_total"),
                                 "Answers made without the online store (the bundle alone)", ["route"],
                                 registry=registry)
+        self.fresh_fast = Counter(m.FRESH_FAST_TOTAL.removesuffix("_total"),
+                                  "Fresh answers by the fast path: the exact rebuilds' budget was spent",
+                                  registry=registry)
         # export zeros so rates and alerts see the series from the start
         for route in ROUTES:
             self.degraded.labels(route=route)
@@ -39,6 +42,9 @@ class RealtimeMetrics:
             self.store_errors.labels(operation=operation)
         for reason in EVENT_CHECKS:
             self.events.labels(outcome="rejected", reason=reason)
+
+    def fast_answer(self) -> None:
+        self.fresh_fast.inc()
 
     def store_call(self, operation: str, seconds: float) -> None:
         if operation.endswith("_error"):

@@ -88,4 +88,5 @@ def build_realtime(settings: ServingSettings, metrics: RealtimeMetrics) -> Realt
     store = open_store(settings)
     guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
     return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics,
-                    fresh=FreshAnswers(guard), token=token)
+                    fresh=FreshAnswers(guard, exact_per_s=settings.fresh_exact_per_s, on_fast=metrics.fast_answer),
+                    token=token)

@@ -238,6 +238,11 @@ def run(*, model: str | None = None, host: str = "127.0.0.1", port: int = 8080, 
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = value
+    # A fresh answer's BLAS work (ALS scores, a new user's fold-in solve) is small: OpenBLAS's own thread
+    # pool per worker only competes with the other workers for the cores (a 256x256 solve stalled at 125 ms
+    # under load with 2 threads). Spawned workers load numpy after this; an explicit setting wins.
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
     try:
         ServingSettings()
         limits = ServerLimits()
