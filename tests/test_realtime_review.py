@@ -146,3 +146,36 @@ def test_the_load_estimate_covers_the_real_time_parts(tiny_run: Path, tmp_path: 
     tracemalloc.stop()
     assert history is not None and sources is not None
     assert share >= peak, f"estimate {share} bytes for the real-time parts, loading them took {peak}"
+
+
+def test_a_user_in_the_id_map_without_history_is_a_new_user(state: ServiceState, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """The ETL's id map covers the whole log, so a user whose first event is after the cutoff is in the
+    bundle's map with a zero ALS factor and no rows: from their events they get what a user the bundle does
+    not know gets (ALS fold-in, the popular list's candidates), the same rows bar the user_idx."""
+    from components.realtime.store import StoredEvent
+
+    model = _model(state)
+    sources = model.fresh_sources
+    user_idx = 7
+    factors = np.array(sources.user_factors)
+    factors[user_idx] = 0.0  # as _dense_factors leaves a user ALS never saw
+    monkeypatch.setattr(sources, "user_factors", factors)
+    cut = cutoff_us(model)
+    item = model.item_ids[int(model.popular.item_idx[4])]
+    events = [StoredEvent(key="k1", user_id="u", item_id=item, event_type=s.PURCHASE, timestamp_us=cut + DAY_US,
+                          quantity=1, price=2.0, session_id=None)]
+    empty = model.feature_rows.user_rows(user_idx).iloc[:0]
+    monkeypatch.setattr(sources.history, "user_daily",
+                        lambda u: {k: v[:0] for k, v in {**sources.history.daily,
+                                                         s.EVENT_TYPE: sources.history.kinds[:0]}.items()})
+    monkeypatch.setattr(sources.history, "user_orders", lambda u: set())
+    mapped = sources.rows_as_of(user_idx, empty, events, model.item_index, cut, cut + DAY_US + 1)
+    unknown = sources.rows_as_of(None, empty, events, model.item_index, cut, cut + DAY_US + 1)
+    assert mapped is not None and unknown is not None
+    assert mapped[s.ITEM_IDX].tolist() == unknown[s.ITEM_IDX].tolist()
+    assert model.ranker is not None and model.ranker.spec is not None
+    numeric = list(model.ranker.spec.numeric)
+    assert np.allclose(mapped[numeric].to_numpy(np.float64), unknown[numeric].to_numpy(np.float64), equal_nan=True)
+    categorical = list(model.ranker.spec.categorical)
+    assert mapped[categorical].equals(unknown[categorical])
