@@ -63,6 +63,14 @@ def test_a_new_user_whose_events_name_no_known_item_gets_the_marked_fallback(sta
     out = state.answer(model, "ghost-unknown-items", 10, route="t")
     assert out["fallback"] is True and out["fallback_reason"] == "unknown_user" and not out["degraded"]
     assert _items(out) == [model.item_ids[i] for i in model.popular.item_idx[:10].tolist()]
+    # the same for a user in the id map without rows (first event after the cutoff)
+    user = next(iter(model.user_index))
+    _ingest(state, model, user, "NOT-AN-ITEM-3", "view", 1.0)
+    original = model.candidate_count
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "candidate_count", lambda u: 0 if u == model.user_index[user] else original(u))
+        assert state.realtime is not None
+        assert state.realtime.fresh.recommend(model, user, 10) == (None, False)
     # one known item among them: personal from then on
     _ingest(state, model, "ghost-unknown-items", model.item_ids[int(model.popular.item_idx[2])], "view", 1.5)
     assert state.answer(model, "ghost-unknown-items", 10, route="t")["fallback"] is False
