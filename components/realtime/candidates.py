@@ -1,6 +1,7 @@
 """Candidates from a user's fresh events (REALTIME.md): the user's bundle candidates plus (a) the items of
-their events since the cutoff, (b) those items' co-occurrence neighbours and, for a user the bundle does not
-know, (c) ALS fold-in and the popular items every batch user gets.
+their events since the cutoff, (b) those items' co-occurrence neighbours and, for a user without an ALS factor
+at the cutoff (unknown to the bundle, or in its id map with no event before the cutoff), (c) ALS fold-in and
+the popular items every batch user gets.
 
 One mechanism for every row of a fresh answer (:meth:`FreshSources.rows_as_of`): the candidate set's
 generator columns as of t, then every ranker feature of every row, bundle rows and new pairs alike, by the
