@@ -127,3 +127,29 @@ def test_the_store_authenticates_as_the_provider_says_and_the_acl_admits_it(clus
         # Without the provider the URL's user has no password: refused.
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis.from_url(url, socket_timeout=1.0).ping()
+
+
+class FailingCredentials:
+    """botocore's refreshable credentials when their refresh fails (IRSA's AssumeRoleWithWebIdentity or the
+    instance metadata out of reach): get_frozen_credentials raises a botocore error (botocore/credentials.py,
+    RefreshableCredentials._protected_refresh re-raises the fetcher's error, botocore 1.44.8)."""
+
+    def get_frozen_credentials(self) -> object:
+        from botocore.exceptions import CredentialRetrievalError
+
+        raise CredentialRetrievalError(provider="assume-role-with-web-identity", error_msg="sts out of reach")
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster-mode"])
+def test_credentials_that_cannot_refresh_make_the_store_unavailable_not_an_error(cluster: bool, tmp_path: Path
+                                                                                 ) -> None:
+    """The service turns StoreUnavailableError into a degraded answer; any other error is a 5xx."""
+    from components.realtime.store import StoreUnavailableError
+
+    with redis_server(tmp_path, cluster=cluster) as server:
+        provider = ElastiCacheIamCredentials(USER, CACHE, "eu-west-1", credentials=FailingCredentials())
+        store = RedisStore(f"redis://{USER}@127.0.0.1:{server.port}/0", timeout_s=1.0,
+                           credential_provider=provider, cluster=cluster)
+        with pytest.raises(StoreUnavailableError, match="credentials"):
+            store.user_events("u1")
+        store.close()

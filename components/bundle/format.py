@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -55,14 +55,35 @@ def estimate_load_bytes(manifest: dict[str, Any]) -> int:
     """The memory a serving load of this bundle adds at its peak, from the manifest's row counts: the
     served model (12 bytes a candidate plus offsets, ~200 bytes per user and item id in the maps, 16 per
     purchase) plus the largest candidate part's feature frame read for scoring, counted twice (the frame
-    and CatBoost's prepared copy). Deliberately generous: it decides whether to try, not what is used."""
+    and CatBoost's prepared copy), plus what a real-time load adds (:func:`_realtime_bytes`). Deliberately
+    generous: it decides whether to try, not what is used."""
     rows = manifest["rows"]
     parts = [rows[name] for name in candidate_parts(manifest)]
     columns = len(manifest["feature_spec"]["features"]) + 2
     ids = rows[f"{s.BUNDLE_ID_MAPS}/users.parquet"] + rows[f"{s.BUNDLE_ID_MAPS}/items.parquet"]
     resident = sum(parts) * 20 + ids * 200 + rows[s.BUNDLE_PURCHASED] * 24 + rows[s.BUNDLE_ITEMS] * 200
-    resident += rows.get(s.BUNDLE_ITEM_NEIGHBOURS, 0) * 16  # real-time candidates' neighbours, as CSR
+    resident += _realtime_bytes(manifest, columns)
     return resident + max(parts, default=0) * columns * 8 * 2
+
+
+# Bytes a row of a history/ table costs a real-time load (components/realtime/features.py UserHistory): the
+# table is read whole as a frame (daily: ~140 bytes a row, its event type a Python string), then kept as
+# arrays (~75). Other history tables (item features, item statistics): a float or an object per column.
+HISTORY_ROW_BYTES: Final = {"daily.parquet": 256, "orders.parquet": 256}
+
+
+def _realtime_bytes(manifest: dict[str, Any], columns: int) -> int:
+    """What a real-time load adds (a bundle with history/ and the neighbours): the history tables, the
+    neighbour table (read, sorted, then kept as CSR arrays) and FreshSources' copies of the item factors
+    (float32, two float64 while their Gram matrix is computed, the float64 ALS copy) and that Gram matrix."""
+    rows = manifest["rows"]
+    total = sum(count * HISTORY_ROW_BYTES.get(PurePosixPath(name).name, columns * 16)
+                for name, count in rows.items() if name.startswith(f"{s.BUNDLE_HISTORY}/"))
+    if s.BUNDLE_ITEM_NEIGHBOURS in rows:
+        factor_bytes = int(manifest.get("sizes", {}).get(s.BUNDLE_ITEM_FACTORS, 0))
+        rank = factor_bytes // max(4 * rows[f"{s.BUNDLE_ID_MAPS}/items.parquet"], 1)  # float32 factors
+        total += rows[s.BUNDLE_ITEM_NEIGHBOURS] * 64 + factor_bytes * 7 + rank * rank * 8
+    return total
 
 
 def confined(name: str) -> bool:

@@ -1,6 +1,7 @@
 """Candidates from a user's fresh events (REALTIME.md): the user's bundle candidates plus (a) the items of
-their events since the cutoff, (b) those items' co-occurrence neighbours and, for a user the bundle does not
-know, (c) ALS fold-in and the popular items every batch user gets.
+their events since the cutoff, (b) those items' co-occurrence neighbours and, for a user without an ALS factor
+at the cutoff (unknown to the bundle, or in its id map with no event before the cutoff), (c) ALS fold-in and
+the popular items every batch user gets.
 
 One mechanism for every row of a fresh answer (:meth:`FreshSources.rows_as_of`): the candidate set's
 generator columns as of t, then every ranker feature of every row, bundle rows and new pairs alike, by the
@@ -146,13 +147,21 @@ class FreshSources:
             np.add.at(out, self.neighbour_items[lo:hi], weight * self.neighbour_sims[lo:hi])
         return out
 
+    def known_factor(self, user_idx: int | None) -> np.ndarray | None:
+        """The bundle's ALS factor of the user; None for a user ALS never saw: unknown to the bundle, or in
+        its id map without an event before the cutoff (the map covers the whole log), both new users."""
+        if user_idx is None or user_idx >= len(self.user_factors):
+            return None
+        factor = np.asarray(self.user_factors[user_idx], dtype=np.float64)
+        return factor if factor.any() else None
+
     def user_factor(self, user_idx: int | None, ui: pd.DataFrame) -> np.ndarray | None:
         """The bundle's factor of a known user; a new user's folded in from their user-item table at t
         (``ui``: confidence alpha * f(ui_weight) * recency, as the ALS step weighs an interaction); None
         when neither exists."""
-        if user_idx is not None and user_idx < len(self.user_factors):
-            factor = np.asarray(self.user_factors[user_idx], dtype=np.float64)
-            return factor if factor.any() else None
+        known = self.known_factor(user_idx)
+        if known is not None:
+            return known
         items = ui[s.ITEM_IDX].to_numpy(np.int64)
         weight = ui[s.UI_WEIGHT].to_numpy(np.float64)
         keep = (items >= 0) & (weight > 0)
@@ -183,6 +192,7 @@ class FreshSources:
         fresh_weights = weights[_positions(my_items, fresh_items)]
         neighbours = _top(self.cooc_scores(fresh_items, fresh_weights), int(cfg["cooc_top_n"]), positive=True)
         new = [fresh_items, neighbours]
+        new_user = self.known_factor(user_idx) is None  # no factor at the cutoff: fold-in and popular as one
         factor = self.user_factor(user_idx, mine)
         als_rank = np.zeros(len(cooc), dtype=np.int64)
         als_score = np.full(len(cooc), np.nan)
@@ -191,9 +201,9 @@ class FreshSources:
             order = np.lexsort((self.als_items, -scores))[:int(cfg["als_top_n"])]
             als_rank[self.als_items[order]] = np.arange(1, len(order) + 1)
             als_score[self.als_items[order]] = scores[order]
-            if user_idx is None:
+            if new_user:
                 new.append(self.als_items[order[:NEW_USER_LIST]])
-        if user_idx is None:
+        if new_user:
             new.append(self.popular_items[:NEW_USER_LIST])
         items = np.unique(np.concatenate([existing.astype(np.int64), *[np.asarray(n, np.int64) for n in new]]))
         # history.py's order at t: more purchase days, then more recent, then the smaller item

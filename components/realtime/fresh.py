@@ -191,6 +191,9 @@ class FreshAnswers:
         sources = model.fresh_sources
         if not events or (user_idx is None and sources is None):
             return None, False
+        if ((user_idx is None or model.candidate_count(user_idx) == 0)
+                and not any(e.item_id in model.item_index for e in events)):
+            return None, False  # no history, no event on an item the bundle knows: nothing personal, the fallback
         try:
             rows = model.feature_rows.user_rows(user_idx) if user_idx is not None else pd.DataFrame()
         except OSError:  # the rows' folder went with a model swapped out mid-request: its own scores answer

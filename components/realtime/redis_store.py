@@ -105,6 +105,7 @@ class ElastiCacheIamCredentials:
     def token(self) -> str:
         from botocore.auth import SigV4QueryAuth
         from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import BotoCoreError, ClientError
 
         if self._credentials is None:
             raise StoreUnavailableError("ElastiCache IAM authentication: no AWS credentials")
@@ -112,8 +113,12 @@ class ElastiCacheIamCredentials:
         if self.serverless:
             params["ResourceType"] = "ServerlessCache"
         request = AWSRequest(method="GET", url=f"http://{self.cache_name}/", params=params)
-        SigV4QueryAuth(self._credentials.get_frozen_credentials(), "elasticache", self.region,
-                       expires=IAM_TOKEN_SECONDS).add_auth(request)
+        try:
+            frozen = self._credentials.get_frozen_credentials()
+        except (BotoCoreError, ClientError) as error:  # a refresh failed (STS, instance metadata out of reach)
+            # redis-py passes a provider's error through unwrapped: anything else would be a 5xx, not degraded
+            raise StoreUnavailableError(f"ElastiCache IAM authentication: AWS credentials: {error}") from error
+        SigV4QueryAuth(frozen, "elasticache", self.region, expires=IAM_TOKEN_SECONDS).add_auth(request)
         return str(request.url).removeprefix("http://")
 
     def get_credentials(self) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -267,8 +268,10 @@ def build_serving_model(bundle: Bundle, *, source: str, registry_version: int | 
 
         model.ranker = ranker
         model.user_history = UserHistory.load(bundle)
-        # one copy per worker process (each loads the bundle itself)
-        folder = feature_dir / f"{model.version}-{os.getpid()}"
+        # one copy per worker process (each loads the bundle itself) and per load: a reload of the served
+        # version (the same content registered again) must not rewrite the files the served model reads
+        # (its memory-mapped user factors would be truncated under it: SIGBUS); FeatureRows.write prunes it
+        folder = feature_dir / f"{model.version}.{time.time_ns()}-{os.getpid()}"
         model.feature_rows = FeatureRows.write(bundle, folder)
         model.fresh_sources = FreshSources.load(bundle, model.user_history, folder / "fresh")
     return model
