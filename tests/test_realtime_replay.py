@@ -112,3 +112,24 @@ def test_no_event_at_or_after_a_basket_start_shapes_its_list(replayed: Path, tin
         assert [i["item_id"] for i in answer["items"]] == recorded[s.ITEM_ID].tolist(), basket
         state.stop()
         state.realtime.close()
+
+
+def test_the_replay_measures_exact_answers(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live worker makes at most ECOMREC_FRESH_EXACT_PER_S exact rebuilds a second (then the fast path);
+    the replay runs the same service with no such limit, so what it measures is the exact answers."""
+    import math
+
+    from components.realtime import service
+    from components.realtime.fresh import FreshAnswers
+
+    budgets: list[float] = []
+
+    class Recording(FreshAnswers):
+        def __init__(self, *args: object, exact_per_s: float = math.inf, **kwargs: object) -> None:
+            budgets.append(exact_per_s)
+            super().__init__(*args, exact_per_s=exact_per_s, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "FreshAnswers", Recording)
+    result = r.replay(tiny_run / "bundle" / s.MODEL_ARCHIVE, tiny_run, work_dir=tmp_path, limit_baskets=2)
+    assert result is not None
+    assert budgets == [math.inf]
