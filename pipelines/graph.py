@@ -35,7 +35,7 @@ STEPS: tuple[Step, ...] = (
     Step("evaluation", "components.evaluation.step", "processing", ("etl", "als", "ranker_data", "train"),
          "EVALUATION.md: popular, repurchase, als, two_stage, tifu_knn, itemknn"),
     Step("bundle", "components.bundle.step", "processing", ("etl", "als", "ranker_data", "train", "evaluation"),
-         "versioned model.tar.gz with everything serving needs", ("model_package_group",)),
+         "versioned model.tar.gz with everything serving needs", ("model_package_group", "etl")),
     Step("register", "components.registry.step", "register", ("bundle", "evaluation"),
          "quality gate, then the model registry as PendingManualApproval", ("gate", "model_package_group")),
 )

@@ -56,7 +56,9 @@ def redis_server(workdir: Path, *, cluster: bool = False) -> Iterator[RedisServe
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning",
-         *(["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"] if cluster else [])],
+         # the cluster bus defaults to port + 10000, past 65535 for an ephemeral port above 55535: its own
+         *(["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-port", str(free_port())] if cluster else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, process)
     deadline = time.monotonic() + 10

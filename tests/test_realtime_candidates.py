@@ -63,7 +63,8 @@ def service(trimmed_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("fresh-candidates")
     settings = ServingSettings(model=str(trimmed_bundle), work_dir=tmp / "work",
                                watch_interval_s=0, events_raw_root=tmp / "raw", events_fsync=False,
-                               store_max_days=100_000, max_top_k=1000)
+                               store_max_days=100_000, max_top_k=1000,
+                               fresh_exact_per_s=float("inf"))  # exact answers checked: no rebuild budget
     app = create_app(settings)
     with serve_in_thread(app) as url:
         yield url, app.state.ecomrec
