@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realtime import PATH, REPO, SUFFIX, event, load_now, seed_fresh, serve, timed_wrk
-from serving_common import machine, machine_markdown, process_tree_rss_mb, resolve_bundle, write_results
+from serving_common import machine, machine_markdown, process_tree_rss_mb, resolve_bundle, soak_summary, write_results
 
 log = logging.getLogger("realtime-soak")
 
@@ -125,8 +125,6 @@ def soak(args: argparse.Namespace, archive: Path, users: list[str], items: list[
             sampler.join(timeout=10)
             samples.append((round(time.monotonic() - started, 1), round(process_tree_rss_mb(process.pid), 1)))
         events = stream.counts()
-    rss_start, rss_end = samples[0][1], samples[-1][1]
-    growth = rss_end / rss_start - 1
     requests = sum(s["requests"] for s in segments)
     read_errors = sum(s["errors"] for s in segments)
     event_errors = events["errors"] - before_soak["errors"]
@@ -137,13 +135,7 @@ def soak(args: argparse.Namespace, archive: Path, users: list[str], items: list[
         "event_posts_per_s": args.event_posts_per_s, "batch": args.batch,
         "events": {**events, "errors_during_soak": event_errors,
                    "accepted_during_soak": events["events_accepted"] - before_soak["events_accepted"]},
-        "achieved_rps": round(requests / max(sum(s["duration_s"] for s in segments), 1e-9), 1),
-        "p99_ms_worst_segment": max(s["latency_ms"]["p99"] for s in segments),
-        "rss_mb": {"start": rss_start, "end": rss_end, "max": max(v for _, v in samples),
-                   "growth_share": round(growth, 4)},
-        "rss_samples": samples, "segments": segments,
-        "goals": {"errors": {"value": errors, "goal": "0", "met": errors == 0},
-                  "rss_growth": {"value": round(growth, 4), "goal": "< 0.05", "met": growth < 0.05}},
+        **soak_summary(segments, samples, errors),
     }
 
 

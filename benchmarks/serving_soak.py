@@ -30,6 +30,7 @@ from serving_common import (
     resolve_bundle,
     run_wrk,
     server_process,
+    soak_summary,
     write_results,
 )
 
@@ -76,20 +77,12 @@ def soak(archive: Path, users: list[str], *, workers: int, duration_s: float, se
         stop.set()
         sampler.join(timeout=10)
         samples.append((round(time.monotonic() - started, 1), round(process_tree_rss_mb(process.pid), 1)))
-    rss_start, rss_end = samples[0][1], samples[-1][1]
-    growth = (rss_end - rss_start) / rss_start
     requests = sum(s["requests"] for s in segments)
     errors = sum(s["errors"] for s in segments)
     return {
         "workers": workers, "target_rps": rate, "share_of_peak": share if peak else None, "peak": peak,
         "duration_s": duration_s, "requests": requests, "errors": errors,
-        "achieved_rps": round(requests / max(sum(s["duration_s"] for s in segments), 1e-9), 1),
-        "p99_ms_worst_segment": max(s["latency_ms"]["p99"] for s in segments),
-        "rss_mb": {"start": rss_start, "end": rss_end, "max": max(v for _, v in samples),
-                   "growth_share": round(growth, 4)},
-        "rss_samples": samples, "segments": segments,
-        "goals": {"errors": {"value": errors, "goal": "0", "met": errors == 0},
-                  "rss_growth": {"value": round(growth, 4), "goal": "< 0.05", "met": growth < 0.05}},
+        **soak_summary(segments, samples, errors),
     }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
-from components.ranker.model import PreparedFeatures, rank_top_k
+from components.ranker.model import PreparedFeatures
 from components.realtime.features import AS_OF_FEATURES, apply_as_of, as_of_us, recompute
 from components.realtime.intake import StoreGuard
 from components.realtime.store import StoredEvent, StoreUnavailableError
@@ -213,10 +213,5 @@ class FreshAnswers:
             if fresh_bought:
                 extra = np.asarray(fresh_bought, dtype=np.int64)
                 blocked = extra if blocked is None else np.concatenate([blocked, extra])
-        if blocked is not None:
-            keep = ~np.isin(items, blocked)
-            ranked = rank_top_k(items[keep], scores[keep], k)
-        else:
-            ranked = rank_top_k(items, scores, k)
-        top_items, top_scores = model.popular.top_up(*ranked, k, exclude=blocked)
+        top_items, top_scores = model.top_k(items, scores, k, blocked)
         return model._done(Recommendation(user_id, top_items, top_scores, None, len(items))), False

@@ -167,13 +167,16 @@ class ServingModel:
         rows = slice(int(self.offsets[user_idx]), int(self.offsets[user_idx + 1]))
         candidates = self.candidate_items[rows]
         scores = self.candidate_scores[rows]
-        if blocked is not None:
-            keep = ~np.isin(candidates, blocked)
-            ranked = rank_top_k(candidates[keep], scores[keep], k)
-        else:
-            ranked = rank_top_k(candidates, scores, k)
-        items, top_scores = self.popular.top_up(*ranked, k, exclude=blocked)
+        items, top_scores = self.top_k(candidates, scores, k, blocked)
         return self._done(Recommendation(user_id, items, top_scores, None, len(candidates)))
+
+    def top_k(self, items: np.ndarray, scores: np.ndarray, k: int, blocked: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of ``items`` not in ``blocked``, topped up from the popular list (blocked items never)."""
+        if blocked is not None:
+            keep = ~np.isin(items, blocked)
+            items, scores = items[keep], scores[keep]
+        return self.popular.top_up(*rank_top_k(items, scores, k), k, exclude=blocked)
 
     def _blocked(self, user_idx: int | None, exclude_purchased: bool, exclude: Sequence[str],
                  category: str | None) -> np.ndarray | None:
