@@ -15,7 +15,9 @@ from components.ranker.features import (
     RANK_SENTINEL,
     UI_KNOWN,
     UNDEFINED,
-    _left_join,
+    _join,
+    _pair_code,
+    _positions,
     build_features,
     neutral_value,
 )
@@ -124,19 +126,25 @@ def test_validation_ndcg_counts_targets_outside_the_candidates() -> None:
     assert value == pytest.approx(expected)
 
 
-def test_left_join_matches_a_pandas_left_merge() -> None:
-    """The features' join (a lookup of the right table's columns) against its reference, pandas' merge:
-    same rows, order, dtypes and missing values, for int, float, bool and string columns."""
-    frame = pd.DataFrame({s.USER_IDX: [3, 1, 2, 3, 9], s.ITEM_IDX: [0, 1, 1, 2, 0], "f": np.arange(5.0)},
-                         index=[10, 11, 12, 13, 14])
+def test_the_join_matches_a_pandas_left_merge() -> None:
+    """The features' join (an index lookup of the right table's columns) against its reference, pandas'
+    merge: the same values and missing values for int, float, bool and string columns (numbers become
+    float64 as every numeric feature does; a categorical keeps its values as objects)."""
+    frame = pd.DataFrame({s.USER_IDX: [3, 1, 2, 3, 9], s.ITEM_IDX: [0, 1, 1, 2, 0]})
     right = pd.DataFrame({s.USER_IDX: [1, 3, 3, 2], s.ITEM_IDX: [1, 0, 2, 5], "n": [7, 8, 9, 10],
                           "x": [0.5, np.nan, 1.5, 2.5], "b": [True, False, True, True], "c": ["a", "b", None, "d"]})
-    by_item = right.drop(columns=[s.USER_IDX]).drop_duplicates(s.ITEM_IDX)
-    for table, keys in ((right, [s.USER_IDX, s.ITEM_IDX]), (by_item, [s.ITEM_IDX])):
-        expected = frame.merge(table, on=keys, how="left").set_axis(frame.index)
-        pd.testing.assert_frame_equal(_left_join(frame, table, keys), expected)
-    with pytest.raises(ValueError, match=r"columns \['f'\] would be joined twice"):
-        _left_join(frame, right.assign(f=1.0), [s.USER_IDX, s.ITEM_IDX])
+    expected = frame.merge(right, on=[s.USER_IDX, s.ITEM_IDX], how="left")
+    columns: dict[str, np.ndarray] = {}
+    position = _positions(_pair_code(frame[s.USER_IDX].to_numpy(), frame[s.ITEM_IDX].to_numpy()),
+                          _pair_code(right[s.USER_IDX].to_numpy(), right[s.ITEM_IDX].to_numpy()), "right")
+    _join(columns, right, ["n", "x", "b", "c"], position, {"c"})
+    for name in ("n", "x", "b"):
+        np.testing.assert_array_equal(columns[name], expected[name].astype(np.float64).to_numpy())
+    assert [None if pd.isna(v) else v for v in columns["c"]] == [None if pd.isna(v) else v for v in expected["c"]]
+    with pytest.raises(ValueError, match=r"columns \['n'\] would be joined twice"):
+        _join(columns, right, ["n"], position, set())
+    with pytest.raises(ValueError, match="right has more than one row"):
+        _positions(np.array([1]), np.array([1, 1]), "right")
 
 
 def test_itemknn_score_is_a_feature_when_ranker_data_adds_it() -> None:

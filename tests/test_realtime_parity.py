@@ -171,8 +171,8 @@ def check_fresh_candidates(bundle: object, history: UserHistory, rows: pd.DataFr
                                cutoff_us=cutoff, at_us=at)
             assert state is not None
             # the candidate set as the union step hands it to build_features (the batch's input)
-            generated.append(sources.candidates_as_of(user, mine, state[1], events,
-                                                      bundle.item_index, cutoff, at))  # type: ignore[attr-defined]
+            generated.append(pd.DataFrame(sources.candidates_as_of(user, mine, state[1], events,  # type: ignore[attr-defined]
+                                                                   bundle.item_index, cutoff, at)))
             frames.append(frame.assign(_new=~frame[s.ITEM_IDX].isin(mine[s.ITEM_IDX])))
     online = pd.concat(frames, ignore_index=True)
     candidates = pd.concat(generated, ignore_index=True)
@@ -251,7 +251,7 @@ def test_precomputed_answers_equal_per_request_scoring_for_users_without_fresh_e
 
 def test_past_the_exact_budget_answers_take_the_fast_path_and_the_exact_one_follows(tiny_run: Path,
                                                                                     tmp_path: Path) -> None:
-    """An exact rebuild costs one build_features call (tens of ms); a worker makes at most
+    """An exact rebuild costs one build_features call (a few ms); a worker makes at most
     ECOMREC_FRESH_EXACT_PER_S of them a second. Past the budget the answer is the fast one (the bundle rows,
     the 16 counts and durations moved to the request; no rebuild, not cached), and the next request with
     budget gets the exact answer, equal to an unlimited worker's."""
@@ -275,13 +275,13 @@ def test_past_the_exact_budget_answers_take_the_fast_path_and_the_exact_one_foll
     ticks = [0.0]
     budgeted.budget = ExactBudget(2.0, clock=lambda: ticks[0])
     rebuilds: list[str] = []
-    rows_as_of = model.fresh_sources.rows_as_of
+    columns_as_of = model.fresh_sources.columns_as_of
 
     def counted(*args: object, **kwargs: object) -> object:
         rebuilds.append("rebuild")
-        return rows_as_of(*args, **kwargs)  # type: ignore[arg-type]
+        return columns_as_of(*args, **kwargs)  # type: ignore[arg-type]
 
-    model.fresh_sources.rows_as_of = counted  # type: ignore[method-assign]
+    model.fresh_sources.columns_as_of = counted  # type: ignore[method-assign]
     exact = {u: unlimited.recommend(model, u, 10)[0] for u in users}
     rebuilds.clear()
     first = {u: budgeted.recommend(model, u, 10)[0] for u in users}

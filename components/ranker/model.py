@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -192,6 +192,18 @@ class Ranker:
             )
         else:
             categorical = np.empty((len(frame), 0), dtype=object)
+        return PreparedFeatures(numeric=numeric, categorical=categorical)
+
+    def prepare_columns(self, columns: Mapping[str, np.ndarray]) -> PreparedFeatures:
+        """:meth:`prepare` for build_features' columns (components/ranker/features.py feature_columns: numbers
+        as float64, categories already strings)."""
+        spec = self._require_spec()
+        missing = [name for name in spec.features if name not in columns]
+        if missing:
+            raise KeyError(f"scoring columns lack features {missing}")
+        numeric = np.stack([columns[name] for name in spec.numeric], axis=1).astype(np.float32)
+        categorical = (np.stack([columns[name] for name in spec.categorical], axis=1).astype(object)
+                       if spec.categorical else np.empty((len(numeric), 0), dtype=object))
         return PreparedFeatures(numeric=numeric, categorical=categorical)
 
     def score_prepared(self, prepared: PreparedFeatures,

@@ -39,8 +39,8 @@ import pandas as pd
 
 from components import schema as s
 from components.errors import BundleError
-from components.ranker.features import MISSING_SCORE, RANK_SENTINEL
-from components.realtime.features import UserHistory, feature_frame, user_state
+from components.ranker.features import MISSING_SCORE, RANK_SENTINEL, Columns, FeatureColumns
+from components.realtime.features import UserHistory, feature_columns_of, user_state
 from components.realtime.store import StoredEvent
 
 if TYPE_CHECKING:
@@ -155,37 +155,38 @@ class FreshSources:
         factor = np.asarray(self.user_factors[user_idx], dtype=np.float64)
         return factor if factor.any() else None
 
-    def user_factor(self, user_idx: int | None, ui: pd.DataFrame) -> np.ndarray | None:
+    def user_factor(self, user_idx: int | None, ui: Columns) -> np.ndarray | None:
         """The bundle's factor of a known user; a new user's folded in from their user-item table at t
         (``ui``: confidence alpha * f(ui_weight) * recency, as the ALS step weighs an interaction); None
         when neither exists."""
         known = self.known_factor(user_idx)
         if known is not None:
             return known
-        items = ui[s.ITEM_IDX].to_numpy(np.int64)
-        weight = ui[s.UI_WEIGHT].to_numpy(np.float64)
+        items = ui[s.ITEM_IDX].astype(np.int64)
+        weight = ui[s.UI_WEIGHT].astype(np.float64)
         keep = (items >= 0) & (weight > 0)
         keep[keep] = np.abs(self.item_factors[items[keep]]).sum(axis=1) > 0
         if not keep.any():
             return None
         als = self.settings.als
         scaled = np.log1p(weight[keep]) if als.get("confidence", "log") == "log" else weight[keep]
-        value = scaled * recency(ui[s.UI_DAYS_SINCE_LAST].to_numpy(np.float64)[keep], als.get("recency_half_life_days"))
+        value = scaled * recency(ui[s.UI_DAYS_SINCE_LAST].astype(np.float64)[keep], als.get("recency_half_life_days"))
         return fold_in(self.item_factors, self.gram, items[keep], float(als["alpha"]) * value,
                        float(als["regularization"]))
 
     # ------------------------------------------------------------------ candidates and their rows
-    def sources(self, user_idx: int | None, ui: pd.DataFrame, events: Sequence[StoredEvent],
-                item_index: dict[str, int], cutoff_us: int, at_us: int, existing: np.ndarray) -> pd.DataFrame:
+    def sources(self, user_idx: int | None, ui: Columns, events: Sequence[StoredEvent],
+                item_index: dict[str, int], cutoff_us: int, at_us: int, existing: np.ndarray) -> Columns:
         """The candidate set's generator columns (user_idx, item_idx, als_score, als_rank, cooc_score,
         from_*) as of t from the user's user-item table at t (``ui``): the ``existing`` bundle items plus the
         fresh ones (see the module docstring)."""
         cfg = self.settings.candidates
-        mine = ui.loc[ui[s.ITEM_IDX] >= 0]  # an item the bundle does not know has no neighbour or factor
-        my_items = mine[s.ITEM_IDX].to_numpy(np.int64)
-        days = mine[s.UI_DAYS_SINCE_LAST].to_numpy(np.float64)
+        known = ui[s.ITEM_IDX] >= 0  # an item the bundle does not know has no neighbour or factor
+        mine = {name: values[known] for name, values in ui.items()}
+        my_items = mine[s.ITEM_IDX].astype(np.int64)
+        days = mine[s.UI_DAYS_SINCE_LAST].astype(np.float64)
         weights = recency(days, cfg.get("cooc_half_life_days"))
-        interacted = mine[s.UI_WEIGHT].to_numpy(np.float64) > 0  # the ETL's interactions table
+        interacted = mine[s.UI_WEIGHT].astype(np.float64) > 0  # the ETL's interactions table
         cooc = self.cooc_scores(my_items[interacted], weights[interacted])
         cooc_top = _top(cooc, int(cfg["cooc_top_n"]), positive=True)
         fresh_items = _recent_items(events, item_index, cutoff_us, at_us)[:FRESH_ITEMS_MAX]
@@ -207,13 +208,13 @@ class FreshSources:
             new.append(self.popular_items[:NEW_USER_LIST])
         items = np.unique(np.concatenate([existing.astype(np.int64), *[np.asarray(n, np.int64) for n in new]]))
         # history.py's order at t: more purchase days, then more recent, then the smaller item
-        purchase_days = mine[s.UI_PURCHASE_DAYS].to_numpy(np.float64)
+        purchase_days = mine[s.UI_PURCHASE_DAYS].astype(np.float64)
         order = np.lexsort((my_items, np.nan_to_num(days, nan=np.inf), -purchase_days))
         history_rank = np.zeros(len(cooc), dtype=np.int64)
         history_rank[my_items[order]] = np.arange(1, len(order) + 1)
         in_cooc = np.zeros(len(cooc), dtype=bool)
         in_cooc[cooc_top] = True
-        return pd.DataFrame({
+        return {
             s.USER_IDX: np.full(len(items), -1 if user_idx is None else user_idx, dtype=np.int64),
             s.ITEM_IDX: items,
             s.ALS_SCORE: als_score[items], s.ALS_RANK: als_rank[items],
@@ -222,11 +223,11 @@ class FreshSources:
             s.FROM_HISTORY: (history_rank[items] > 0) & (history_rank[items] <= int(cfg["history_top_n"])),
             s.FROM_COOC: in_cooc[items],
             s.FROM_POPULAR: np.array([i in self.popular for i in items.tolist()], dtype=bool),
-        })
+        }
 
-    def candidates_as_of(self, user_idx: int | None, rows: pd.DataFrame, ui: pd.DataFrame,
+    def candidates_as_of(self, user_idx: int | None, rows: pd.DataFrame, ui: Columns,
                          events: Sequence[StoredEvent], item_index: dict[str, int], cutoff_us: int, at_us: int, *,
-                         extra: np.ndarray | None = None) -> pd.DataFrame:
+                         extra: np.ndarray | None = None) -> Columns:
         """The candidate set's generator columns at t as the union step hands them to build_features (NaN
         ALS score and 0 rank when not from ALS): the bundle's ``rows`` of the user (their ALS columns and
         popular flag: the user's factor and the list are the bundle's) and the fresh candidates, from the
@@ -236,7 +237,7 @@ class FreshSources:
         candidates = self.sources(user_idx, ui, events, item_index, cutoff_us, at_us, wanted)
         if len(existing):
             # the bundle rows hold build_features' stand-ins: back to the union's missing values
-            position = np.searchsorted(candidates[s.ITEM_IDX].to_numpy(np.int64), existing)
+            position = np.searchsorted(candidates[s.ITEM_IDX], existing)
             score = rows[s.ALS_SCORE].to_numpy(np.float64)
             rank = rows[s.ALS_RANK].to_numpy(np.float64)
             bundle = {s.ALS_SCORE: np.where(score == MISSING_SCORE, np.nan, score),
@@ -244,21 +245,21 @@ class FreshSources:
                       s.FROM_ALS: rows[s.FROM_ALS].to_numpy(np.float64) > 0,
                       s.FROM_POPULAR: rows[s.FROM_POPULAR].to_numpy(np.float64) > 0}
             for name, values in bundle.items():
-                column = candidates[name].to_numpy(values.dtype, copy=True)
+                column = candidates[name].astype(values.dtype)
                 column[position] = values
                 candidates[name] = column
         for name in s.TIFU_PAIR_COLUMNS:  # TIFU-KNN's pair scores (off by default): the bundle's, 0 for a new pair
             if name in self.history.spec.features:
-                column = np.zeros(len(candidates))
+                column = np.zeros(len(candidates[s.ITEM_IDX]))
                 if len(existing) and name in rows.columns:
-                    column[np.searchsorted(candidates[s.ITEM_IDX].to_numpy(np.int64), existing)] = \
+                    column[np.searchsorted(candidates[s.ITEM_IDX], existing)] = \
                         rows[name].to_numpy(np.float64)
                 candidates[name] = column
         return candidates
 
-    def rows_as_of(self, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
-                   item_index: dict[str, int], cutoff_us: int, at_us: int, *,
-                   extra: np.ndarray | None = None) -> pd.DataFrame | None:
+    def columns_as_of(self, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
+                      item_index: dict[str, int], cutoff_us: int, at_us: int, *,
+                      extra: np.ndarray | None = None) -> FeatureColumns | None:
         """The user's candidate rows for a request at t (user_idx, item_idx + every spec feature, item_idx
         ascending): the bundle's ``rows`` of the user and the new pairs, every feature as of t (the module
         docstring); ``extra``: see :meth:`candidates_as_of`. None when the user has neither history nor
@@ -268,7 +269,14 @@ class FreshSources:
             return None
         candidates = self.candidates_as_of(user_idx, rows, state[1], events, item_index, cutoff_us, at_us,
                                            extra=extra)
-        return feature_frame(candidates, state, self.history, attributes=rows if len(rows) else None, full=True)
+        return feature_columns_of(candidates, state, self.history, attributes=rows if len(rows) else None, full=True)
+
+    def rows_as_of(self, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
+                   item_index: dict[str, int], cutoff_us: int, at_us: int, *,
+                   extra: np.ndarray | None = None) -> pd.DataFrame | None:
+        """:meth:`columns_as_of` as a frame."""
+        built = self.columns_as_of(user_idx, rows, events, item_index, cutoff_us, at_us, extra=extra)
+        return None if built is None else built.frame()
 
 
 def _top(scores: np.ndarray, n: int, *, positive: bool) -> np.ndarray:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,10 @@ from components.ranker.features import (
     TIFU_SCORE,
     TREND_RANK_IN_USER,
     UI_KNOWN,
-    build_features,
+    Columns,
+    FeatureColumns,
+    as_columns,
+    feature_columns,
 )
 from components.ranker.model import FeatureSpec
 from components.realtime.store import DAY_US, StoredEvent
@@ -209,8 +212,9 @@ class UserHistory:
         orders = pd.read_parquet(root / "orders.parquet")
         self.orders = orders[_ORDER].astype(str).to_numpy()
         self.order_offsets = _offsets(orders[s.USER_IDX].to_numpy(np.int64), bundle.n_users)
-        self.item_features = pd.read_parquet(root / "item_features.parquet")
-        self.item_history = pd.read_parquet(root / "item_history.parquet")
+        # as numpy columns: a request's build_features reads them without pandas' per-column cost
+        self.item_features = as_columns(pd.read_parquet(root / "item_features.parquet"))
+        self.item_history = as_columns(pd.read_parquet(root / "item_history.parquet"))
         self.spec = FeatureSpec.from_dict(bundle.manifest["feature_spec"])
         self.recomputed = recomputed_features(self.spec)
         names = self.spec.features
@@ -303,8 +307,11 @@ def _fresh_daily(events: Sequence[StoredEvent], item_index: dict[str, int], weig
     return daily, orders
 
 
+UserTables: TypeAlias = tuple[Columns, Columns, Columns]
+
+
 def user_tables(daily: dict[str, np.ndarray], orders: set[str], user_idx: int, at_us: int, weights: Weights,
-                categories: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                categories: dict[int, str]) -> UserTables:
     """One user's (user_features, user_item_features, user_category) at ``at_us`` from their daily rows
     (events before ``at_us`` only) and distinct orders: components/etl/features.py's definitions."""
     items, pair = np.unique(daily[s.ITEM_IDX].astype(np.int64), return_inverse=True)
@@ -348,7 +355,7 @@ def user_tables(daily: dict[str, np.ndarray], orders: set[str], user_idx: int, a
         return (at_us - ts) / float(DAY_US)
 
     spend = total(np.where(purchase, daily[_SPEND].astype(np.float64), 0.0))
-    ui = pd.DataFrame({
+    ui = {
         s.USER_IDX: np.full(n, user_idx, dtype=np.int64), s.ITEM_IDX: items,
         s.UI_PURCHASE_DAYS: purchase_days,
         s.UI_DAYS_SINCE_LAST: days_before(pair_last), s.UI_DAYS_SINCE_FIRST: days_before(pair_first),
@@ -359,39 +366,39 @@ def user_tables(daily: dict[str, np.ndarray], orders: set[str], user_idx: int, a
         s.UI_WEIGHT: weight, s.UI_MEAN_INTERVAL_DAYS: interval,
         s.UI_RECENCY_RATIO: days_before(last_purchase) / interval,
         s.UI_PURCHASE_DAYS_90D: total(purchase & (day >= cut_day - 90)),
-    })
+    }
     days = np.unique(day[purchase])
     n_days = len(days)
     invoices = len(orders)
     price_total = float(np.where(purchase, price_n, 0.0).sum())
     user_spend = float(spend.sum())
-    user = pd.DataFrame({
-        s.USER_IDX: [user_idx], s.U_N_EVENTS: [float(count.sum())], s.U_N_PURCHASE_DAYS: [float(n_days)],
-        s.U_N_INVOICES: [float(invoices)], s.U_N_ITEMS: [float((purchase_days > 0).sum())],
-        s.U_SPEND: [user_spend], s.U_AVG_BASKET_VALUE: [user_spend / invoices if invoices else np.nan],
-        s.U_DAYS_SINCE_LAST: [days_before(np.array(pair_last.max()))],
-        s.U_DAYS_SINCE_FIRST: [days_before(np.array(pair_first.min()))],
-        s.U_PURCHASE_DAYS_28D: [float((days >= cut_day - USER_WINDOWS[0]).sum())],
-        s.U_PURCHASE_DAYS_90D: [float((days >= cut_day - USER_WINDOWS[1]).sum())],
-        s.U_MEAN_DAYS_BETWEEN_PURCHASES: [(days[-1] - days[0]) / (n_days - 1) if n_days >= 2 else np.nan],
-        s.U_AVG_ITEM_PRICE: [float(np.where(purchase, price_sum, 0.0).sum()) / price_total
-                             if price_total else np.nan],
-    })
-    ui[s.UI_SHARE_OF_USER_DAYS] = purchase_days / n_days if n_days else 0.0
+    user = {name: np.array([value], dtype=np.int64 if name == s.USER_IDX else np.float64) for name, value in {
+        s.USER_IDX: user_idx, s.U_N_EVENTS: float(count.sum()), s.U_N_PURCHASE_DAYS: float(n_days),
+        s.U_N_INVOICES: float(invoices), s.U_N_ITEMS: float((purchase_days > 0).sum()),
+        s.U_SPEND: user_spend, s.U_AVG_BASKET_VALUE: user_spend / invoices if invoices else np.nan,
+        s.U_DAYS_SINCE_LAST: days_before(np.array(pair_last.max())),
+        s.U_DAYS_SINCE_FIRST: days_before(np.array(pair_first.min())),
+        s.U_PURCHASE_DAYS_28D: float((days >= cut_day - USER_WINDOWS[0]).sum()),
+        s.U_PURCHASE_DAYS_90D: float((days >= cut_day - USER_WINDOWS[1]).sum()),
+        s.U_MEAN_DAYS_BETWEEN_PURCHASES: (days[-1] - days[0]) / (n_days - 1) if n_days >= 2 else np.nan,
+        s.U_AVG_ITEM_PRICE: (float(np.where(purchase, price_sum, 0.0).sum()) / price_total
+                             if price_total else np.nan),
+    }.items()}
+    ui[s.UI_SHARE_OF_USER_DAYS] = purchase_days / n_days if n_days else np.zeros(n)
     per_category: dict[str, float] = {}
     for item, events in zip(items.tolist(), ui[s.UI_N_EVENTS].tolist(), strict=True):
         category = categories.get(item)
         if category is not None:
             per_category[category] = per_category.get(category, 0.0) + events
-    user_category = pd.DataFrame({s.USER_IDX: user_idx, s.ITEM_CATEGORY: list(per_category),
-                                  s.UC_SHARE: np.array(list(per_category.values()), dtype=np.float64)
-                                  / max(float(count.sum()), 1.0)})
+    user_category = {s.USER_IDX: np.full(len(per_category), user_idx, dtype=np.int64),
+                     s.ITEM_CATEGORY: np.array(list(per_category), dtype=object),
+                     s.UC_SHARE: np.array(list(per_category.values()), dtype=np.float64) / max(float(count.sum()), 1.0)}
     return user, ui, user_category
 
 
 def user_state(history: UserHistory, user_idx: int | None, events: Sequence[StoredEvent], *,
                item_index: dict[str, int], cutoff_us: int, at_us: int
-               ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+               ) -> UserTables | None:
     """The user's ETL tables (user_features, user_item_features, user_category) at ``at_us`` from the
     bundle's history of ``user_idx`` (None: a user the bundle does not know, user_idx -1 in the tables) and
     ``events`` (those in [cutoff, at) count); None when the user has no event at all."""
@@ -414,22 +421,22 @@ def user_state(history: UserHistory, user_idx: int | None, events: Sequence[Stor
                        history.categories)
 
 
-def feature_frame(candidates: pd.DataFrame, state: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
-                  history: UserHistory, *, attributes: pd.DataFrame | None, full: bool) -> pd.DataFrame:
+def feature_columns_of(candidates: Columns, state: UserTables, history: UserHistory, *,
+                       attributes: pd.DataFrame | None, full: bool) -> FeatureColumns:
     """build_features over one user's ``candidates`` (user_idx, item_idx + the generators' columns) with the
     user's tables ``state`` (:func:`user_state`), the bundle's item features and per-item history statistics.
     ``attributes``: a bundle row of the user (their shop attributes, as in the snapshot; None: missing).
     ``full``: every feature of the spec, in its order (new rows); else the columns :func:`recompute` needs."""
     user, ui, user_category = state
-    user = user.copy()
+    user = dict(user)
     for name in (n for n in history.lists["user"] if n.startswith(s.USER_ATTR_PREFIX)):
-        user[name] = attributes[name].iloc[0] if attributes is not None and name in attributes.columns else np.nan
-    frame, _ = build_features(candidates, user, history.item_features, ui,
-                              history.lists if full else history.request_lists,
-                              user_category=user_category if s.UC_SHARE in history.spec.features else None,
-                              spec=history.spec if full else None, horizon_days=history.horizon_days,
-                              item_history=history.item_history)
-    return frame
+        value = attributes[name].iloc[0] if attributes is not None and name in attributes.columns else np.nan
+        user[name] = np.array([value], dtype=object if isinstance(value, str) else None)
+    return feature_columns(candidates, user, history.item_features, ui,
+                           history.lists if full else history.request_lists,
+                           user_category=user_category if s.UC_SHARE in history.spec.features else None,
+                           spec=history.spec if full else None, horizon_days=history.horizon_days,
+                           item_history=history.item_history)
 
 
 def recompute(rows: pd.DataFrame, events: Sequence[StoredEvent], history: UserHistory, *, user_idx: int,
@@ -439,7 +446,7 @@ def recompute(rows: pd.DataFrame, events: Sequence[StoredEvent], history: UserHi
     state = user_state(history, user_idx, events, item_index=item_index, cutoff_us=cutoff_us, at_us=at_us)
     if state is None:
         return {}
-    candidates = rows[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS,
-                       *[c for c in s.TIFU_PAIR_COLUMNS if c in rows.columns]]]
-    frame = feature_frame(candidates, state, history, attributes=rows, full=False)
-    return {name: frame[name].to_numpy(np.float64) for name in history.recomputed}
+    candidates = as_columns(rows[[s.USER_IDX, s.ITEM_IDX, *s.CANDIDATE_SCORE_COLUMNS, *s.CANDIDATE_SOURCE_COLUMNS,
+                                  *[c for c in s.TIFU_PAIR_COLUMNS if c in rows.columns]]])
+    built = feature_columns_of(candidates, state, history, attributes=rows, full=False)
+    return {name: built.columns[name].astype(np.float64) for name in history.recomputed}

@@ -136,12 +136,13 @@ class FreshAnswers:
             self.fast_answers += 1
             if self._on_fast is not None:
                 self._on_fast()
-        frame = None
+        built = None
         if exact and model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
-            frame = model.fresh_sources.rows_as_of(user_idx, rows, events, model.item_index, cut, as_of_us(cut, events))
-        if frame is not None:
-            items = frame[s.ITEM_IDX].to_numpy(np.int64)
-            scores = model.ranker.score_prepared(model.ranker.prepare(frame))
+            built = model.fresh_sources.columns_as_of(user_idx, rows, events, model.item_index, cut,
+                                                      as_of_us(cut, events))
+        if built is not None:
+            items = built.items.astype(np.int64)
+            scores = model.ranker.score_prepared(model.ranker.prepare_columns(built.columns))
         elif user_idx is None or rows.empty:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         else:
