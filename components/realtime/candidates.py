@@ -140,12 +140,12 @@ class FreshSources:
         return sources
 
     def cooc_scores(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """sum_a weights[a] * sim(a, b) for every item b (dense over the catalogue)."""
-        out = np.zeros(len(self.neighbour_offsets) - 1)
-        for item, weight in zip(items.tolist(), weights.tolist(), strict=True):
-            lo, hi = self.neighbour_offsets[item], self.neighbour_offsets[item + 1]
-            np.add.at(out, self.neighbour_items[lo:hi], weight * self.neighbour_sims[lo:hi])
-        return out
+        """sum_a weights[a] * sim(a, b) for every item b (dense over the catalogue; summed in items' order)."""
+        start, stop = self.neighbour_offsets[items], self.neighbour_offsets[items + 1]
+        counts = stop - start
+        rows = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        return np.bincount(self.neighbour_items[rows], weights=np.repeat(weights, counts) * self.neighbour_sims[rows],
+                           minlength=len(self.neighbour_offsets) - 1)
 
     def known_factor(self, user_idx: int | None) -> np.ndarray | None:
         """The bundle's ALS factor of the user; None for a user ALS never saw: unknown to the bundle, or in
@@ -199,7 +199,8 @@ class FreshSources:
         als_score = np.full(len(cooc), np.nan)
         if factor is not None:
             scores = self.als_factors @ factor
-            order = np.lexsort((self.als_items, -scores))[:int(cfg["als_top_n"])]
+            # best first, ties to the smaller item (als_items ascend: a stable sort keeps their order)
+            order = np.argsort(-scores, kind="stable")[:int(cfg["als_top_n"])]
             als_rank[self.als_items[order]] = np.arange(1, len(order) + 1)
             als_score[self.als_items[order]] = scores[order]
             if new_user:

@@ -94,9 +94,10 @@ class ServingSettings(BaseSettings):
     store_iam_cache: str | None = None
     store_cluster: bool = False  # the store runs in cluster mode (ElastiCache Serverless): redis-py's cluster client
     store_path: Path | None = None  # the embedded store's file; default <work_dir>/online-store.sqlite
-    # exact fresh answers (one build_features call, ~60 ms of CPU on Online Retail) a worker makes a second
-    # at most; beyond, the fast path until the budget refills (components/realtime/fresh.py). inf: no limit
-    fresh_exact_per_s: float = Field(default=2.0, ge=0)
+    # exact fresh answers (one build_features call, ~4 ms of CPU on Online Retail) a worker makes a second
+    # at most (100: under half a core); beyond, the fast path until the budget refills
+    # (components/realtime/fresh.py): an event storm slows nobody's answers. inf: no limit
+    fresh_exact_per_s: float = Field(default=100.0, ge=0)
     store_timeout_s: float = Field(default=0.05, gt=0)  # per store call; then the answer is degraded
     store_retry_after_s: float = Field(default=1.0, ge=0)  # after a store failure, skip it this long
     store_max_events: int = Field(default=500, ge=1)  # kept per user (the newest)
