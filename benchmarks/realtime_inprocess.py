@@ -77,7 +77,10 @@ print("RESULT " + json.dumps(out))
 def measure(tree: Path, archive: Path, users: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-rt-inprocess-") as tmp:
         result = subprocess.run([python(), "-P", "-c", MEASURE, str(archive), str(users), str(repeats)], cwd=tree,
-                                env={**os.environ, "PYTHONPATH": str(tree), "TMPDIR": tmp}, capture_output=True,
+                                # one BLAS thread, as the service's workers run (components/serving/server.py);
+                                # else a spinning BLAS pool inflates the CPU time of every ALS product
+                                env={**os.environ, "PYTHONPATH": str(tree), "TMPDIR": tmp, "OPENBLAS_NUM_THREADS": "1"},
+                                capture_output=True,
                                 text=True, timeout=1800)
     line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:

