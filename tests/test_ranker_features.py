@@ -168,3 +168,47 @@ def test_fresh_answers_keep_the_itemknn_score_of_the_snapshot() -> None:
 
     spec = FeatureSpec(features=(s.ALS_SCORE, s.ITEMKNN_PAIR_COLUMN, s.UI_PURCHASE_DAYS))
     assert recomputed_features(spec) == [s.UI_PURCHASE_DAYS]
+
+
+def test_the_numpy_group_operations_equal_pandas_bit_for_bit() -> None:
+    """build_features groups and ranks with numpy (one user's request cannot afford pandas' per-call cost);
+    each primitive against the pandas operation it replaced, on random data with ties, NaNs, negative ids
+    (new users and items online) and unsorted rows: equal bit for bit."""
+    from components.ranker.features import (
+        _categories,
+        _dense_rank_within_user,
+        _group_codes,
+        _group_extreme,
+        _group_mean,
+        _rank_within_user,
+    )
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    users = rng.integers(-1, 40, n)
+    items = rng.permutation(n) - 50  # unique per row, some negative
+    coarse = rng.integers(0, 5, n).astype(np.float64)  # many ties
+    noisy = np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n) * 1e3)
+    frame = pd.DataFrame({s.USER_IDX: users, s.ITEM_IDX: items, "a": coarse, "b": noisy})
+    for keys, ascending in ((["a"], [False]), (["b"], [True]), (["a", "b"], [False, True]), (["b"], [False])):
+        columns = [s.USER_IDX, *keys, s.ITEM_IDX]
+        ordered = frame[columns].sort_values(columns, ascending=[True, *ascending, True], kind="mergesort")
+        expected = (ordered.groupby(s.USER_IDX, sort=False).cumcount() + 1).reindex(frame.index).astype(np.float64)
+        got = _rank_within_user(users, [(frame[k].to_numpy(), asc) for k, asc in zip(keys, ascending, strict=True)],
+                                items)
+        np.testing.assert_array_equal(got, expected.to_numpy(), err_msg=f"{keys} {ascending}")
+    np.testing.assert_array_equal(_dense_rank_within_user(users, coarse),
+                                  frame.groupby(s.USER_IDX)["a"].rank(method="dense").to_numpy())
+    unique, codes = _group_codes(users)
+    by_user = frame.groupby(s.USER_IDX)["b"]
+    np.testing.assert_array_equal(_group_extreme(codes, len(unique), noisy, largest=True), by_user.max().to_numpy())
+    np.testing.assert_array_equal(_group_extreme(codes, len(unique), noisy, largest=False), by_user.min().to_numpy())
+    prices = rng.random(n) * 10.0 ** rng.integers(-3, 6, n)  # magnitudes where summation order shows
+    expected_mean = pd.Series(prices).groupby(users).mean().to_numpy()
+    assert _group_mean(codes, len(unique), prices).tobytes() == expected_mean.tobytes()
+    all_nan = _group_extreme(np.array([0, 0, 1]), 2, np.array([np.nan, np.nan, 1.0]), largest=True)
+    assert np.isnan(all_nan[0]) and all_nan[1] == 1.0
+    mixed = np.array(["mugs", None, 5, 2.5, np.nan], dtype=object)
+    for values in (mixed, np.array(["a", None], dtype=object), np.array([1.0, np.nan]), np.array([3, 4])):
+        expected_text = pd.Series(values).astype("string").fillna(s.MISSING_CATEGORY).to_numpy(object)
+        assert _categories(values).tolist() == expected_text.tolist()
