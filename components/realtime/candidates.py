@@ -3,7 +3,7 @@ their events since the cutoff, (b) those items' co-occurrence neighbours and, fo
 at the cutoff (unknown to the bundle, or in its id map with no event before the cutoff), (c) ALS fold-in and
 the popular items every batch user gets.
 
-One mechanism for every row of a fresh answer (:meth:`FreshSources.rows_as_of`): the candidate set's
+One mechanism for every row of a fresh answer (:meth:`FreshSources.columns_as_of`): the candidate set's
 generator columns as of t, then every ranker feature of every row, bundle rows and new pairs alike, by the
 ranker's own :func:`components.ranker.features.build_features` over the user's ETL tables at t, which
 components/realtime/features.py rebuilds from the bundle's ``history/`` plus the fresh events

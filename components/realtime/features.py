@@ -19,7 +19,7 @@ every user's events, which this user's request does not know) and the ``x_*`` bu
 only, and the shop's attributes.
 
 With fresh candidates (components/realtime/candidates.py, a bundle with the neighbour table) the same
-tables feed one build_features over the whole candidate set (:func:`user_state`, :func:`feature_frame`):
+tables feed one build_features over the whole candidate set (:func:`user_state`, :func:`feature_columns_of`):
 every feature of every row, new pairs included, is then the batch's.
 
 The service computes them as of the user's newest event (:func:`as_of_us`), not the clock: a user's
