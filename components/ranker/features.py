@@ -550,12 +550,12 @@ def feature_columns(
     category_feature = s.ITEM_ATTR_PREFIX + s.ITEM_CATEGORY
     if user_category is not None and category_feature in columns:
         _require(user_category, [s.USER_IDX, s.ITEM_CATEGORY, s.UC_SHARE], s.USER_CATEGORY)
-        names = pd.Series(_array(user_category, s.ITEM_CATEGORY)).astype("string")
-        known = names.notna().to_numpy()
+        raw = _array(user_category, s.ITEM_CATEGORY)
+        known = ~pd.isna(raw)  # a missing category matches no item (the item side's missing is MISSING_CATEGORY)
         columns[s.UC_SHARE] = _filled(_take(
             _numeric(_array(user_category, s.UC_SHARE))[known],
             _pair_lookup(users, _categories(columns[category_feature]),
-                         _array(user_category, s.USER_IDX)[known], names[known].to_numpy(object), s.USER_CATEGORY)),
+                         _array(user_category, s.USER_IDX)[known], _categories(raw[known]), s.USER_CATEGORY)),
             0.0)
         derived.append(s.UC_SHARE)
 
