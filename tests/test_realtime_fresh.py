@@ -106,7 +106,7 @@ def test_the_next_answer_on_either_worker_reflects_an_acknowledged_event(
     user_idx = shop.user_ids.index(warm)
     before = httpx.get(f"{url}/recommendations", params={"user_id": warm, "top_k": 10}).json()
     assert before["degraded"] is False
-    stamps = ["2030-01-01T10:00:00", "2030-01-02T10:00:00", "2030-01-03T10:00:00"]
+    stamps = ["2025-01-01T10:00:00", "2025-01-02T10:00:00", "2025-01-03T10:00:00"]
     # an item outside the user's top 10 whose purchases would bring it in (found offline, from the bundle)
     listed = [i["item_id"] for i in before["items"]]
     candidates = shop.candidates.loc[shop.candidates[s.USER_IDX] == user_idx, s.ITEM_IDX].tolist()
@@ -137,7 +137,7 @@ def test_killing_redis_under_load_degrades_answers_without_errors(shop: Syntheti
             for n, user in enumerate(warm):
                 httpx.post(f"{url}/events", json={"events": [
                     {"user_id": user, "item_id": shop.item_ids[n], "event_type": "purchase",
-                     "timestamp": "2030-01-01T00:00:00", "event_id": f"seed-{n}"}]})
+                     "timestamp": "2025-01-01T00:00:00", "event_id": f"seed-{n}"}]})
             statuses: list[int] = []
             answers: list[tuple[float, dict[str, object]]] = []
             posted: list[tuple[float, dict[str, object]]] = []
@@ -159,7 +159,7 @@ def test_killing_redis_under_load_degrades_answers_without_errors(shop: Syntheti
                         n += 1
                         response = client.post("/events", json={"events": [
                             {"user_id": warm[n % len(warm)], "item_id": shop.item_ids[n % 7], "event_type": "view",
-                             "timestamp": "2030-01-02T00:00:00", "event_id": f"load-{n}"}]})
+                             "timestamp": "2025-01-02T00:00:00", "event_id": f"load-{n}"}]})
                         statuses.append(response.status_code)
                         posted.append((time.monotonic(), response.json()))
 

@@ -99,8 +99,9 @@ class HeldEvents:
     events: tuple[StoredEvent, ...]
 
 
-def _answer_bytes(value: tuple[np.ndarray, np.ndarray]) -> int:
-    return int(value[0].nbytes + value[1].nbytes) + 200
+def _answer_bytes(value: tuple[Hashable, np.ndarray, np.ndarray]) -> int:
+    held = value[0]  # the events' keys when no store version names them (~80 bytes each)
+    return int(value[1].nbytes + value[2].nbytes) + 200 + (80 * len(held) if isinstance(held, tuple) else 0)
 
 
 def _prepared_bytes(value: tuple[np.ndarray, PreparedFeatures, dict[str, int]]) -> int:
@@ -158,8 +159,9 @@ class FreshAnswers:
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
         self._cache: BoundedLru[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = BoundedLru(
             PREPARED_CACHE_USERS, PREPARED_CACHE_BYTES, _prepared_bytes)
-        # (model version, user, store version or the events' keys) -> exact answer (candidates, scores)
-        self._scored: BoundedLru[tuple[str, int | str, Hashable], tuple[np.ndarray, np.ndarray]] = BoundedLru(
+        # (model version, user) -> (store version or the events' keys, exact answer: candidates, scores); one
+        # entry a user, replaced when their events change (stale answers would fill the LRU up to its bound)
+        self._scored: BoundedLru[tuple[str, int | str], tuple[Hashable, np.ndarray, np.ndarray]] = BoundedLru(
             PREPARED_CACHE_USERS, SCORED_CACHE_BYTES, _answer_bytes)
         # user -> their parsed events since the cutoff at a store version
         self._events: BoundedLru[str, HeldEvents] = BoundedLru(
@@ -192,12 +194,12 @@ class FreshAnswers:
         assert model.ranker is not None
         # With history the answer is a function of the user's events alone: computed once per new event
         # (build_features costs tens of milliseconds), then read from here.
-        key = (model.version, user_idx if user_idx is not None else user_id,
-               version if version is not None else tuple(e.key for e in events))
+        key = (model.version, user_idx if user_idx is not None else user_id)
+        held: Hashable = version if version is not None else tuple(e.key for e in events)
         if model.user_history is not None:
             hit = self._scored.get(key)
-            if hit is not None:
-                return hit
+            if hit is not None and hit[0] == held:
+                return hit[1], hit[2]
         cut = cutoff_us(model)
         exact = model.user_history is not None and self.budget.take()
         if model.user_history is not None and not exact:
@@ -231,7 +233,7 @@ class FreshAnswers:
                 numeric[:, positions[name]] = values
             scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
         if exact:  # a fast answer is not cached: the next request with budget makes the exact one
-            self._scored.put(key, (items, scores))
+            self._scored.put(key, (held, items, scores))
         return items, scores
 
     def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None
