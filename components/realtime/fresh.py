@@ -17,7 +17,7 @@ budget: it measures the exact answers.
 Per-read cost does not grow with a user's stored events while they do not change: the store hands out a
 per-user version with the events (store.py), the worker keeps each user's parsed events under it and its
 exact answers under (model version, user, store version), so a repeated GET costs one version lookup. The
-caches are LRUs bounded in entries and bytes (``*_CACHE_*`` below: ~64 MB a worker at most).
+caches are LRUs bounded in entries and bytes (``*_CACHE_*`` below: ~90 MB a worker at most).
 
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
@@ -46,11 +46,14 @@ from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
 
 PREPARED_CACHE_USERS = 2048
-PREPARED_CACHE_BYTES: Final = 32 << 20  # the bundle rows of ~200 users of Online Retail (~140 KB each)
+# the bundle rows in the ranker's layout of ~800 users of Online Retail (200 rows: ~81 KB each); was 2,048
+# users whatever their size
+PREPARED_CACHE_BYTES: Final = 64 << 20
 SCORED_CACHE_BYTES: Final = 16 << 20  # exact answers: items and scores, 16 bytes a candidate
 EVENTS_CACHE_USERS: Final = 4096
-EVENTS_CACHE_EVENTS: Final = 64_000  # parsed events held: ~16 MB (~250 bytes each, tracemalloc)
-EVENT_BYTES: Final = 250
+# parsed events held: ~11 MB (~360 bytes each, tracemalloc; the soak's 500 users reach ~115k events, so
+# there a read after an eviction re-parses the user's events: memory is the bound that matters)
+EVENTS_CACHE_EVENTS: Final = 32_000
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -73,8 +74,8 @@ def _encode(e: StoredEvent) -> bytes:
 
 def _decode(user_id: str, member: bytes) -> StoredEvent:
     key, item, kind, ts, qty, price, session = orjson.loads(member)
-    return StoredEvent(key=key, user_id=user_id, item_id=item, event_type=kind, timestamp_us=ts, quantity=qty,
-                       price=price, session_id=session)
+    return StoredEvent(key=key, user_id=user_id, item_id=item, event_type=sys.intern(kind), timestamp_us=ts,
+                       quantity=qty, price=price, session_id=session)
 
 
 class ElastiCacheIamCredentials:
