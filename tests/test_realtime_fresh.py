@@ -33,6 +33,7 @@ from components.serving.testing import serve_in_thread
 from tests.redis_server import free_port, redis_server
 
 REPO = Path(__file__).resolve().parents[1]
+FAR_AHEAD_S = 20 * 365 * 86_400  # the 2030 stamps below are accepted (the default refuses > 1 h ahead)
 CUTOFF_US = int(datetime(2011, 11, 9, tzinfo=UTC).timestamp()) * 1_000_000  # the synthetic bundle's test_start
 
 
@@ -72,7 +73,9 @@ def two_workers(shop: SyntheticShop, tmp_path: Path) -> Iterator[tuple[str, Path
     port = free_port()
     work, raw = tmp_path / "work", tmp_path / "raw"
     env = {**os.environ, "PYTHONPATH": str(REPO), "ECOMREC_MODEL": str(shop.archive), "ECOMREC_WORK_DIR": str(work),
-           "ECOMREC_EVENTS_RAW_ROOT": str(raw), "ECOMREC_WATCH_INTERVAL_S": "0"}
+           "ECOMREC_EVENTS_RAW_ROOT": str(raw), "ECOMREC_WATCH_INTERVAL_S": "0",
+           # the events are stamped ahead of the clock (2030), which pins the request time of the expected answer
+           "ECOMREC_EVENTS_MAX_AHEAD_S": str(FAR_AHEAD_S)}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "components.serving.main:app_factory", "--factory", "--workers", "2",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env, cwd=tmp_path)
@@ -106,7 +109,7 @@ def test_the_next_answer_on_either_worker_reflects_an_acknowledged_event(
     user_idx = shop.user_ids.index(warm)
     before = httpx.get(f"{url}/recommendations", params={"user_id": warm, "top_k": 10}).json()
     assert before["degraded"] is False
-    stamps = ["2025-01-01T10:00:00", "2025-01-02T10:00:00", "2025-01-03T10:00:00"]
+    stamps = ["2030-01-01T10:00:00", "2030-01-02T10:00:00", "2030-01-03T10:00:00"]
     # an item outside the user's top 10 whose purchases would bring it in (found offline, from the bundle)
     listed = [i["item_id"] for i in before["items"]]
     candidates = shop.candidates.loc[shop.candidates[s.USER_IDX] == user_idx, s.ITEM_IDX].tolist()
@@ -131,13 +134,13 @@ def test_killing_redis_under_load_degrades_answers_without_errors(shop: Syntheti
     with redis_server(tmp_path / "redis") as redis:
         settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path / "work", watch_interval_s=0,
                                    events_raw_root=tmp_path / "raw", store_url=redis.url, store_timeout_s=0.05,
-                                   store_retry_after_s=0.2)
+                                   store_retry_after_s=0.2, events_max_ahead_s=FAR_AHEAD_S)
         with serve_in_thread(create_app(settings)) as url:
             static = {u: httpx.get(f"{url}/recommendations", params={"user_id": u}).json()["items"] for u in warm}
             for n, user in enumerate(warm):
                 httpx.post(f"{url}/events", json={"events": [
                     {"user_id": user, "item_id": shop.item_ids[n], "event_type": "purchase",
-                     "timestamp": "2025-01-01T00:00:00", "event_id": f"seed-{n}"}]})
+                     "timestamp": "2030-01-01T00:00:00", "event_id": f"seed-{n}"}]})
             statuses: list[int] = []
             answers: list[tuple[float, dict[str, object]]] = []
             posted: list[tuple[float, dict[str, object]]] = []
@@ -159,7 +162,7 @@ def test_killing_redis_under_load_degrades_answers_without_errors(shop: Syntheti
                         n += 1
                         response = client.post("/events", json={"events": [
                             {"user_id": warm[n % len(warm)], "item_id": shop.item_ids[n % 7], "event_type": "view",
-                             "timestamp": "2025-01-02T00:00:00", "event_id": f"load-{n}"}]})
+                             "timestamp": "2030-01-02T00:00:00", "event_id": f"load-{n}"}]})
                         statuses.append(response.status_code)
                         posted.append((time.monotonic(), response.json()))
 
