@@ -249,10 +249,11 @@ class FreshAnswers:
         held = self._events.get(user_id)
         known = held.version if held is not None and held.cutoff_us == cut else None
         version, events = self.guard.call("read", lambda store: store.read(user_id, known))
-        if events is None and held is not None:  # the events we hold are the store's
+        if events is None:  # unchanged since the events we hold (``known`` was their version)
+            assert held is not None
             since: Sequence[StoredEvent] = held.events
         else:
-            since = tuple(e for e in events or () if e.timestamp_us >= cut)
+            since = tuple(e for e in events if e.timestamp_us >= cut)
             if version is not None:
                 self._events.put(user_id, HeldEvents(version, cut, since))
         if at_us is not None:
