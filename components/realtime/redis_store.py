@@ -8,7 +8,9 @@ version (store.py: a random token, set by every add that stores an event), ``<pr
 marks an acknowledged key (expires after ``key_ttl_days``). One Lua script per user stores the new events,
 trims the set and sets the version, atomically: two workers adding the same retry store one copy, and a
 reader never sees new events under an old version. Another reads the version and, only when it is not the
-one the reader holds, the events, in one round trip. Every call is bounded by
+one the reader holds, the events, in one round trip. (During a rolling upgrade from a release without
+versions, an event added by an old pod leaves the version as it was: a new pod holding that user may answer
+from their previous events until the user's next event reaches a new pod.) Every call is bounded by
 ``timeout_s`` (socket and connect timeouts); any failure is a StoreUnavailableError.
 """
 
