@@ -33,6 +33,7 @@ from components.serving.testing import serve_in_thread
 from tests.redis_server import free_port, redis_server
 
 REPO = Path(__file__).resolve().parents[1]
+FAR_AHEAD_S = 20 * 365 * 86_400  # the 2030 stamps below are accepted (the default refuses > 1 h ahead)
 CUTOFF_US = int(datetime(2011, 11, 9, tzinfo=UTC).timestamp()) * 1_000_000  # the synthetic bundle's test_start
 
 
@@ -72,7 +73,9 @@ def two_workers(shop: SyntheticShop, tmp_path: Path) -> Iterator[tuple[str, Path
     port = free_port()
     work, raw = tmp_path / "work", tmp_path / "raw"
     env = {**os.environ, "PYTHONPATH": str(REPO), "ECOMREC_MODEL": str(shop.archive), "ECOMREC_WORK_DIR": str(work),
-           "ECOMREC_EVENTS_RAW_ROOT": str(raw), "ECOMREC_WATCH_INTERVAL_S": "0"}
+           "ECOMREC_EVENTS_RAW_ROOT": str(raw), "ECOMREC_WATCH_INTERVAL_S": "0",
+           # the events are stamped ahead of the clock (2030), which pins the request time of the expected answer
+           "ECOMREC_EVENTS_MAX_AHEAD_S": str(FAR_AHEAD_S)}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "components.serving.main:app_factory", "--factory", "--workers", "2",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env, cwd=tmp_path)
@@ -131,7 +134,7 @@ def test_killing_redis_under_load_degrades_answers_without_errors(shop: Syntheti
     with redis_server(tmp_path / "redis") as redis:
         settings = ServingSettings(model=str(shop.archive), work_dir=tmp_path / "work", watch_interval_s=0,
                                    events_raw_root=tmp_path / "raw", store_url=redis.url, store_timeout_s=0.05,
-                                   store_retry_after_s=0.2)
+                                   store_retry_after_s=0.2, events_max_ahead_s=FAR_AHEAD_S)
         with serve_in_thread(create_app(settings)) as url:
             static = {u: httpx.get(f"{url}/recommendations", params={"user_id": u}).json()["items"] for u in warm}
             for n, user in enumerate(warm):

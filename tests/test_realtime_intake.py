@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from components import event_rules as v
 from components import schema as s
+from components.realtime.intake import TIMESTAMP_IN_FUTURE
 from components.realtime.log import LOG_COLUMNS, log_folder
 from components.realtime.store import SqliteStore
 from components.serving import metric_names as mn
@@ -166,3 +168,26 @@ def test_events_send_names_an_unreadable_file(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["events", "send", str(tmp_path / "nope.csv"), "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1 and "no such file" in " ".join(result.output.split())
+
+
+def test_an_event_stamped_far_ahead_of_the_clock_is_refused_and_evicts_nothing(
+        served: tuple[httpx.Client, Path, Path]) -> None:
+    """One event stamped years ahead (a unit or clock bug) would be the user's newest: the store keeps a user's
+    events within ECOMREC_STORE_MAX_DAYS (365) of their newest, so it would evict every real one. Refused
+    with its reason, not logged; skew within ECOMREC_EVENTS_MAX_AHEAD_S (one hour) is accepted as stamped."""
+    client, raw, store = served
+
+    def at(delta: timedelta) -> str:
+        return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S")
+
+    real = [event(ts=at(timedelta(days=-30)), event_id="real-1"), event(ts=at(timedelta(days=-1)), event_id="real-2")]
+    assert client.post("/events", json={"events": real}).json()["accepted"] == [0, 1]
+    body = client.post("/events", json={"events": [
+        event(ts=at(timedelta(days=3 * 365)), event_id="ahead-years"),
+        event(ts=at(timedelta(minutes=70)), event_id="ahead-70-min"),
+        event(ts=at(timedelta(minutes=10)), event_id="skewed-10-min")]}).json()
+    assert body["accepted"] == [2]
+    assert body["rejected"] == [{"index": i, "reason": TIMESTAMP_IN_FUTURE} for i in (0, 1)]
+    kept = [e.key for e in SqliteStore(store).user_events("10001")]
+    assert kept == ["id:real-1", "id:real-2", "id:skewed-10-min"]
+    assert [r["event_id"] for r in logged_rows(raw)] == ["real-1", "real-2", "skewed-10-min"]

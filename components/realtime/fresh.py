@@ -14,6 +14,11 @@ beyond it, until tokens come back, an answer is the fast one (the bundle rows wi
 durations moved to the request, ~1 ms; a user the bundle does not know gets the popular list), so an event
 storm slows nobody's answers. The replay evaluation has no budget: it measures the exact answers.
 
+Per-read cost does not grow with a user's stored events while they do not change: the store hands out a
+per-user version with the events (store.py), the worker keeps each user's parsed events under it and its
+exact answers under (model version, user, store version), so a repeated GET costs one version lookup. The
+caches are LRUs bounded in entries and bytes (``*_CACHE_*`` below: ~90 MB a worker at most).
+
 Every path that answers users goes through :meth:`FreshAnswers.recommend` (the HTTP routes through
 ServiceState.answer, the replay evaluation in process). A store that fails or times out makes the answer
 the bundle's alone, marked degraded; never an error.
@@ -25,8 +30,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Final, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +46,70 @@ from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
 
 PREPARED_CACHE_USERS = 2048
+# the bundle rows in the ranker's layout of ~800 users of Online Retail (200 rows: ~81 KB each); was 2,048
+# users whatever their size
+PREPARED_CACHE_BYTES: Final = 64 << 20
+SCORED_CACHE_BYTES: Final = 16 << 20  # exact answers: items and scores, 16 bytes a candidate
+EVENTS_CACHE_USERS: Final = 4096
+# parsed events held: ~11 MB (~360 bytes each, tracemalloc; the soak's 500 users reach ~115k events, so
+# there a read after an eviction re-parses the user's events: memory is the bound that matters)
+EVENTS_CACHE_EVENTS: Final = 32_000
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class BoundedLru(Generic[K, V]):
+    """A thread-safe LRU map bounded in entries and in total ``size`` (bytes, events...) of its values."""
+
+    def __init__(self, max_entries: int, max_size: int, size: Callable[[V], int]) -> None:
+        self.max_entries, self.max_size, self._size = max_entries, max_size, size
+        self.total = 0
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return hit[0]
+
+    def put(self, key: K, value: V) -> None:
+        size = self._size(value)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.total -= old[1]
+            if size > self.max_size:
+                return  # one value over the whole budget is not kept
+            self._items[key] = (value, size)
+            self.total += size
+            while len(self._items) > self.max_entries or self.total > self.max_size:
+                self.total -= self._items.popitem(last=False)[1][1]
+
+
+@dataclass(frozen=True)
+class HeldEvents:
+    """A user's events since a cutoff, as the store had them at ``version``."""
+
+    version: int
+    cutoff_us: int
+    events: tuple[StoredEvent, ...]
+
+
+def _answer_bytes(value: tuple[Hashable, np.ndarray, np.ndarray]) -> int:
+    held = value[0]  # the events' keys when no store version names them (~80 bytes each)
+    return int(value[1].nbytes + value[2].nbytes) + 200 + (80 * len(held) if isinstance(held, tuple) else 0)
+
+
+def _prepared_bytes(value: tuple[np.ndarray, PreparedFeatures, dict[str, int]]) -> int:
+    items, prepared, _ = value  # categorical: an object array of short str (~64 bytes with the pointer)
+    return int(items.nbytes + prepared.numeric.nbytes) + 64 * int(prepared.categorical.size) + 500
 
 
 def cutoff_us(model: ServingModel) -> int:
@@ -89,47 +160,49 @@ class FreshAnswers:
         self.fast_answers = 0  # answers made by the fast path because the budget was spent
         self._on_fast = on_fast
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
-        self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._scored: OrderedDict[tuple[str, int | str, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: BoundedLru[tuple[str, int], tuple[np.ndarray, PreparedFeatures, dict[str, int]]] = BoundedLru(
+            PREPARED_CACHE_USERS, PREPARED_CACHE_BYTES, _prepared_bytes)
+        # (model version, user) -> (store version or the events' keys, exact answer: candidates, scores); one
+        # entry a user, replaced when their events change (stale answers would fill the LRU up to its bound)
+        self._scored: BoundedLru[tuple[str, int | str], tuple[Hashable, np.ndarray, np.ndarray]] = BoundedLru(
+            PREPARED_CACHE_USERS, SCORED_CACHE_BYTES, _answer_bytes)
+        # user -> their parsed events since the cutoff at a store version
+        self._events: BoundedLru[str, HeldEvents] = BoundedLru(
+            EVENTS_CACHE_USERS, EVENTS_CACHE_EVENTS, lambda held: len(held.events) + 1)
 
     def _prepared(self, model: ServingModel, user_idx: int, rows: pd.DataFrame
                   ) -> tuple[np.ndarray, PreparedFeatures, dict[str, int]]:
         """The user's rows in the ranker's layout, with where each as-of feature sits in it (cached: the
         frame-to-matrix step costs more than the scoring)."""
         key = (model.version, user_idx)  # a version is one content: its rows and its model
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         assert model.ranker is not None and model.ranker.spec is not None
         numeric_names = list(model.ranker.spec.numeric)
         moved = model.user_history.recomputed if model.user_history is not None else AS_OF_FEATURES
         positions: dict[str, int] = {n: numeric_names.index(n) for n in moved if n in numeric_names}
         value = (rows[s.ITEM_IDX].to_numpy(np.int64), model.ranker.prepare(rows), positions)
-        with self._lock:
-            self._cache[key] = value
-            if len(self._cache) > PREPARED_CACHE_USERS:
-                self._cache.popitem(last=False)
+        self._cache.put(key, value)
         return value
 
     def score(self, model: ServingModel, user_idx: int | None, rows: pd.DataFrame, events: Sequence[StoredEvent],
-              at_us: int | None = None, *, user_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+              at_us: int | None = None, *, user_id: str = "", version: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         """The user's candidate items and their per-request scores. With history, features as of the user's
         newest event (features.as_of_us) on the bundle rows plus fresh candidates when the bundle carries
         them (``user_idx`` None: a user the bundle does not know, ``user_id``); without, the bundle rows
-        with the subset as of ``at_us`` (default: now)."""
+        with the subset as of ``at_us`` (default: now). ``version``: the store's version of exactly these
+        events (then the answer is cached under it, not under every event's key)."""
         assert model.ranker is not None
         # With history the answer is a function of the user's events alone: computed once per new event
         # (a build_features call), then read from here.
-        key = (model.version, user_idx if user_idx is not None else user_id, tuple(e.key for e in events))
+        key = (model.version, user_idx if user_idx is not None else user_id)
+        held: Hashable = version if version is not None else tuple(e.key for e in events)
         if model.user_history is not None:
-            with self._lock:
-                hit = self._scored.get(key)
-                if hit is not None:
-                    self._scored.move_to_end(key)
-                    return hit
+            hit = self._scored.get(key)
+            if hit is not None and hit[0] == held:
+                return hit[1], hit[2]
         cut = cutoff_us(model)
         exact = model.user_history is not None and self.budget.take()
         if model.user_history is not None and not exact:
@@ -164,18 +237,29 @@ class FreshAnswers:
                 numeric[:, positions[name]] = values
             scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
         if exact:  # a fast answer is not cached: the next request with budget makes the exact one
-            with self._lock:
-                self._scored[key] = (items, scores)
-                if len(self._scored) > PREPARED_CACHE_USERS:
-                    self._scored.popitem(last=False)
+            self._scored.put(key, (held, items, scores))
         return items, scores
 
-    def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None) -> list[StoredEvent]:
-        """The user's stored events since the cutoff and before ``at_us`` (default: all of them, events
-        stamped ahead of this machine's clock included). Raises StoreUnavailableError."""
-        events = self.guard.call("read", lambda store: store.user_events(user_id))
+    def fresh_events(self, model: ServingModel, user_id: str, at_us: int | None = None
+                     ) -> tuple[int | None, Sequence[StoredEvent]]:
+        """(the user's store version, their stored events since the cutoff and before ``at_us``; default:
+        all of them, events stamped ahead of this machine's clock included). Asks the store every time
+        (another worker may have added events: read-your-writes), but re-reads the events only when their
+        version changed. Raises StoreUnavailableError."""
         cut = cutoff_us(model)
-        return [e for e in events if e.timestamp_us >= cut and (at_us is None or e.timestamp_us < at_us)]
+        held = self._events.get(user_id)
+        known = held.version if held is not None and held.cutoff_us == cut else None
+        version, events = self.guard.call("read", lambda store: store.read(user_id, known))
+        if events is None:  # unchanged since the events we hold (``known`` was their version)
+            assert held is not None
+            since: Sequence[StoredEvent] = held.events
+        else:
+            since = tuple(e for e in events if e.timestamp_us >= cut)
+            if version is not None:
+                self._events.put(user_id, HeldEvents(version, cut, since))
+        if at_us is not None:
+            since = [e for e in since if e.timestamp_us < at_us]
+        return version, since
 
     def recommend(self, model: ServingModel, user_id: str, k: int, *, exclude_purchased: bool = False,
                   exclude: Sequence[str] = (), category: str | None = None,
@@ -185,7 +269,7 @@ class FreshAnswers:
         if model.ranker is None or model.feature_rows is None:
             return None, False
         try:
-            events = self.fresh_events(model, user_id, at_us)
+            version, events = self.fresh_events(model, user_id, at_us)
         except StoreUnavailableError:
             return None, True
         user_idx = model.user_index.get(user_id)
@@ -202,7 +286,8 @@ class FreshAnswers:
         if rows.empty and sources is None:
             return None, False
         try:
-            items, scores = self.score(model, user_idx, rows, events, at_us, user_id=user_id)
+            items, scores = self.score(model, user_idx, rows, events, at_us, user_id=user_id,
+                                       version=version if at_us is None else None)
         except OSError:  # a swapped-out model's memory-mapped factors went with its folder
             return None, False
         if not len(items):

@@ -1,7 +1,15 @@
 """``POST /events``: check a batch with the contract's rules, log what passes durably, then feed the store.
 
 Per event, in order:
-1. the contract's row checks (components/event_rules.py: the ETL's reasons in the ETL's order);
+1. the contract's row checks (components/event_rules.py: the ETL's reasons in the ETL's order), then the
+   intake's own: an ``event_id`` over 256 characters is ``malformed_row``; a timestamp more than
+   ``max_ahead_s`` (ECOMREC_EVENTS_MAX_AHEAD_S, default one hour) ahead of the server's clock is
+   ``timestamp_in_future``. Such an event is a unit or clock bug (milliseconds sent as seconds, a local time
+   sent as UTC); kept, it would be the user's newest event, and the store bounds a user to ``max_days``
+   before their newest event: it would evict their real events and set their features' "now" years ahead.
+   Mixpanel's /import refuses the same window ("more than one hour in the future, measured on Mixpanel's
+   servers", https://docs.mixpanel.com/troubleshooting/errors/400-bad-request). Skew under the tolerance is
+   accepted as stamped;
 2. its idempotency key: ``id:<event_id>`` when the client gave one, else a hash of the parsed values. A key
    the store already holds (or an earlier event of the batch) is a repeat: with an event_id it is a retry
    and is acknowledged again without being written twice (``already_received``); without one it is the
@@ -33,6 +41,8 @@ from components.realtime.store import OnlineStore, StoredEvent, StoreUnavailable
 log = logging.getLogger(__name__)
 
 EVENT_ID_MAX_CHARS: Final = 256
+TIMESTAMP_IN_FUTURE: Final = "timestamp_in_future"  # the intake's rule, not the ETL's (see the docstring)
+MAX_AHEAD_S: Final = 3600.0
 T = TypeVar("T")
 
 
@@ -93,12 +103,16 @@ class IntakeResult:
 
 
 class EventIntake:
-    def __init__(self, event_log: DurableLog, guard: StoreGuard) -> None:
+    def __init__(self, event_log: DurableLog, guard: StoreGuard, *, max_ahead_s: float = MAX_AHEAD_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.log = event_log
         self.guard = guard
+        self.max_ahead_s = max_ahead_s
+        self.clock = clock
 
     def ingest(self, events: Sequence[object]) -> IntakeResult:
         result = IntakeResult()
+        latest_us = int((self.clock() + self.max_ahead_s) * 1_000_000)
         fresh: list[tuple[int, StoredEvent, dict[str, object]]] = []
         for index, raw in enumerate(events):
             if not isinstance(raw, dict):
@@ -110,6 +124,8 @@ class EventIntake:
                 event_id = event_id.strip(" ") or None
             if reason is None and event_id is not None and len(event_id) > EVENT_ID_MAX_CHARS:
                 reason = MALFORMED_ROW
+            if reason is None and parsed is not None and parsed.timestamp_us > latest_us:
+                reason = TIMESTAMP_IN_FUTURE
             if reason is not None or parsed is None:
                 result.rejected.append({"index": index, "reason": reason})
                 continue

@@ -3,15 +3,22 @@
 
 Per user, under one hash tag (``{<user_id>}``) so every key a script touches lives in one cluster slot:
 ``<prefix>{<user>}:ev`` is a sorted set of the user's events (score = event time in microseconds, member
-= the event encoded with its idempotency key, so members are unique), ``<prefix>{<user>}:k:<key>`` marks
-an acknowledged key (expires after ``key_ttl_days``). One Lua script per user stores the new events and
-trims the set, atomically: two workers adding the same retry store one copy. Every call is bounded by
+= the event encoded with its idempotency key, so members are unique), ``<prefix>{<user>}:v`` is the user's
+version (store.py: a random token, set by every add that stores an event), ``<prefix>{<user>}:k:<key>``
+marks an acknowledged key (expires after ``key_ttl_days``). One Lua script per user stores the new events,
+trims the set and sets the version, atomically: two workers adding the same retry store one copy, and a
+reader never sees new events under an old version. Another reads the version and, only when it is not the
+one the reader holds, the events, in one round trip. (During a rolling upgrade from a release without
+versions, an event added by an old pod leaves the version as it was: a new pod holding that user may answer
+from their previous events until the user's next event reaches a new pod.) Every call is bounded by
 ``timeout_s`` (socket and connect timeouts); any failure is a StoreUnavailableError.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,17 +36,19 @@ ACCESS_STRING: Final = f"on ~{DEFAULT_PREFIX}* +@all -@dangerous -@admin"
 IAM_TOKEN_SECONDS: Final = 900  # "The IAM authentication token is valid for 15 minutes" (auth-iam.html)
 IAM_TOKEN_REUSE_S: Final = 600  # a token signs new connections for 10 minutes, then a fresh one is made
 
-# KEYS[1] = the user's event set, KEYS[2..] = the events' key markers; ARGV[1] key ttl (s), ARGV[2] max
-# events, ARGV[3] max age (us), ARGV[4..] (score, member) per event. Returns the number stored.
+# KEYS[1] = the user's event set, KEYS[2] = their version, KEYS[3..] = the events' key markers; ARGV[1] key
+# ttl (s), ARGV[2] max events, ARGV[3] max age (us), ARGV[4] the new version, ARGV[5..] (score, member) per
+# event. Returns the number stored.
 _ADD = """
 local added = 0
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('ZADD', KEYS[1], ARGV[2 + 2 * (i - 1)], ARGV[3 + 2 * (i - 1)])
+    redis.call('ZADD', KEYS[1], ARGV[5 + 2 * (i - 3)], ARGV[6 + 2 * (i - 3)])
     added = added + 1
   end
 end
 if added > 0 then
+  redis.call('SET', KEYS[2], ARGV[4])
   local n = redis.call('ZCARD', KEYS[1])
   local keep = tonumber(ARGV[2])
   if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1) end
@@ -52,6 +61,14 @@ end
 return added
 """
 
+# KEYS[1] = the user's event set, KEYS[2] = their version; ARGV[1] the version the caller holds ("": none).
+# Returns {version} when it is the caller's, else {version or nil, members oldest first}.
+_READ = """
+local version = redis.call('GET', KEYS[2])
+if version and version == ARGV[1] then return {version} end
+return {version, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"""
+
 
 def _encode(e: StoredEvent) -> bytes:
     return orjson.dumps([e.key, e.item_id, e.event_type, e.timestamp_us, e.quantity, e.price, e.session_id])
@@ -59,8 +76,8 @@ def _encode(e: StoredEvent) -> bytes:
 
 def _decode(user_id: str, member: bytes) -> StoredEvent:
     key, item, kind, ts, qty, price, session = orjson.loads(member)
-    return StoredEvent(key=key, user_id=user_id, item_id=item, event_type=kind, timestamp_us=ts, quantity=qty,
-                       price=price, session_id=session)
+    return StoredEvent(key=key, user_id=user_id, item_id=item, event_type=sys.intern(kind), timestamp_us=ts,
+                       quantity=qty, price=price, session_id=session)
 
 
 class ElastiCacheIamCredentials:
@@ -156,16 +173,21 @@ class RedisStore:
         self._connect: Any = (lambda: client) if client is not None else (lambda: kind.from_url(url, **options))
         self._client: Any = None
         self._add: Any = None
+        self._read: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
             self._client = self._connect()
             self._add = self._client.register_script(_ADD)
+            self._read = self._client.register_script(_READ)
         return self._client
 
     def _events_key(self, user_id: str) -> str:
         return f"{self.prefix}{{{user_id}}}:ev"
+
+    def _version_key(self, user_id: str) -> str:
+        return f"{self.prefix}{{{user_id}}}:v"
 
     def _marker(self, user_id: str, key: str) -> str:
         return f"{self.prefix}{{{user_id}}}:k:{key}"
@@ -192,10 +214,11 @@ class RedisStore:
         ttl = max(1, int(limits.key_ttl_days * 86_400))
         calls: list[tuple[list[str], list[Any]]] = []
         for user, group in by_user(events).items():
-            args: list[Any] = [ttl, limits.max_events, limits.max_age_us]
+            args: list[Any] = [ttl, limits.max_events, limits.max_age_us, secrets.randbits(63)]
             for e in group:
                 args += [e.timestamp_us, _encode(e)]
-            calls.append(([self._events_key(user), *[self._marker(user, e.key) for e in group]], args))
+            calls.append(([self._events_key(user), self._version_key(user),
+                           *[self._marker(user, e.key) for e in group]], args))
         try:
             return self._run_add(calls)
         except self._errors as error:
@@ -216,13 +239,22 @@ class RedisStore:
             self._add(keys=keys, args=args, client=pipe)
         return int(sum(pipe.execute()))
 
-    def user_events(self, user_id: str) -> list[StoredEvent]:
+    def read(self, user_id: str, known: int | None = None) -> tuple[int | None, list[StoredEvent] | None]:
         try:
-            members = cast(list[bytes], self.client.zrange(self._events_key(user_id), 0, -1))
+            client = self.client
+            # redis-py's Script loads itself on NOSCRIPT (a restarted node, a cluster node that never had it)
+            reply = cast(list[Any], self._read(keys=[self._events_key(user_id), self._version_key(user_id)],
+                                               args=["" if known is None else known], client=client))
         except self._errors as error:
             raise self._fail(error) from error
+        version = None if reply[0] is None else int(reply[0])
+        if len(reply) == 1:
+            return version, None
         # Equal scores come back in member order; arrival order is not kept for those (same microsecond).
-        return [_decode(user_id, m) for m in members]
+        return version, [_decode(user_id, m) for m in cast(list[bytes], reply[1])]
+
+    def user_events(self, user_id: str) -> list[StoredEvent]:
+        return self.read(user_id)[1] or []
 
     def clear(self) -> None:
         try:

@@ -87,6 +87,7 @@ def build_realtime(settings: ServingSettings, metrics: RealtimeMetrics) -> Realt
     assert event_log is not None  # events_on
     store = open_store(settings)
     guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
-    return Realtime(store=store, guard=guard, intake=EventIntake(event_log, guard), metrics=metrics,
+    intake = EventIntake(event_log, guard, max_ahead_s=settings.events_max_ahead_s)
+    return Realtime(store=store, guard=guard, intake=intake, metrics=metrics,
                     fresh=FreshAnswers(guard, exact_per_s=settings.fresh_exact_per_s, on_fast=metrics.fast_answer),
                     token=token)

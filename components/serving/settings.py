@@ -88,6 +88,8 @@ class ServingSettings(BaseSettings):
     events_token_secret: str | None = None
     events_fsync: bool = True  # fsync the log before acknowledging (off only for throwaway benchmarks)
     max_events_per_request: int = Field(default=1000, ge=1)
+    # POST /events refuses an event stamped further than this ahead of the server's clock (intake.py)
+    events_max_ahead_s: float = Field(default=3600.0, ge=0)
     store_url: str | None = None  # redis:// or rediss:// (Redis, Valkey, ElastiCache); unset: embedded SQLite
     # ElastiCache IAM authentication: the cache's name; the password of store_url's user is then a fresh IAM
     # token (redis_store.ElastiCacheIamCredentials), signed with the pod's AWS credentials

@@ -24,7 +24,9 @@ bearer = HTTPBearer(auto_error=False, description="ECOMREC_EVENTS_TOKEN (or the 
 
 class RejectedEvent(BaseModel):
     index: int
-    reason: str = Field(description="the raw data contract's reason, as the ETL's rejected/ table names it")
+    reason: str = Field(description="the raw data contract's reason, as the ETL's rejected/ table names it, or "
+                                    "timestamp_in_future: stamped over ECOMREC_EVENTS_MAX_AHEAD_S ahead of the "
+                                    "server's clock")
 
 
 class EventsAnswer(BaseModel):
