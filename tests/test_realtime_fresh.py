@@ -226,3 +226,19 @@ def test_feature_rows_find_every_users_rows_across_row_groups(shop: SyntheticSho
         expected = shop.candidates[shop.candidates[s.USER_IDX] == user].sort_values(s.ITEM_IDX)
         assert rows.user_rows(user)[s.ITEM_IDX].tolist() == expected[s.ITEM_IDX].tolist() if len(expected) \
             else rows.user_rows(user).empty
+
+
+def test_feature_rows_cache_is_bounded_in_bytes(shop: SyntheticShop, tmp_path: Path) -> None:
+    """A worker keeps recently read users' rows; the cache is bounded by their memory, not only their count
+    (2,048 Online Retail users' rows would be ~200 MB a worker)."""
+    from components.bundle import load_bundle
+    from components.realtime.rows import FeatureRows, frame_bytes
+
+    written = FeatureRows.write(load_bundle(shop.archive), tmp_path / f"v-{os.getpid()}")
+    users = [u for u in range(len(shop.user_ids)) if not written.user_rows(u).empty][:6]
+    one = max(frame_bytes(written.user_rows(u)) for u in users)
+    rows = FeatureRows(written.folder, written._index, cache_users=100, cache_bytes=int(2.5 * one))
+    for user in users:
+        rows.user_rows(user)
+    assert 1 <= len(rows._cache) <= 2 and rows._cache.total <= 2.5 * one
+    assert rows.user_rows(users[-1]) is rows.user_rows(users[-1])  # the newest stays cached

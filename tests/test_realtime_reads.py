@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from components.bundle import load_bundle
-from components.realtime.fresh import BoundedLru, FreshAnswers, cutoff_us
+from components.realtime.fresh import FreshAnswers, cutoff_us
 from components.realtime.intake import StoreGuard
+from components.realtime.lru import BoundedLru
 from components.realtime.redis_store import RedisStore
 from components.realtime.store import DAY_US, OnlineStore, SqliteStore, StoredEvent
 from components.serving.engine import Recommendation, ServingModel, build_serving_model

@@ -29,11 +29,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Generic, TypeVar
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -42,6 +41,7 @@ from components import schema as s
 from components.ranker.model import PreparedFeatures
 from components.realtime.features import AS_OF_FEATURES, apply_as_of, as_of_us, recompute
 from components.realtime.intake import StoreGuard
+from components.realtime.lru import BoundedLru
 from components.realtime.store import StoredEvent, StoreUnavailableError
 from components.serving.engine import Recommendation, ServingModel
 
@@ -54,44 +54,6 @@ EVENTS_CACHE_USERS: Final = 4096
 # parsed events held: ~11 MB (~360 bytes each, tracemalloc; the soak's 500 users reach ~115k events, so
 # there a read after an eviction re-parses the user's events: memory is the bound that matters)
 EVENTS_CACHE_EVENTS: Final = 32_000
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class BoundedLru(Generic[K, V]):
-    """A thread-safe LRU map bounded in entries and in total ``size`` (bytes, events...) of its values."""
-
-    def __init__(self, max_entries: int, max_size: int, size: Callable[[V], int]) -> None:
-        self.max_entries, self.max_size, self._size = max_entries, max_size, size
-        self.total = 0
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                return None
-            self._items.move_to_end(key)
-            return hit[0]
-
-    def put(self, key: K, value: V) -> None:
-        size = self._size(value)
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.total -= old[1]
-            if size > self.max_size:
-                return  # one value over the whole budget is not kept
-            self._items[key] = (value, size)
-            self.total += size
-            while len(self._items) > self.max_entries or self.total > self.max_size:
-                self.total -= self._items.popitem(last=False)[1][1]
-
 
 @dataclass(frozen=True)
 class HeldEvents:

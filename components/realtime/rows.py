@@ -12,7 +12,6 @@ import os
 import shutil
 import threading
 from bisect import bisect_right
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -22,24 +21,35 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components import schema as s
+from components.realtime.lru import BoundedLru
 
 if TYPE_CHECKING:
     from components.bundle import Bundle
 
 ROW_GROUP_ROWS: Final = 4096
 CACHE_USERS: Final = 2048
+# ~640 Online Retail users (~250 rows of ~75 columns: ~100 KB each); by count alone, 2,048 users could hold
+# ~200 MB a worker
+CACHE_BYTES: Final = 64 << 20
+
+
+def frame_bytes(frame: pd.DataFrame) -> int:
+    """A frame's memory, its object cells counted ~64 bytes each (short strings; a deep count costs more
+    than the read it would cache)."""
+    objects = sum(len(frame) for dtype in frame.dtypes if dtype.kind == "O")
+    return int(frame.memory_usage(index=False).sum()) + 56 * objects + 1000
 
 
 class FeatureRows:
-    def __init__(self, folder: Path, index: list[tuple[int, int, int, int]], *, cache_users: int = CACHE_USERS):
+    def __init__(self, folder: Path, index: list[tuple[int, int, int, int]], *, cache_users: int = CACHE_USERS,
+                 cache_bytes: int = CACHE_BYTES):
         """``index``: (first user, last user, part number, row group) per row group, in user order."""
         self.folder = folder
         self._index = index
         self._starts = [first for first, _, _, _ in index]
         self._files: dict[int, pq.ParquetFile] = {}
         self._lock = threading.Lock()
-        self._cache: OrderedDict[int, pd.DataFrame] = OrderedDict()
-        self._cache_users = cache_users
+        self._cache: BoundedLru[int, pd.DataFrame] = BoundedLru(cache_users, cache_bytes, frame_bytes)
 
     @classmethod
     def write(cls, bundle: Bundle, folder: Path) -> FeatureRows:
@@ -68,11 +78,10 @@ class FeatureRows:
 
     def user_rows(self, user_idx: int) -> pd.DataFrame:
         """The user's rows (item_idx ascending; empty when the user has none). Do not modify: copy."""
+        cached = self._cache.get(user_idx)
+        if cached is not None:
+            return cached
         with self._lock:
-            cached = self._cache.get(user_idx)
-            if cached is not None:
-                self._cache.move_to_end(user_idx)
-                return cached
             position = bisect_right(self._starts, user_idx) - 1
             pieces = []
             # the user's rows may start in an earlier group that ends with them, and run into later ones
@@ -88,10 +97,8 @@ class FeatureRows:
                     pieces.append(table.to_pandas(use_threads=False))
                 position += 1
             rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
-            self._cache[user_idx] = rows
-            if len(self._cache) > self._cache_users:
-                self._cache.popitem(last=False)
-            return rows
+        self._cache.put(user_idx, rows)
+        return rows
 
 
 def _alive(pid: int) -> bool:
