@@ -98,7 +98,7 @@ def event(user: str, item: str, n: int, *, tag: str) -> dict[str, Any]:
 
 
 def post_events(url: str, seconds: float, threads: int = 2, batch: int = 100) -> dict[str, Any]:
-    counts, errors = [0] * threads, [0] * threads
+    counts, errors, rejected = [0] * threads, [0] * threads, [0] * threads
     stop = time.monotonic() + seconds
 
     def run(t: int) -> None:
@@ -106,12 +106,14 @@ def post_events(url: str, seconds: float, threads: int = 2, batch: int = 100) ->
             n = 0
             while time.monotonic() < stop:
                 events = [{"user_id": f"bench-{t}-{n}-{i}", "item_id": "x", "event_type": "view",
-                           "timestamp": "2030-01-01T00:00:00", "event_id": f"{t}-{n}-{i}"} for i in range(batch)]
+                           "timestamp": now_iso(), "event_id": f"{t}-{n}-{i}"} for i in range(batch)]
                 answer = client.post("/events", json={"events": events})
                 if answer.status_code != 200:
                     errors[t] += 1
                 else:
-                    counts[t] += len(answer.json()["accepted"])
+                    body = answer.json()
+                    counts[t] += len(body["accepted"])
+                    rejected[t] += len(body["rejected"])
                 n += 1
 
     started = time.monotonic()
@@ -122,7 +124,8 @@ def post_events(url: str, seconds: float, threads: int = 2, batch: int = 100) ->
         w.join()
     elapsed = time.monotonic() - started
     return {"events": sum(counts), "seconds": round(elapsed, 2), "events_per_s": round(sum(counts) / elapsed, 1),
-            "batch": batch, "client_threads": threads, "fsync": True, "errors": sum(errors)}
+            "batch": batch, "client_threads": threads, "fsync": True, "errors": sum(errors),
+            "rejected": sum(rejected)}
 
 
 # Each worker makes its own exact answer of each fresh user, at most ECOMREC_FRESH_EXACT_PER_S (default 100)
@@ -182,6 +185,8 @@ def measure_tree(tree: Path, label: str, archive: Path, work: Path, *, fresh: li
     out["load_before"] = load_now()
     with serve(tree, archive, work / f"{label}-rt") as (url, process):
         out["post_events"] = post_events(url, args.events_seconds)
+        if out["post_events"]["rejected"] or not out["post_events"]["events"]:
+            raise RuntimeError(f"{label}: POST /events refused the benchmark's events: {out['post_events']}")
         out["warm_up_s"] = seed_fresh(url, fresh, items, tag=label)
         out["get_fresh"] = timed_wrk(process.pid, url, fresh, **wrk)
         out["get_static"] = timed_wrk(process.pid, url, static, **wrk)
