@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realtime import PATH, REPO, SUFFIX, event, load_now, seed_fresh, serve, timed_wrk
 from serving_common import machine, machine_markdown, process_tree_rss_mb, resolve_bundle, soak_summary, write_results
 
+from components.realtime.store import StoreLimits
+
 log = logging.getLogger("realtime-soak")
 
 
@@ -85,8 +87,26 @@ class EventStream:
                 "degraded_answers": self.degraded, "error_samples": self.error_samples}
 
 
+def prefill(url: str, users: list[str], items: list[str], per_user: int, batch: int = 100) -> dict[str, Any]:
+    """``per_user`` events for every soak user before anything is measured: at the store's cap (StoreLimits.
+    max_events) each user's stored and cached events are as large as they get, so the soak's memory growth is
+    a leak's, not bounded buffers filling up (as in a service that has run for a while)."""
+    rng, started, accepted = random.Random(7), time.monotonic(), 0
+    pending = [event(user, rng.choice(items), n, tag=f"prefill-{u}") for u, user in enumerate(users)
+               for n in range(per_user)]
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for first in range(0, len(pending), batch):
+            answer = client.post("/events", json={"events": pending[first:first + batch]})
+            answer.raise_for_status()
+            accepted += len(answer.json()["accepted"])
+    if accepted != len(pending):
+        raise RuntimeError(f"prefill: {len(pending) - accepted} of {len(pending)} events refused")
+    return {"events_per_user": per_user, "events": accepted, "seconds": round(time.monotonic() - started, 1)}
+
+
 def soak(args: argparse.Namespace, archive: Path, users: list[str], items: list[str], work: Path) -> dict[str, Any]:
     with serve(REPO, archive, work / "soak") as (url, process):
+        filled = prefill(url, users, items, args.prefill) if args.prefill else None
         seed_fresh(url, users, items, tag="soak-seed")
         with EventStream(url, users, items, per_s=args.event_posts_per_s, batch=args.batch) as stream:
             wrk: dict[str, Any] = {"path": PATH, "suffix": SUFFIX}
@@ -130,7 +150,8 @@ def soak(args: argparse.Namespace, archive: Path, users: list[str], items: list[
     event_errors = events["errors"] - before_soak["errors"]
     errors = read_errors + event_errors
     return {
-        "peak_mixed": peak, "share_of_peak": args.share, "target_rps": rate, "connections": connections,
+        "prefill": filled, "peak_mixed": peak, "share_of_peak": args.share, "target_rps": rate,
+        "connections": connections,
         "warmup": warmup, "duration_s": args.seconds, "requests": requests, "read_errors": read_errors,
         "event_posts_per_s": args.event_posts_per_s, "batch": args.batch,
         "events": {**events, "errors_during_soak": event_errors,
@@ -144,11 +165,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["# Real-time soak: mixed events and reads at 70 % of peak\n"]
     if s["duration_s"] < 600:
         lines.append(f"**Smoke run** ({s['duration_s']:g} s; the goal is for 600 s): checks the harness.\n")
+    filled = (f"(every user's store filled to its cap of {s['prefill']['events_per_user']} events first: growth is "
+              "then a leak's, not bounded buffers filling up) " if s.get("prefill") else "")
     lines.append(f"Bundle: {b['kind']} {b['version']} ({b['users']} users, {b['candidates_per_user']} candidates a "
                  f"user). 2 workers, embedded store, fsync'ed log. Mixed peak (wrk unpaced, 16 connections, "
                  f"events streaming): {s['peak_mixed']['rps']:,.0f} req/s; soak target {s['target_rps']} req/s "
                  f"({s['share_of_peak']:.0%}) over {s['connections']} connections for {s['duration_s']:g} s after a "
-                 f"{s['warmup']['duration_s']:.0f} s warm-up at that rate "
+                 f"{s['warmup']['duration_s']:.0f} s warm-up at that rate {filled}"
                  f"(achieved {s['achieved_rps']} req/s, {s['requests']:,} reads) plus "
                  f"{s['event_posts_per_s']:g} POST /events a second of {s['batch']} events each "
                  f"({s['events']['accepted_during_soak']:,} events accepted during the soak, "
@@ -185,6 +208,8 @@ def main() -> None:
     parser.add_argument("--event-posts-per-s", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=10, help="events per POST")
     parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--prefill", type=int, default=StoreLimits().max_events,
+                        help="events per user stored before the soak (default: the store's cap; 0: none)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
