@@ -295,3 +295,11 @@ def test_past_the_exact_budget_answers_take_the_fast_path_and_the_exact_one_foll
         np.testing.assert_allclose(rec.scores, exact[u].scores)  # type: ignore[union-attr]
     zero = ExactBudget(0.0)
     assert not zero.take()
+    # and the CPU-time bucket (ECOMREC_FRESH_EXACT_SHARE): a rebuild costs more than a microsecond of CPU, so
+    # with no count limit at all the next user's answer is still the fast one
+    timed_fast: list[int] = []
+    timed = FreshAnswers(StoreGuard(store), exact_share=1e-6, on_fast=lambda: timed_fast.append(1))
+    rebuilds.clear()
+    for u in users[4:6]:
+        assert timed.recommend(model, u, 10)[0] is not None
+    assert len(rebuilds) == 1 and len(timed_fast) == 1

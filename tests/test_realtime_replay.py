@@ -122,14 +122,15 @@ def test_the_replay_measures_exact_answers(tiny_run: Path, tmp_path: Path, monke
     from components.realtime import service
     from components.realtime.fresh import FreshAnswers
 
-    budgets: list[float] = []
+    budgets: list[tuple[float, float]] = []
 
     class Recording(FreshAnswers):
-        def __init__(self, *args: object, exact_per_s: float = math.inf, **kwargs: object) -> None:
-            budgets.append(exact_per_s)
-            super().__init__(*args, exact_per_s=exact_per_s, **kwargs)  # type: ignore[arg-type]
+        def __init__(self, *args: object, exact_per_s: float = math.inf, exact_share: float = math.inf,
+                     **kwargs: object) -> None:
+            budgets.append((exact_per_s, exact_share))
+            super().__init__(*args, exact_per_s=exact_per_s, exact_share=exact_share, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(service, "FreshAnswers", Recording)
     result = r.replay(tiny_run / "bundle" / s.MODEL_ARCHIVE, tiny_run, work_dir=tmp_path, limit_baskets=2)
     assert result is not None
-    assert budgets == [math.inf]
+    assert budgets == [(math.inf, math.inf)]

@@ -27,7 +27,8 @@ def state(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     settings = ServingSettings(model=str(tiny_run / "bundle" / "model.tar.gz"), work_dir=tmp / "work",
                                watch_interval_s=0, events_raw_root=tmp / "raw", events_fsync=False,
                                store_max_days=100_000, max_top_k=1000,
-                               fresh_exact_per_s=float("inf"))  # exact answers checked: no rebuild budget
+                               fresh_exact_per_s=float("inf"),  # exact answers checked: no rebuild budget
+                               fresh_exact_share=float("inf"))
     app = create_app(settings)
     state: ServiceState = app.state.ecomrec
     state.start()

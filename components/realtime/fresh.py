@@ -9,7 +9,8 @@ load-time scores, which are their per-request scores (tests/test_realtime_parity
 
 The exact rebuild costs one ``build_features`` call over the user's ~250 rows (~4 ms of CPU on Online
 Retail: numpy columns, no frame), once per new event of the user. A worker spends at most ``exact_per_s``
-of them a second (a token bucket; the service's ECOMREC_FRESH_EXACT_PER_S, default 100: under half a core):
+of them a second and at most a ``share`` of its CPU time in them (token buckets; the service's
+ECOMREC_FRESH_EXACT_PER_S, default 100, and ECOMREC_FRESH_EXACT_SHARE, default 0.5: half a core):
 beyond it, until tokens come back, an answer is the fast one (the bundle rows with the 16 counts and
 durations moved to the request, ~1 ms; a user the bundle does not know gets the popular list), so an event
 storm slows nobody's answers. The replay evaluation has no budget: it measures the exact answers.
@@ -89,36 +90,51 @@ def now_us() -> int:
 
 
 class ExactBudget:
-    """At most ``per_second`` exact rebuilds a second on average, bursts of up to ``max(1, per_second)``
-    (a token bucket); ``math.inf``: no limit, 0: never."""
+    """At most ``per_second`` exact rebuilds a second on average (bursts of up to ``max(1, per_second)``)
+    and at most ``share`` of the worker's time spent in them (bursts of up to ``share`` seconds of CPU):
+    two token buckets; ``math.inf``: no limit, 0: never. A rebuild's cost grows with the user's stored
+    events (~5 ms at a few, ~14 ms at 500 on Online Retail), so a count alone let them take whole cores;
+    the callers :meth:`charge` what each one cost."""
 
-    def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_second = per_second
+    def __init__(self, per_second: float, *, share: float = math.inf,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second, self.share = per_second, share
         self.capacity = max(1.0, per_second) if per_second > 0 else 0.0
         self.tokens = self.capacity
+        self.seconds = share  # CPU seconds left
         self.clock = clock
         self.last = clock()
         self._lock = threading.Lock()
 
     def take(self) -> bool:
-        if math.isinf(self.per_second):
+        if math.isinf(self.per_second) and math.isinf(self.share):
             return True
         with self._lock:
             now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.per_second)
-            self.last = now
-            if self.tokens >= 1.0:
+            elapsed, self.last = now - self.last, now
+            if not math.isinf(self.per_second):
+                self.tokens = min(self.capacity, self.tokens + elapsed * self.per_second)
+            if not math.isinf(self.share):
+                self.seconds = min(self.share, self.seconds + elapsed * self.share)
+            if self.tokens >= 1.0 and self.seconds > 0.0:
                 self.tokens -= 1.0
                 return True
             return False
 
+    def charge(self, cpu_s: float) -> None:
+        """What one exact rebuild cost (this thread's CPU time)."""
+        if not math.isinf(self.share):
+            with self._lock:
+                self.seconds -= cpu_s
+
 
 class FreshAnswers:
     def __init__(self, guard: StoreGuard, *, clock: Callable[[], int] = now_us,
-                 exact_per_s: float = math.inf, on_fast: Callable[[], None] | None = None) -> None:
+                 exact_per_s: float = math.inf, exact_share: float = math.inf,
+                 on_fast: Callable[[], None] | None = None) -> None:
         self.guard = guard
         self.clock = clock
-        self.budget = ExactBudget(exact_per_s)
+        self.budget = ExactBudget(exact_per_s, share=exact_share)
         self.fast_answers = 0  # answers made by the fast path because the budget was spent
         self._on_fast = on_fast
         # (model version, user) -> prepared rows; a swapped-out model's entries age out of the LRU
@@ -167,6 +183,7 @@ class FreshAnswers:
                 return hit[1], hit[2]
         cut = cutoff_us(model)
         exact = model.user_history is not None and self.budget.take()
+        started = time.thread_time()
         if model.user_history is not None and not exact:
             self.fast_answers += 1
             if self._on_fast is not None:
@@ -199,6 +216,7 @@ class FreshAnswers:
                 numeric[:, positions[name]] = values
             scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
         if exact:  # a fast answer is not cached: the next request with budget makes the exact one
+            self.budget.charge(time.thread_time() - started)
             self._scored.put(key, (held, items, scores))
         return items, scores
 

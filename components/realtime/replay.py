@@ -137,7 +137,7 @@ def replay(bundle: Path, data: Path, *, work_dir: Path | None = None, limit_bask
                                store_path=scratch / "store.sqlite", store_timeout_s=30.0,
                                store_max_events=100_000, store_max_days=10_000,
                                # the exact answers are measured; a live worker's budget only sheds load
-                               fresh_exact_per_s=math.inf)
+                               fresh_exact_per_s=math.inf, fresh_exact_share=math.inf)
     app = create_app(settings)
     state = app.state.ecomrec
     state.start()

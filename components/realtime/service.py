@@ -89,5 +89,6 @@ def build_realtime(settings: ServingSettings, metrics: RealtimeMetrics) -> Realt
     guard = StoreGuard(store, retry_after_s=settings.store_retry_after_s, on_result=metrics.store_call)
     intake = EventIntake(event_log, guard, max_ahead_s=settings.events_max_ahead_s)
     return Realtime(store=store, guard=guard, intake=intake, metrics=metrics,
-                    fresh=FreshAnswers(guard, exact_per_s=settings.fresh_exact_per_s, on_fast=metrics.fast_answer),
+                    fresh=FreshAnswers(guard, exact_per_s=settings.fresh_exact_per_s,
+                                       exact_share=settings.fresh_exact_share, on_fast=metrics.fast_answer),
                     token=token)
