@@ -6,7 +6,9 @@ Per size (events stored per user), 30 users of the bundle each get that many eve
 (stamped before the real clock), one answer each, then ``--repeats`` rounds of answers with no new event:
 - ``exact``: the exact answers (no rebuild budget), cached per user: the cost of reading the store;
 - ``fast``: the rebuild budget spent (ECOMREC_FRESH_EXACT_PER_S=0): every answer is the fast path, which
-  moves the as-of counts to the request from the user's events (features.apply_as_of) and scores.
+  moves the as-of counts to the request from the user's events (features.apply_as_of) and scores;
+- ``*_new``: then 5 rounds of one new event per user, each followed by the user's answer (the store read
+  and parse of the changed user, and the exact rebuild or the fast path).
 
     PYTHONPATH=. .venv/bin/python benchmarks/realtime_reads.py --bundle OUT/bundle/model.tar.gz
 
@@ -61,6 +63,16 @@ for offset, n in enumerate(sizes):
             for user in users:
                 fresh.recommend(model, user, 10)
         out[f"{path}_{n}"] = round((time.process_time() - start) * 1000 / (repeats * len(users)), 4)
+        spent = 0.0
+        for k in range(5):  # then answers right after each new event (the store's add is not timed)
+            store.add([StoredEvent(key=f"new:{path}:{u}:{k}", user_id=u, item_id=items[(k * 13 + offset) % len(items)],
+                                   event_type="view", timestamp_us=now_us(), quantity=1, price=2.5, session_id=None)
+                       for u in users])
+            start = time.process_time()
+            for user in users:
+                fresh.recommend(model, user, 10)
+            spent += time.process_time() - start
+        out[f"{path}_new_{n}"] = round(spent * 1000 / (5 * len(users)), 4)
 print("RESULT " + json.dumps(out))
 """
 
@@ -94,13 +106,16 @@ def main() -> None:
     lines = ["# A repeated fresh answer as the user's stored events grow (CPU ms, in process)\n",
              machine_markdown(info),
              f"This tree {info['git_commit']}, baseline {short}, same run; 30 users per size, {args.repeats} rounds "
-             f"of answers with no new event. Load average at the end: ours {ours['load_average_at_end']}, "
+             f"of answers with no new event, then 5 of one new event and an answer. Load average at the end: "
+             f"ours {ours['load_average_at_end']}, "
              f"baseline {baseline['load_average_at_end']}: a shared machine; CPU time is far less affected than "
              "wall time, not immune.\n",
              "Command: `PYTHONPATH=. .venv/bin/python benchmarks/realtime_reads.py --bundle "
              "OUT/bundle/model.tar.gz`.\n",
              "| answer | events a user | ours | baseline | ours / baseline |", "|---|---|---|---|---|"]
-    for path, label in (("exact", "exact (cached)"), ("fast", "fast path (budget spent)")):
+    for path, label in (("exact", "exact (cached)"), ("fast", "fast path (budget spent)"),
+                        ("exact_new", "exact, right after a new event (a rebuild)"),
+                        ("fast_new", "fast path, right after a new event")):
         for n in SIZES:
             key = f"{path}_{n}"
             lines.append(f"| {label} | {n} | {ours[key]} | {baseline[key]} | {ours[key] / baseline[key]:.2f} |")

@@ -177,10 +177,12 @@ def markdown(result: dict[str, Any]) -> str:
                  f"({s['events']['accepted_during_soak']:,} events accepted during the soak, "
                  f"{s['events']['degraded_answers']} degraded answers).\n")
     rss = s["rss_mb"]
-    lines += ["| read errors | event errors | worst segment p99 ms | RSS start MB | RSS end MB | RSS max MB | growth |",
-              "|---|---|---|---|---|---|---|",
+    lines += ["| read errors | event errors | worst segment p99 ms | RSS start MB | RSS end MB | RSS max MB | growth | "
+              "growth, second half |",
+              "|---|---|---|---|---|---|---|---|",
               f"| {s['read_errors']} | {s['events']['errors_during_soak']} | {s['p99_ms_worst_segment']} | "
-              f"{rss['start']} | {rss['end']} | {rss['max']} | {rss['growth_share'] * 100:.2f} % |",
+              f"{rss['start']} | {rss['end']} | {rss['max']} | {rss['growth_share'] * 100:.2f} % | "
+              f"{rss['growth_share_second_half'] * 100:.2f} % |",
               "\n| segment | req/s | p50 ms | p99 ms | read errors | server CPU ms/request |",
               "|---|---|---|---|---|---|"]
     for i, seg in enumerate(s["segments"], start=1):

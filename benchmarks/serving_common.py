@@ -298,12 +298,14 @@ def soak_summary(segments: list[dict[str, Any]], samples: list[tuple[float, floa
     (seconds, RSS MB) samples taken from the end of the warm-up."""
     rss_start, rss_end = samples[0][1], samples[-1][1]
     growth = rss_end / rss_start - 1
+    # bounded caches filling show early and flatten; a leak keeps its slope: the second half tells them apart
+    second_half = rss_end / samples[len(samples) // 2][1] - 1
     return {
         "achieved_rps": round(sum(s["requests"] for s in segments)
                               / max(sum(s["duration_s"] for s in segments), 1e-9), 1),
         "p99_ms_worst_segment": max(s["latency_ms"]["p99"] for s in segments),
         "rss_mb": {"start": rss_start, "end": rss_end, "max": max(v for _, v in samples),
-                   "growth_share": round(growth, 4)},
+                   "growth_share": round(growth, 4), "growth_share_second_half": round(second_half, 4)},
         "rss_samples": samples, "segments": segments,
         "goals": {"errors": {"value": errors, "goal": "0", "met": errors == 0},
                   "rss_growth": {"value": round(growth, 4), "goal": "< 0.05", "met": growth < 0.05}},

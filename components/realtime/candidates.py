@@ -14,12 +14,10 @@ Generator columns as of t (the models stay at the cutoff, the user's side moves)
 compute them from the user's user-item table at t:
 - ``als_score`` / ``als_rank`` / ``from_als``: the dot product of the user's factor with each item's, the
   item's rank among every item ALS saw; proposed (from_als) within the batch's ``als_top_n``, else NaN / 0 as
-  in the union (components/candidates/union.py). The user's factor as of t: once a user has fresh events
-  (known to the bundle or not), folded in from their user-item table at t by implicit's own normal
-  equations (:func:`fold_in`, ALS's user step over the fixed item factors, confidence alpha * f(ui_weight) *
-  recency as components/candidates/als.py; tests/test_realtime_candidates.py checks it against implicit's
-  recalculate_user), and every row's ALS columns come from it; without fresh events a known user keeps the
-  bundle's factor and rows. (Issue 14: chosen one window earlier, benchmarks/results/replay_later_early.md.)
+  in the union (components/candidates/union.py). A known user's factor and bundle rows keep the bundle's; a
+  new user's factor is folded in from their items by implicit's own normal equations (:func:`fold_in`,
+  confidence alpha * f(ui_weight) * recency as components/candidates/als.py; tests/test_realtime_candidates.py
+  checks it against implicit's recalculate_user).
 - ``cooc_score`` / ``from_cooc``: components/candidates/cooc.py's score, sum over the user's interactions a
   (ui_weight > 0) of 0.5 ** (ui_days_since_last / half-life) * sim(a, b), over the bundle's neighbour table
   (the candidates step's own top neighbours); proposed within the batch's ``cooc_top_n``.
@@ -157,20 +155,19 @@ class FreshSources:
         factor = np.asarray(self.user_factors[user_idx], dtype=np.float64)
         return factor if factor.any() else None
 
-    def user_factor(self, user_idx: int | None, ui: Columns, *, fresh: bool = False) -> np.ndarray | None:
-        """The user's ALS factor as of t: with ``fresh`` events (or for a user ALS never saw) folded in from
-        their user-item table at t (``ui``: confidence alpha * f(ui_weight) * recency, as the ALS step weighs
-        an interaction; ALS's own user step over the fixed item factors), else the bundle's factor (the
-        same at the cutoff: no event, no change). None when neither exists."""
+    def user_factor(self, user_idx: int | None, ui: Columns) -> np.ndarray | None:
+        """The bundle's factor of a known user; a new user's folded in from their user-item table at t
+        (``ui``: confidence alpha * f(ui_weight) * recency, as the ALS step weighs an interaction); None
+        when neither exists."""
         known = self.known_factor(user_idx)
-        if known is not None and not fresh:
+        if known is not None:
             return known
         items = ui[s.ITEM_IDX].astype(np.int64)
         weight = ui[s.UI_WEIGHT].astype(np.float64)
         keep = (items >= 0) & (weight > 0)
         keep[keep] = np.abs(self.item_factors[items[keep]]).sum(axis=1) > 0
         if not keep.any():
-            return known
+            return None
         als = self.settings.als
         scaled = np.log1p(weight[keep]) if als.get("confidence", "log") == "log" else weight[keep]
         value = scaled * recency(ui[s.UI_DAYS_SINCE_LAST].astype(np.float64)[keep], als.get("recency_half_life_days"))
@@ -197,7 +194,7 @@ class FreshSources:
         neighbours = _top(self.cooc_scores(fresh_items, fresh_weights), int(cfg["cooc_top_n"]), positive=True)
         new = [fresh_items, neighbours]
         new_user = self.known_factor(user_idx) is None  # no factor at the cutoff: fold-in and popular as one
-        factor = self.user_factor(user_idx, mine, fresh=len(fresh_items) > 0)
+        factor = self.user_factor(user_idx, mine)
         als_rank = np.zeros(len(cooc), dtype=np.int64)
         als_score = np.full(len(cooc), np.nan)
         if factor is not None:
@@ -233,8 +230,8 @@ class FreshSources:
                          events: Sequence[StoredEvent], item_index: dict[str, int], cutoff_us: int, at_us: int, *,
                          extra: np.ndarray | None = None) -> Columns:
         """The candidate set's generator columns at t as the union step hands them to build_features (NaN
-        ALS score and 0 rank when not from ALS): the bundle's ``rows`` of the user (their popular flag, and
-        their ALS columns unless fresh events moved the user's factor) and the fresh candidates, from the
+        ALS score and 0 rank when not from ALS): the bundle's ``rows`` of the user (their ALS columns and
+        popular flag: the user's factor and the list are the bundle's) and the fresh candidates, from the
         user's user-item table at t (``ui``); ``extra`` items are candidates too (the parity tests' pairs)."""
         existing = rows[s.ITEM_IDX].to_numpy(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
         wanted = existing if extra is None else np.union1d(existing, extra)
@@ -248,9 +245,6 @@ class FreshSources:
                       s.ALS_RANK: np.where(rank >= RANK_SENTINEL, 0.0, rank),
                       s.FROM_ALS: rows[s.FROM_ALS].to_numpy(np.float64) > 0,
                       s.FROM_POPULAR: rows[s.FROM_POPULAR].to_numpy(np.float64) > 0}
-            if len(_recent_items(events, item_index, cutoff_us, at_us)):
-                for name in (s.ALS_SCORE, s.ALS_RANK, s.FROM_ALS):  # the factor as of t scored every row
-                    del bundle[name]
             for name, values in bundle.items():
                 column = candidates[name].astype(values.dtype)
                 column[position] = values

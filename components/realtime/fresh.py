@@ -7,12 +7,13 @@ already gives a personal list (``fallback: false``). Older bundles: the bundle r
 features recomputed (components/realtime/features.py says which). Users without fresh events keep the
 load-time scores, which are their per-request scores (tests/test_realtime_parity.py).
 
-The exact rebuild costs one ``build_features`` call over the user's ~250 rows (~4 ms of CPU on Online
-Retail: numpy columns, no frame), once per new event of the user. A worker spends at most ``exact_per_s``
-of them a second and at most a ``share`` of its CPU time in them (token buckets; the service's
-ECOMREC_FRESH_EXACT_PER_S, default 100, and ECOMREC_FRESH_EXACT_SHARE, default 0.5: half a core):
-beyond it, until tokens come back, an answer is the fast one (the bundle rows with the 16 counts and
-durations moved to the request, ~1 ms; a user the bundle does not know gets the popular list), so an event
+The exact rebuild costs one ``build_features`` call over the user's ~250 rows (~5 ms of CPU on Online
+Retail at a few events, ~14 ms at 500: numpy columns, no frame), once per new event of the user. A worker
+makes at most ``exact_per_s`` of them a second and spends at most ``share`` CPU seconds a second in them
+(token buckets; the service's ECOMREC_FRESH_EXACT_PER_S, default 100, and ECOMREC_FRESH_EXACT_SHARE,
+default 0.5: half a core); beyond, until tokens come back, an answer is the fast one (the bundle rows with
+the 16 counts and durations moved to the request: ~1 ms, ~4.5 ms right after a new event at 500 events; a
+user the bundle does not know gets the popular list), so an event
 storm slows nobody's answers. The replay evaluation has no budget: it measures the exact answers.
 
 Per-read cost does not grow with a user's stored events while they do not change: the store hands out a
@@ -91,7 +92,8 @@ def now_us() -> int:
 
 class ExactBudget:
     """At most ``per_second`` exact rebuilds a second on average (bursts of up to ``max(1, per_second)``)
-    and at most ``share`` of the worker's time spent in them (bursts of up to ``share`` seconds of CPU):
+    and at most ``share`` CPU seconds in them per second of the clock, a share of one core (the worker's
+    thread; bursts of up to ``share`` seconds):
     two token buckets; ``math.inf``: no limit, 0: never. A rebuild's cost grows with the user's stored
     events (~5 ms at a few, ~14 ms at 500 on Online Retail), so a count alone let them take whole cores;
     the callers :meth:`charge` what each one cost."""
@@ -188,35 +190,39 @@ class FreshAnswers:
             self.fast_answers += 1
             if self._on_fast is not None:
                 self._on_fast()
-        built = None
-        if exact and model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
-            built = model.fresh_sources.columns_as_of(user_idx, rows, events, model.item_index, cut,
-                                                      as_of_us(cut, events))
-        if built is not None:
-            items = built.items.astype(np.int64)
-            scores = model.ranker.score_prepared(model.ranker.prepare_columns(built.columns))
-        elif user_idx is None or rows.empty:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        else:
-            items, prepared, positions = self._prepared(model, user_idx, rows)
-            numeric = prepared.numeric.copy()
-            if exact:
-                columns = recompute(rows, events, model.user_history, user_idx=user_idx,
-                                    item_index=model.item_index, cutoff_us=cut, at_us=as_of_us(cut, events))
+        try:
+            built = None
+            if exact and model.fresh_sources is not None:  # one mechanism: every row's every feature as of t
+                built = model.fresh_sources.columns_as_of(user_idx, rows, events, model.item_index, cut,
+                                                          as_of_us(cut, events))
+            if built is not None:
+                items = built.items.astype(np.int64)
+                scores = model.ranker.score_prepared(model.ranker.prepare_columns(built.columns))
+            elif user_idx is None or rows.empty:
+                items, scores = np.zeros(0, dtype=np.int64), np.zeros(0)
             else:
-                # as of the request; an event stamped ahead of this clock counts as just before it
-                newest = max((e.timestamp_us + 1 for e in events), default=cut)
-                at = at_us if at_us is not None else max(self.clock(), newest)
-                start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
-                bought = set(model.purchased_items[start:stop].tolist())
-                columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
-                apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought,
-                            cutoff_us=cut, at_us=at)
-            for name, values in columns.items():
-                numeric[:, positions[name]] = values
-            scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric, categorical=prepared.categorical))
-        if exact:  # a fast answer is not cached: the next request with budget makes the exact one
-            self.budget.charge(time.thread_time() - started)
+                items, prepared, positions = self._prepared(model, user_idx, rows)
+                numeric = prepared.numeric.copy()
+                if exact:
+                    columns = recompute(rows, events, model.user_history, user_idx=user_idx,
+                                        item_index=model.item_index, cutoff_us=cut, at_us=as_of_us(cut, events))
+                else:
+                    # as of the request; an event stamped ahead of this clock counts as just before it
+                    newest = max((e.timestamp_us + 1 for e in events), default=cut)
+                    at = at_us if at_us is not None else max(self.clock(), newest)
+                    start, stop = model.purchased_offsets[user_idx], model.purchased_offsets[user_idx + 1]
+                    bought = set(model.purchased_items[start:stop].tolist())
+                    columns = {name: numeric[:, j].astype(np.float64) for name, j in positions.items()}
+                    apply_as_of(columns, items, events, item_index=model.item_index, bought_before=bought,
+                                cutoff_us=cut, at_us=at)
+                for name, values in columns.items():
+                    numeric[:, positions[name]] = values
+                scores = model.ranker.score_prepared(PreparedFeatures(numeric=numeric,
+                                                                      categorical=prepared.categorical))
+        finally:  # what an exact rebuild cost, raised or not
+            if exact:
+                self.budget.charge(time.thread_time() - started)
+        if exact and len(items):  # a fast answer is not cached: the next request with budget makes the exact one
             self._scored.put(key, (held, items, scores))
         return items, scores
 

@@ -28,5 +28,6 @@ STORE_LATENCY_SECONDS: Final = "ecomrec_store_latency_seconds"  # histogram{oper
 STORE_ERRORS_TOTAL: Final = "ecomrec_store_errors_total"  # counter{operation}: failed or timed-out calls
 DEGRADED_TOTAL: Final = "ecomrec_degraded_total"  # counter{route}: answers made without the online store
 # counter: fresh answers made by the fast path (the 16 counts and durations on the bundle rows) because the
-# worker had spent its exact rebuilds of the second (ECOMREC_FRESH_EXACT_PER_S)
+# worker had spent its exact rebuilds of the second (ECOMREC_FRESH_EXACT_PER_S) or their CPU time
+# (ECOMREC_FRESH_EXACT_SHARE)
 FRESH_FAST_TOTAL: Final = "ecomrec_fresh_fast_answers_total"
