@@ -21,6 +21,7 @@ server. The soak (mixed events and reads at 70 % of peak) is benchmarks/realtime
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -63,6 +64,22 @@ def export_tree(rev: str, into: Path) -> tuple[Path, str]:
     short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True,
                            check=True).stdout.strip()
     return into, short
+
+
+def run_in_tree(tree: Path, code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` (which prints one ``RESULT <json>`` line) with ``tree``'s own code (-P, PYTHONPATH=tree)
+    and one BLAS thread, as the service's workers run (components/serving/server.py): a spinning BLAS pool
+    inflates the CPU time of every ALS product. Returns the result plus the load average at the end."""
+    with tempfile.TemporaryDirectory(prefix="bench-rt-tree-") as tmp:
+        result = subprocess.run([python(), "-P", "-c", code, *args], cwd=tree, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(tree), "TMPDIR": tmp,
+                                     "OPENBLAS_NUM_THREADS": "1"}, timeout=1800)
+    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{tree}: no result (exit {result.returncode}): {result.stderr[-2000:]}")
+    out: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
 
 
 @contextmanager

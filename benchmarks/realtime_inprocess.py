@@ -15,17 +15,14 @@ Writes benchmarks/results/realtime_inprocess.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realtime import BASELINE, export_tree
-from serving_common import REPO, machine, machine_markdown, python, write_results
+from realtime import BASELINE, export_tree, run_in_tree
+from serving_common import REPO, machine, machine_markdown, write_results
 
 # Runs inside the tree under test (its own code: -P, PYTHONPATH=tree); prints one JSON line.
 MEASURE = r"""
@@ -75,19 +72,7 @@ print("RESULT " + json.dumps(out))
 
 
 def measure(tree: Path, archive: Path, users: int, repeats: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-rt-inprocess-") as tmp:
-        result = subprocess.run([python(), "-P", "-c", MEASURE, str(archive), str(users), str(repeats)], cwd=tree,
-                                # one BLAS thread, as the service's workers run (components/serving/server.py);
-                                # else a spinning BLAS pool inflates the CPU time of every ALS product
-                                env={**os.environ, "PYTHONPATH": str(tree), "TMPDIR": tmp, "OPENBLAS_NUM_THREADS": "1"},
-                                capture_output=True,
-                                text=True, timeout=1800)
-    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{tree}: no result (exit {result.returncode}): {result.stderr[-2000:]}")
-    out: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return out
+    return run_in_tree(tree, MEASURE, str(archive), str(users), str(repeats))
 
 
 def main() -> None:

@@ -18,17 +18,14 @@ Writes benchmarks/results/realtime_reads.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realtime import export_tree
-from serving_common import REPO, machine, machine_markdown, python, write_results
+from realtime import export_tree, run_in_tree
+from serving_common import REPO, machine, machine_markdown, write_results
 
 BASELINE = "4953db5"
 SIZES = (10, 100, 500)
@@ -78,16 +75,7 @@ print("RESULT " + json.dumps(out))
 
 
 def measure(tree: Path, archive: Path, repeats: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-rt-reads-") as tmp:
-        result = subprocess.run([python(), "-P", "-c", MEASURE, str(archive), ",".join(map(str, SIZES)), str(repeats)],
-                                cwd=tree, env={**os.environ, "PYTHONPATH": str(tree), "TMPDIR": tmp},
-                                capture_output=True, text=True, timeout=1800)
-    line = next((x for x in result.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"{tree}: no result (exit {result.returncode}): {result.stderr[-2000:]}")
-    out: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return out
+    return run_in_tree(tree, MEASURE, str(archive), ",".join(map(str, SIZES)), str(repeats))
 
 
 def main() -> None:
