@@ -12,9 +12,9 @@ Retail at a few events, ~14 ms at 500: numpy columns, no frame), once per new ev
 makes at most ``exact_per_s`` of them a second and spends at most ``share`` CPU seconds a second in them
 (token buckets; the service's ECOMREC_FRESH_EXACT_PER_S, default 100, and ECOMREC_FRESH_EXACT_SHARE,
 default 0.5: half a core); beyond, until tokens come back, an answer is the fast one (the bundle rows with
-the 16 counts and durations moved to the request: ~1 ms, ~4.5 ms right after a new event at 500 events; a
-user the bundle does not know gets the popular list), so an event
-storm slows nobody's answers. The replay evaluation has no budget: it measures the exact answers.
+the 16 counts and durations moved to the request: ~1 ms, ~4 ms right after a new event at 500 events; a
+user the bundle does not know gets the popular list), so an event storm slows nobody's answers. The replay
+evaluation has no budget: it measures the exact answers.
 
 Per-read cost does not grow with a user's stored events while they do not change: the store hands out a
 per-user version with the events (store.py), the worker keeps each user's parsed events under it and its
